@@ -1,0 +1,31 @@
+"""Lepton: fine-tune, compress, measure and ship a Transformer, from one recipe.
+
+The public API is ``lepton.run``, ``lepton.evaluate``, ``lepton.load`` and ``lepton.load_recipe``.
+Heavy modules (torch, transformers) load on first use, so ``import lepton`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "run", "evaluate", "load", "load_recipe", "LeptonError"]
+
+from lepton.errors import LeptonError  # noqa: E402
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("run", "evaluate"):
+        from lepton import api
+
+        return getattr(api, name)
+    if name == "load":
+        from lepton.artifact import load
+
+        return load
+    if name == "load_recipe":
+        from lepton.recipe import load_recipe
+
+        return load_recipe
+    raise AttributeError(f"module 'lepton' has no attribute {name!r}")

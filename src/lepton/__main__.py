@@ -1,0 +1,5 @@
+import sys
+
+from lepton.cli import main
+
+sys.exit(main())

@@ -1,0 +1,245 @@
+"""The standardized model on disk: weights, config, tokenizer, and a manifest (``lepton.json``)
+holding the task, the resolved recipe, the stage history, the scorecards and the sha256 of every
+file. Written to a temporary folder and moved into place, so a crash never leaves half a model.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lepton import __version__
+from lepton.bundle import ModelBundle, StageRecord
+from lepton.errors import ArtifactError, LeptonError
+from lepton.tasks import TaskSpec, softmax, word_predictions
+
+MANIFEST = "lepton.json"
+MANIFEST_SCHEMA_VERSION = 1
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: dict[str, Any] | None = None,
+                  scorecards: list[dict[str, Any]] | None = None) -> Path:
+    """Write ``bundle`` to ``dest`` atomically (a sibling temp folder renamed into place)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        bundle.model.save_pretrained(tmp, safe_serialization=True)
+        bundle.tokenizer.save_pretrained(tmp)
+        files = {p.relative_to(tmp).as_posix(): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        manifest = {
+            "schema_version": MANIFEST_SCHEMA_VERSION,
+            "lepton_version": __version__,
+            "created": now_iso(),
+            "runtime": bundle.runtime,
+            "source_model": bundle.source,
+            "task": bundle.task.model_dump(),
+            "recipe": recipe,
+            "history": [r.model_dump() for r in bundle.history],
+            "scorecards": scorecards or [],
+            "files": files,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        _swap_into_place(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _swap_into_place(tmp: Path, dest: Path) -> None:
+    if dest.exists():
+        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
+
+
+def read_manifest(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]:
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ArtifactError(f"{folder}: no such model folder")
+    mpath = folder / MANIFEST
+    if not mpath.is_file():
+        raise ArtifactError(f"{folder}: not a Lepton model (no {MANIFEST}); "
+                            "plain transformers folders load with lepton.evaluate or as a recipe's model")
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{mpath}: manifest is not valid JSON ({err})") from None
+    version = manifest.get("schema_version")
+    if version != MANIFEST_SCHEMA_VERSION:
+        raise ArtifactError(f"{mpath}: manifest schema_version {version!r} is not supported "
+                            f"(this Lepton reads {MANIFEST_SCHEMA_VERSION})")
+    if verify:
+        verify_files(folder, manifest)
+    return manifest
+
+
+def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError(f"{folder / MANIFEST}: lists no files to verify")
+    for name, digest in files.items():
+        p = folder / name
+        if not p.is_file():
+            raise ArtifactError(f"{p}: listed in {MANIFEST} but missing")
+        if sha256(p) != digest:
+            raise ArtifactError(f"{p}: checksum mismatch (the file was changed after it was saved)")
+
+
+def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, device: str = "cpu") -> ModelBundle:
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    from lepton.models import load_tokenizer
+
+    folder = Path(path)
+    manifest = read_manifest(folder, verify=verify)
+    task = TaskSpec.model_validate(manifest["task"])
+    auto = (AutoModelForSequenceClassification if task.kind == "sequence_classification"
+            else AutoModelForTokenClassification)
+    try:
+        model = auto.from_pretrained(folder)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ArtifactError(f"{folder}: cannot load the model ({str(err).splitlines()[0]})") from None
+    model.to(device).eval()
+    return ModelBundle(model=model, tokenizer=load_tokenizer(str(folder)), task=task,
+                       runtime=manifest.get("runtime", "torch"), source=manifest.get("source_model", ""),
+                       history=[StageRecord.model_validate(r) for r in manifest.get("history", [])])
+
+
+_WORD = re.compile(r"\S+")
+
+
+class Predictor:
+    """A loaded model that predicts on raw text. Returned by ``lepton.load``."""
+
+    def __init__(self, bundle: ModelBundle, manifest: dict[str, Any]) -> None:
+        self.bundle = bundle
+        self.manifest = manifest
+
+    @property
+    def task(self) -> TaskSpec:
+        return self.bundle.task
+
+    @property
+    def labels(self) -> list[str]:
+        return self.bundle.task.labels
+
+    def predict(self, inputs: Any, *, batch_size: int = 32) -> list[dict[str, Any]]:
+        """Sequence classification: a text, a list of texts, or a list of (text, pair) tuples ->
+        ``{"label", "score", "scores"}`` each. Token classification: a text or list of texts
+        (split on whitespace) or a list of token lists -> ``{"tokens", "tags", "entities"}`` each,
+        entities carrying character offsets into the text."""
+        import torch
+
+        single = isinstance(inputs, str) or (self.task.pair and isinstance(inputs, tuple))
+        items = [inputs] if single else list(inputs)
+        if not items:
+            return []
+        tok, model = self.bundle.tokenizer, self.bundle.model
+        device = next(model.parameters()).device
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            if self.task.kind == "sequence_classification":
+                results.extend(self._classify(chunk, tok, model, device, torch))
+            else:
+                results.extend(self._tag(chunk, tok, model, device, torch))
+        return results[0:1] if single else results
+
+    def _classify(self, chunk: list[Any], tok: Any, model: Any, device: Any, torch: Any) -> list[dict[str, Any]]:
+        if self.task.pair:
+            if not all(isinstance(x, (tuple, list)) and len(x) == 2 for x in chunk):
+                raise LeptonError("this model classifies sentence pairs: pass (text, text_pair) tuples")
+            firsts, seconds = [str(a) for a, _ in chunk], [str(b) for _, b in chunk]
+        else:
+            if not all(isinstance(x, str) for x in chunk):
+                raise LeptonError("pass a text or a list of texts")
+            firsts, seconds = list(chunk), None
+        enc = tok(firsts, seconds, truncation=True, max_length=self.task.max_length, padding=True,
+                  return_tensors="pt")
+        with torch.inference_mode():
+            logits = model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy()
+        probs = softmax(logits)
+        out = []
+        for row in probs:
+            best = int(np.argmax(row))
+            out.append({"label": self.labels[best], "score": float(row[best]),
+                        "scores": {lab: float(p) for lab, p in zip(self.labels, row)}})
+        return out
+
+    def _tag(self, chunk: list[Any], tok: Any, model: Any, device: Any, torch: Any) -> list[dict[str, Any]]:
+        from seqeval.metrics.sequence_labeling import get_entities
+
+        words, spans, texts = [], [], []
+        for item in chunk:
+            if isinstance(item, str):
+                found = list(_WORD.finditer(item))
+                words.append([m.group() for m in found])
+                spans.append([(m.start(), m.end()) for m in found])
+                texts.append(item)
+            elif isinstance(item, (list, tuple)) and all(isinstance(w, str) for w in item):
+                words.append(list(item))
+                spans.append(None)
+                texts.append(None)
+            else:
+                raise LeptonError("pass a text, a list of texts, or a list of token lists")
+        results = [{"tokens": [], "tags": [], "entities": []} for _ in chunk]
+        nonempty = [i for i, w in enumerate(words) if w]
+        if not nonempty:
+            return results
+        enc = tok([words[i] for i in nonempty], is_split_into_words=True, truncation=True,
+                  max_length=self.task.max_length, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            logits = model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy()
+        probs = softmax(logits)
+        for row, i in enumerate(nonempty):
+            ids = word_predictions(logits[row], enc.word_ids(row), len(words[i]))
+            first_pos = {}
+            for pos, w in enumerate(enc.word_ids(row)):
+                if w is not None and w not in first_pos:
+                    first_pos[w] = pos
+            tags = [self.labels[t] if t >= 0 else "O" for t in ids]
+            entities = []
+            for etype, a, b in get_entities(tags):
+                score = float(np.mean([probs[row, first_pos[w], ids[w]] for w in range(a, b + 1)
+                                       if w in first_pos]))
+                ent: dict[str, Any] = {"entity": etype, "words": [a, b + 1], "score": score,
+                                       "text": " ".join(words[i][a:b + 1])}
+                if spans[i] is not None:
+                    ent["start"], ent["end"] = spans[i][a][0], spans[i][b][1]
+                    ent["text"] = texts[i][ent["start"]:ent["end"]]
+                entities.append(ent)
+            results[i] = {"tokens": words[i], "tags": tags, "entities": entities}
+        return results
+
+
+def load(path: str | os.PathLike[str], *, device: str = "cpu") -> Predictor:
+    """Load a saved Lepton model, verifying every file's checksum first."""
+    bundle = load_bundle(path, device=device)
+    return Predictor(bundle, read_manifest(path, verify=False))

@@ -1,0 +1,58 @@
+"""What flows between stages (ModelBundle) and what a stage may use (RunContext)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from lepton.data import Split
+    from lepton.tasks import TaskSpec
+
+
+class StageRecord(BaseModel):
+    """One completed stage, as written to the manifest."""
+
+    index: int
+    kind: str
+    name: str
+    settings: dict[str, Any]
+    started: str
+    seconds: float
+    summary: dict[str, Any] = {}
+
+
+@dataclass
+class ModelBundle:
+    model: Any  # transformers PreTrainedModel (torch runtime)
+    tokenizer: Any  # PreTrainedTokenizerBase
+    task: TaskSpec
+    runtime: str = "torch"
+    source: str = ""  # the model spec the run started from
+    history: list[StageRecord] = field(default_factory=list)
+
+
+@dataclass
+class RunContext:
+    splits: dict[str, Split]
+    seed: int
+    device: str
+    out_dir: Path
+    work_dir: Path  # checkpoints and per-stage snapshots live here
+    resume: bool = False
+    logger: logging.Logger = field(default_factory=lambda: logging.getLogger("lepton"))
+    progress: bool = True  # show progress bars (only when stderr is a terminal)
+    stage_dir: Path | None = None  # the running stage's own folder for checkpoints (set by the runner)
+    stage_index: int = 0
+    stage_summary: dict[str, Any] = field(default_factory=dict)  # what the running stage reports
+
+    def split(self, name: str) -> Split:
+        from lepton.errors import StageError
+
+        if name not in self.splits:
+            raise StageError(f"this stage needs data.{name} in the recipe")
+        return self.splits[name]

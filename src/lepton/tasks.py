@@ -1,0 +1,209 @@
+"""What a task is: its labels, how examples become model inputs, how outputs become predictions.
+
+Two kinds so far: sequence classification (one sentence or a pair) and token classification
+(NER; a word's label sits on its first sub-token, the other sub-tokens are ignored in the loss).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel
+
+from lepton.errors import DataError, LabelError
+
+if TYPE_CHECKING:
+    import torch
+
+    from lepton.data import Split
+    from lepton.recipe import TaskConfig
+
+IGNORE = -100  # label id the loss skips (transformers' convention)
+
+
+class TaskSpec(BaseModel):
+    kind: Literal["sequence_classification", "token_classification"]
+    labels: list[str]  # display names, in model output order
+    raw_labels: list[str]  # the label values as they appear in the data, same order
+    max_length: int = 128
+    pair: bool = False  # sequence classification on sentence pairs
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    @property
+    def split_kind(self) -> Literal["sequence", "tokens"]:
+        return "tokens" if self.kind == "token_classification" else "sequence"
+
+
+def _natural_key(value: str) -> tuple[int, Any]:
+    return (0, int(value)) if value.lstrip("-").isdigit() else (1, value)
+
+
+def build_task(config: TaskConfig, train: Split | None) -> TaskSpec:
+    """Fix the label set: from the recipe when given, else the sorted labels of the training data."""
+    if isinstance(config.labels, dict):
+        raw, names = list(config.labels), list(config.labels.values())
+    elif isinstance(config.labels, list):
+        raw, names = list(config.labels), list(config.labels)
+    else:
+        if train is None or train.labels is None:
+            raise DataError("task.labels: give the label set, or labelled data.train to infer it from")
+        seen: set[str] = set()
+        for item in train.labels:
+            seen.update(item if isinstance(item, list) else [item])
+        raw = sorted(seen, key=_natural_key)
+        names = list(raw)
+    if len(raw) < 2:
+        raise DataError(f"task.labels: a classifier needs at least 2 labels, found {raw}")
+    if len(set(raw)) != len(raw) or len(set(names)) != len(names):
+        raise DataError("task.labels: labels must be unique")
+    return TaskSpec(kind=config.kind, labels=names, raw_labels=raw, max_length=config.max_length,
+                    pair=config.text_pair is not None)
+
+
+@dataclass
+class Encoded:
+    """A tokenized split: unpadded inputs plus label ids, ready for batching."""
+
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]] | None
+    labels: list[int] | list[list[int]] | None  # per example, or per sub-token (NER, IGNORE-filled)
+    word_ids: list[list[int | None]] | None = None  # NER: sub-token -> word index
+    n_words: list[int] | None = None  # NER: words per sentence (before truncation)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def lengths(self) -> list[int]:
+        return [len(ids) for ids in self.input_ids]
+
+
+def label_ids(split: Split, task: TaskSpec) -> list[int] | list[list[int]] | None:
+    """Map raw labels to ids; a label outside the task's set is an error naming the row."""
+    if split.labels is None:
+        return None
+    index = {raw: i for i, raw in enumerate(task.raw_labels)}
+    out: list[Any] = []
+    for i, item in enumerate(split.labels):
+        values = item if isinstance(item, list) else [item]
+        for v in values:
+            if v not in index:
+                raise LabelError(f"{split.sources[i]}: label {v!r} is not in the label set "
+                                 f"{task.raw_labels} (set task.labels to change it)")
+        out.append([index[v] for v in item] if isinstance(item, list) else index[item])
+    return out
+
+
+def encode(split: Split, task: TaskSpec, tokenizer: Any) -> Encoded:
+    ids = label_ids(split, task)
+    if task.kind == "sequence_classification":
+        enc = tokenizer(list(split.texts), split.text_pairs, truncation=True,
+                        max_length=task.max_length)
+        return Encoded(enc["input_ids"], enc.get("token_type_ids"), ids)
+    enc = tokenizer(list(split.texts), is_split_into_words=True, truncation=True,
+                    max_length=task.max_length)
+    word_ids = [enc.word_ids(i) for i in range(len(split))]
+    sub_labels = None
+    if ids is not None:
+        sub_labels = [align_labels(w, tags) for w, tags in zip(word_ids, ids)]
+    return Encoded(enc["input_ids"], enc.get("token_type_ids"), sub_labels, word_ids,
+                   [len(t) for t in split.texts])
+
+
+def align_labels(word_ids: list[int | None], tags: list[int]) -> list[int]:
+    """A word's tag on its first sub-token; IGNORE on special tokens and later sub-tokens."""
+    out, previous = [], None
+    for w in word_ids:
+        out.append(IGNORE if w is None or w == previous else tags[w])
+        previous = w
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Batching: dynamic padding, length-grouped order for training, sorted order for inference.
+
+
+def train_batches(lengths: list[int], batch_size: int, *, seed: int, epoch: int,
+                  group_by_length: bool = True) -> list[list[int]]:
+    """This epoch's batches, a pure function of (seed, epoch) so a resumed run sees the same order.
+
+    Length grouping: shuffle, cut into mega-batches of 50 batches, sort each by length, then
+    shuffle the batch order. Batches hold similar lengths (little padding) yet stay random.
+    """
+    rng = random.Random(seed * 1_000_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if not group_by_length:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    mega = batch_size * 50
+    batches: list[list[int]] = []
+    for start in range(0, len(order), mega):
+        chunk = sorted(order[start:start + mega], key=lambda i: -lengths[i])
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collate(encoded: Encoded, indices: list[int], pad_id: int, *,
+            pad_to: int | None = None, with_labels: bool = True) -> dict[str, torch.Tensor]:
+    import torch
+
+    width = max(len(encoded.input_ids[i]) for i in indices)
+    if pad_to is not None:
+        width = max(width, pad_to)
+    n = len(indices)
+    input_ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    types = torch.zeros((n, width), dtype=torch.long) if encoded.token_type_ids is not None else None
+    for row, i in enumerate(indices):
+        ids = encoded.input_ids[i]
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        mask[row, :len(ids)] = 1
+        if types is not None:
+            types[row, :len(ids)] = torch.tensor(encoded.token_type_ids[i])
+    batch = {"input_ids": input_ids, "attention_mask": mask}
+    if types is not None:
+        batch["token_type_ids"] = types
+    if with_labels and encoded.labels is not None:
+        first = encoded.labels[indices[0]]
+        if isinstance(first, list):
+            labels = torch.full((n, width), IGNORE, dtype=torch.long)
+            for row, i in enumerate(indices):
+                lab = encoded.labels[i]
+                labels[row, :len(lab)] = torch.tensor(lab)
+        else:
+            labels = torch.tensor([encoded.labels[i] for i in indices], dtype=torch.long)
+        batch["labels"] = labels
+    return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding model outputs
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def word_predictions(logits: np.ndarray, word_ids: list[int | None], n_words: int) -> list[int]:
+    """Per-word label ids from sub-token logits (first sub-token); truncated words get -1."""
+    out = [-1] * n_words
+    previous = None
+    for pos, w in enumerate(word_ids):
+        if w is not None and w != previous and pos < len(logits):
+            out[w] = int(np.argmax(logits[pos]))
+        previous = w
+    return out
