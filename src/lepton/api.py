@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from lepton import __version__
 from lepton.artifact import load_bundle, now_iso, read_manifest, save_artifact
 from lepton.bundle import ModelBundle, RunContext, StageRecord
@@ -200,9 +202,13 @@ def evaluate(model: str | os.PathLike[str], data: DataSplitConfig | dict[str, An
     bundle = load_bundle(model)
     spec: TaskSpec = bundle.task
     if isinstance(data, str):
-        data = DataSplitConfig(path=data)
-    elif isinstance(data, dict):
-        data = DataSplitConfig.model_validate(data)
+        data = {"path": data}
+    if isinstance(data, dict):
+        try:
+            data = DataSplitConfig.model_validate(data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            raise RecipeError(f"data.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
     trained = (manifest.get("recipe") or {}).get("task") or {"kind": spec.kind}
     task_cfg = TaskConfig.model_validate({**trained, **{k: v for k, v in
                                           (("text", text), ("text_pair", text_pair), ("label", label))

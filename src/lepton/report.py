@@ -115,7 +115,10 @@ def print_table(report: Report) -> None:
         table.add_column(h, justify="left" if h == "variant" else "right")
     for r in rows:
         table.add_row(*r)
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # piped or logged: do not squeeze the table to 80 columns
+    console.print(table)
 
 
 def load_report(path: str | os.PathLike[str]) -> Report:
