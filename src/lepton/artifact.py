@@ -11,12 +11,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from lepton import __version__
 from lepton.bundle import ModelBundle, StageRecord
@@ -44,7 +44,9 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
     """Write ``bundle`` to ``dest`` atomically (a sibling temp folder renamed into place)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    # Not tempfile.mkdtemp: its 0700 would leave the shipped model unreadable to other users.
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
     try:
         bundle.model.save_pretrained(tmp, safe_serialization=True)
         bundle.tokenizer.save_pretrained(tmp)
@@ -62,6 +64,9 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        mode = (tmp / MANIFEST).stat().st_mode & 0o777  # what the umask gives a new file
+        for name in files:  # safetensors writes its file 0600 whatever the umask
+            os.chmod(tmp / name, mode)
         _swap_into_place(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -91,6 +96,8 @@ def read_manifest(path: str | os.PathLike[str], *, verify: bool = True) -> dict[
         manifest = json.loads(mpath.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ArtifactError(f"{mpath}: manifest is not valid JSON ({err})") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{mpath}: manifest is not a JSON object")
     version = manifest.get("schema_version")
     if version != MANIFEST_SCHEMA_VERSION:
         raise ArtifactError(f"{mpath}: manifest schema_version {version!r} is not supported "
@@ -113,18 +120,22 @@ def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
 
 
 def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, device: str = "cpu") -> ModelBundle:
+    from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     from lepton.models import load_tokenizer
 
     folder = Path(path)
     manifest = read_manifest(folder, verify=verify)
-    task = TaskSpec.model_validate(manifest["task"])
+    try:
+        task = TaskSpec.model_validate(manifest.get("task"))
+    except ValidationError as err:
+        raise ArtifactError(f"{folder / MANIFEST}: task is malformed ({err.errors()[0]['msg']})") from None
     auto = (AutoModelForSequenceClassification if task.kind == "sequence_classification"
             else AutoModelForTokenClassification)
     try:
         model = auto.from_pretrained(folder)
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # SafetensorError: with verify=False
         raise ArtifactError(f"{folder}: cannot load the model ({str(err).splitlines()[0]})") from None
     model.to(device).eval()
     return ModelBundle(model=model, tokenizer=load_tokenizer(str(folder)), task=task,

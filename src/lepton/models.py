@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ def resolve_model(spec: str) -> str:
     if spec.startswith("builtin:"):
         name = spec.removeprefix("builtin:")
         if name not in BUILTIN_MODELS:
-            raise UnknownNameError(f"model: unknown builtin {spec!r}{suggest(name, BUILTIN_MODELS)}"
+            known = ["builtin:" + n for n in BUILTIN_MODELS]  # suggest what to write, prefix included
+            raise UnknownNameError(f"model: unknown builtin {spec!r}{suggest(spec, known)}"
                                    f" (known: {', '.join('builtin:' + n for n in BUILTIN_MODELS)})")
         package, folder = BUILTIN_MODELS[name]
         try:
@@ -72,6 +74,7 @@ def load_tokenizer(location: str, *, trust_remote_code: bool = False) -> Any:
 def load_for_task(location: str, *, kind: str, labels: list[str],
                   trust_remote_code: bool = False) -> Any:
     """Load a transformers model with a task head sized for ``labels`` (a new head if needed)."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     auto = (AutoModelForSequenceClassification if kind == "sequence_classification"
@@ -82,7 +85,8 @@ def load_for_task(location: str, *, kind: str, labels: list[str],
             location, num_labels=len(labels), id2label=id2label,
             label2id={v: k for k, v in id2label.items()}, trust_remote_code=trust_remote_code,
         )
-    except (OSError, ValueError, RuntimeError) as err:
+    except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as err:
+        # SafetensorError, UnpicklingError: a damaged model.safetensors or pytorch_model.bin
         raise ModelLoadError(f"model: cannot load {location}: {_first_line(err)}") from None
     return model
 

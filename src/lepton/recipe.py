@@ -6,6 +6,7 @@ error names the key path; an unknown key also suggests the closest valid one.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import typing
@@ -162,13 +163,13 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     node: Any = tree
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
-        where = ".".join(parts[: depth + 1])
         if isinstance(node, list):
             if not part.lstrip("-").isdigit():
                 raise RecipeError(f"--set {key}: {'.'.join(parts[:depth]) or 'root'} is a list; use an index, not {part!r}")
             idx = int(part)
             if not -len(node) <= idx < len(node):
-                raise RecipeError(f"--set {key}: index {idx} out of range ({where} has {len(node)} items)")
+                raise RecipeError(f"--set {key}: index {idx} out of range "
+                                  f"({'.'.join(parts[:depth]) or 'root'} has {len(node)} items)")
             if last:
                 node[idx] = value
             else:
@@ -258,6 +259,7 @@ def parse_recipe(tree: Any, *, source: str = "<recipe>", overrides: typing.Seque
     """Validate a parsed YAML tree (after overrides and interpolation) into a Recipe."""
     if not isinstance(tree, dict):
         raise RecipeError(f"{source}: a recipe is a YAML mapping at the top level")
+    tree = copy.deepcopy(tree)  # overrides edit the tree in place; leave the caller's alone
     for assignment in overrides:
         apply_override(tree, assignment)
     try:

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +30,9 @@ from lepton.stages import StageConfig, register
 from lepton.tasks import Encoded, collate, encode, sorted_batches, train_batches
 
 log = logging.getLogger(__name__)
+
+# Test hook: SIGKILL this process right after this optimizer step (see tests/test_finetune.py).
+_KILL_AT_STEP = int(os.environ.get("LEPTON_TEST_KILL_AT_STEP", "0") or 0)
 
 
 class FinetuneConfig(StageConfig):
@@ -259,7 +263,7 @@ def finetune(bundle: ModelBundle, config: FinetuneConfig, ctx: RunContext) -> Mo
                 now = time.perf_counter()
                 state.train_seconds += now - tick
                 rate = items_window / max(now - time_window, 1e-9)
-                bar.advance(1, loss=float(loss), items_s=rate, epoch=state.epoch + 1)
+                bar.advance(1, loss=float(loss.detach()), items_s=rate, epoch=state.epoch + 1)
                 if now - time_window > 10:
                     items_window, time_window = 0, now
                 if config.eval_every and state.step % config.eval_every == 0:
@@ -270,6 +274,9 @@ def finetune(bundle: ModelBundle, config: FinetuneConfig, ctx: RunContext) -> Mo
                     done = True
                 if state.step % config.checkpoint_every == 0 and not done:
                     _save_checkpoint(stage_dir, model, optimizer, scheduler, state, best)
+                if _KILL_AT_STEP and state.step == _KILL_AT_STEP:
+                    # Fault injection for the resume tests: die as abruptly as a killed job does.
+                    os.kill(os.getpid(), signal.SIGKILL)
                 tick = time.perf_counter()
                 if done:
                     break
