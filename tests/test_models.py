@@ -122,8 +122,10 @@ def test_load_tokenizer(tiny_model_dir):
 
 
 def test_folder_without_tokenizer(tiny_model_dir, tmp_path):
+    # transformers would build a tokenizer knowing only its special tokens, so every word would
+    # become [UNK] and training would go on silently on nothing.
     folder = _copy_without(tiny_model_dir, tmp_path / "m", "tokenizer.json", "tokenizer_config.json",
                            "vocab.txt", "special_tokens_map.json")
     with pytest.raises(ModelLoadError) as info:
         load_tokenizer(str(folder))
-    assert "cannot load a tokenizer" in str(info.value) and str(folder) in str(info.value)
+    assert str(folder) in str(info.value) and "no tokenizer" in str(info.value)

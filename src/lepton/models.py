@@ -20,6 +20,9 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
+# Without any of these, transformers builds a tokenizer that knows only its special tokens.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
 
 
 def resolve_model(spec: str) -> str:
@@ -61,6 +64,9 @@ def check_model_folder(path: Path, spec: str) -> None:
 def load_tokenizer(location: str, *, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
+    folder = Path(location)
+    if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelLoadError(f"model: {location} has no tokenizer (expected one of: {', '.join(TOKENIZER_FILES)})")
     try:
         tok = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
