@@ -21,7 +21,8 @@ from lepton.errors import ArtifactError, LeptonError
 from lepton.models import load_for_task, load_tokenizer
 from lepton.tasks import TaskSpec, softmax
 
-TEXTS = ["a great and lovely film", "dull, boring and weak.", "ok", "the plot was quite superb really"]
+TEXTS = ["a great and lovely film", "dull, boring and weak.", "ok",
+         "the plot was quite superb really"]
 NER_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
 
 
@@ -272,7 +273,8 @@ def _force(predictor: Predictor, label: str) -> None:
         head.bias[predictor.labels.index(label)] = 5.0
 
 
-NER_TEXTS = ["Alice visited  Rome .", "  Bob\tmet Zoë in   São Paulo!  ", "x", "naïve café-owner from Berlin"]
+NER_TEXTS = ["Alice visited  Rome .", "  Bob\tmet Zoë in   São Paulo!  ", "x",
+             "naïve café-owner from Berlin"]
 
 
 def _check_structure(text: str, result: dict, labels: list[str]) -> None:
@@ -359,7 +361,8 @@ def test_sentence_pair_predictor_needs_tuples(tiny_model_dir, tmp_path):
     firsts, seconds = ["a cat sat", "it rained"], ["a cat was sitting", "the sun was out"]
     results = predictor.predict(list(zip(firsts, seconds)))
     expected = softmax(logits_of(bundle.model, bundle.tokenizer, firsts, seconds).numpy())
-    assert [r["scores"]["same"] for r in results] == pytest.approx(expected[:, 1].tolist(), abs=1e-5)
+    got = [r["scores"]["same"] for r in results]
+    assert got == pytest.approx(expected[:, 1].tolist(), abs=1e-5)
     [single] = predictor.predict((firsts[0], seconds[0]))
     assert single["scores"]["same"] == pytest.approx(float(expected[0, 1]), abs=1e-5)
 

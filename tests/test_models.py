@@ -90,12 +90,14 @@ def test_a_file_is_not_a_model_folder(tmp_path):
 
 def test_hub_ids_pass_through_unchanged(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # so "org/name" is not a local folder
-    assert resolve_model("sentence-transformers/all-MiniLM-L6-v2") == "sentence-transformers/all-MiniLM-L6-v2"
+    hub_id = "sentence-transformers/all-MiniLM-L6-v2"
+    assert resolve_model(hub_id) == hub_id
     assert resolve_model("bert-base-uncased") == "bert-base-uncased"
 
 
 def test_load_for_task_sizes_the_head(tiny_model_dir):
-    model = load_for_task(str(tiny_model_dir), kind="sequence_classification", labels=["a", "b", "c"])
+    model = load_for_task(str(tiny_model_dir), kind="sequence_classification",
+                          labels=["a", "b", "c"])
     assert model.config.num_labels == 3
     assert model.config.id2label == {0: "a", 1: "b", 2: "c"}
     assert model.config.label2id == {"a": 0, "b": 1, "c": 2}
@@ -124,8 +126,8 @@ def test_load_tokenizer(tiny_model_dir):
 def test_folder_without_tokenizer(tiny_model_dir, tmp_path):
     # transformers would build a tokenizer knowing only its special tokens, so every word would
     # become [UNK] and training would go on silently on nothing.
-    folder = _copy_without(tiny_model_dir, tmp_path / "m", "tokenizer.json", "tokenizer_config.json",
-                           "vocab.txt", "special_tokens_map.json")
+    folder = _copy_without(tiny_model_dir, tmp_path / "m", "tokenizer.json",
+                           "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
     with pytest.raises(ModelLoadError) as info:
         load_tokenizer(str(folder))
     assert str(folder) in str(info.value) and "no tokenizer" in str(info.value)

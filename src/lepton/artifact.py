@@ -135,7 +135,7 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, device: st
             else AutoModelForTokenClassification)
     try:
         model = auto.from_pretrained(folder)
-    except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # SafetensorError: with verify=False
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # damaged, with verify=False
         raise ArtifactError(f"{folder}: cannot load the model ({str(err).splitlines()[0]})") from None
     model.to(device).eval()
     return ModelBundle(model=model, tokenizer=load_tokenizer(str(folder)), task=task,
@@ -181,7 +181,7 @@ class Predictor:
                 results.extend(self._classify(chunk, tok, model, device, torch))
             else:
                 results.extend(self._tag(chunk, tok, model, device, torch))
-        return results[0:1] if single else results
+        return results  # always a list, one result per input (a single input gives a list of one)
 
     def _classify(self, chunk: list[Any], tok: Any, model: Any, device: Any, torch: Any) -> list[dict[str, Any]]:
         if self.task.pair:

@@ -21,8 +21,8 @@ BUILTIN_MODELS: dict[str, tuple[str, str]] = {
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 # Without any of these, transformers builds a tokenizer that knows only its special tokens.
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
-                   "tokenizer.model")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
+                   "sentencepiece.bpe.model", "spm.model", "tokenizer.model")
 
 
 def resolve_model(spec: str) -> str:
@@ -30,7 +30,7 @@ def resolve_model(spec: str) -> str:
     if spec.startswith("builtin:"):
         name = spec.removeprefix("builtin:")
         if name not in BUILTIN_MODELS:
-            known = ["builtin:" + n for n in BUILTIN_MODELS]  # suggest what to write, prefix included
+            known = ["builtin:" + n for n in BUILTIN_MODELS]  # the hint is what to write
             raise UnknownNameError(f"model: unknown builtin {spec!r}{suggest(spec, known)}"
                                    f" (known: {', '.join('builtin:' + n for n in BUILTIN_MODELS)})")
         package, folder = BUILTIN_MODELS[name]
@@ -66,7 +66,8 @@ def load_tokenizer(location: str, *, trust_remote_code: bool = False) -> Any:
 
     folder = Path(location)
     if folder.is_dir() and not any((folder / f).is_file() for f in TOKENIZER_FILES):
-        raise ModelLoadError(f"model: {location} has no tokenizer (expected one of: {', '.join(TOKENIZER_FILES)})")
+        raise ModelLoadError(f"model: {location} has no tokenizer "
+                             f"(expected one of: {', '.join(TOKENIZER_FILES)})")
     try:
         tok = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
