@@ -11,7 +11,10 @@ log = logging.getLogger("lepton")
 
 
 class StepProgress:
-    """``with StepProgress("finetune", total) as p: p.advance(1, loss=..., items_per_s=...)``."""
+    """``with StepProgress("finetune", total) as p: p.advance(1, loss=..., items_per_s=...)``.
+
+    ``enabled=False`` turns the bar off; the periodic log lines stay.
+    """
 
     def __init__(self, label: str, total: int, *, completed: int = 0, enabled: bool = True,
                  log_every_s: float = 30.0) -> None:
@@ -42,7 +45,8 @@ class StepProgress:
         info = " ".join(f"{k} {v}" for k, v in self.fields.items())
         if self._bar is not None:
             self._bar.update(self._task, completed=self.completed, info=info)
-        elif self.enabled and time.monotonic() - self._last_log >= self.log_every_s:
+        elif time.monotonic() - self._last_log >= self.log_every_s:
+            # No bar (not a terminal, or bars turned off): a log line now and then instead.
             self._last_log = time.monotonic()
             log.info("%s: %d/%d %s", self.label, self.completed, self.total, info)
 
