@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lepton.evaluation.environment import fingerprint
 from lepton.evaluation.quality import sequence_quality
-from lepton.evaluation.scorecard import Efficiency, LatencyStats, Report, Scorecard
+from lepton.evaluation.scorecard import Comparison, Efficiency, LatencyStats, Report, Scorecard
 from lepton.report import table_rows, to_markdown
 from lepton.schema import render
 
@@ -32,12 +32,18 @@ def _card(name: str, acc_pred: list[int], p50: float, path: list[str]) -> Scorec
 def test_markdown_and_table_show_every_variant_with_deltas() -> None:
     base = _card("finetune", [0, 1, 1, 0, 1, 0, 1, 1], 10.0, ["finetune"])
     other = _card("drop", [0, 1, 1, 0, 1, 0, 0, 0], 5.0, ["finetune", "drop"])
+    other.comparison = Comparison(baseline="finetune", metric="accuracy", delta=-0.25, ci95_low=-0.5,
+                                  ci95_high=-0.125, p_bootstrap=0.01, p_mcnemar=0.5, significant=True,
+                                  verdict="significantly worse", speedup_b1=2.0, speedup_throughput=1.9,
+                                  smaller=1.0, label="faster")
     report = Report(lepton_version="0", created="now", recipe={}, baseline="finetune",
                     variants=[base, other], environment=fingerprint(0))
     header, rows = table_rows(report)
     assert [r[0] for r in rows] == ["finetune", "drop"]
-    assert rows[1][header.index("Δ vs baseline")] == "-0.2500"
+    assert rows[1][header.index("Δ vs baseline [95% CI]")] == "-0.2500* [-0.5000, -0.1250]"
     assert rows[1][header.index("speed-up")] == "2.00x"
+    assert rows[0][header.index("verdict")] == "baseline"
+    assert rows[1][header.index("verdict")] == "significantly worse; faster"
     md = to_markdown(report)
     assert "| finetune | 1.0000 [1.0000, 1.0000] |" in md
     assert "## drop" in md and "Confusion matrix" in md

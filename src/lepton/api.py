@@ -100,7 +100,9 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
     import torch
 
     from lepton.evaluation.environment import fingerprint
-    from lepton.evaluation.harness import evaluate_bundle
+    from lepton.evaluation.harness import Variant, evaluate_variants, measure_quality
+    from lepton.evaluation.quality import Quality
+    from lepton.evaluation.scorecard import Calibration, Robustness
     from lepton.models import load_for_task, load_tokenizer, resolve_model
     from lepton.report import write_report
     from lepton.stages import handler_for
@@ -128,31 +130,45 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
         model = load_for_task(location, kind=task.kind, labels=task.labels,
                               trust_remote_code=recipe.trust_remote_code).to(device)
         bundle = ModelBundle(model=model, tokenizer=tokenizer, task=task, source=recipe.model)
-        eval_enc = encode(eval_split, task, tokenizer)
         log.info("model %s on %s: %d labels %s", recipe.model, device, task.num_labels, task.labels)
 
-        def score(b: ModelBundle, name: str, path: list[str]) -> Scorecard:
-            return evaluate_bundle(b, eval_split, eval_enc, recipe.evaluate, name=name,
-                                   stage_path=path, seed=recipe.seed)
+        variants: list[Variant] = []
+        qualities: dict[str, Any] = {}
 
-        cards: list[Scorecard] = []
-        if recipe.evaluate.baseline:
-            cached = work / "scorecard-pretrained.json"
-            if resume and cached.is_file():
-                card = Scorecard.model_validate_json(cached.read_text())
+        def remember(name: str, path: list[str], b: ModelBundle, folder: Path) -> None:
+            """Quality now (the live model changes in later stages), cached for --resume."""
+            cache = folder.parent / "quality.json"
+            v = Variant(name=name, stage_path=path, bundle=b, folder=folder)
+            if resume and cache.is_file():
+                saved = json.loads(cache.read_text())
+                v.predictions = saved["predictions"]
+                qualities[name] = (Quality.model_validate(saved["quality"]),
+                                   Robustness.model_validate(saved["robustness"]) if saved["robustness"] else None,
+                                   Calibration.model_validate(saved["calibration"]) if saved["calibration"] else None)
             else:
-                card = score(bundle, "pretrained", [])
-                _write_atomic(cached, card.model_dump_json())
-            cards.append(card)
+                log.info("evaluate %s: quality on %d %s examples", name, len(eval_split), eval_split.name)
+                q, r, c = measure_quality(v, eval_split, recipe.evaluate, recipe.seed)
+                qualities[name] = (q, r, c)
+                _write_atomic(cache, json.dumps({
+                    "predictions": v.predictions, "quality": q.model_dump(mode="json"),
+                    "robustness": r.model_dump(mode="json") if r else None,
+                    "calibration": c.model_dump(mode="json") if c else None}))
+            variants.append(v)
+
+        if recipe.evaluate.baseline:
+            folder = work / "pretrained" / "snapshot"
+            if not (resume and (folder / "lepton.json").is_file()):
+                save_artifact(bundle, folder, recipe=recipe.resolved_dict())
+            remember("pretrained", [], bundle, folder)
 
         names = _stage_names(recipe)
         for i, (stage, name) in enumerate(zip(recipe.stages, names)):
             stage_dir = work / f"stage-{i}-{stage.kind}"
-            snapshot, card_file = stage_dir / "snapshot", stage_dir / "scorecard.json"
-            if resume and (snapshot / "lepton.json").is_file() and card_file.is_file():
+            snapshot = stage_dir / "snapshot"
+            if resume and (snapshot / "lepton.json").is_file():
                 bundle = load_bundle(snapshot, device=device)
-                cards.append(Scorecard.model_validate_json(card_file.read_text()))
                 log.info("stage %d (%s): done in the interrupted run, reusing its result", i, name)
+                remember(name, [r.name for r in bundle.history], bundle, snapshot)
                 continue
             ctx = RunContext(splits=splits, seed=recipe.seed, device=device, out_dir=out,
                              work_dir=work, resume=resume, progress=progress, stage_dir=stage_dir,
@@ -165,20 +181,27 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
                                  seconds=round(time.perf_counter() - t0, 2), summary=ctx.stage_summary)
             bundle.history.append(record)
             log.info("stage %d (%s) done in %.1f s", i, name, record.seconds)
-            card = score(bundle, name, [r.name for r in bundle.history])
             save_artifact(bundle, snapshot, recipe=recipe.resolved_dict())
-            _write_atomic(card_file, card.model_dump_json())
-            cards.append(card)
             resume = False  # later stages start fresh
+            remember(name, [r.name for r in bundle.history], bundle, snapshot)
 
-        baseline = next((c.name for c in cards if c.stage_path and c.stage_path[-1] in
-                         [n for s, n in zip(recipe.stages, names) if s.kind == "finetune"]), None)
+        # Timing needs every variant as it was, not the live model later stages changed in place.
+        for v in variants:
+            v.bundle = load_bundle(v.folder, verify=False, device=device)
+        finetuned = [n for s, n in zip(recipe.stages, names) if s.kind == "finetune"]
+        baseline = next((v.name for v in variants if v.name in finetuned),
+                        variants[0].name if variants else None)
+        cards = evaluate_variants(variants, eval_split, recipe.evaluate, seed=recipe.seed,
+                                  baseline=baseline, qualities=qualities, memory=recipe.evaluate.memory)
         report = Report(lepton_version=__version__, created=now_iso(), recipe=recipe.resolved_dict(),
-                        baseline=baseline or (cards[0].name if cards else None), variants=cards,
-                        environment=fingerprint(recipe.seed),
+                        baseline=baseline, variants=cards, environment=fingerprint(recipe.seed),
                         stages=[r.model_dump() for r in bundle.history])
+        from lepton.model_card import model_card  # model card (README.md)
+        manifest_like = {"history": [r.model_dump() for r in bundle.history], "source_model": recipe.model,
+                         "recipe": recipe.resolved_dict()}
         save_artifact(bundle, out / "model", recipe=recipe.resolved_dict(),
-                      scorecards=[c.model_dump(mode="json") for c in cards])
+                      scorecards=[c.model_dump(mode="json") for c in cards],
+                      model_card=model_card(report, manifest_like))
         write_report(report, out)
         shutil.rmtree(work, ignore_errors=True)  # checkpoints are only for resuming
         log.info("wrote %s and %s", out / "model", out / "report.md")
@@ -188,41 +211,97 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
         file_log.close()
 
 
-def evaluate(model: str | os.PathLike[str], data: DataSplitConfig | dict[str, Any] | str, *,
-             text: Any = None, text_pair: Any = None, label: Any = None,
-             config: EvaluateConfig | None = None, seed: int = 0) -> Report:
-    """Evaluate a saved Lepton model on a data file with the same harness as ``run``.
+def _variant_name(path: Path, taken: set[str]) -> str:
+    name = path.parent.name if path.name == "model" and path.parent.name else path.name
+    base, k = name, 2
+    while name in taken:
+        name, k = f"{base}-{k}", k + 1
+    taken.add(name)
+    return name
 
-    Columns default to those of the recipe the model was trained with.
+
+def _data_config(data: DataSplitConfig | dict[str, Any] | str) -> DataSplitConfig:
+    if isinstance(data, DataSplitConfig):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        data = {"path": str(data)}
+    try:
+        return DataSplitConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise RecipeError(f"data.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+
+
+def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | dict[str, Any] | str | None = None,
+            *, text: Any = None, text_pair: Any = None, label: Any = None,
+            config: EvaluateConfig | None = None, seed: int = 0) -> Report:
+    """Measure saved Lepton models side by side with the run harness; the first is the baseline.
+
+    ``data`` defaults to the evaluation split of the first model's recipe. Columns default to
+    those of the recipe the first model was trained with.
     """
-    from lepton.evaluation.environment import fingerprint
-    from lepton.evaluation.harness import evaluate_bundle
+    from lepton.evaluation.environment import fingerprint, same_machine
+    from lepton.evaluation.harness import Variant, evaluate_variants
 
-    manifest = read_manifest(model)
-    bundle = load_bundle(model)
-    spec: TaskSpec = bundle.task
-    if isinstance(data, str):
-        data = {"path": data}
-    if isinstance(data, dict):
-        try:
-            data = DataSplitConfig.model_validate(data)
-        except ValidationError as err:
-            first = err.errors()[0]
-            raise RecipeError(f"data.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
-    trained = (manifest.get("recipe") or {}).get("task") or {"kind": spec.kind}
-    task_cfg = TaskConfig.model_validate({**trained, **{k: v for k, v in
-                                          (("text", text), ("text_pair", text_pair), ("label", label))
-                                          if v is not None}})
-    split = load_split(data, _columns(task_cfg), name="eval",
+    if not models:
+        raise RecipeError("compare: give at least one model folder")
+    paths = [Path(m) for m in models]
+    manifests = [read_manifest(p) for p in paths]  # verifies every checksum first
+    recipe0 = manifests[0].get("recipe") or {}
+    if data is None:
+        split_name = (recipe0.get("evaluate") or {}).get("split", "dev")
+        data = (recipe0.get("data") or {}).get(split_name)
+        if data is None:
+            raise RecipeError(f"{paths[0]}: its recipe has no data.{split_name}; pass --data")
+    data_cfg = _data_config(data)
+    config = config or EvaluateConfig(**{k: v for k, v in (recipe0.get("evaluate") or {}).items()
+                                         if k in EvaluateConfig.model_fields and k != "split"})
+    taken: set[str] = set()
+    variants = []
+    for path, manifest in zip(paths, manifests):
+        bundle = load_bundle(path, verify=False)
+        variants.append(Variant(name=_variant_name(path, taken), stage_path=[r.name for r in bundle.history],
+                                bundle=bundle, folder=path))
+    kinds = {v.bundle.task.kind for v in variants}
+    if len(kinds) > 1:
+        raise RecipeError(f"compare: the models solve different tasks ({', '.join(sorted(kinds))})")
+    spec: TaskSpec = variants[0].bundle.task
+    for v in variants[1:]:
+        if v.bundle.task.labels != spec.labels:
+            raise RecipeError(f"compare: {v.name} has labels {v.bundle.task.labels}, "
+                              f"{variants[0].name} has {spec.labels}")
+    trained = recipe0.get("task") or {"kind": spec.kind}
+    overrides = {k: v for k, v in (("text", text), ("text_pair", text_pair), ("label", label)) if v is not None}
+    try:
+        task_cfg = TaskConfig.model_validate({**trained, **overrides})
+    except ValidationError as err:
+        raise RecipeError(f"task: {err.errors()[0]['msg']}") from None
+    split = load_split(data_cfg, _columns(task_cfg), name="eval",
                        kind="tokens" if spec.kind == "token_classification" else "sequence")
     if split.labels is None:
-        raise StageError(f"{data.path}: evaluation needs labelled data")
-    enc = encode(split, spec, bundle.tokenizer)
-    card = evaluate_bundle(bundle, split, enc, config or EvaluateConfig(), name=Path(model).name,
-                           stage_path=[r.name for r in bundle.history], seed=seed)
-    return Report(lepton_version=__version__, created=now_iso(), recipe=manifest.get("recipe") or {},
-                  baseline=card.name, variants=[card], environment=fingerprint(seed),
-                  stages=[r.model_dump() for r in bundle.history])
+        raise StageError(f"{data_cfg.path}: evaluation needs labelled data")
+    cards = evaluate_variants(variants, split, config, seed=seed, baseline=variants[0].name,
+                              memory=config.memory)
+    env = fingerprint(seed)
+    for path, manifest in zip(paths, manifests):
+        then = manifest.get("environment")
+        if then:
+            from lepton.evaluation.environment import Environment
+
+            diffs = same_machine(Environment.model_validate(then), env)
+            if diffs:
+                log.warning("%s was built on a different machine (%s); all figures here are "
+                            "measured now, on this one", path, "; ".join(diffs))
+    return Report(lepton_version=__version__, created=now_iso(), recipe=recipe0,
+                  baseline=variants[0].name, variants=cards, environment=env,
+                  stages=[r.model_dump() for r in variants[-1].bundle.history])
 
 
-__all__ = ["run", "evaluate", "LeptonError"]
+def evaluate(model: str | os.PathLike[str], data: DataSplitConfig | dict[str, Any] | str | None = None, *,
+             text: Any = None, text_pair: Any = None, label: Any = None,
+             config: EvaluateConfig | None = None, seed: int = 0) -> Report:
+    """Evaluate one saved Lepton model with the same harness as ``run`` (see ``compare``)."""
+    return compare([model], data, text=text, text_pair=text_pair, label=label, config=config, seed=seed)
+
+
+__all__ = ["run", "evaluate", "compare", "LeptonError"]

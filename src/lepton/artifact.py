@@ -40,8 +40,12 @@ def now_iso() -> str:
 
 
 def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: dict[str, Any] | None = None,
-                  scorecards: list[dict[str, Any]] | None = None) -> Path:
-    """Write ``bundle`` to ``dest`` atomically (a sibling temp folder renamed into place)."""
+                  scorecards: list[dict[str, Any]] | None = None,
+                  model_card: str | None = None) -> Path:
+    """Write ``bundle`` to ``dest`` atomically (a sibling temp folder renamed into place);
+    ``model_card`` becomes README.md, covered by the checksums like every other file."""
+    from lepton.structure import describe
+
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     # Not tempfile.mkdtemp: its 0700 would leave the shipped model unreadable to other users.
@@ -50,7 +54,10 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
     try:
         bundle.model.save_pretrained(tmp, safe_serialization=True)
         bundle.tokenizer.save_pretrained(tmp)
+        if model_card is not None:  # model card: before the checksums, so they cover it
+            (tmp / "README.md").write_text(model_card, encoding="utf-8")
         files = {p.relative_to(tmp).as_posix(): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        structure = describe(bundle.model)
         manifest = {
             "schema_version": MANIFEST_SCHEMA_VERSION,
             "lepton_version": __version__,
@@ -60,6 +67,10 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
             "task": bundle.task.model_dump(),
             "recipe": recipe,
             "history": [r.model_dump() for r in bundle.history],
+            # Per-layer sizes when head/FFN pruning left layers the config cannot describe; such a
+            # model loads only through Lepton (transformers 5 has no pruned_heads any more).
+            "structure": structure,
+            "loads_in_transformers": structure is None,
             "scorecards": scorecards or [],
             "files": files,
         }
@@ -133,14 +144,31 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, device: st
         raise ArtifactError(f"{folder / MANIFEST}: task is malformed ({err.errors()[0]['msg']})") from None
     auto = (AutoModelForSequenceClassification if task.kind == "sequence_classification"
             else AutoModelForTokenClassification)
+    structure = manifest.get("structure")
     try:
-        model = auto.from_pretrained(folder)
+        model = auto.from_pretrained(folder) if structure is None else _load_restructured(folder, auto, structure)
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # damaged, with verify=False
         raise ArtifactError(f"{folder}: cannot load the model ({str(err).splitlines()[0]})") from None
     model.to(device).eval()
     return ModelBundle(model=model, tokenizer=load_tokenizer(str(folder)), task=task,
                        runtime=manifest.get("runtime", "torch"), source=manifest.get("source_model", ""),
                        history=[StageRecord.model_validate(r) for r in manifest.get("history", [])])
+
+
+def _load_restructured(folder: Path, auto: Any, structure: Any) -> Any:
+    """Build from config, shrink the layers to the recorded sizes, then load every weight strictly."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from lepton.structure import rebuild
+
+    if not isinstance(structure, dict):
+        raise ValueError(f"{MANIFEST}: structure is malformed")
+    model = auto.from_config(AutoConfig.from_pretrained(folder))
+    rebuild(model, structure)
+    # assign=True keeps the saved dtypes; shapes and key sets are still checked (strict).
+    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True, assign=True)
+    return model
 
 
 _WORD = re.compile(r"\S+")

@@ -34,6 +34,9 @@ class ModelBundle:
     runtime: str = "torch"
     source: str = ""  # the model spec the run started from
     history: list[StageRecord] = field(default_factory=list)
+    # Objects with after_step(model, step, total_steps) and finish(model) -> dict | None that the next
+    # training stage calls after each optimizer step and once at its end (e.g. gradual pruning).
+    train_hooks: list[Any] = field(default_factory=list)
 
 
 @dataclass

@@ -21,7 +21,10 @@ EPILOG = {
     "validate": "example: lepton validate examples/sst2-minilm.yaml",
     "evaluate": "example: lepton evaluate runs/sst2-minilm/model --data ../shared/data/sst2/dev.tsv",
     "info": "example: lepton info runs/sst2-minilm/model",
+    "compare": "example: lepton compare runs/sst2-minilm/model runs/sst2-minilm-drop/model "
+               "--max-drop accuracy=1.0 --min-speedup 1.5",
 }
+EXIT_GATE_FAILED = 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
     e = add("evaluate", "evaluate a saved model on labelled data")
     e.add_argument("model", help="a Lepton model folder (OUT/model)")
-    e.add_argument("--data", required=True, help="data file or folder")
+    e.add_argument("--data", help="data file or folder (default: the model recipe's dev split)")
     e.add_argument("--format", choices=["tsv", "csv", "jsonl", "conll", "folder"])
     e.add_argument("--text", help="text column (default: as in the training recipe)")
     e.add_argument("--text-pair", help="second text column for sentence pairs")
@@ -57,6 +60,16 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--no-header", action="store_true", help="tsv/csv file without a header row")
     e.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes to time")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    c = add("compare", "measure saved models side by side (the first is the baseline); gate on the result")
+    c.add_argument("models", nargs="+", help="Lepton model folders")
+    c.add_argument("--data", help="data file or folder (default: the first model recipe's dev split)")
+    c.add_argument("--limit", type=int, help="evaluate on the first N examples only")
+    c.add_argument("--max-drop", action="append", default=[], metavar="METRIC=POINTS",
+                   help="fail when a variant's METRIC is more than POINTS (percentage points) below "
+                        "the baseline, e.g. accuracy=1.0 (repeatable)")
+    c.add_argument("--min-speedup", type=float, help="fail when a variant's batch-1 speed-up is below this")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
 
     i = add("info", "show a saved model's task, stages, scorecards and file checks")
     i.add_argument("model")
@@ -103,8 +116,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
     except ValueError:
         raise RecipeError(f"--batch-sizes {args.batch_sizes!r}: expected integers like 1,32") from None
-    data = {"path": args.data, "format": args.format, "limit": args.limit, "header": not args.no_header}
-    report = evaluate(args.model, {k: v for k, v in data.items() if v is not None},
+    data = None
+    if args.data:
+        data = {"path": args.data, "format": args.format, "limit": args.limit, "header": not args.no_header}
+        data = {k: v for k, v in data.items() if v is not None}
+    report = evaluate(args.model, data,
                       text=_column(args.text), text_pair=_column(args.text_pair), label=_column(args.label),
                       config=EvaluateConfig(batch_sizes=sizes))
     if args.json:
@@ -112,6 +128,55 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print_table(report)
     return 0
+
+
+def _gates(report, max_drop: list[str], min_speedup: float | None) -> list[str]:
+    from lepton.errors import RecipeError
+
+    failures = []
+    base = next(v for v in report.variants if v.name == report.baseline)
+    for spec in max_drop:
+        metric, _, points = spec.partition("=")
+        try:
+            limit = float(points)
+        except ValueError:
+            raise RecipeError(f"--max-drop {spec!r}: expected METRIC=POINTS, e.g. accuracy=1.0") from None
+        if metric not in base.quality.metrics:
+            raise RecipeError(f"--max-drop: unknown metric {metric!r} "
+                              f"(known: {', '.join(base.quality.metrics)})")
+        for v in report.variants:
+            drop = (base.quality.metrics[metric].value - v.quality.metrics[metric].value) * 100
+            if v is not base and drop > limit:
+                failures.append(f"{v.name}: {metric} dropped {drop:.2f} points (limit {limit})")
+    if min_speedup is not None:
+        for v in report.variants:
+            if v is base or v.comparison is None:
+                continue
+            s = v.comparison.speedup_b1
+            if s is None or s < min_speedup:
+                failures.append(f"{v.name}: speed-up {s if s is None else round(s, 2)}x < {min_speedup}x")
+    return failures
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from lepton.api import compare
+    from lepton.report import print_table
+
+    data = {"path": args.data, "limit": args.limit} if args.data else None
+    if data is None and args.limit:
+        from lepton.artifact import read_manifest
+
+        recipe = read_manifest(args.models[0]).get("recipe") or {}
+        data = dict((recipe.get("data") or {}).get("dev") or {}, limit=args.limit) or None
+    report = compare(args.models, {k: v for k, v in data.items() if v is not None} if data else None)
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        print_table(report)
+    failures = _gates(report, args.max_drop, args.min_speedup)
+    for f in failures:
+        print(f"lepton: gate failed: {f}", file=sys.stderr)
+    return EXIT_GATE_FAILED if failures else 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -149,7 +214,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.filterwarnings("ignore")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    handlers = {"run": _cmd_run, "validate": _cmd_validate, "evaluate": _cmd_evaluate, "info": _cmd_info}
+    handlers = {"run": _cmd_run, "validate": _cmd_validate, "evaluate": _cmd_evaluate, "info": _cmd_info,
+                "compare": _cmd_compare}
     try:
         return handlers[args.command](args)
     except LeptonError as err:

@@ -79,7 +79,12 @@ class EvaluateConfig(StrictModel):
     fixed_length: int | None = Field(default=128, gt=1)  # also time batch 1 at this padded length
     warmup: int = Field(default=5, ge=0)
     throughput_batches: int = Field(default=5, ge=1)  # timed batches per throughput figure
+    rounds: int = Field(default=3, ge=1)  # interleaved timing rounds over all variants
     bootstrap: int = Field(default=1000, ge=100)
+    robustness: bool = True  # accuracy under seeded typos, word drops/swaps, case changes
+    perturb_rate: float = Field(default=0.1, gt=0, le=1)
+    calibration_bins: int = Field(default=15, ge=2)
+    memory: bool = True  # peak RSS per variant, measured in a fresh process
     threads: int | None = Field(default=None, ge=1)  # torch threads while timing; default: as set
 
     @field_validator("batch_sizes")

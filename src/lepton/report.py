@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import logging  # report.html
 import os
 from pathlib import Path
 from typing import Any
 
+from lepton.errors import MissingExtraError  # report.html
 from lepton.evaluation.scorecard import Report, Scorecard
+
+log = logging.getLogger(__name__)  # report.html
+_warned_no_html = False  # report.html: warn once per process that matplotlib is missing
 
 
 def json_schema() -> dict[str, Any]:
@@ -22,25 +27,26 @@ def _metric_cell(card: Scorecard) -> str:
 
 def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the side-by-side table of every variant."""
-    base = next((v for v in report.variants if v.name == report.baseline), None)
     headline = report.variants[0].quality.headline if report.variants else "metric"
-    header = ["variant", f"{headline} [95% CI]", "Δ vs baseline", "b1 p50 ms", "b1 p95 ms",
-              "throughput", "size MB", "params", "speed-up"]
+    header = ["variant", f"{headline} [95% CI]", "Δ vs baseline [95% CI]", "b1 p50 ms", "b1 p95 ms",
+              "throughput", "size MB", "params", "speed-up", "smaller", "verdict"]
     rows = []
     for card in report.variants:
         eff = card.efficiency
         lat = eff.latency_ms.get("b1_real")
         thr = ", ".join(f"{v:.1f}/s@{k}" for k, v in eff.throughput.items()) or "-"
-        delta = speed = "-"
-        if base is not None and card is not base:
-            d = card.quality.metrics[headline].value - base.quality.metrics[headline].value
-            delta = f"{d:+.4f}"
-            base_lat = base.efficiency.latency_ms.get("b1_real")
-            if lat and base_lat:
-                speed = f"{base_lat.p50 / lat.p50:.2f}x"
+        delta = speed = smaller = "-"
+        verdict = "baseline" if card.name == report.baseline else "-"
+        c = card.comparison
+        if c is not None:
+            mark = "*" if c.significant else ""
+            delta = f"{c.delta:+.4f}{mark} [{c.ci95_low:+.4f}, {c.ci95_high:+.4f}]"
+            speed = f"{c.speedup_b1:.2f}x" if c.speedup_b1 else "-"
+            smaller = f"{c.smaller:.2f}x" if c.smaller else "-"
+            verdict = f"{c.verdict}; {c.label}"
         rows.append([card.name, _metric_cell(card), delta,
                      f"{lat.p50:.2f}" if lat else "-", f"{lat.p95:.2f}" if lat else "-", thr,
-                     f"{eff.size_mb:.1f}", f"{eff.params / 1e6:.2f}M", speed])
+                     f"{eff.size_mb:.1f}", f"{eff.params / 1e6:.2f}M", speed, smaller, verdict])
     return header, rows
 
 
@@ -52,7 +58,8 @@ def to_markdown(report: Report) -> str:
              f"Created {report.created} by Lepton {report.lepton_version}. "
              f"Machine: {describe(report.environment)}.", ""]
     if report.baseline:
-        lines += [f"Baseline for deltas: `{report.baseline}`.", ""]
+        lines += [f"Baseline for deltas: `{report.baseline}`. Δ marked * when its paired 95% CI excludes 0. "
+                  "Timings interleave all variants over the same inputs; ratios under 5% are noise.", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines.append("")
@@ -74,15 +81,32 @@ def to_markdown(report: Report) -> str:
                 lines.append(f"| **{label}** | " + " | ".join(str(c) for c in counts) + " |")
         lines += ["", "| efficiency | value |", "|---|---|"]
         for key, lat in e.latency_ms.items():
+            rounds = (f"; round medians {min(lat.round_medians):.2f}-{max(lat.round_medians):.2f}"
+                      if lat.round_medians else "")
             lines.append(f"| latency {key} (ms) | p50 {lat.p50:.2f}, p95 {lat.p95:.2f}, p99 {lat.p99:.2f} "
-                         f"(min {lat.min:.2f}, max {lat.max:.2f}, n {lat.n}, {lat.tokens_mean:.1f} tokens) |")
+                         f"(min {lat.min:.2f}, max {lat.max:.2f}, n {lat.n}, {lat.tokens_mean:.1f} tokens{rounds}) |")
         for key, value in e.throughput.items():
-            lines.append(f"| throughput {key} (items/s) | {value:.1f} |")
-        lines += [f"| peak RSS (MB) | {e.peak_rss_mb:.0f} ({e.peak_rss_note}) |" if e.peak_rss_mb else "| peak RSS | n/a |",
+            spread = e.throughput_spread.get(key)
+            extra = f" (min {spread[0]:.1f}, max {spread[2]:.1f} over {e.rounds} rounds)" if spread else ""
+            lines.append(f"| throughput {key} (items/s) | {value:.1f}{extra} |")
+        lines += [f"| peak RSS (MB) | {e.peak_rss_mb:.0f} ({e.peak_rss_note}) |" if e.peak_rss_mb else f"| peak RSS | {e.peak_rss_note} |",
                   f"| size (MB) | {e.size_mb:.1f} |",
                   f"| parameters | {e.params:,} ({e.nonzero_params:,} non-zero, sparsity {e.sparsity:.3f}) |",
                   f"| FLOPs per item (estimate) | {e.flops_per_item / 1e9:.3f} G |" if e.flops_per_item else "| FLOPs | n/a |",
                   f"| warm-up calls | {e.warmup} |"]
+        if card.comparison is not None:
+            c = card.comparison
+            p_mc = f", McNemar p {c.p_mcnemar:.3g}" if c.p_mcnemar is not None else ""
+            lines += ["", f"Against `{c.baseline}`: {c.metric} {c.delta:+.4f} "
+                      f"[{c.ci95_low:+.4f}, {c.ci95_high:+.4f}] (paired bootstrap p {c.p_bootstrap:.3g}{p_mc}): "
+                      f"**{c.verdict}**; {c.label}."]
+        if card.robustness is not None:
+            r = card.robustness
+            lines += ["", f"Robustness (seed {r.seed}, rate {r.rate}): clean {r.metric} {r.clean:.4f}; "
+                      + ", ".join(f"{k} {v:.4f} (drop {r.drop[k]:+.4f})" for k, v in r.perturbed.items()) + "."]
+        if card.calibration is not None:
+            lines += ["", f"Calibration: expected calibration error {card.calibration.ece:.4f} "
+                      f"({len(card.calibration.bins)} equal-width confidence bins)."]
         for note in card.notes:
             lines.append(f"\nNote: {note}")
         lines.append("")
@@ -97,9 +121,20 @@ def to_markdown(report: Report) -> str:
 
 
 def write_report(report: Report, out_dir: Path) -> None:
-    """report.json and report.md, each written to a temp file and renamed."""
-    for name, text in (("report.json", report.model_dump_json(indent=2)),
-                       ("report.md", to_markdown(report))):
+    """report.json, report.md and report.html, each written to a temp file and renamed."""
+    outputs = [("report.json", report.model_dump_json(indent=2)), ("report.md", to_markdown(report))]
+    # --- report.html (needs the optional matplotlib, lepton[report]); a run never fails without it
+    global _warned_no_html
+    try:
+        from lepton.report_html import to_html
+
+        outputs.append(("report.html", to_html(report)))
+    except MissingExtraError as err:
+        if not _warned_no_html:
+            log.warning("report.html skipped: %s", err)
+            _warned_no_html = True
+    # --- end report.html
+    for name, text in outputs:
         tmp = out_dir / f".{name}.tmp"
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, out_dir / name)

@@ -1,26 +1,42 @@
-"""The evaluation harness: quality with confidence intervals and measured efficiency, the same way
-for every variant and every runtime."""
+"""The evaluation harness: every variant measured the same way, on the same examples.
+
+Quality (with bootstrap CIs), robustness and calibration come from one prediction pass per
+variant. Efficiency is timed for all variants together, interleaved (A B C A B C ...), so machine
+drift hits every variant alike. Each variant's difference from the baseline gets a paired test.
+"""
 
 from __future__ import annotations
 
 import logging
-import resource
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lepton.evaluation.metrics import predicted_ids, tags_of
-from lepton.evaluation.quality import Quality, sequence_quality, token_quality
-from lepton.evaluation.scorecard import Efficiency, LatencyStats, Scorecard
+from lepton.evaluation.quality import (Quality, expected_calibration_error, paired_bootstrap,
+                                       paired_entity_f1, sequence_quality, token_quality)
+from lepton.evaluation.scorecard import (Calibration, Comparison, Efficiency, LatencyStats,
+                                         Robustness, Scorecard)
 from lepton.runtimes import Runtime, for_bundle
-from lepton.tasks import Encoded, collate, label_ids, sorted_batches
+from lepton.tasks import Encoded, collate, encode, label_ids, softmax, sorted_batches
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Variant:
+    """One model to measure: a name, how it was made, and where its saved copy lives."""
+
+    name: str
+    stage_path: list[str]
+    bundle: Any
+    folder: Path | None = None  # saved copy, for the fresh-process memory probe
+    predictions: list[Any] = field(default_factory=list)  # filled by measure_quality
 
 
 def predict_logits(runtime: Runtime, enc: Encoded, pad_id: int, batch_size: int = 64) -> list[np.ndarray]:
@@ -33,19 +49,53 @@ def predict_logits(runtime: Runtime, enc: Encoded, pad_id: int, batch_size: int 
     return out
 
 
-def measure_quality(bundle: Any, split: Any, enc: Encoded, logits: list[np.ndarray], *,
-                    resamples: int, seed: int) -> Quality:
-    task = bundle.task
-    gold = label_ids(split, task)
-    pred = predicted_ids(logits, enc, task)
+def _quality_of(task: Any, gold: Any, pred: Any, *, resamples: int, seed: int) -> Quality:
     if task.kind == "sequence_classification":
         return sequence_quality(gold, pred, task.labels, resamples=resamples, seed=seed)
     true_tags = [[task.labels[i] for i in sent] for sent in gold]
     return token_quality(true_tags, tags_of(pred, task), resamples=resamples, seed=seed)
 
 
+def measure_quality(variant: Variant, split: Any, config: Any, seed: int) -> tuple[Quality, Robustness | None,
+                                                                                   Calibration | None]:
+    """Quality with CIs on ``split``; robustness and calibration for sequence classification."""
+    bundle, task = variant.bundle, variant.bundle.task
+    runtime = for_bundle(bundle)
+    pad = bundle.tokenizer.pad_token_id or 0
+    enc = encode(split, task, bundle.tokenizer)
+    gold = label_ids(split, task)
+    logits = predict_logits(runtime, enc, pad)
+    pred = predicted_ids(logits, enc, task)
+    variant.predictions = pred
+    quality = _quality_of(task, gold, pred, resamples=config.bootstrap, seed=seed)
+    if task.kind != "sequence_classification":
+        return quality, None, None  # perturbing tokens would break the tag alignment
+
+    probs = softmax(np.stack(logits))
+    ece, bins = expected_calibration_error(probs, np.asarray(gold), bins=config.calibration_bins)
+    calibration = Calibration(ece=ece, bins=bins)
+    robustness = None
+    if config.robustness:
+        from lepton.evaluation.perturb import PERTURBATIONS, perturb
+
+        clean = float(np.mean(np.asarray(pred) == np.asarray(gold)))
+        perturbed = {}
+        for kind in PERTURBATIONS:
+            noisy = type(split)(name=split.name, kind=split.kind,
+                                texts=perturb(list(split.texts), kind, seed=seed, rate=config.perturb_rate),
+                                text_pairs=(perturb(split.text_pairs, kind, seed=seed + 1, rate=config.perturb_rate)
+                                            if split.text_pairs is not None else None),
+                                labels=split.labels, sources=split.sources)
+            noisy_enc = encode(noisy, task, bundle.tokenizer)
+            noisy_pred = predicted_ids(predict_logits(runtime, noisy_enc, pad), noisy_enc, task)
+            perturbed[kind] = float(np.mean(np.asarray(noisy_pred) == np.asarray(gold)))
+        robustness = Robustness(seed=seed, rate=config.perturb_rate, metric="accuracy", clean=clean,
+                                perturbed=perturbed, drop={k: clean - v for k, v in perturbed.items()})
+    return quality, robustness, calibration
+
+
 # ---------------------------------------------------------------------------------------------
-# Efficiency
+# Efficiency, interleaved across variants
 
 
 @contextmanager
@@ -61,35 +111,15 @@ def _threads(n: int | None) -> Iterator[int]:
         torch.set_num_threads(before)
 
 
-def _reset_peak_rss() -> bool:
-    # Linux: writing 5 to clear_refs resets VmHWM, so the peak is this variant's, not the run's.
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss_mb(reset_ok: bool) -> tuple[float | None, str]:
-    if reset_ok:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024, "VmHWM of the process, reset before this variant"
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is bytes on macOS, KiB on Linux
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 1e6,
-            "ru_maxrss: peak of the whole process so far (could not reset)")
-
-
-def _stats(ms: list[float], tokens: list[int]) -> LatencyStats:
+def _stats(ms: list[float], tokens: list[int], rounds: list[float]) -> LatencyStats:
     a = np.asarray(ms)
     return LatencyStats(p50=float(np.percentile(a, 50)), p95=float(np.percentile(a, 95)),
                         p99=float(np.percentile(a, 99)), mean=float(a.mean()), min=float(a.min()),
-                        max=float(a.max()), n=len(ms), tokens_mean=float(np.mean(tokens)))
+                        max=float(a.max()), n=len(ms), tokens_mean=float(np.mean(tokens)),
+                        round_medians=rounds)
 
 
-def _time_calls(runtime: Runtime, batches: list[dict[str, Any]], warmup: int) -> list[float]:
-    for b in batches[: max(warmup, 0)]:
-        runtime.logits(b)
+def _timed(runtime: Runtime, batches: list[dict[str, Any]]) -> list[float]:
     times = []
     for b in batches:
         start = time.perf_counter()
@@ -98,67 +128,174 @@ def _time_calls(runtime: Runtime, batches: list[dict[str, Any]], warmup: int) ->
     return times
 
 
-def measure_efficiency(bundle: Any, runtime: Runtime, enc: Encoded, config: Any) -> Efficiency:
-    """Latency at batch 1 (real inputs, and at a fixed length), throughput at larger batches."""
-    started = time.perf_counter()
+@dataclass
+class _Plan:
+    runtime: Runtime
+    enc: Encoded
+    real: list[dict[str, Any]]
+    fixed: list[dict[str, Any]]
+    throughput: dict[int, list[dict[str, Any]]]
+    ms: dict[str, list[float]] = field(default_factory=dict)
+    rounds: dict[str, list[float]] = field(default_factory=dict)
+    items_s: dict[int, list[float]] = field(default_factory=dict)
+
+
+def _plan(variant: Variant, split: Any, config: Any) -> _Plan:
+    bundle = variant.bundle
+    enc = encode(split, bundle.task, bundle.tokenizer)
     pad = bundle.tokenizer.pad_token_id or 0
     n = min(config.latency_items, len(enc))
-    reset_ok = _reset_peak_rss()
-    latency: dict[str, LatencyStats] = {}
-    throughput: dict[str, float] = {}
-    with _threads(config.threads) as threads:
-        real = [collate(enc, [i], pad, with_labels=False) for i in range(n)]
-        latency["b1_real"] = _stats(_time_calls(runtime, real, config.warmup),
-                                    [enc.lengths[i] for i in range(n)])
-        if config.fixed_length:
-            reps = min(n, 30)
-            fixed = [collate(enc, [i], pad, pad_to=config.fixed_length, with_labels=False)
-                     for i in range(reps)]
-            width = [int(b["input_ids"].shape[1]) for b in fixed]
-            latency[f"b1_fixed{config.fixed_length}"] = _stats(
-                _time_calls(runtime, fixed, min(config.warmup, 3)), width)
-        for bs in sorted(set(config.batch_sizes)):
-            if bs == 1:
-                continue
+    real = [collate(enc, [i], pad, with_labels=False) for i in range(n)]
+    fixed = []
+    if config.fixed_length:
+        fixed = [collate(enc, [i], pad, pad_to=config.fixed_length, with_labels=False)
+                 for i in range(min(n, 30))]
+    throughput = {}
+    for bs in sorted(set(config.batch_sizes)):
+        if bs > 1:
             # Consecutive items in data order: a realistic mix of lengths, padded per batch.
             groups = [list(range(s, min(s + bs, len(enc)))) for s in range(0, len(enc), bs)]
-            groups = groups[: config.throughput_batches + 1]
-            batches = [collate(enc, g, pad, with_labels=False) for g in groups]
-            runtime.logits(batches[0])  # warm-up at this shape
-            timed = batches[1:] or batches
-            t0 = time.perf_counter()
-            for b in timed:
-                runtime.logits(b)
-            items = sum(int(b["input_ids"].shape[0]) for b in timed)
-            throughput[f"b{bs}"] = items / (time.perf_counter() - t0)
-    peak, note = _peak_rss_mb(reset_ok)
-    total, nonzero = runtime.parameter_counts()
-    mean_tokens = float(np.mean(enc.lengths))
-    return Efficiency(
-        runtime=runtime.name, device=runtime.device, threads=threads, warmup=config.warmup,
-        latency_ms=latency, throughput=throughput, peak_rss_mb=peak, peak_rss_note=note,
-        size_mb=runtime.size_bytes() / 1e6, params=total, nonzero_params=nonzero,
-        sparsity=1 - nonzero / total if total else 0.0,
-        flops_per_item=runtime.flops_per_item(mean_tokens),
-        seconds=time.perf_counter() - started,
-    )
+            throughput[bs] = [collate(enc, g, pad, with_labels=False) for g in groups[:config.throughput_batches]]
+    return _Plan(for_bundle(bundle), enc, real, fixed, throughput)
 
 
-def evaluate_bundle(bundle: Any, split: Any, enc: Encoded, config: Any, *, name: str,
-                    stage_path: list[str], seed: int) -> Scorecard:
-    """Measure one variant on one split: quality (with CIs), then efficiency."""
-    runtime = for_bundle(bundle)
-    pad = bundle.tokenizer.pad_token_id or 0
-    log.info("evaluate %s: quality on %d %s examples", name, len(enc), split.name)
-    logits = predict_logits(runtime, enc, pad)
-    quality = measure_quality(bundle, split, enc, logits, resamples=config.bootstrap, seed=seed)
-    log.info("evaluate %s: efficiency (%s)", name, runtime.name)
-    efficiency = measure_efficiency(bundle, runtime, enc, config)
+def measure_efficiency(variants: list[Variant], split: Any, config: Any, *,
+                       memory: bool = True) -> list[Efficiency]:
+    """Latency at batch 1 (real inputs and a fixed length), throughput at larger batches, for all
+    variants, interleaved over ``config.rounds`` rounds; then size, parameters and memory."""
+    started = time.perf_counter()
+    plans = [_plan(v, split, config) for v in variants]
+    with _threads(config.threads) as threads:
+        for p in plans:  # warm-up, untimed
+            for b in p.real[:config.warmup] + p.fixed[:1] + [bs[0] for bs in p.throughput.values()]:
+                p.runtime.logits(b)
+        for _ in range(config.rounds):
+            for p in plans:
+                for key, batches in (("b1_real", p.real), (f"b1_fixed{config.fixed_length}", p.fixed)):
+                    if batches:
+                        t = _timed(p.runtime, batches)
+                        p.ms.setdefault(key, []).extend(t)
+                        p.rounds.setdefault(key, []).append(float(np.median(t)))
+                for bs, batches in p.throughput.items():
+                    t0 = time.perf_counter()
+                    for b in batches:
+                        p.runtime.logits(b)
+                    items = sum(int(b["input_ids"].shape[0]) for b in batches)
+                    p.items_s.setdefault(bs, []).append(items / (time.perf_counter() - t0))
+    per_variant = (time.perf_counter() - started) / max(len(variants), 1)
+    out = []
+    for v, p in zip(variants, plans):
+        latency = {}
+        for key, ms in p.ms.items():
+            batches = p.real if key == "b1_real" else p.fixed
+            latency[key] = _stats(ms, [int(b["input_ids"].shape[1]) for b in batches], p.rounds[key])
+        throughput = {f"b{bs}": float(np.median(vals)) for bs, vals in p.items_s.items()}
+        spread = {f"b{bs}": [float(min(vals)), float(np.median(vals)), float(max(vals))]
+                  for bs, vals in p.items_s.items()}
+        peak, note = None, "not measured"
+        if memory and v.folder is not None:
+            from lepton.evaluation.memprobe import probe
+
+            peak, note = probe(v.folder, batch=max(config.batch_sizes), length=config.fixed_length or 128)
+        total, nonzero = p.runtime.parameter_counts()
+        out.append(Efficiency(
+            runtime=p.runtime.name, device=p.runtime.device, threads=threads, warmup=config.warmup,
+            rounds=config.rounds, latency_ms=latency, throughput=throughput, throughput_spread=spread,
+            peak_rss_mb=peak, peak_rss_note=note, size_mb=p.runtime.size_bytes() / 1e6,
+            params=total, nonzero_params=nonzero, sparsity=1 - nonzero / total if total else 0.0,
+            flops_per_item=p.runtime.flops_per_item(float(np.mean(p.enc.lengths))),
+            seconds=per_variant))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparison against the baseline
+
+# Below this relative change a speed or size ratio counts as "the same": differences under ~5%
+# are noise on these machines.
+SAME = 0.05
+
+
+def _label(speedup: float | None, smaller: float | None) -> str:
+    faster = speedup is not None and speedup > 1 + SAME
+    slower = speedup is not None and speedup < 1 - SAME
+    shrunk = smaller is not None and smaller > 1 + SAME
+    if faster and shrunk:
+        return "faster and smaller"
+    if faster:
+        return "faster"
+    if shrunk:
+        return "smaller, not faster" if not slower else "smaller, but slower"
+    return "slower" if slower else "no gain"
+
+
+def compare(base: Variant, base_card: Scorecard, other: Variant, card: Scorecard, split: Any,
+            *, seed: int, resamples: int) -> Comparison:
+    task = base.bundle.task
+    gold = label_ids(split, task)
+    if task.kind == "sequence_classification":
+        g = np.asarray(gold)
+        test = paired_bootstrap(np.asarray(base.predictions) == g, np.asarray(other.predictions) == g,
+                                resamples=resamples, seed=seed)
+        metric = "accuracy"
+    else:
+        true_tags = [[task.labels[i] for i in sent] for sent in gold]
+        test = paired_entity_f1(true_tags, tags_of(base.predictions, task), tags_of(other.predictions, task),
+                                resamples=resamples, seed=seed)
+        metric = "entity_f1"
+    verdict = ("no significant change" if not test["significant"]
+               else "significantly better" if test["delta"] > 0 else "significantly worse")
+    b_eff, o_eff = base_card.efficiency, card.efficiency
+    speedup = None
+    if "b1_real" in b_eff.latency_ms and "b1_real" in o_eff.latency_ms:
+        speedup = b_eff.latency_ms["b1_real"].p50 / o_eff.latency_ms["b1_real"].p50
+    common = [k for k in b_eff.throughput if k in o_eff.throughput]
+    speed_thr = None
+    if common:
+        key = max(common, key=lambda k: int(k[1:]))
+        speed_thr = o_eff.throughput[key] / b_eff.throughput[key]
+    smaller = b_eff.size_mb / o_eff.size_mb if o_eff.size_mb else None
+    return Comparison(baseline=base.name, metric=metric, delta=test["delta"], ci95_low=test["ci95_low"],
+                      ci95_high=test["ci95_high"], p_bootstrap=test["p_bootstrap"],
+                      p_mcnemar=test["p_mcnemar"], significant=test["significant"], verdict=verdict,
+                      speedup_b1=speedup, speedup_throughput=speed_thr, smaller=smaller,
+                      label=_label(speedup, smaller))
+
+
+def evaluate_variants(variants: list[Variant], split: Any, config: Any, *, seed: int,
+                      baseline: str | None, qualities: dict[str, tuple[Any, Any, Any]] | None = None,
+                      memory: bool = True) -> list[Scorecard]:
+    """Scorecards for every variant; ``qualities`` holds results already computed (resume)."""
+    qualities = dict(qualities or {})
+    for v in variants:
+        if v.name not in qualities or not v.predictions:
+            log.info("evaluate %s: quality on %d %s examples", v.name, len(split), split.name)
+            qualities[v.name] = measure_quality(v, split, config, seed)
+    log.info("evaluate: efficiency of %d variant(s), %d interleaved rounds", len(variants), config.rounds)
+    effs = measure_efficiency(variants, split, config, memory=memory)
+    cards = []
+    for v, eff in zip(variants, effs):
+        quality, robustness, calibration = qualities[v.name]
+        cards.append(Scorecard(name=v.name, stage_path=v.stage_path, split=split.name,
+                               n_examples=len(split), quality=quality, efficiency=eff,
+                               robustness=robustness, calibration=calibration,
+                               notes=_notes(v, split)))
+    base_idx = next((i for i, v in enumerate(variants) if v.name == baseline), None)
+    if base_idx is not None:
+        for i, (v, card) in enumerate(zip(variants, cards)):
+            if i != base_idx:
+                card.comparison = compare(variants[base_idx], cards[base_idx], v, card, split,
+                                          seed=seed, resamples=config.bootstrap)
+    return cards
+
+
+def _notes(v: Variant, split: Any) -> list[str]:
     notes = []
-    if bundle.task.kind == "token_classification" and enc.word_ids is not None:
-        cut = sum(1 for w, nw in zip(enc.word_ids, enc.n_words or [])
+    bundle = v.bundle
+    if bundle.task.kind == "token_classification":
+        enc = encode(split, bundle.task, bundle.tokenizer)
+        cut = sum(1 for w, nw in zip(enc.word_ids or [], enc.n_words or [])
                   if nw and (max((x for x in w if x is not None), default=-1) + 1) < nw)
         if cut:
             notes.append(f"{cut} sentences were longer than max_length; their cut-off words count as 'O'")
-    return Scorecard(name=name, stage_path=stage_path, split=split.name, n_examples=len(enc),
-                     quality=quality, efficiency=efficiency, notes=notes)
+    return notes

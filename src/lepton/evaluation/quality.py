@@ -460,3 +460,42 @@ def expected_calibration_error(
             row.update(mean_confidence=None, accuracy=None)
         table.append(row)
     return float(ece), table
+
+
+def _entity_counts(true_tags: list[list[str]], pred_tags: list[list[str]]) -> np.ndarray:
+    """Per sentence: (correct entities, predicted entities, true entities), any type."""
+    out = np.zeros((len(true_tags), 3), dtype=np.int64)
+    for i, (true, pred) in enumerate(zip(true_tags, pred_tags)):
+        gold = set(get_entities(list(true)))
+        guess = set(get_entities(list(pred)))
+        out[i] = (len(gold & guess), len(guess), len(gold))
+    return out
+
+
+def _micro_f1(sums: np.ndarray) -> np.ndarray:
+    tp, n_pred, n_true = sums[..., 0], sums[..., 1], sums[..., 2]
+    denom = n_pred + n_true
+    return np.divide(2 * tp, denom, out=np.zeros_like(tp, dtype=np.float64), where=denom > 0)
+
+
+def paired_entity_f1(true_tags: list[list[str]], pred_a: list[list[str]], pred_b: list[list[str]], *,
+                     resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """Entity F1 of b minus a, paired over sentences: the same keys as `paired_bootstrap`
+    (p_mcnemar is None: entity F1 has no per-item right/wrong to pair)."""
+    _check_bootstrap(resamples, confidence)
+    ca, cb = _entity_counts(true_tags, pred_a), _entity_counts(true_tags, pred_b)
+    n = len(true_tags)
+    if n == 0:
+        raise ValueError("cannot compare variants on zero sentences")
+    delta = float(_micro_f1(cb.sum(0).astype(float)) - _micro_f1(ca.sum(0).astype(float)))
+    idx = _resample_indices(n, resamples, seed)
+    samples = _micro_f1(_resampled_sums(cb, idx).astype(float)) - _micro_f1(_resampled_sums(ca, idx).astype(float))
+    ci = _metric(delta, samples, n, confidence)
+    if delta > 0:
+        p = min(1.0, 2.0 * float(np.mean(samples <= 0)))
+    elif delta < 0:
+        p = min(1.0, 2.0 * float(np.mean(samples >= 0)))
+    else:
+        p = 1.0
+    return {"delta": delta, "ci95_low": ci.ci95_low, "ci95_high": ci.ci95_high, "p_bootstrap": p,
+            "p_mcnemar": None, "significant": bool(ci.ci95_low > 0 or ci.ci95_high < 0), "n": n}

@@ -26,6 +26,7 @@ class LatencyStats(BaseModel):
     max: float
     n: int  # timed calls
     tokens_mean: float  # mean tokens per item (including special tokens and any padding)
+    round_medians: list[float] = []  # median of each interleaved round: the spread across rounds
 
 
 class Efficiency(BaseModel):
@@ -33,8 +34,10 @@ class Efficiency(BaseModel):
     device: str
     threads: int
     warmup: int  # untimed calls before timing
+    rounds: int = 1  # interleaved timing rounds (A B C A B C ...)
     latency_ms: dict[str, LatencyStats]  # "b1_real" (real dev inputs), "b1_fixed128" ...
-    throughput: dict[str, float]  # "b32" -> items/s over real dev inputs with dynamic padding
+    throughput: dict[str, float]  # "b32" -> items/s over real dev inputs with dynamic padding (median of rounds)
+    throughput_spread: dict[str, list[float]] = {}  # "b32" -> [min, median, max] over rounds
     peak_rss_mb: float | None  # process peak resident memory while measuring this variant
     peak_rss_note: str  # how peak_rss_mb was obtained
     size_mb: float  # weights as saved (MB = 1e6 bytes)
@@ -45,6 +48,40 @@ class Efficiency(BaseModel):
     seconds: float  # wall time of the efficiency measurement
 
 
+class Comparison(BaseModel):
+    """This variant against the baseline on the same examples (paired)."""
+
+    baseline: str
+    metric: str  # the headline metric compared
+    delta: float  # this variant minus the baseline
+    ci95_low: float
+    ci95_high: float
+    p_bootstrap: float  # two-sided paired bootstrap p-value
+    p_mcnemar: float | None  # exact McNemar test on per-example correctness (classification)
+    significant: bool  # the CI of the delta excludes 0
+    verdict: str  # "no significant change" | "significantly better" | "significantly worse"
+    speedup_b1: float | None  # baseline b1_real p50 / this p50
+    speedup_throughput: float | None  # this / baseline at the largest common batch size
+    smaller: float | None  # baseline size / this size
+    label: str  # "faster and smaller", "smaller, not faster", "faster", "no gain", "slower" ...
+
+
+class Robustness(BaseModel):
+    """Accuracy under seeded input perturbations, and its drop from clean accuracy."""
+
+    seed: int
+    rate: float  # share of words (or characters for typos) perturbed
+    metric: str
+    clean: float
+    perturbed: dict[str, float]  # perturbation -> metric value
+    drop: dict[str, float]  # perturbation -> clean - perturbed
+
+
+class Calibration(BaseModel):
+    ece: float  # expected calibration error, equal-width confidence bins
+    bins: list[dict[str, Any]]  # lower, upper, count, mean_confidence, accuracy
+
+
 class Scorecard(BaseModel):
     name: str  # "pretrained", "finetune", ...
     stage_path: list[str]  # stages applied to reach this variant
@@ -53,6 +90,9 @@ class Scorecard(BaseModel):
     quality: Quality
     efficiency: Efficiency
     notes: list[str] = Field(default_factory=list)
+    comparison: Comparison | None = None  # None for the baseline itself
+    robustness: Robustness | None = None
+    calibration: Calibration | None = None
 
 
 class Report(BaseModel):

@@ -259,6 +259,8 @@ def finetune(bundle: ModelBundle, config: FinetuneConfig, ctx: RunContext) -> Mo
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
+                for hook in bundle.train_hooks:  # e.g. gradual pruning re-applies its masks
+                    hook.after_step(model, state.step, total_steps)
                 state.batch_in_epoch = b + 1
                 now = time.perf_counter()
                 state.train_seconds += now - tick
@@ -294,6 +296,8 @@ def finetune(bundle: ModelBundle, config: FinetuneConfig, ctx: RunContext) -> Mo
 
     if config.keep_best and best is not None:
         model.load_state_dict(best)
+    hook_summaries = [hook.finish(model) for hook in bundle.train_hooks]
+    bundle.train_hooks = []
     model.eval()
     summary = {
         "steps": state.step, "epochs_run": state.epoch, "items": state.items,
@@ -303,5 +307,7 @@ def finetune(bundle: ModelBundle, config: FinetuneConfig, ctx: RunContext) -> Mo
         "stopped_early": state.stopped_early, "evals": state.evals,
         "train_examples": len(enc_train), "skipped_rows": len(train.skipped),
     }
+    if hook_summaries:
+        summary["train_hooks"] = hook_summaries
     ctx.stage_summary = summary
     return bundle
