@@ -393,6 +393,7 @@ def test_prune_then_finetune_recipe_end_to_end(tiny_model_dir, tmp_path):
     train = write_sentiment_tsv(tmp_path / "train.tsv", 80, seed=1)
     dev = write_sentiment_tsv(tmp_path / "dev.tsv", 24, seed=2)
     recipe = tiny_recipe(tiny_model_dir, train, dev, tmp_path / "out", epochs=1)
+    recipe["evaluate"].update(memory=False, robustness=False, rounds=1)
     recipe["stages"] = [
         {"kind": "prune", "method": "heads", "sparsity": 0.5, "scope": "layer", "batches": 2, "batch_size": 8},
         {"kind": "prune", "method": "ffn", "sparsity": 0.5, "batches": 2, "batch_size": 8},
@@ -414,3 +415,11 @@ def test_prune_then_finetune_recipe_end_to_end(tiny_model_dir, tmp_path):
     zeros = sum(int((w == 0).sum()) for w in weights)
     assert zeros == round(0.5 * sum(w.numel() for w in weights))
     assert len(loaded.predict(["a great film", "dull"])) == 2
+
+
+def test_prune_example_recipe_is_valid():
+    from lepton.recipe import load_recipe
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "examples" / "sst2-minilm-prune.yaml", env={})
+    assert [(s.kind, getattr(s, "method", None)) for s in recipe.stages] == [
+        ("finetune", "full"), ("prune", "heads"), ("prune", "ffn"), ("finetune", "full")]

@@ -7,7 +7,10 @@ them and has the next ``finetune`` raise sparsity after each optimizer step alon
 of Zhu & Gupta (2017), ``s_t = s * (1 - (1 - (t - start_step) / (end_step - start_step))^3)``, with
 masks recomputed every ``update_every`` steps and at ``end_step`` (default: that finetune's last
 step). Either way the masks stay applied through the next finetune, so recovery training does not
-regrow pruned weights. On CPU dense kernels zeros cost as much as any weight: the file gets more
+regrow pruned weights. If that finetune ends before ``end_step``, or its ``keep_best`` restores a
+checkpoint from earlier in the ramp, the final masks are applied at its end, so the model shipped
+(and scored) always has the target sparsity; the hook's summary says whether it was reached during
+training. On CPU dense kernels zeros cost as much as any weight: the file gets more
 compressible, the model no faster; the summary says so and measures the compressed size.
 
 ``2:4`` (N:M with ``n``, ``m``): in every group of ``m`` consecutive weights along the input
@@ -29,8 +32,8 @@ exactly the heads named (current indices) instead of ranking.
 
 Layers of different sizes cannot be described by a transformers config: Lepton records them in the
 manifest (``lepton.structure``) and ``lepton.load`` rebuilds them. FFN pruning with ``scope: layer``
-leaves every layer the same size, which the config can say: such a model loads in plain
-transformers too.
+leaves every layer the same size, which the config can say: unless heads were pruned too, such a
+model loads in plain transformers as well.
 """
 
 from __future__ import annotations
