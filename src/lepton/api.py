@@ -165,7 +165,9 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
         for i, (stage, name) in enumerate(zip(recipe.stages, names)):
             stage_dir = work / f"stage-{i}-{stage.kind}"
             snapshot = stage_dir / "snapshot"
-            if resume and (snapshot / "lepton.json").is_file():
+            # A stage that leaves training hooks (masks the next finetune must keep) is re-run
+            # rather than restored: the hooks live in memory, not in the snapshot.
+            if resume and (snapshot / "lepton.json").is_file() and not (stage_dir / "hooks").exists():
                 bundle = load_bundle(snapshot, device=device)
                 log.info("stage %d (%s): done in the interrupted run, reusing its result", i, name)
                 remember(name, [r.name for r in bundle.history], bundle, snapshot)
@@ -181,8 +183,11 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
                                  seconds=round(time.perf_counter() - t0, 2), summary=ctx.stage_summary)
             bundle.history.append(record)
             log.info("stage %d (%s) done in %.1f s", i, name, record.seconds)
+            if bundle.train_hooks:
+                (stage_dir / "hooks").write_text(str(len(bundle.train_hooks)))
             save_artifact(bundle, snapshot, recipe=recipe.resolved_dict())
-            resume = False  # later stages start fresh
+            if not bundle.train_hooks:
+                resume = False  # later stages start fresh; a finetune after hooks may resume
             remember(name, [r.name for r in bundle.history], bundle, snapshot)
 
         # Timing needs every variant as it was, not the live model later stages changed in place.
@@ -201,7 +206,8 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
                          "recipe": recipe.resolved_dict()}
         save_artifact(bundle, out / "model", recipe=recipe.resolved_dict(),
                       scorecards=[c.model_dump(mode="json") for c in cards],
-                      model_card=model_card(report, manifest_like))
+                      model_card=model_card(report, manifest_like),
+                      environment=report.environment.model_dump(mode="json"))
         write_report(report, out)
         shutil.rmtree(work, ignore_errors=True)  # checkpoints are only for resuming
         log.info("wrote %s and %s", out / "model", out / "report.md")

@@ -41,7 +41,7 @@ def now_iso() -> str:
 
 def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: dict[str, Any] | None = None,
                   scorecards: list[dict[str, Any]] | None = None,
-                  model_card: str | None = None) -> Path:
+                  model_card: str | None = None, environment: dict[str, Any] | None = None) -> Path:
     """Write ``bundle`` to ``dest`` atomically (a sibling temp folder renamed into place);
     ``model_card`` becomes README.md, covered by the checksums like every other file."""
     from lepton.structure import describe
@@ -67,6 +67,7 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
             "task": bundle.task.model_dump(),
             "recipe": recipe,
             "history": [r.model_dump() for r in bundle.history],
+            "environment": environment,  # the machine the scorecards were measured on
             # Per-layer sizes when head/FFN pruning left layers the config cannot describe; such a
             # model loads only through Lepton (transformers 5 has no pruned_heads any more).
             "structure": structure,

@@ -113,6 +113,15 @@ class Recipe(StrictModel):
     trust_remote_code: bool = False
 
     @model_validator(mode="after")
+    def _training_follows_gradual_pruning(self) -> Recipe:
+        for i, stage in enumerate(self.stages):
+            if getattr(stage, "schedule", None) == "gradual" and not any(
+                    s.kind == "finetune" for s in self.stages[i + 1:]):
+                raise ValueError(f"stages.{i}: gradual pruning happens during training; "
+                                 "add a finetune stage after it")
+        return self
+
+    @model_validator(mode="after")
     def _needs_data(self) -> Recipe:
         if self.stages and self.data.train is None:
             raise ValueError("data.train is required when the recipe has stages")

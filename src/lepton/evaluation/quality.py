@@ -363,6 +363,15 @@ def _mcnemar_exact(a_only: int, b_only: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
+def _two_sided_p(delta: float, samples: np.ndarray) -> float:
+    """Twice the share of resampled deltas on the other side of 0 (or at 0), capped at 1."""
+    if delta > 0:
+        return min(1.0, 2.0 * float(np.mean(samples <= 0)))
+    if delta < 0:
+        return min(1.0, 2.0 * float(np.mean(samples >= 0)))
+    return 1.0
+
+
 def paired_bootstrap(
     correct_a: np.ndarray,
     correct_b: np.ndarray,
@@ -396,12 +405,7 @@ def paired_bootstrap(
         samples[rows] = diff[idx[rows]].mean(axis=1)
     ci = _metric(delta, samples, n, confidence)
 
-    if delta > 0:
-        p_bootstrap = min(1.0, 2.0 * float(np.mean(samples <= 0)))
-    elif delta < 0:
-        p_bootstrap = min(1.0, 2.0 * float(np.mean(samples >= 0)))
-    else:
-        p_bootstrap = 1.0
+    p_bootstrap = _two_sided_p(delta, samples)
     p_mcnemar = _mcnemar_exact(int(np.sum(a & ~b)), int(np.sum(b & ~a)))
     return {
         "delta": delta,
@@ -491,11 +495,6 @@ def paired_entity_f1(true_tags: list[list[str]], pred_a: list[list[str]], pred_b
     idx = _resample_indices(n, resamples, seed)
     samples = _micro_f1(_resampled_sums(cb, idx).astype(float)) - _micro_f1(_resampled_sums(ca, idx).astype(float))
     ci = _metric(delta, samples, n, confidence)
-    if delta > 0:
-        p = min(1.0, 2.0 * float(np.mean(samples <= 0)))
-    elif delta < 0:
-        p = min(1.0, 2.0 * float(np.mean(samples >= 0)))
-    else:
-        p = 1.0
+    p = _two_sided_p(delta, samples)
     return {"delta": delta, "ci95_low": ci.ci95_low, "ci95_high": ci.ci95_high, "p_bootstrap": p,
             "p_mcnemar": None, "significant": bool(ci.ci95_low > 0 or ci.ci95_high < 0), "n": n}

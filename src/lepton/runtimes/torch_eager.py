@@ -48,16 +48,22 @@ class TorchEager:
 
         An estimate for BERT-style encoders (embeddings are look-ups and cost nothing here).
         """
-        config = self.model.config
         macs_per_token = 0
+        attention_width = 0  # summed over layers: QK^T and AV each cost tokens^2 x width MACs
         for module in self.model.modules():
             if isinstance(module, torch.nn.Linear):
                 macs_per_token += module.in_features * module.out_features
-        layers = getattr(config, "num_hidden_layers", None)
-        hidden = getattr(config, "hidden_size", None)
-        if layers is None or hidden is None:
-            return None
-        attention_macs = layers * 2 * tokens * tokens * hidden
+            width = getattr(module, "all_head_size", None)
+            if isinstance(width, int):  # a self-attention block (per layer; pruned heads shrink it)
+                attention_width += width
+        if attention_width == 0:
+            config = self.model.config
+            layers = getattr(config, "num_hidden_layers", None)
+            hidden = getattr(config, "hidden_size", None)
+            if layers is None or hidden is None:
+                return None
+            attention_width = layers * hidden
+        attention_macs = 2 * tokens * tokens * attention_width
         return float(2 * (macs_per_token * tokens + attention_macs))
 
 

@@ -1,0 +1,82 @@
+"""Structural compression on SST-2, side by side: pruning and layer dropping, each recovered by
+fine-tuning, measured against the fine-tuned MiniLM-L6 in one interleaved harness run.
+
+    python benchmarks/compression.py [--baseline runs/sst2-minilm/model] [--out runs/compression]
+
+The baseline is the main job's model (``lepton run examples/sst2-minilm.yaml``); it is trained
+first when missing. Every variant starts from it, applies its stages, then fine-tunes on the same
+8,000 SST-2 rows (2 epochs, lr 1e-4). ``lepton.compare`` then measures all of them on SST-2 dev
+(quality with CIs and paired tests, interleaved latency/throughput), and the table is printed and
+written to ``OUT/compression.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from pathlib import Path
+
+import yaml
+
+import lepton
+from lepton.recipe import parse_recipe
+from lepton.report import print_table, to_markdown
+
+ROOT = Path(__file__).resolve().parents[1]
+RECOVER = {"kind": "finetune", "name": "recover", "epochs": 2, "lr": 1.0e-4, "batch_size": 32}
+VARIANTS = {
+    "heads50-ffn50": [
+        {"kind": "prune", "name": "prune-heads", "method": "heads", "sparsity": 0.5, "scope": "global"},
+        {"kind": "prune", "name": "prune-ffn", "method": "ffn", "sparsity": 0.5, "scope": "layer"},
+    ],
+    "drop-6to3": [{"kind": "drop_layers", "strategy": "bottom", "layers": 3}],
+    "magnitude50": [{"kind": "prune", "method": "magnitude", "sparsity": 0.5, "scope": "global"}],
+    "magnitude80": [{"kind": "prune", "method": "magnitude", "sparsity": 0.8, "scope": "global"}],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--baseline", default="runs/sst2-minilm/model")
+    parser.add_argument("--out", default="runs/compression")
+    parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
+    parser.add_argument("--skip-training", action="store_true", help="reuse variants already in OUT")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+
+    baseline = Path(args.baseline)
+    if not (baseline / "lepton.json").is_file():
+        lepton.run(ROOT / "examples" / "sst2-minilm.yaml", out_dir=baseline.parent, progress=False)
+    base_recipe = yaml.safe_load((ROOT / "examples" / "sst2-minilm.yaml").read_text())
+    out = Path(args.out)
+    models, seconds = [baseline], {}
+    for name, stages in VARIANTS.items():
+        if args.only and name not in args.only:
+            continue
+        folder = out / name
+        if not (args.skip_training and (folder / "model" / "lepton.json").is_file()):
+            recipe = {**base_recipe, "name": name, "model": str(baseline), "stages": [*stages, RECOVER],
+                      "output": {"dir": str(folder)},
+                      # only the artifact is needed here; compare() below does the full measurement
+                      "evaluate": {"batch_sizes": [1], "latency_items": 5, "robustness": False,
+                                   "memory": False, "rounds": 1, "bootstrap": 100}}
+            start = time.perf_counter()
+            lepton.run(parse_recipe(recipe, source=name), progress=False)
+            seconds[name] = time.perf_counter() - start
+        models.append(folder / "model")
+
+    report = lepton.compare(models)
+    print_table(report)
+    text = to_markdown(report)
+    if seconds:
+        text += "\n## Training time per variant\n\n" + "\n".join(
+            f"- {k}: {v:.0f} s (stages + recovery fine-tuning)" for k, v in seconds.items()) + "\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compression.md").write_text(text)
+    (out / "compression.json").write_text(report.model_dump_json(indent=2))
+    print(f"written: {out / 'compression.md'}")
+
+
+if __name__ == "__main__":
+    main()
