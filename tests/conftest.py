@@ -9,6 +9,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Tiny models gain nothing from more threads, and one thread per test process keeps the suite from
+# fighting benchmarks (or itself) for the two cores. Subprocesses inherit the variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # pragma: no cover - torch is a core dependency
+    pass
+
 
 def data_root() -> Path:
     return Path(os.environ.get("LEPTON_DATA", ROOT.parent / "shared" / "data"))
