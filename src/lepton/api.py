@@ -120,7 +120,6 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
     logging.getLogger("lepton").addHandler(file_log)
     try:
         device = _device(recipe.device)
-        _write_atomic(out / "recipe.yaml", recipe.to_yaml())
         splits = load_splits(recipe)
         task = build_task(recipe.task, splits.get("train"))
         eval_split = splits[recipe.evaluate.split]
@@ -209,6 +208,9 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
                       model_card=model_card(report, manifest_like),
                       environment=report.environment.model_dump(mode="json"))
         write_report(report, out)
+        # Written with the results, not at the start: a failing run must not leave a finished
+        # run's folder describing a recipe its model and report do not come from.
+        _write_atomic(out / "recipe.yaml", recipe.to_yaml())
         shutil.rmtree(work, ignore_errors=True)  # checkpoints are only for resuming
         log.info("wrote %s and %s", out / "model", out / "report.md")
         return report
