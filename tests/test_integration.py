@@ -63,7 +63,7 @@ def test_conll_slice_token_classification(real_data: Path, tmp_path: Path) -> No
 
 
 def test_import_lepton_stays_lean() -> None:
-    code = ("import sys, lepton; heavy = [m for m in ('torch', 'transformers', 'onnxruntime', "
+    code = ("import sys, lepton; heavy = [m for m in ('torch', 'transformers', 'onnxruntime', 'peft', "
             "'optuna', 'fastapi') if m in sys.modules]; print(heavy); sys.exit(1 if heavy else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -56,14 +56,7 @@ def load_splits(recipe: Recipe) -> dict[str, Split]:
 
 
 def _stage_names(recipe: Recipe) -> list[str]:
-    names, seen = [], set()
-    for i, stage in enumerate(recipe.stages):
-        name = stage.name or stage.kind
-        if name in seen:
-            name = f"{name}-{i}"
-        seen.add(name)
-        names.append(name)
-    return names
+    return recipe.stage_names()
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -161,6 +154,7 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
             remember("pretrained", [], bundle, folder)
 
         names = _stage_names(recipe)
+        snapshots: dict[str, Path] = {}  # finished stages, for stages that name one (distill's teacher)
         for i, (stage, name) in enumerate(zip(recipe.stages, names)):
             stage_dir = work / f"stage-{i}-{stage.kind}"
             snapshot = stage_dir / "snapshot"
@@ -170,10 +164,11 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
                 bundle = load_bundle(snapshot, device=device)
                 log.info("stage %d (%s): done in the interrupted run, reusing its result", i, name)
                 remember(name, [r.name for r in bundle.history], bundle, snapshot)
+                snapshots[name] = snapshot
                 continue
             ctx = RunContext(splits=splits, seed=recipe.seed, device=device, out_dir=out,
                              work_dir=work, resume=resume, progress=progress, stage_dir=stage_dir,
-                             stage_index=i)
+                             stage_index=i, stage_name=name, snapshots=dict(snapshots))
             log.info("stage %d (%s) starts", i, name)
             started, t0 = now_iso(), time.perf_counter()
             bundle = handler_for(stage)(bundle, stage, ctx)
@@ -183,8 +178,10 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
             bundle.history.append(record)
             log.info("stage %d (%s) done in %.1f s", i, name, record.seconds)
             if bundle.train_hooks:
+                stage_dir.mkdir(parents=True, exist_ok=True)  # a stage that never trained made none
                 (stage_dir / "hooks").write_text(str(len(bundle.train_hooks)))
             save_artifact(bundle, snapshot, recipe=recipe.resolved_dict())
+            snapshots[name] = snapshot
             if not bundle.train_hooks:
                 resume = False  # later stages start fresh; a finetune after hooks may resume
             remember(name, [r.name for r in bundle.history], bundle, snapshot)

@@ -44,20 +44,17 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
                   model_card: str | None = None, environment: dict[str, Any] | None = None) -> Path:
     """Write ``bundle`` to ``dest`` atomically (a sibling temp folder renamed into place);
     ``model_card`` becomes README.md, covered by the checksums like every other file."""
-    from lepton.structure import describe
-
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     # Not tempfile.mkdtemp: its 0700 would leave the shipped model unreadable to other users.
     tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        bundle.model.save_pretrained(tmp, safe_serialization=True)
+        weights_format, structure, extra = _save_weights(bundle, tmp)
         bundle.tokenizer.save_pretrained(tmp)
         if model_card is not None:  # model card: before the checksums, so they cover it
             (tmp / "README.md").write_text(model_card, encoding="utf-8")
         files = {p.relative_to(tmp).as_posix(): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
-        structure = describe(bundle.model)
         manifest = {
             "schema_version": MANIFEST_SCHEMA_VERSION,
             "lepton_version": __version__,
@@ -71,7 +68,11 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
             # Per-layer sizes when head/FFN pruning left layers the config cannot describe; such a
             # model loads only through Lepton (transformers 5 has no pruned_heads any more).
             "structure": structure,
-            "loads_in_transformers": structure is None,
+            # "safetensors": transformers weights; "onnx": model.onnx for plain onnxruntime;
+            # "torch-dynamic-int8": int8 Linears that only Lepton loads (see lepton.torch_int8).
+            "format": weights_format,
+            "loads_in_transformers": structure is None and weights_format == "safetensors",
+            **extra,
             "scorecards": scorecards or [],
             "files": files,
         }
@@ -84,6 +85,23 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def _save_weights(bundle: ModelBundle, folder: Path) -> tuple[str, dict[str, Any] | None, dict[str, Any]]:
+    """Write the model's files; returns (format, per-layer structure, extra manifest entries)."""
+    from lepton import torch_int8
+    from lepton.structure import describe
+
+    if bundle.runtime == "onnxruntime":
+        bundle.model.save_pretrained(folder)  # model.onnx + config.json
+        info = {k: v for k, v in bundle.model.info.items() if k != "unfused_path"}  # machine-local
+        return "onnx", None, {"onnx": info}
+    if torch_int8.is_dynamic_int8(bundle.model):
+        bundle.model.config.save_pretrained(folder)
+        torch_int8.save_int8(bundle.model, folder)
+        return "torch-dynamic-int8", torch_int8.structure(bundle.model), {}
+    bundle.model.save_pretrained(folder, safe_serialization=True)
+    return "safetensors", describe(bundle.model), {}
 
 
 def _swap_into_place(tmp: Path, dest: Path) -> None:
@@ -146,14 +164,53 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, device: st
     auto = (AutoModelForSequenceClassification if task.kind == "sequence_classification"
             else AutoModelForTokenClassification)
     structure = manifest.get("structure")
+    runtime = manifest.get("runtime", "torch")
+    weights_format = manifest.get("format") or ("onnx" if runtime == "onnxruntime" else "safetensors")
     try:
-        model = auto.from_pretrained(folder) if structure is None else _load_restructured(folder, auto, structure)
+        if weights_format == "onnx":
+            model = _load_onnx(folder, manifest)
+        elif weights_format == "torch-dynamic-int8":
+            model = _load_int8(folder, auto, structure)
+        elif weights_format == "safetensors":
+            model = auto.from_pretrained(folder) if structure is None else _load_restructured(folder, auto, structure)
+        else:
+            raise ArtifactError(f"{folder / MANIFEST}: unknown weights format {weights_format!r}")
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # damaged, with verify=False
         raise ArtifactError(f"{folder}: cannot load the model ({str(err).splitlines()[0]})") from None
-    model.to(device).eval()
+    if weights_format == "safetensors":
+        model.to(device).eval()
     return ModelBundle(model=model, tokenizer=load_tokenizer(str(folder)), task=task,
-                       runtime=manifest.get("runtime", "torch"), source=manifest.get("source_model", ""),
+                       runtime=runtime, source=manifest.get("source_model", ""),
                        history=[StageRecord.model_validate(r) for r in manifest.get("history", [])])
+
+
+def _load_onnx(folder: Path, manifest: dict[str, Any]) -> Any:
+    """An OnnxModel over the folder's model.onnx (run on ONNX Runtime's CPU provider)."""
+    from transformers import AutoConfig
+
+    from lepton.runtimes.ort import ONNX_FILE, OnnxModel
+
+    path = folder / ONNX_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing (the manifest says this is an ONNX model)")
+    info = manifest.get("onnx")
+    return OnnxModel(path=path, config=AutoConfig.from_pretrained(folder),
+                     info=dict(info) if isinstance(info, dict) else {})
+
+
+def _load_int8(folder: Path, auto: Any, structure: Any) -> Any:
+    """Build the float model from config (and structure), then quantize and load the int8 weights."""
+    from transformers import AutoConfig
+
+    from lepton import torch_int8
+    from lepton.structure import rebuild
+
+    model = auto.from_config(AutoConfig.from_pretrained(folder))
+    if structure is not None:
+        if not isinstance(structure, dict):
+            raise ValueError(f"{MANIFEST}: structure is malformed")
+        rebuild(model, structure)
+    return torch_int8.load_int8(model, folder)  # stays on CPU: PyTorch's dynamic int8 kernels are CPU-only
 
 
 def _load_restructured(folder: Path, auto: Any, structure: Any) -> Any:
@@ -181,6 +238,7 @@ class Predictor:
     def __init__(self, bundle: ModelBundle, manifest: dict[str, Any]) -> None:
         self.bundle = bundle
         self.manifest = manifest
+        self._runtime: Any = None
 
     @property
     def task(self) -> TaskSpec:
@@ -195,24 +253,33 @@ class Predictor:
         ``{"label", "score", "scores"}`` each. Token classification: a text or list of texts
         (split on whitespace) or a list of token lists -> ``{"tokens", "tags", "entities"}`` each,
         entities carrying character offsets into the text."""
-        import torch
-
         single = isinstance(inputs, str) or (self.task.pair and isinstance(inputs, tuple))
         items = [inputs] if single else list(inputs)
         if not items:
             return []
-        tok, model = self.bundle.tokenizer, self.bundle.model
-        device = next(model.parameters()).device
+        tok = self.bundle.tokenizer
         results: list[dict[str, Any]] = []
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
             if self.task.kind == "sequence_classification":
-                results.extend(self._classify(chunk, tok, model, device, torch))
+                results.extend(self._classify(chunk, tok))
             else:
-                results.extend(self._tag(chunk, tok, model, device, torch))
+                results.extend(self._tag(chunk, tok))
         return results  # always a list, one result per input (a single input gives a list of one)
 
-    def _classify(self, chunk: list[Any], tok: Any, model: Any, device: Any, torch: Any) -> list[dict[str, Any]]:
+    @property
+    def runtime(self) -> Any:
+        """The bundle's runtime (PyTorch eager, ONNX Runtime ...), made on first use."""
+        if self._runtime is None:
+            from lepton.runtimes import for_bundle
+
+            self._runtime = for_bundle(self.bundle)
+        return self._runtime
+
+    def _logits(self, enc: Any) -> np.ndarray:
+        return self.runtime.logits(dict(enc))
+
+    def _classify(self, chunk: list[Any], tok: Any) -> list[dict[str, Any]]:
         if self.task.pair:
             if not all(isinstance(x, (tuple, list)) and len(x) == 2 for x in chunk):
                 raise LeptonError("this model classifies sentence pairs: pass (text, text_pair) tuples")
@@ -223,8 +290,7 @@ class Predictor:
             firsts, seconds = list(chunk), None
         enc = tok(firsts, seconds, truncation=True, max_length=self.task.max_length, padding=True,
                   return_tensors="pt")
-        with torch.inference_mode():
-            logits = model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy()
+        logits = self._logits(enc)
         probs = softmax(logits)
         out = []
         for row in probs:
@@ -233,7 +299,7 @@ class Predictor:
                         "scores": {lab: float(p) for lab, p in zip(self.labels, row)}})
         return out
 
-    def _tag(self, chunk: list[Any], tok: Any, model: Any, device: Any, torch: Any) -> list[dict[str, Any]]:
+    def _tag(self, chunk: list[Any], tok: Any) -> list[dict[str, Any]]:
         from seqeval.metrics.sequence_labeling import get_entities
 
         words, spans, texts = [], [], []
@@ -255,8 +321,7 @@ class Predictor:
             return results
         enc = tok([words[i] for i in nonempty], is_split_into_words=True, truncation=True,
                   max_length=self.task.max_length, padding=True, return_tensors="pt")
-        with torch.inference_mode():
-            logits = model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy()
+        logits = self._logits(enc)
         probs = softmax(logits)
         for row, i in enumerate(nonempty):
             ids = word_predictions(logits[row], enc.word_ids(row), len(words[i]))

@@ -51,7 +51,10 @@ class RunContext:
     progress: bool = True  # show progress bars (only when stderr is a terminal)
     stage_dir: Path | None = None  # the running stage's own folder for checkpoints (set by the runner)
     stage_index: int = 0
+    stage_name: str = ""  # the running stage's name in reports ("finetune", "recover", ...)
     stage_summary: dict[str, Any] = field(default_factory=dict)  # what the running stage reports
+    # Earlier stages of this run: name -> saved snapshot folder (a teacher for distill, say).
+    snapshots: dict[str, Path] = field(default_factory=dict)
 
     def split(self, name: str) -> Split:
         from lepton.errors import StageError

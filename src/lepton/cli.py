@@ -23,6 +23,7 @@ EPILOG = {
     "info": "example: lepton info runs/sst2-minilm/model",
     "compare": "example: lepton compare runs/sst2-minilm/model runs/sst2-minilm-drop/model "
                "--max-drop accuracy=1.0 --min-speedup 1.5",
+    "serve": "example: lepton serve runs/sst2-minilm/model --port 8000 --max-batch 32 --max-wait-ms 5",
 }
 EXIT_GATE_FAILED = 1
 
@@ -74,6 +75,24 @@ def _parser() -> argparse.ArgumentParser:
     i = add("info", "show a saved model's task, stages, scorecards and file checks")
     i.add_argument("model")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+    s = add("serve", "serve a saved model over HTTP (POST /v1/predict), batching concurrent requests")
+    s.add_argument("model", help="a Lepton model folder (OUT/model); its checksums are verified first")
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    s.add_argument("--port", type=int, default=8000, help="default: %(default)s")
+    s.add_argument("--workers", type=int, default=1,
+                   help="server processes; each loads its own copy of the model (default: %(default)s)")
+    s.add_argument("--max-batch", type=int, default=32, help="most inputs per model call (default: %(default)s)")
+    s.add_argument("--max-wait-ms", type=float, default=5.0,
+                   help="how long a batch waits for more requests (default: %(default)s)")
+    s.add_argument("--max-queue", type=int, default=256,
+                   help="most requests waiting; beyond it 503 with Retry-After (default: %(default)s)")
+    s.add_argument("--max-inputs", type=int, default=64, help="most inputs per request (default: %(default)s)")
+    s.add_argument("--max-chars", type=int, default=10_000, help="most characters per input (default: %(default)s)")
+    s.add_argument("--max-body-bytes", type=int, default=1 << 20,
+                   help="largest request body; beyond it 413 (default: %(default)s)")
+    s.add_argument("--name", help="model name in /v1/model and responses (default: the run folder's name)")
+    s.add_argument("--access-log", action="store_true", help="log every request")
     return p
 
 
@@ -202,6 +221,21 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from lepton.serve import ServeSettings, serve
+
+    log_level = "debug" if args.debug else "warning" if args.quiet else "info"
+    settings = ServeSettings.build(
+        host=args.host, port=args.port, workers=args.workers, max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_inputs=args.max_inputs,
+        max_chars=args.max_chars, max_body_bytes=args.max_body_bytes, name=args.name,
+        access_log=args.access_log, log_level=log_level)
+    try:
+        return serve(args.model, settings)
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it caught once it has shut down cleanly
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
@@ -215,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     handlers = {"run": _cmd_run, "validate": _cmd_validate, "evaluate": _cmd_evaluate, "info": _cmd_info,
-                "compare": _cmd_compare}
+                "compare": _cmd_compare, "serve": _cmd_serve}
     try:
         return handlers[args.command](args)
     except LeptonError as err:

@@ -116,9 +116,44 @@ class Recipe(StrictModel):
     def _training_follows_gradual_pruning(self) -> Recipe:
         for i, stage in enumerate(self.stages):
             if getattr(stage, "schedule", None) == "gradual" and not any(
-                    s.kind == "finetune" for s in self.stages[i + 1:]):
+                    s.kind in ("finetune", "distill", "pretrain") for s in self.stages[i + 1:]):
                 raise ValueError(f"stages.{i}: gradual pruning happens during training; "
-                                 "add a finetune stage after it")
+                                 "add a finetune (or distill) stage after it")
+        return self
+
+    @model_validator(mode="after")
+    def _runtimes_in_order(self) -> Recipe:
+        # export hands the model to ONNX Runtime; training and pruning need PyTorch.
+        runtime = "torch"
+        for i, stage in enumerate(self.stages):
+            accepts = getattr(stage, "accepts_runtimes", ("torch",))
+            if runtime not in accepts:
+                raise ValueError(f"stages.{i} ({stage.kind}) needs a {' or '.join(accepts)} model, but an "
+                                 f"earlier export left an {runtime} one; move it before the export")
+            runtime = getattr(stage, "produces_runtime", None) or runtime
+        return self
+
+    def stage_names(self) -> list[str]:
+        """Each stage's name in reports: ``name``, else its kind; a repeat gets ``-<index>``."""
+        names: list[str] = []
+        for i, stage in enumerate(self.stages):
+            name = stage.name or stage.kind
+            names.append(f"{name}-{i}" if name in names else name)
+        return names
+
+    @model_validator(mode="after")
+    def _teachers_exist(self) -> Recipe:
+        # distill's teacher: an earlier stage by name, or a model folder (checked again at run time).
+        names = self.stage_names()
+        for i, stage in enumerate(self.stages):
+            teacher = getattr(stage, "teacher", None)
+            if not isinstance(teacher, str) or teacher in names[:i] or Path(teacher).expanduser().is_dir():
+                continue
+            hint = suggest(teacher, names[:i])
+            if teacher in names[i:]:
+                hint = f"; stage {teacher!r} comes later, a teacher must run before the student"
+            raise ValueError(f"stages.{i}.teacher: {teacher!r} is neither an earlier stage nor a model "
+                             f"folder{hint} (earlier stages: {', '.join(names[:i]) or 'none'})")
         return self
 
     @model_validator(mode="after")

@@ -36,7 +36,7 @@ def for_bundle(bundle: Any) -> Runtime:
 
 
 def _load_builtin() -> None:
-    from lepton.runtimes import torch_eager  # noqa: F401
+    from lepton.runtimes import ort, torch_eager  # noqa: F401
 
 
 _load_builtin()

@@ -26,6 +26,10 @@ class TorchEager:
             return self.model(**inputs).logits.float().cpu().numpy()
 
     def parameter_counts(self) -> tuple[int, int]:
+        from lepton import torch_int8
+
+        if torch_int8.is_dynamic_int8(self.model):
+            return torch_int8.counts(self.model)
         total = nonzero = 0
         for p in self.model.parameters():
             total += p.numel()
@@ -35,6 +39,10 @@ class TorchEager:
     def size_bytes(self) -> int:
         from safetensors.torch import save_model
 
+        from lepton import torch_int8
+
+        if torch_int8.is_dynamic_int8(self.model):
+            return torch_int8.size_bytes(self.model)
         fd, path = tempfile.mkstemp(suffix=".safetensors")
         os.close(fd)
         try:
@@ -48,23 +56,37 @@ class TorchEager:
 
         An estimate for BERT-style encoders (embeddings are look-ups and cost nothing here).
         """
-        macs_per_token = 0
-        attention_width = 0  # summed over layers: QK^T and AV each cost tokens^2 x width MACs
-        for module in self.model.modules():
-            if isinstance(module, torch.nn.Linear):
-                macs_per_token += module.in_features * module.out_features
-            width = getattr(module, "all_head_size", None)
-            if isinstance(width, int):  # a self-attention block (per layer; pruned heads shrink it)
-                attention_width += width
-        if attention_width == 0:
-            config = self.model.config
-            layers = getattr(config, "num_hidden_layers", None)
-            hidden = getattr(config, "hidden_size", None)
-            if layers is None or hidden is None:
-                return None
-            attention_width = layers * hidden
+        work = work_per_token(self.model)
+        if work is None:
+            return None
+        macs_per_token, attention_width = work
         attention_macs = 2 * tokens * tokens * attention_width
         return float(2 * (macs_per_token * tokens + attention_macs))
+
+
+def work_per_token(model: Any) -> tuple[int, int] | None:
+    """(Linear multiply-adds per token, attention width summed over layers), or None if unknown.
+
+    Quantized Linears count like float ones: the same multiply-adds, in int8.
+    """
+    macs_per_token = 0
+    attention_width = 0  # summed over layers: QK^T and AV each cost tokens^2 x width MACs
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear) or (
+                isinstance(getattr(module, "in_features", None), int)
+                and isinstance(getattr(module, "out_features", None), int)):
+            macs_per_token += module.in_features * module.out_features
+        width = getattr(module, "all_head_size", None)
+        if isinstance(width, int):  # a self-attention block (per layer; pruned heads shrink it)
+            attention_width += width
+    if attention_width == 0:
+        config = model.config
+        layers = getattr(config, "num_hidden_layers", None)
+        hidden = getattr(config, "hidden_size", None)
+        if layers is None or hidden is None:
+            return None
+        attention_width = layers * hidden
+    return macs_per_token, attention_width
 
 
 runtimes.add("torch", TorchEager)

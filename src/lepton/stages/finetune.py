@@ -1,313 +1,265 @@
-"""``finetune``: full fine-tuning with AdamW, linear warm-up/decay, best-checkpoint selection,
-early stopping and exact resume after a crash.
+"""``finetune``: fine-tuning with AdamW, linear warm-up/decay, best-checkpoint selection, early
+stopping and exact resume after a crash (the loop itself is ``lepton.stages.training.train``).
 
-Resume is exact because everything random is a function of saved state: the batch order of an
-epoch comes from (seed, epoch), dropout from the saved torch RNG state, and checkpoints are taken
-only at optimizer-step boundaries (no half-accumulated gradients to lose).
+``method`` picks what is trained:
+
+- ``full``: every weight.
+- ``lora``: low-rank adapters (peft's LoRA: rank ``r``, ``alpha``, ``dropout``, ``target_modules``)
+  beside frozen weights; the task head stays trainable (``modules_to_save``).
+- ``adalora``: AdaLoRA, adapters whose ranks start at ``init_r`` and are pruned towards an average
+  of ``target_r`` between steps ``tinit`` and ``total - tfinal`` (shares of all steps when < 1).
+
+Adapters are merged into the base weights at the end, so later stages and the artifact see an
+ordinary model; the unmerged adapter is saved too, in ``<output>/adapter/<stage name>``. The
+summary reports the trainable parameter count and share.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import shutil
-import signal
-import time
-from dataclasses import asdict, dataclass, field
+import uuid
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from lepton.bundle import ModelBundle, RunContext
-from lepton.errors import StageError
-from lepton.progress import StepProgress
-from lepton.stages import StageConfig, register
-from lepton.tasks import Encoded, collate, encode, sorted_batches, train_batches
+from lepton.config import StrictModel
+from lepton.errors import MissingExtraError, StageError
+from lepton.stages import register
+from lepton.stages.training import TrainSettings, dev_evaluator, plan_steps, task_metric, train
+from lepton.tasks import encode
 
 log = logging.getLogger(__name__)
 
-# Test hook: SIGKILL this process right after this optimizer step (see tests/test_finetune.py).
-_KILL_AT_STEP = int(os.environ.get("LEPTON_TEST_KILL_AT_STEP", "0") or 0)
+
+class AdapterSettings(StrictModel):
+    alpha: float = Field(default=16.0, gt=0)  # scaling: the update is (alpha / r) * B @ A
+    dropout: float = Field(default=0.1, ge=0, lt=1)
+    # Names (or name suffixes) of the Linear layers to adapt; default: peft's choice for the
+    # architecture (BERT, MiniLM, RoBERTa: query and value).
+    target_modules: list[str] | None = None
+    # Modules trained whole beside the adapters; default: the task head (every top-level module
+    # of the model other than the encoder, e.g. "classifier").
+    modules_to_save: list[str] | None = None
 
 
-class FinetuneConfig(StageConfig):
+class LoraSettings(AdapterSettings):
+    r: int = Field(default=8, ge=1)
+
+
+class AdaLoraSettings(AdapterSettings):
+    init_r: int = Field(default=12, ge=1)  # every adapter's starting rank
+    target_r: int = Field(default=8, ge=1)  # the average rank the budget shrinks to
+    tinit: float = Field(default=0.1, ge=0)  # warm-up without rank pruning; < 1: share of all steps
+    tfinal: float = Field(default=0.2, ge=0)  # final steps with the ranks fixed; < 1: share
+    delta_t: int = Field(default=10, ge=1)  # steps between budget reallocations
+    beta1: float = Field(default=0.85, gt=0, lt=1)  # smoothing of the importance scores
+    beta2: float = Field(default=0.85, gt=0, lt=1)  # smoothing of their uncertainty
+    orth_reg_weight: float = Field(default=0.5, ge=0)  # orthogonality penalty on P and Q
+
+    @model_validator(mode="after")
+    def _budget_shrinks(self) -> AdaLoraSettings:
+        if self.target_r > self.init_r:
+            raise ValueError(f"target_r ({self.target_r}) must not exceed init_r ({self.init_r})")
+        return self
+
+
+class FinetuneConfig(TrainSettings):
     stage_kind: ClassVar[str] = "finetune"
     kind: Literal["finetune"] = "finetune"
-    method: Literal["full"] = "full"
-    epochs: int = Field(default=3, ge=1)
-    max_steps: int | None = Field(default=None, ge=1)  # stop after this many optimizer steps
-    lr: float = Field(default=5e-5, gt=0, lt=1)
-    batch_size: int = Field(default=32, ge=1)
-    grad_accum: int = Field(default=1, ge=1)
-    weight_decay: float = Field(default=0.01, ge=0)
-    warmup: float = Field(default=0.06, ge=0)  # < 1: share of all steps; >= 1: a step count
-    max_grad_norm: float | None = Field(default=1.0, gt=0)
-    group_by_length: bool = True
-    eval_every: int | None = Field(default=None, ge=1)  # optimizer steps; None: after each epoch
-    metric: str | None = None  # selection metric; default: the task's headline metric; "loss" works too
-    keep_best: bool = True
-    early_stopping: int | None = Field(default=None, ge=1)  # evaluations without improvement
-    checkpoint_every: int = Field(default=200, ge=1)  # optimizer steps between resume points
+    method: Literal["full", "lora", "adalora"] = "full"
+    lora: LoraSettings | None = None  # method lora; defaults filled in
+    adalora: AdaLoraSettings | None = None  # method adalora; defaults filled in
 
-
-@dataclass
-class TrainState:
-    epoch: int = 0
-    batch_in_epoch: int = 0  # batches of `epoch` already consumed
-    step: int = 0  # optimizer steps taken
-    items: int = 0
-    train_seconds: float = 0.0
-    best_metric: float | None = None
-    best_step: int | None = None
-    bad_evals: int = 0
-    stopped_early: bool = False
-    evals: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _optimizer(model: torch.nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        # Biases and LayerNorm weights are not decayed (standard for BERT-style fine-tuning).
-        (no_decay if param.ndim < 2 else decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr)
-
-
-def evaluate_dev(model: torch.nn.Module, enc: Encoded, bundle: ModelBundle, dev_labels: Any,
-                 device: str, batch_size: int = 64) -> dict[str, float]:
-    """Loss and the task's metrics on dev (no bootstrap: this is for model selection)."""
-    from lepton.evaluation.metrics import quick_metrics
-
-    model.eval()
-    logits: list[np.ndarray | None] = [None] * len(enc)
-    loss_sum, loss_n = 0.0, 0
-    pad = bundle.tokenizer.pad_token_id or 0
-    with torch.inference_mode():
-        for idx in sorted_batches(enc.lengths, batch_size):
-            batch = {k: v.to(device) for k, v in collate(enc, idx, pad).items()}
-            out = model(**batch)
-            loss_sum += float(out.loss) * len(idx)
-            loss_n += len(idx)
-            arr = out.logits.float().cpu().numpy()
-            for row, i in enumerate(idx):
-                logits[i] = arr[row]
-    model.train()
-    metrics = quick_metrics(logits, enc, bundle.task, dev_labels)
-    metrics["loss"] = loss_sum / max(loss_n, 1)
-    return metrics
-
-
-def _save_checkpoint(stage_dir: Path, model: torch.nn.Module, optimizer: Any, scheduler: Any,
-                     state: TrainState, best: dict[str, torch.Tensor] | None) -> None:
-    """Write a resume point atomically: a temp folder renamed into place, then a pointer file."""
-    from safetensors.torch import save_file, save_model
-
-    name = f"ckpt-{state.step:07d}"
-    tmp = stage_dir / f".tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    if best is not None:
-        save_file(best, str(tmp / "best.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng_torch": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-               tmp / "trainer.pt")
-    (tmp / "state.json").write_text(json.dumps(asdict(state)))
-    final = stage_dir / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    pointer = stage_dir / ".latest.tmp"
-    pointer.write_text(name)
-    os.replace(pointer, stage_dir / "latest")
-    for old in stage_dir.glob("ckpt-*"):
-        if old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
-
-
-def _load_checkpoint(stage_dir: Path, model: torch.nn.Module, optimizer: Any,
-                     scheduler: Any) -> tuple[TrainState, dict[str, torch.Tensor] | None] | None:
-    from safetensors.torch import load_file, load_model
-
-    pointer = stage_dir / "latest"
-    if not pointer.is_file():
-        return None
-    ckpt = stage_dir / pointer.read_text().strip()
-    if not (ckpt / "state.json").is_file():
-        raise StageError(f"{ckpt}: checkpoint is incomplete; run without --resume to start over")
-    load_model(model, str(ckpt / "model.safetensors"))
-    extra = torch.load(ckpt / "trainer.pt", weights_only=True)
-    optimizer.load_state_dict(extra["optimizer"])
-    scheduler.load_state_dict(extra["scheduler"])
-    torch.set_rng_state(extra["rng_torch"])
-    if extra["rng_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(extra["rng_cuda"])
-    state = TrainState(**json.loads((ckpt / "state.json").read_text()))
-    best = load_file(str(ckpt / "best.safetensors")) if (ckpt / "best.safetensors").is_file() else None
-    return state, best
-
-
-def _better(metric: str, value: float, best: float | None) -> bool:
-    if best is None:
-        return True
-    return value < best if metric == "loss" else value > best
+    @model_validator(mode="before")
+    @classmethod
+    def _method_settings(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        method = data.get("method", "full")
+        for other in ("lora", "adalora"):
+            if other != method and data.get(other) is not None:
+                raise ValueError(f"{other} settings apply to method: {other} "
+                                 f"(this stage's method is {method})")
+        if method in ("lora", "adalora") and data.get(method) is None:
+            data = {**data, method: {}}
+        return data
 
 
 @register(FinetuneConfig)
 def finetune(bundle: ModelBundle, config: FinetuneConfig, ctx: RunContext) -> ModelBundle:
-    """Fine-tune every weight of the model on data.train, selecting on data.dev when present."""
-    from transformers import get_linear_schedule_with_warmup
-
-    from lepton.evaluation.metrics import HEADLINE, known_metrics
-    from lepton.tasks import label_ids
-
-    task, model, device = bundle.task, bundle.model, ctx.device
-    metric = config.metric or HEADLINE[task.kind]
-    if metric not in known_metrics(task.kind):
-        raise StageError(f"stages.{ctx.stage_index}.metric: unknown metric {metric!r} for {task.kind} "
-                         f"(known: {', '.join(known_metrics(task.kind))})")
-    train = ctx.split("train")
-    if train.labels is None:
+    """Fine-tune the model on data.train (all weights, or adapters), selecting on data.dev."""
+    metric = task_metric(config, bundle, ctx)
+    split = ctx.split("train")
+    if split.labels is None:
         raise StageError("finetune needs labelled data.train")
-    enc_train = encode(train, task, bundle.tokenizer)
-    dev = ctx.splits.get("dev")
-    enc_dev = encode(dev, task, bundle.tokenizer) if dev is not None and dev.labels is not None else None
-    dev_labels = label_ids(dev, task) if enc_dev is not None else None
-
-    n_batches = math.ceil(len(enc_train) / config.batch_size)
-    steps_per_epoch = math.ceil(n_batches / config.grad_accum)
-    total_steps = steps_per_epoch * config.epochs
-    if config.max_steps is not None:
-        total_steps = min(total_steps, config.max_steps)
-    warmup = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
-
-    torch.manual_seed(ctx.seed)
-    model.to(device)
-    model.train()
-    optimizer = _optimizer(model, config)
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-    stage_dir = ctx.stage_dir or (ctx.work_dir / f"stage-{ctx.stage_index}-finetune")
-    stage_dir.mkdir(parents=True, exist_ok=True)
-
-    state, best = TrainState(), None
-    if ctx.resume:
-        loaded = _load_checkpoint(stage_dir, model, optimizer, scheduler)
-        if loaded is not None:
-            state, best = loaded
-            log.info("finetune: resuming at step %d (epoch %d, batch %d)", state.step,
-                     state.epoch + 1, state.batch_in_epoch)
+    data = encode(split, bundle.task, bundle.tokenizer)
+    if config.method == "full":
+        summary = train(bundle, config, ctx, data=data, metric=metric,
+                        evaluate=dev_evaluator(bundle.model, bundle, ctx))
     else:
-        for old in stage_dir.glob("ckpt-*"):
-            shutil.rmtree(old, ignore_errors=True)
-        (stage_dir / "latest").unlink(missing_ok=True)
-
-    pad = bundle.tokenizer.pad_token_id or 0
-
-    def run_eval() -> None:
-        if enc_dev is None:
-            return
-        started = time.perf_counter()
-        values = evaluate_dev(model, enc_dev, bundle, dev_labels, device)
-        values = {k: round(float(v), 6) for k, v in values.items()}
-        record = {"step": state.step, "epoch": state.epoch + 1, **values,
-                  "seconds": round(time.perf_counter() - started, 2)}
-        state.evals.append(record)
-        if _better(metric, values[metric], state.best_metric):
-            nonlocal best
-            state.best_metric, state.best_step, state.bad_evals = values[metric], state.step, 0
-            if config.keep_best:
-                best = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
-        else:
-            state.bad_evals += 1
-        log.info("finetune: step %d dev %s %.4f (loss %.4f)%s", state.step, metric, values[metric],
-                 values["loss"], " *best*" if state.best_step == state.step else "")
-
-    items_window, time_window = 0, time.perf_counter()
-    done = state.step >= total_steps or state.stopped_early
-    with StepProgress("finetune", total_steps, completed=state.step, enabled=ctx.progress) as bar:
-        while not done and state.epoch < config.epochs:
-            batches = train_batches(enc_train.lengths, config.batch_size, seed=ctx.seed,
-                                    epoch=state.epoch, group_by_length=config.group_by_length)
-            micro = 0
-            optimizer.zero_grad(set_to_none=True)
-            tick = time.perf_counter()
-            for b in range(state.batch_in_epoch, len(batches)):
-                idx = batches[b]
-                batch = {k: v.to(device) for k, v in collate(enc_train, idx, pad).items()}
-                out = model(**batch)
-                loss = out.loss
-                if not torch.isfinite(loss):
-                    raise StageError(f"finetune: loss became {float(loss)} at step {state.step}; "
-                                     "lower stages.N.lr")
-                (loss / config.grad_accum).backward()
-                micro += 1
-                state.items += len(idx)
-                items_window += len(idx)
-                if micro % config.grad_accum and b != len(batches) - 1:
-                    continue
-                if config.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-                for hook in bundle.train_hooks:  # e.g. gradual pruning re-applies its masks
-                    hook.after_step(model, state.step, total_steps)
-                state.batch_in_epoch = b + 1
-                now = time.perf_counter()
-                state.train_seconds += now - tick
-                rate = items_window / max(now - time_window, 1e-9)
-                bar.advance(1, loss=float(loss.detach()), items_s=rate, epoch=state.epoch + 1)
-                if now - time_window > 10:
-                    items_window, time_window = 0, now
-                if config.eval_every and state.step % config.eval_every == 0:
-                    run_eval()
-                    if config.early_stopping and state.bad_evals >= config.early_stopping:
-                        state.stopped_early = True
-                if state.step >= total_steps or state.stopped_early:
-                    done = True
-                if state.step % config.checkpoint_every == 0 and not done:
-                    _save_checkpoint(stage_dir, model, optimizer, scheduler, state, best)
-                if _KILL_AT_STEP and state.step == _KILL_AT_STEP:
-                    # Fault injection for the resume tests: die as abruptly as a killed job does.
-                    os.kill(os.getpid(), signal.SIGKILL)
-                tick = time.perf_counter()
-                if done:
-                    break
-            if not done or state.batch_in_epoch == len(batches):
-                if not config.eval_every:
-                    run_eval()
-                    if config.early_stopping and state.bad_evals >= config.early_stopping:
-                        state.stopped_early = done = True
-                state.epoch += 1
-                state.batch_in_epoch = 0
-            if not done:
-                _save_checkpoint(stage_dir, model, optimizer, scheduler, state, best)
-    if enc_dev is not None and (not state.evals or state.evals[-1]["step"] != state.step):
-        run_eval()  # the final weights are a candidate too
-
-    if config.keep_best and best is not None:
-        model.load_state_dict(best)
-    hook_summaries = [hook.finish(model) for hook in bundle.train_hooks]
-    bundle.train_hooks = []
-    model.eval()
-    summary = {
-        "steps": state.step, "epochs_run": state.epoch, "items": state.items,
-        "train_seconds": round(state.train_seconds, 2),
-        "items_per_s": round(state.items / state.train_seconds, 2) if state.train_seconds else None,
-        "selection_metric": metric, "best_metric": state.best_metric, "best_step": state.best_step,
-        "stopped_early": state.stopped_early, "evals": state.evals,
-        "train_examples": len(enc_train), "skipped_rows": len(train.skipped),
-    }
-    if hook_summaries:
-        summary["train_hooks"] = hook_summaries
+        summary = _finetune_adapters(bundle, config, ctx, data, metric)
+    summary["skipped_rows"] = len(split.skipped)
     ctx.stage_summary = summary
     return bundle
+
+
+# ---------------------------------------------------------------------------------------------
+# LoRA and AdaLoRA through peft
+
+
+def _require_peft() -> Any:
+    try:
+        import peft
+    except ImportError as err:
+        raise MissingExtraError("finetune method lora/adalora needs peft: "
+                                "pip install 'lepton[peft]'") from err
+    return peft
+
+
+def default_modules_to_save(model: torch.nn.Module) -> list[str]:
+    """The task head: every top-level module with weights other than the encoder."""
+    encoder = getattr(model, "base_model_prefix", "")
+    return [name for name, child in model.named_children()
+            if name != encoder and any(True for _ in child.parameters())]
+
+
+def _linear_names(model: torch.nn.Module) -> list[str]:
+    return sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+                   if isinstance(mod, torch.nn.Linear)})
+
+
+def _steps(value: float, total: int) -> int:
+    return int(value * total) if value < 1 else int(value)
+
+
+def adapter_config(method: str, settings: AdapterSettings, model: torch.nn.Module, total_steps: int,
+                   where: str) -> Any:
+    """The peft config for ``method`` with Lepton's defaults and checks."""
+    peft = _require_peft()
+    heads = settings.modules_to_save
+    if heads is None:
+        heads = default_modules_to_save(model)
+    children = dict(model.named_children())
+    missing = [m for m in heads if m not in children]
+    if missing:
+        raise StageError(f"{where}.modules_to_save: {type(model).__name__} has no top-level module "
+                         f"{missing[0]!r} (it has: {', '.join(children)})")
+    common = {"lora_alpha": settings.alpha, "lora_dropout": settings.dropout,
+              "target_modules": settings.target_modules, "modules_to_save": heads or None}
+    if method == "lora":
+        assert isinstance(settings, LoraSettings)
+        return peft.LoraConfig(r=settings.r, **common)
+    assert isinstance(settings, AdaLoraSettings)
+    tinit, tfinal = _steps(settings.tinit, total_steps), _steps(settings.tfinal, total_steps)
+    if tinit >= total_steps - tfinal:
+        raise StageError(f"{where}: tinit ({tinit} steps) must come before the final phase, which "
+                         f"starts at step {total_steps - tfinal} of {total_steps}; lower tinit/tfinal "
+                         "or train longer")
+    return peft.AdaLoraConfig(init_r=settings.init_r, target_r=settings.target_r, tinit=tinit,
+                              tfinal=tfinal, deltaT=settings.delta_t, beta1=settings.beta1,
+                              beta2=settings.beta2, orth_reg_weight=settings.orth_reg_weight,
+                              total_step=total_steps, **common)
+
+
+def wrap_with_adapters(model: torch.nn.Module, peft_config: Any, where: str) -> Any:
+    """``peft.get_peft_model``, with a clear error when the target modules do not fit the model."""
+    peft = _require_peft()
+    try:
+        return peft.get_peft_model(model, peft_config)
+    except ValueError as err:
+        text = str(err)
+        if "target_modules" in text or "not found in the base model" in text:
+            model_type = getattr(getattr(model, "config", None), "model_type", "?")
+            raise StageError(f"{where}.target_modules: {peft_config.target_modules or 'the default'} "
+                             f"matches no layer of this {model_type} model; its Linear layers are "
+                             f"named: {', '.join(_linear_names(model))}") from None
+        raise StageError(f"{where}: {text.splitlines()[0]}") from None
+
+
+class _RankAllocatorState:
+    """AdaLoRA's importance scores and rank pattern, so a resumed run allocates the same ranks."""
+
+    def __init__(self, peft_model: Any) -> None:
+        self.tuner = peft_model.base_model
+
+    def _parts(self) -> tuple[Any, Any]:
+        name = self.tuner.trainable_adapter_name
+        return self.tuner.rankallocator, self.tuner.peft_config[name]
+
+    def state_dict(self) -> dict[str, Any]:
+        allocator, cfg = self._parts()
+        return {"ipt": dict(allocator.ipt), "exp_avg_ipt": dict(allocator.exp_avg_ipt),
+                "exp_avg_unc": dict(allocator.exp_avg_unc), "rank_pattern": cfg.rank_pattern}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state:
+            return
+        allocator, cfg = self._parts()
+        allocator.ipt, allocator.exp_avg_ipt = dict(state["ipt"]), dict(state["exp_avg_ipt"])
+        allocator.exp_avg_unc = dict(state["exp_avg_unc"])
+        cfg.rank_pattern = state["rank_pattern"]
+
+
+def save_adapter(peft_model: Any, dest: Path) -> Path:
+    """``save_pretrained`` into a temp folder renamed into place (an old adapter is replaced whole)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        peft_model.save_pretrained(str(tmp))
+        if dest.exists():
+            old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def _finetune_adapters(bundle: ModelBundle, config: FinetuneConfig, ctx: RunContext, data: Any,
+                       metric: str) -> dict[str, Any]:
+    where = f"stages.{ctx.stage_index}.{config.method}"
+    settings = config.lora if config.method == "lora" else config.adalora
+    assert settings is not None  # filled in by FinetuneConfig
+    base_params = sum(p.numel() for p in bundle.model.parameters())
+    total_steps = plan_steps(len(data), config)
+    peft_config = adapter_config(config.method, settings, bundle.model, total_steps, where)
+    torch.manual_seed(ctx.seed)  # the adapters' initial weights
+    peft_model = wrap_with_adapters(bundle.model, peft_config, where)
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    adapter_params = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
+    log.info("finetune (%s): %d of %d parameters trainable (%.2f%%)", config.method, trainable, total,
+             100 * trainable / total)
+    name = ctx.stage_name or f"{ctx.stage_index}-finetune"
+    adapter_dir = ctx.out_dir / "adapter" / name
+
+    def merge() -> None:
+        save_adapter(peft_model, adapter_dir)
+        bundle.model = peft_model.merge_and_unload()
+
+    adalora = config.method == "adalora"
+    live = peft_model.peft_config["default"]  # as peft filled it in (default targets, rank pattern)
+    summary = train(bundle, config, ctx, data=data, model=peft_model, metric=metric,
+                    evaluate=dev_evaluator(peft_model, bundle, ctx),
+                    on_step=peft_model.base_model.update_and_allocate if adalora else None,
+                    stateful={"adalora": _RankAllocatorState(peft_model)} if adalora else None,
+                    on_trained=merge)
+    summary.update({
+        "method": config.method, "trainable_params": trainable, "all_params": total,
+        "trainable_share": round(trainable / total, 6), "adapter_params": adapter_params,
+        "model_params": base_params, "target_modules": sorted(live.target_modules or []),
+        "modules_to_save": sorted(live.modules_to_save or []),
+        "adapter_dir": str(adapter_dir), "merged": True,
+    })
+    if adalora:
+        pattern = live.rank_pattern or {}
+        summary["adalora_ranks"] = {k: int(sum(bool(x) for x in v)) for k, v in pattern.items()}
+    return summary

@@ -1,0 +1,329 @@
+"""The HTTP app: ``create_app(model_path, settings)`` loads a Lepton model (verifying every
+checksum) and returns a FastAPI app that serves it.
+
+Endpoints: ``POST /v1/predict``, ``GET /v1/model``, ``/healthz``, ``/readyz``, ``/metrics``, and
+the OpenAPI schema at ``/openapi.json`` (browsable at ``/docs``). The request model is built per
+app, so the schema states this server's own limits and input shape (texts or text pairs).
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at runtime,
+# and the request model they name is built inside create_app.
+
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
+
+from lepton import __version__
+from lepton.errors import LeptonError
+from lepton.serve import ENV_MODEL, ENV_SETTINGS, ServeSettings
+from lepton.serve.batcher import MicroBatcher, QueueFullError, ShuttingDownError
+from lepton.serve.metrics import MetricsMiddleware, ServeMetrics
+
+log = logging.getLogger(__name__)
+
+# Test-only: milliseconds every model call sleeps first, so tests can fill the queue on purpose.
+TEST_DELAY_ENV = "LEPTON_SERVE_TEST_DELAY_MS"
+RETRY_AFTER_S = "1"
+
+
+# ---------------------------------------------------------------------- response models
+
+
+class Message(BaseModel):
+    detail: str
+
+
+class ClassPrediction(BaseModel):
+    label: str
+    score: float = Field(description="probability of `label`")
+    scores: dict[str, float] = Field(description="probability of every label")
+
+
+class Entity(BaseModel):
+    entity: str = Field(description="entity type, e.g. PER")
+    words: list[int] = Field(description="[first, last + 1) indices into `tokens`")
+    score: float = Field(description="mean probability of the entity's tags")
+    text: str
+    start: int | None = Field(None, description="character offset of the entity in the input text")
+    end: int | None = Field(None, description="character offset just past the entity")
+
+
+class TokenPrediction(BaseModel):
+    tokens: list[str] = Field(description="the input split on whitespace")
+    tags: list[str] = Field(description="one BIO tag per token")
+    entities: list[Entity]
+
+
+class ScorecardSummary(BaseModel):
+    name: str
+    split: str | None = None
+    n_examples: int | None = None
+    headline: str | None = None
+    value: float | None = None
+    ci95_low: float | None = None
+    ci95_high: float | None = None
+    latency_b1_p50_ms: float | None = None
+    size_mb: float | None = None
+    runtime: str | None = None
+
+
+class Limits(BaseModel):
+    max_inputs: int
+    max_chars: int
+    max_body_bytes: int
+    max_batch: int
+    max_wait_ms: float
+    max_queue: int
+
+
+class ModelInfo(BaseModel):
+    name: str
+    task: str
+    labels: list[str]
+    pair: bool
+    max_length: int
+    runtime: str | None
+    source_model: str | None
+    lepton_version: str | None
+    created: str | None
+    scorecards: list[ScorecardSummary]
+    limits: Limits
+
+
+class Status(BaseModel):
+    status: str
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def request_model(pair: bool, settings: ServeSettings) -> type[BaseModel]:
+    """The body of POST /v1/predict, with this server's limits in its schema."""
+    # pydantic refuses lone surrogates ("\ud800") itself, so every text encodes as UTF-8.
+    text = Annotated[str, StringConstraints(max_length=settings.max_chars)]
+    item: Any = tuple[text, text] if pair else text
+    example = [["A man plays a guitar.", "Someone makes music."]] if pair else ["a charming and affecting film"]
+    what = "(text, text_pair) pairs" if pair else "texts"
+    inputs = Annotated[list[item], Field(min_length=1, max_length=settings.max_inputs,
+                                         description=f"1 to {settings.max_inputs} {what}, each at most "
+                                                     f"{settings.max_chars} characters",
+                                         examples=[example])]
+    return create_model("PredictRequest", __config__=ConfigDict(extra="forbid"), inputs=(inputs, ...))
+
+
+def model_name(model_path: Path) -> str:
+    """A run saves OUT/model, so a folder named "model" is known by its run folder's name."""
+    folder = model_path.resolve()
+    return folder.parent.name if folder.name == "model" and folder.parent.name else folder.name
+
+
+def scorecard_summaries(manifest: dict[str, Any]) -> list[ScorecardSummary]:
+    out = []
+    for card in manifest.get("scorecards") or []:
+        if not isinstance(card, dict):
+            continue
+        quality, eff = card.get("quality") or {}, card.get("efficiency") or {}
+        headline = quality.get("headline")
+        metric = (quality.get("metrics") or {}).get(headline) or {}
+        latency = ((eff.get("latency_ms") or {}).get("b1_real") or {}).get("p50")
+        out.append(ScorecardSummary(
+            name=str(card.get("name", "")), split=card.get("split"), n_examples=card.get("n_examples"),
+            headline=headline, value=metric.get("value"), ci95_low=metric.get("ci95_low"),
+            ci95_high=metric.get("ci95_high"), latency_b1_p50_ms=latency, size_mb=eff.get("size_mb"),
+            runtime=eff.get("runtime")))
+    return out
+
+
+def _require_json(request: Request) -> None:
+    ctype = request.headers.get("content-type", "")
+    kind = ctype.split(";", 1)[0].strip().lower()
+    if kind != "application/json" and not (kind.startswith("application/") and kind.endswith("+json")):
+        raise HTTPException(415, f"Content-Type must be application/json (got {ctype or 'none'!r})")
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body too large (limit {limit} bytes)")
+
+
+class BodyLimitMiddleware:
+    """413 for a body over the limit: from Content-Length before reading, else while reading
+    (chunked uploads), so an oversized body is never held in memory whole."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def _refuse(self, send: Any, status: int, detail: str) -> None:
+        await JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"})(
+            {"type": "http"}, None, send)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None:
+            try:
+                length = int(declared)
+            except ValueError:
+                await self._refuse(send, 400, "Content-Length is not a number")
+                return
+            if length > self.max_bytes:
+                await self._refuse(send, 413, BodyTooLarge(self.max_bytes).detail)
+                return
+        received = 0
+        started = False
+
+        async def limited_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)  # FastAPI turns it into the 413 response
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge as err:  # raised outside FastAPI's handling (a route reading raw)
+            if started:
+                raise
+            await self._refuse(send, 413, err.detail)
+
+
+# ---------------------------------------------------------------------- the app
+
+
+def _predict_fn(predictor: Any, settings: ServeSettings):
+    delay = float(os.environ.get(TEST_DELAY_ENV, "0") or 0) / 1000
+
+    def predict(items: list[Any]) -> list[dict[str, Any]]:
+        if delay:
+            time.sleep(delay)
+        return predictor.predict(items, batch_size=settings.max_batch)
+
+    return predict
+
+
+def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | None = None, *,
+               predictor: Any = None) -> FastAPI:
+    """Load the model at ``model_path`` (checksums verified: ArtifactError if they do not match)
+    and build the app. ``predictor``: an already loaded ``lepton.load`` result to serve instead."""
+    import lepton
+
+    settings = settings or ServeSettings()
+    predictor = predictor if predictor is not None else lepton.load(model_path)
+    manifest, task = predictor.manifest, predictor.task
+    name = settings.name or model_name(Path(model_path))
+    metrics = ServeMetrics()
+    sample: Any = ("warm up", "warm up") if task.pair else "warm up"
+    batcher = MicroBatcher(_predict_fn(predictor, settings), max_batch=settings.max_batch,
+                           max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
+                           metrics=metrics, warmup=[sample] * min(settings.max_batch, 4))
+    info = ModelInfo(
+        name=name, task=task.kind, labels=task.labels, pair=task.pair, max_length=task.max_length,
+        runtime=manifest.get("runtime"), source_model=manifest.get("source_model"),
+        lepton_version=manifest.get("lepton_version"), created=manifest.get("created"),
+        scorecards=scorecard_summaries(manifest),
+        limits=Limits(**settings.model_dump(include=set(Limits.model_fields))))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        batcher.start()  # warms the model up in the background; /readyz says when it is done
+        log.info("serving %s (%s, labels %s)", name, task.kind, task.labels)
+        yield
+        # uvicorn has stopped listening and let in-flight requests finish; drain what is left.
+        await batcher.close(settings.drain_timeout_s)
+
+    app = FastAPI(title=f"Lepton model server: {name}", version=__version__, lifespan=lifespan,
+                  description=f"Predictions of the Lepton model {name!r} ({task.kind}). Requests "
+                              "are batched with other concurrent requests on the server.")
+    app.state.batcher, app.state.metrics, app.state.predictor = batcher, metrics, predictor
+
+    PredictRequest = request_model(task.pair, settings)
+    Prediction = ClassPrediction if task.kind == "sequence_classification" else TokenPrediction
+    PredictResponse = create_model("PredictResponse", model=(str, ...),
+                                   predictions=(list[Prediction], ...))
+    errors = {413: {"model": Message, "description": "body too large"},
+              415: {"model": Message, "description": "not JSON"},
+              500: {"model": Message, "description": "the model failed on this request"},
+              503: {"model": Message, "description": "queue full or shutting down; see Retry-After"}}
+
+    @app.post("/v1/predict", response_model=PredictResponse, responses=errors,
+              dependencies=[Depends(_require_json)], summary="Predict labels or entities")
+    async def predict(body: PredictRequest) -> Any:
+        try:
+            results = await batcher.submit(body.inputs)
+        except QueueFullError as err:
+            raise HTTPException(503, f"server busy: {err}; retry later",
+                                headers={"Retry-After": RETRY_AFTER_S}) from None
+        except ShuttingDownError as err:
+            raise HTTPException(503, str(err), headers={"Retry-After": RETRY_AFTER_S}) from None
+        except LeptonError as err:
+            raise HTTPException(422, str(err)) from None
+        except Exception:  # noqa: BLE001 - logged by the batcher; this request alone fails
+            raise HTTPException(500, "prediction failed; the server log has the details") from None
+        return {"model": name, "predictions": results}
+
+    @app.get("/v1/model", response_model=ModelInfo, summary="The served model")
+    async def model_info() -> ModelInfo:
+        return info
+
+    @app.get("/healthz", response_model=Status, summary="The process is alive")
+    async def healthz() -> Status:
+        return Status(status="ok")
+
+    @app.get("/readyz", response_model=Status, responses={503: {"model": Status}},
+             summary="The model is loaded and warmed up")
+    async def readyz() -> Any:
+        if batcher.ready:
+            return Status(status="ready")
+        return JSONResponse({"status": batcher.state}, status_code=503,
+                            headers={"Retry-After": RETRY_AFTER_S})
+
+    @app.get("/metrics", response_class=Response, summary="Prometheus metrics of this process",
+             responses={200: {"content": {"text/plain": {}}}})
+    async def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's shape ({"detail": [{loc, msg, type}]}) without echoing the input back: an
+        # oversized text would otherwise return in the error.
+        detail = []
+        for e in exc.errors():
+            msg = e.get("msg", "invalid")
+            if e.get("type") == "json_invalid":
+                msg = f"invalid JSON: {(e.get('ctx') or {}).get('error', msg)}"
+            detail.append({"loc": list(e.get("loc", ())), "msg": msg, "type": e.get("type", "invalid")})
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics,  # outermost: sees the 413s too
+                       paths=frozenset(getattr(r, "path", "") for r in app.routes))
+    return app
+
+
+def factory() -> FastAPI:
+    """The app of one ``lepton serve --workers N`` worker: model and settings come from the
+    environment that ``lepton.serve.serve`` set; each worker loads its own copy of the model."""
+    model = os.environ.get(ENV_MODEL)
+    if not model:
+        raise RuntimeError(f"{ENV_MODEL} is not set; start workers with `lepton serve --workers N`")
+    settings = ServeSettings.model_validate_json(os.environ.get(ENV_SETTINGS) or "{}")
+    return create_app(model, settings)

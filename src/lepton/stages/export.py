@@ -1,0 +1,262 @@
+"""``export``: the current PyTorch model to ONNX, run from then on by ONNX Runtime.
+
+The model is exported with the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``):
+the dynamo exporter, torch 2.13's default, needs ``onnxscript``, which Lepton does not require.
+Tracing uses eager attention (the exported graph is the plain MatMul/Softmax pattern ONNX
+Runtime's fusions recognise); batch and sequence axes are dynamic, and the traced example has one
+padded row so the attention-mask path is in the graph.
+
+``optimize: true`` then runs ONNX Runtime's transformer optimizer
+(``onnxruntime.transformers.optimizer``, model type ``bert``): LayerNorm, SkipLayerNorm, GELU and
+embedding fusions, and attention fusion. Attention fusion needs one head count for all layers: a
+model whose heads were pruned to different counts per layer keeps attention unfused
+(``fuse_attention`` says so in the summary). The unfused graph is kept beside the fused one for a
+following ``quantize: static_int8`` (the fused Attention op has no QDQ form).
+
+Parity: the exported (and optimized) graph and the PyTorch model run on up to ``parity_items``
+real inputs of ``parity_split`` (dev by default; then test, then train), in padded batches of
+``parity_batch``. The largest absolute logit difference (real tokens only, for token
+classification) and the share of identical predictions are reported; a difference beyond ``atol``
+stops the run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from lepton.bundle import ModelBundle, RunContext
+from lepton.errors import StageError
+from lepton.stages import StageConfig, register
+from lepton.tasks import collate, encode, sorted_batches
+
+log = logging.getLogger(__name__)
+
+EXPORTER = "torch.onnx TorchScript exporter (dynamo=False)"
+
+
+class ExportConfig(StageConfig):
+    stage_kind: ClassVar[str] = "export"
+    accepts_runtimes: ClassVar[tuple[str, ...]] = ("torch",)
+    produces_runtime: ClassVar[str | None] = "onnxruntime"
+
+    kind: Literal["export"] = "export"
+    format: Literal["onnx"] = "onnx"
+    opset: int = Field(default=17, ge=14, le=21)
+    optimize: bool = True  # ONNX Runtime transformer fusions
+    fuse_attention: bool | None = None  # None: fuse when every layer has the config's head count
+    atol: float = Field(default=1e-3, gt=0)  # largest allowed |logit difference| vs PyTorch
+    parity_items: int = Field(default=64, ge=1)
+    parity_split: Literal["dev", "test", "train"] = "dev"
+    parity_batch: int = Field(default=8, ge=1)
+
+
+# ------------------------------------------------------------------- parity
+
+
+def parity_inputs(bundle: ModelBundle, ctx: RunContext, split_name: str, items: int,
+                  batch_size: int) -> tuple[list[dict[str, torch.Tensor]], str]:
+    """Padded batches of the first ``items`` real inputs of ``split_name`` (or the next split
+    there is), and the split's name."""
+    order = [split_name] + [s for s in ("dev", "test", "train") if s != split_name]
+    name = next((s for s in order if s in ctx.splits and len(ctx.splits[s]) > 0), None)
+    if name is None:
+        raise StageError(f"stages.{ctx.stage_index}: the parity check needs real inputs; "
+                         "add data.dev (or data.train) to the recipe")
+    split = ctx.splits[name]
+    check_split_fits(split, bundle.task, f"data.{name}")
+    split = type(split)(name=split.name, kind=split.kind, texts=split.texts[:items],
+                        text_pairs=split.text_pairs[:items] if split.text_pairs is not None else None,
+                        labels=None, sources=split.sources[:items])
+    enc = encode(split, bundle.task, bundle.tokenizer)
+    pad = bundle.tokenizer.pad_token_id or 0
+    return [collate(enc, idx, pad, with_labels=False) for idx in sorted_batches(enc.lengths, batch_size)], name
+
+
+def check_split_fits(split: Any, task: Any, where: str) -> None:
+    """A clear error when ``split`` holds inputs of another kind of task than the model's."""
+    if len(split) == 0:
+        raise StageError(f"{where} has no examples")
+    if split.kind != task.split_kind:
+        have = "token-level (CoNLL) sentences" if split.kind == "tokens" else "sentences"
+        want = "token classification" if task.kind == "token_classification" else "sequence classification"
+        raise StageError(f"{where} holds {have}, but the model does {want}")
+    if task.pair and split.text_pairs is None:
+        raise StageError(f"{where} has single sentences, but the model classifies sentence pairs")
+    if not task.pair and split.text_pairs is not None:
+        raise StageError(f"{where} has sentence pairs, but the model classifies single sentences")
+
+
+def compare_logits(reference: Any, candidate: Any, batches: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Largest |logit difference| and prediction agreement of two runtimes on ``batches``."""
+    worst, same, total = 0.0, 0, 0
+    for batch in batches:
+        a, b = reference.logits(batch), candidate.logits(batch)
+        if a.ndim == 3:  # token classification: real tokens only
+            keep = batch["attention_mask"].numpy().astype(bool)
+            a, b = a[keep], b[keep]
+        worst = max(worst, float(np.max(np.abs(a - b))) if a.size else 0.0)
+        same += int(np.sum(a.argmax(-1) == b.argmax(-1)))
+        total += int(a.shape[0])
+    return {"max_abs_diff": worst, "agreement": same / total if total else 1.0,
+            "compared": total}
+
+
+# ------------------------------------------------------------------- export
+
+
+class _LogitsOnly(torch.nn.Module):
+    """Positional inputs in a fixed order -> logits (what the exported graph computes)."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, inputs))).logits
+
+
+def export_onnx(model: torch.nn.Module, example: dict[str, torch.Tensor], path: Path, *, opset: int,
+                token_level: bool) -> list[str]:
+    """Trace ``model`` (float, CPU) to ``path``; returns the graph's input names."""
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in example]
+    model = copy.deepcopy(model).cpu().float().eval()
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    axes["logits"] = {0: "batch", 1: "sequence"} if token_level else {0: "batch"}
+    with warnings.catch_warnings(), torch.no_grad():
+        # The TorchScript exporter's deprecation notice and tracer warnings about Python-side
+        # shape checks (constant for an encoder: key length == mask length) are expected here.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(_LogitsOnly(model, names), tuple(example[n] for n in names), str(path),
+                          input_names=names, output_names=["logits"], dynamic_axes=axes,
+                          opset_version=opset, do_constant_folding=True, dynamo=False)
+    return names
+
+
+def _uniform_heads(model: Any) -> bool:
+    from lepton.structure import layer_list
+
+    layers = layer_list(model)
+    heads = model.config.num_attention_heads if hasattr(model.config, "num_attention_heads") else None
+    if layers is None or heads is None:
+        return False
+    return all(getattr(getattr(getattr(layer, "attention", None), "self", None), "num_attention_heads", heads)
+               == heads for layer in layers)
+
+
+def optimize_graph(src: Path, dest: Path, config: Any, *, fuse_attention: bool) -> dict[str, int]:
+    """ONNX Runtime's transformer fusions on ``src`` -> ``dest``; returns the fused-op counts."""
+    from lepton.runtimes.ort import quiet_onnxruntime, require
+
+    require("onnxruntime")
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    options = FusionOptions("bert")
+    options.enable_attention = fuse_attention
+    # transformers 5 reshapes heads with -1, so the optimizer cannot read the head count from the
+    # graph: it is given from the config.
+    heads = int(getattr(config, "num_attention_heads", 0) or 0) if fuse_attention else 0
+    hidden = int(getattr(config, "hidden_size", 0) or 0) if fuse_attention else 0
+    with quiet_onnxruntime():
+        optimized = optimize_model(str(src), model_type="bert", num_heads=heads, hidden_size=hidden,
+                                   optimization_options=options, opt_level=None, use_gpu=False)
+        optimized.save_model_to_file(str(dest))
+        fused = optimized.get_fused_operator_statistics()
+    return {k: int(v) for k, v in fused.items() if v}
+
+
+@register(ExportConfig)
+def export(bundle: ModelBundle, config: ExportConfig, ctx: RunContext) -> ModelBundle:
+    """Export to ONNX, optionally fuse, check parity; the bundle then runs on ONNX Runtime."""
+    from lepton import torch_int8
+    from lepton.runtimes import for_bundle
+    from lepton.runtimes.ort import ONNX_FILE, OnnxModel, OrtRuntime, require
+    from lepton.runtimes.torch_eager import work_per_token
+    from lepton.structure import describe
+
+    where = f"stages.{ctx.stage_index}"
+    require("onnx")
+    require("onnxruntime")
+    model = bundle.model
+    if bundle.runtime != "torch":
+        raise StageError(f"{where}: export needs a PyTorch model; this one already runs on {bundle.runtime}")
+    if torch_int8.is_dynamic_int8(model):
+        raise StageError(f"{where}: export a float model: put quantize after export "
+                         "(ONNX Runtime quantizes the exported graph)")
+    dtype = next(model.parameters()).dtype
+    if dtype != torch.float32:
+        raise StageError(f"{where}: export a float32 model (this one is {dtype}); "
+                         "cast after export with quantize: fp16")
+    folder = ctx.stage_dir or ctx.work_dir / f"stage-{ctx.stage_index}-export"
+    folder.mkdir(parents=True, exist_ok=True)
+    batches, split_name = parity_inputs(bundle, ctx, config.parity_split, config.parity_items,
+                                        config.parity_batch)
+    example = _example_with_padding(batches)
+
+    t0 = time.perf_counter()
+    raw = folder / "unfused.onnx"
+    names = export_onnx(model, example, raw, opset=config.opset,
+                        token_level=bundle.task.kind == "token_classification")
+    export_s = time.perf_counter() - t0
+    summary: dict[str, Any] = {"format": "onnx", "exporter": EXPORTER, "opset": config.opset,
+                               "inputs": names, "export_seconds": round(export_s, 2)}
+    path = folder / ONNX_FILE
+    if config.optimize:
+        fuse = _uniform_heads(model) if config.fuse_attention is None else config.fuse_attention
+        t1 = time.perf_counter()
+        fused = optimize_graph(raw, path, model.config, fuse_attention=fuse)
+        summary.update(optimized=True, fuse_attention=fuse, fused_ops=fused,
+                       optimize_seconds=round(time.perf_counter() - t1, 2))
+        if config.fuse_attention is None and not fuse:
+            summary["note"] = ("attention left unfused: layers have different head counts "
+                               "(the fused Attention op takes one)")
+    else:
+        raw.replace(path)
+        raw = path
+        summary["optimized"] = False
+
+    work = work_per_token(model)
+    info = {"exporter": EXPORTER, "opset": config.opset, "optimized": config.optimize,
+            "inputs": names, "structure": describe(model), "quantization": None,
+            "work": ({"linear_macs_per_token": work[0], "attention_width": work[1]} if work else None),
+            # In memory only (a machine-local path): the unfused graph, for static quantization.
+            "unfused_path": str(raw)}
+    onnx_model = OnnxModel(path=path, config=copy.deepcopy(model.config), info=info)
+    candidate = ModelBundle(model=onnx_model, tokenizer=bundle.tokenizer, task=bundle.task,
+                            runtime="onnxruntime", source=bundle.source, history=bundle.history,
+                            train_hooks=bundle.train_hooks)
+    check = compare_logits(for_bundle(bundle), OrtRuntime(candidate), batches)
+    summary["parity"] = {"split": split_name, "atol": config.atol, **check}
+    summary["size_mb"] = round(path.stat().st_size / 1e6, 3)
+    ctx.stage_summary = summary
+    log.info("export: %s, max |logit diff| %.2e on %d %s inputs, %.1f%% same predictions",
+             path.name, check["max_abs_diff"], check["compared"], split_name, 100 * check["agreement"])
+    if check["max_abs_diff"] > config.atol:
+        hint = " (try optimize: false)" if config.optimize else ""
+        raise StageError(f"{where}: ONNX parity failed: max |logit difference| {check['max_abs_diff']:.3g} "
+                         f"> atol {config.atol:g} on {check['compared']} {split_name} inputs "
+                         f"({100 * check['agreement']:.1f}% same predictions){hint}")
+    return candidate
+
+
+def _example_with_padding(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Two rows, the second padded: tracing then records the attention-mask path."""
+    batch = max(batches, key=lambda b: int(b["input_ids"].shape[1]))
+    first = {k: v[:1] for k, v in batch.items()}
+    width = int(first["input_ids"].shape[1])
+    second = {k: v[:1].clone() for k, v in batch.items()}
+    cut = max(1, width - max(1, width // 3))  # the last third (at least one token) is padding
+    second["attention_mask"][:, cut:] = 0
+    second["input_ids"][:, cut:] = 0
+    return {k: torch.cat([first[k], second[k]]) for k in first}

@@ -1,0 +1,383 @@
+"""The training loop every training stage shares (finetune, distill, pretrain); not a stage itself.
+
+``train`` owns what is the same for all of them: length-grouped batches, AdamW with linear
+warm-up/decay, gradient accumulation and clipping, dev evaluation with keep-best and early
+stopping, atomic checkpoints with exact resume, the bundle's train hooks and the progress display.
+A stage says what differs: the model to train, the examples, how a batch is built, the loss, extra
+trainable modules, and how dev is scored.
+
+Resume is exact because everything random is a function of saved state: the batch order of an
+epoch comes from (seed, epoch), dropout (and MLM masking) from the saved torch RNG state, and
+checkpoints are taken only at optimizer-step boundaries (no half-accumulated gradients to lose).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from lepton.bundle import ModelBundle, RunContext
+from lepton.errors import StageError
+from lepton.progress import StepProgress
+from lepton.stages import StageConfig
+from lepton.tasks import Encoded, collate, sorted_batches, train_batches
+
+log = logging.getLogger(__name__)
+
+# Test hook: SIGKILL this process right after this optimizer step (see tests/test_finetune.py).
+_KILL_AT_STEP = int(os.environ.get("LEPTON_TEST_KILL_AT_STEP", "0") or 0)
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[torch.nn.Module, Batch, list[int]], torch.Tensor]  # (model, batch, example indices)
+
+
+class TrainSettings(StageConfig):
+    """Settings of every stage that trains; finetune, distill and pretrain add their own."""
+
+    epochs: int = Field(default=3, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)  # stop after this many optimizer steps
+    lr: float = Field(default=5e-5, gt=0, lt=1)
+    batch_size: int = Field(default=32, ge=1)
+    grad_accum: int = Field(default=1, ge=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    warmup: float = Field(default=0.06, ge=0)  # < 1: share of all steps; >= 1: a step count
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    group_by_length: bool = True
+    eval_every: int | None = Field(default=None, ge=1)  # optimizer steps; None: after each epoch
+    metric: str | None = None  # selection metric; default: the task's headline metric; "loss" works too
+    keep_best: bool = True
+    early_stopping: int | None = Field(default=None, ge=1)  # evaluations without improvement
+    checkpoint_every: int = Field(default=200, ge=1)  # optimizer steps between resume points
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    batch_in_epoch: int = 0  # batches of `epoch` already consumed
+    step: int = 0  # optimizer steps taken
+    items: int = 0
+    train_seconds: float = 0.0
+    best_metric: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    stopped_early: bool = False
+    evals: list[dict[str, Any]] = field(default_factory=list)
+
+
+def plan_steps(n_examples: int, config: TrainSettings) -> int:
+    """How many optimizer steps ``train`` will take (AdaLoRA's budget schedule needs it up front)."""
+    n_batches = math.ceil(n_examples / config.batch_size)
+    total = math.ceil(n_batches / config.grad_accum) * config.epochs
+    return min(total, config.max_steps) if config.max_steps is not None else total
+
+
+def _optimizer(modules: Sequence[torch.nn.Module], config: TrainSettings) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for module in modules:
+        for param in module.parameters():
+            if not param.requires_grad:
+                continue
+            # Biases and LayerNorm weights are not decayed (standard for BERT-style fine-tuning).
+            (no_decay if param.ndim < 2 else decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr)
+
+
+def evaluate_dev(model: torch.nn.Module, enc: Encoded, bundle: ModelBundle, dev_labels: Any,
+                 device: str, batch_size: int = 64) -> dict[str, float]:
+    """Loss and the task's metrics on dev (no bootstrap: this is for model selection)."""
+    from lepton.evaluation.metrics import quick_metrics
+
+    model.eval()
+    logits: list[np.ndarray | None] = [None] * len(enc)
+    loss_sum, loss_n = 0.0, 0
+    pad = bundle.tokenizer.pad_token_id or 0
+    with torch.inference_mode():
+        for idx in sorted_batches(enc.lengths, batch_size):
+            batch = {k: v.to(device) for k, v in collate(enc, idx, pad).items()}
+            out = model(**batch)
+            loss_sum += float(out.loss) * len(idx)
+            loss_n += len(idx)
+            arr = out.logits.float().cpu().numpy()
+            for row, i in enumerate(idx):
+                logits[i] = arr[row]
+    model.train()
+    metrics = quick_metrics(logits, enc, bundle.task, dev_labels)
+    metrics["loss"] = loss_sum / max(loss_n, 1)
+    return metrics
+
+
+def task_metric(config: TrainSettings, bundle: ModelBundle, ctx: RunContext) -> str:
+    """The selection metric for a task model: the recipe's, checked, or the task's headline."""
+    from lepton.evaluation.metrics import HEADLINE, known_metrics
+
+    kind = bundle.task.kind
+    metric = config.metric or HEADLINE[kind]
+    if metric not in known_metrics(kind):
+        raise StageError(f"stages.{ctx.stage_index}.metric: unknown metric {metric!r} for {kind} "
+                         f"(known: {', '.join(known_metrics(kind))})")
+    return metric
+
+
+def dev_evaluator(model: torch.nn.Module, bundle: ModelBundle,
+                  ctx: RunContext) -> Callable[[], dict[str, float]] | None:
+    """Scores ``model`` on labelled data.dev with the task's metrics; None without such data."""
+    from lepton.tasks import encode, label_ids
+
+    dev = ctx.splits.get("dev")
+    if dev is None or dev.labels is None:
+        return None
+    enc = encode(dev, bundle.task, bundle.tokenizer)
+    gold = label_ids(dev, bundle.task)
+    return lambda: evaluate_dev(model, enc, bundle, gold, ctx.device)
+
+
+def _save_checkpoint(stage_dir: Path, model: torch.nn.Module, extra: torch.nn.Module | None,
+                     optimizer: Any, scheduler: Any, stateful: dict[str, Any], state: TrainState,
+                     best: dict[str, torch.Tensor] | None) -> None:
+    """Write a resume point atomically: a temp folder renamed into place, then a pointer file."""
+    from safetensors.torch import save_file, save_model
+
+    name = f"ckpt-{state.step:07d}"
+    tmp = stage_dir / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"))
+    if extra is not None:
+        save_model(extra, str(tmp / "extra.safetensors"))
+    if best is not None:
+        save_file(best, str(tmp / "best.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "rng_torch": torch.get_rng_state(),
+                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "stateful": {k: obj.state_dict() for k, obj in stateful.items()}},
+               tmp / "trainer.pt")
+    (tmp / "state.json").write_text(json.dumps(asdict(state)))
+    final = stage_dir / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    pointer = stage_dir / ".latest.tmp"
+    pointer.write_text(name)
+    os.replace(pointer, stage_dir / "latest")
+    for old in stage_dir.glob("ckpt-*"):
+        if old.name != name:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _load_checkpoint(stage_dir: Path, model: torch.nn.Module, extra: torch.nn.Module | None,
+                     optimizer: Any, scheduler: Any, stateful: dict[str, Any],
+                     ) -> tuple[TrainState, dict[str, torch.Tensor] | None] | None:
+    from safetensors.torch import load_file, load_model
+
+    pointer = stage_dir / "latest"
+    if not pointer.is_file():
+        return None
+    ckpt = stage_dir / pointer.read_text().strip()
+    if not (ckpt / "state.json").is_file():
+        raise StageError(f"{ckpt}: checkpoint is incomplete; run without --resume to start over")
+    load_model(model, str(ckpt / "model.safetensors"))
+    if extra is not None:
+        load_model(extra, str(ckpt / "extra.safetensors"))
+    saved = torch.load(ckpt / "trainer.pt", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    for key, obj in stateful.items():
+        obj.load_state_dict(saved.get("stateful", {}).get(key, {}))
+    torch.set_rng_state(saved["rng_torch"])
+    if saved["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["rng_cuda"])
+    state = TrainState(**json.loads((ckpt / "state.json").read_text()))
+    best = load_file(str(ckpt / "best.safetensors")) if (ckpt / "best.safetensors").is_file() else None
+    return state, best
+
+
+def _better(metric: str, value: float, best: float | None) -> bool:
+    if best is None:
+        return True
+    return value < best if metric == "loss" else value > best
+
+
+def _default_loss(model: torch.nn.Module, batch: Batch, indices: list[int]) -> torch.Tensor:
+    return model(**batch).loss
+
+
+def train(bundle: ModelBundle, config: TrainSettings, ctx: RunContext, *, data: Encoded,
+          model: torch.nn.Module | None = None,
+          batch_fn: Callable[[list[int]], Batch] | None = None,
+          loss_fn: LossFn | None = None,
+          extra: Sequence[torch.nn.Module] = (),
+          stateful: dict[str, Any] | None = None,
+          evaluate: Callable[[], dict[str, float]] | None = None,
+          metric: str = "loss",
+          on_step: Callable[[int], None] | None = None,
+          on_trained: Callable[[], None] | None = None,
+          label: str = "finetune") -> dict[str, Any]:
+    """Train ``model`` (default ``bundle.model``) on the examples of ``data``; returns a summary.
+
+    - ``batch_fn(indices)``: the model inputs of those examples (default: padded ``data``).
+    - ``loss_fn(model, batch, indices)``: the loss to minimise (default: the model's own loss).
+    - ``extra``: more trainable modules (e.g. distillation's projections); optimised and
+      checkpointed with the model, never part of it.
+    - ``stateful``: objects with ``state_dict``/``load_state_dict`` saved in every checkpoint
+      (e.g. AdaLoRA's rank allocator), so a resumed run continues exactly.
+    - ``evaluate()``: dev scores, a dict holding ``metric`` and ``"loss"``; None: no selection.
+    - ``on_step(step)``: after each optimizer step, before gradients are cleared.
+    - ``on_trained()``: after the best weights are restored, before the train hooks finish
+      (e.g. merging LoRA adapters, so hooks see the final weights).
+    """
+    from transformers import get_linear_schedule_with_warmup
+
+    model = bundle.model if model is None else model
+    device, loss_fn = ctx.device, loss_fn or _default_loss
+    stateful = stateful or {}
+    pad = bundle.tokenizer.pad_token_id or 0
+    batch_fn = batch_fn or (lambda idx: collate(data, idx, pad))
+    if len(data) == 0:
+        raise StageError(f"{label}: no training examples")
+
+    total_steps = plan_steps(len(data), config)
+    warmup = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
+
+    torch.manual_seed(ctx.seed)
+    extras = torch.nn.ModuleList(extra) if extra else None
+    model.to(device)
+    model.train()
+    if extras is not None:
+        extras.to(device).train()
+    trained = [model] + ([extras] if extras is not None else [])
+    optimizer = _optimizer(trained, config)
+    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    stage_dir = ctx.stage_dir or (ctx.work_dir / f"stage-{ctx.stage_index}-{label}")
+    stage_dir.mkdir(parents=True, exist_ok=True)
+
+    state, best = TrainState(), None
+    if ctx.resume:
+        loaded = _load_checkpoint(stage_dir, model, extras, optimizer, scheduler, stateful)
+        if loaded is not None:
+            state, best = loaded
+            log.info("%s: resuming at step %d (epoch %d, batch %d)", label, state.step,
+                     state.epoch + 1, state.batch_in_epoch)
+    else:
+        for old in stage_dir.glob("ckpt-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        (stage_dir / "latest").unlink(missing_ok=True)
+
+    params = [p for m in trained for p in m.parameters()]
+
+    def run_eval() -> None:
+        nonlocal best
+        if evaluate is None:
+            return
+        started = time.perf_counter()
+        values = {k: round(float(v), 6) for k, v in evaluate().items()}
+        model.train()
+        record = {"step": state.step, "epoch": state.epoch + 1, **values,
+                  "seconds": round(time.perf_counter() - started, 2)}
+        state.evals.append(record)
+        if _better(metric, values[metric], state.best_metric):
+            state.best_metric, state.best_step, state.bad_evals = values[metric], state.step, 0
+            if config.keep_best:
+                best = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+        else:
+            state.bad_evals += 1
+        log.info("%s: step %d dev %s %.4f (loss %.4f)%s", label, state.step, metric, values[metric],
+                 values["loss"], " *best*" if state.best_step == state.step else "")
+
+    items_window, time_window = 0, time.perf_counter()
+    done = state.step >= total_steps or state.stopped_early
+    with StepProgress(label, total_steps, completed=state.step, enabled=ctx.progress) as bar:
+        while not done and state.epoch < config.epochs:
+            batches = train_batches(data.lengths, config.batch_size, seed=ctx.seed,
+                                    epoch=state.epoch, group_by_length=config.group_by_length)
+            micro = 0
+            optimizer.zero_grad(set_to_none=True)
+            tick = time.perf_counter()
+            for b in range(state.batch_in_epoch, len(batches)):
+                idx = batches[b]
+                batch = {k: v.to(device) for k, v in batch_fn(idx).items()}
+                loss = loss_fn(model, batch, idx)
+                if not torch.isfinite(loss):
+                    raise StageError(f"{label}: loss became {float(loss)} at step {state.step}; "
+                                     f"lower stages.{ctx.stage_index}.lr")
+                (loss / config.grad_accum).backward()
+                micro += 1
+                state.items += len(idx)
+                items_window += len(idx)
+                if micro % config.grad_accum and b != len(batches) - 1:
+                    continue
+                if config.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                state.step += 1
+                if on_step is not None:
+                    on_step(state.step)
+                optimizer.zero_grad(set_to_none=True)
+                for hook in bundle.train_hooks:  # e.g. gradual pruning re-applies its masks
+                    hook.after_step(model, state.step, total_steps)
+                state.batch_in_epoch = b + 1
+                now = time.perf_counter()
+                state.train_seconds += now - tick
+                rate = items_window / max(now - time_window, 1e-9)
+                bar.advance(1, loss=float(loss.detach()), items_s=rate, epoch=state.epoch + 1)
+                if now - time_window > 10:
+                    items_window, time_window = 0, now
+                if config.eval_every and state.step % config.eval_every == 0:
+                    run_eval()
+                    if config.early_stopping and state.bad_evals >= config.early_stopping:
+                        state.stopped_early = True
+                if state.step >= total_steps or state.stopped_early:
+                    done = True
+                if state.step % config.checkpoint_every == 0 and not done:
+                    _save_checkpoint(stage_dir, model, extras, optimizer, scheduler, stateful, state, best)
+                if _KILL_AT_STEP and state.step == _KILL_AT_STEP:
+                    # Fault injection for the resume tests: die as abruptly as a killed job does.
+                    os.kill(os.getpid(), signal.SIGKILL)
+                tick = time.perf_counter()
+                if done:
+                    break
+            if not done or state.batch_in_epoch == len(batches):
+                if not config.eval_every:
+                    run_eval()
+                    if config.early_stopping and state.bad_evals >= config.early_stopping:
+                        state.stopped_early = done = True
+                state.epoch += 1
+                state.batch_in_epoch = 0
+            if not done:
+                _save_checkpoint(stage_dir, model, extras, optimizer, scheduler, stateful, state, best)
+    if evaluate is not None and (not state.evals or state.evals[-1]["step"] != state.step):
+        run_eval()  # the final weights are a candidate too
+
+    if config.keep_best and best is not None:
+        model.load_state_dict(best)
+    model.eval()
+    if on_trained is not None:
+        on_trained()
+    hook_summaries = [hook.finish(bundle.model) for hook in bundle.train_hooks]
+    bundle.train_hooks = []
+    bundle.model.eval()
+    summary: dict[str, Any] = {
+        "steps": state.step, "epochs_run": state.epoch, "items": state.items,
+        "train_seconds": round(state.train_seconds, 2),
+        "items_per_s": round(state.items / state.train_seconds, 2) if state.train_seconds else None,
+        "selection_metric": metric, "best_metric": state.best_metric, "best_step": state.best_step,
+        "stopped_early": state.stopped_early, "evals": state.evals,
+        "train_examples": len(data),
+    }
+    if hook_summaries:
+        summary["train_hooks"] = hook_summaries
+    return summary
