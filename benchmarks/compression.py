@@ -31,6 +31,13 @@ VARIANTS = {
         {"kind": "prune", "name": "prune-ffn", "method": "ffn", "sparsity": 0.5, "scope": "layer"},
     ],
     "drop-6to3": [{"kind": "drop_layers", "strategy": "bottom", "layers": 3}],
+    # What else was tried for 6 -> 3 layers: keep alternate layers and distill from the baseline
+    # (soft labels + hidden states) instead of plain recovery fine-tuning.
+    "drop-6to3-distill": [
+        {"kind": "drop_layers", "strategy": "alternate", "layers": 3},
+        {"kind": "distill", "name": "recover", "teacher": "{baseline}", "epochs": 2, "lr": 1.0e-4,
+         "batch_size": 32, "temperature": 2.0, "alpha_task": 0.5, "alpha_kd": 0.5, "alpha_hidden": 1.0},
+    ],
     "magnitude50": [{"kind": "prune", "method": "magnitude", "sparsity": 0.5, "scope": "global"}],
     "magnitude80": [{"kind": "prune", "method": "magnitude", "sparsity": 0.8, "scope": "global"}],
 }
@@ -56,7 +63,10 @@ def main() -> None:
             continue
         folder = out / name
         if not (args.skip_training and (folder / "model" / "lepton.json").is_file()):
-            recipe = {**base_recipe, "name": name, "model": str(baseline), "stages": [*stages, RECOVER],
+            own_recovery = any(st["kind"] == "distill" for st in stages)
+            stages = [{k: (str(baseline) if v == "{baseline}" else v) for k, v in st.items()} for st in stages]
+            recipe = {**base_recipe, "name": name, "model": str(baseline),
+                      "stages": stages if own_recovery else [*stages, RECOVER],
                       "output": {"dir": str(folder)},
                       # only the artifact is needed here; compare() below does the full measurement
                       "evaluate": {"batch_sizes": [1], "latency_items": 5, "robustness": False,

@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sst2"
 log = logging.getLogger("benchmark")
 
-LEPTON_INT8 = ("pytorch-dyn-int8", "ort-dyn-int8", "ort-static-int8", "ort-static-int8-pct",
-               "ort-static-int8-entropy")
+LEPTON_INT8 = ("pytorch-dyn-int8", "ort-dyn-int8", "ort-dyn-int8-unfused", "ort-static-int8",
+               "ort-static-int8-pct", "ort-static-int8-entropy", "ort-static-int8-sq")
 
 
 def stage(bundle: ModelBundle, ctx: RunContext, name: str, **settings: Any) -> ModelBundle:
@@ -81,7 +81,7 @@ def optimum_peer(python: Path, baseline: Path, out: Path) -> tuple[Path, dict[st
         return None
     target = out / "optimum-raw"
     done = subprocess.run([str(python), str(ROOT / "benchmarks" / "optimum_peer.py"), str(baseline), str(target)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, check=False)
     if done.returncode != 0:
         log.warning("optimum_peer.py failed; the peer is left out:\n%s", done.stderr[-2000:])
         return None
@@ -128,9 +128,14 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N dev sentences (default: all 872)")
     parser.add_argument("--latency-items", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch and ONNX Runtime threads while timing (default: torch's setting); "
+                             "1 keeps figures sane on a machine other jobs are loading")
     parser.add_argument("--calibration-items", type=int, default=128)
     parser.add_argument("--memory", action="store_true", help="also measure peak RSS (a fresh process per variant)")
     parser.add_argument("--optimum-python", default="/tmp/optimum-venv/bin/python")
+    parser.add_argument("--include", nargs="*", default=[],
+                        help="more saved models to measure alongside (e.g. runs/sst2-minilm-full-stack/model)")
     parser.add_argument("--skip-build", action="store_true", help="reuse variants already in OUT")
     parser.add_argument("--bf16", action="store_true",
                         help="also time PyTorch bf16 (left out by default: ~0.9 s per sentence in eager mode here)")
@@ -145,37 +150,47 @@ def main() -> None:
     splits = {"train": load_split(DataSplitConfig(path=str(DATA / "train.tsv"), limit=4000, seed=0), columns,
                                   name="train"),
               "dev": load_split(dev_cfg, columns, name="dev")}
-    names = ["pytorch-dyn-int8", "ort-fp32", "ort-dyn-int8", "ort-static-int8", "ort-static-int8-pct",
-             "ort-static-int8-entropy", "pytorch-bf16"]
+    static = {"kind": "quantize", "method": "static_int8", "calibration_items": args.calibration_items}
+    recipes = {  # name -> (stage settings, made from: the PyTorch baseline or its ONNX export)
+        "pytorch-dyn-int8": ({"kind": "quantize", "method": "dynamic_int8"}, "fp32"),
+        "pytorch-bf16": ({"kind": "quantize", "method": "bf16"}, "fp32"),
+        "ort-fp32": ({"kind": "export"}, "fp32"),
+        "ort-dyn-int8": ({"kind": "quantize", "method": "dynamic_int8"}, "ort"),
+        "ort-static-int8": (static, "ort"),
+        "ort-static-int8-pct": ({**static, "calibration": "percentile"}, "ort"),
+        "ort-static-int8-entropy": ({**static, "calibration": "entropy"}, "ort"),
+        "ort-static-int8-sq": ({**static, "smooth_quant": True}, "ort"),
+        # the exported graph as it is (ONNX Runtime's session-level fusions only), as Optimum runs it
+        "ort-fp32-unfused": ({"kind": "export", "optimize": False}, "fp32"),
+        "ort-dyn-int8-unfused": ({"kind": "quantize", "method": "dynamic_int8"}, "ort-unfused"),
+    }
     seconds: dict[str, float] = {}
-    if not (args.skip_build and all((out / n / "lepton.json").is_file() for n in names)):
+    todo = [n for n in recipes if not (args.skip_build and (out / n / "lepton.json").is_file())]
+    if todo:
         ctx = RunContext(splits=splits, seed=0, device="cpu", out_dir=out, work_dir=out / "work", progress=False)
         fp32 = load_bundle(baseline)
-        for name, settings, source in (
-                ("pytorch-dyn-int8", {"kind": "quantize", "method": "dynamic_int8"}, "fp32"),
-                ("pytorch-bf16", {"kind": "quantize", "method": "bf16"}, "fp32"),
-                ("ort-fp32", {"kind": "export"}, "fp32"),
-                ("ort-dyn-int8", {"kind": "quantize", "method": "dynamic_int8"}, "ort"),
-                ("ort-static-int8", {"kind": "quantize", "method": "static_int8",
-                                     "calibration_items": args.calibration_items}, "ort"),
-                ("ort-static-int8-pct", {"kind": "quantize", "method": "static_int8", "calibration": "percentile",
-                                         "calibration_items": args.calibration_items}, "ort"),
-                ("ort-static-int8-entropy", {"kind": "quantize", "method": "static_int8", "calibration": "entropy",
-                                             "calibration_items": args.calibration_items}, "ort")):
+        for source, export in (("ort", "ort-fp32"), ("ort-unfused", "ort-fp32-unfused")):
+            if any(recipes[n][1] == source for n in todo) and export not in todo:
+                todo.append(export)  # static INT8 starts from the unfused graph of a fresh export
+        made_from: dict[str, ModelBundle] = {"fp32": fp32}
+        for name in sorted(todo, key=lambda n: (recipes[n][1] != "fp32", list(recipes).index(n))):
+            settings, source = recipes[name]
             t0 = time.perf_counter()
-            made = stage(fp32 if source == "fp32" else ort, ctx, name, **settings)
+            made = stage(made_from[source], ctx, name, **settings)
             seconds[name] = time.perf_counter() - t0
             save_artifact(made, out / name)
-            if name == "ort-fp32":
-                ort = made
+            if name in ("ort-fp32", "ort-fp32-unfused"):
+                made_from["ort" if name == "ort-fp32" else "ort-unfused"] = made
+    if not (args.skip_build and (out / "optimum-dyn-int8" / "lepton.json").is_file()):
         peer = optimum_peer(Path(args.optimum_python), baseline, out)
         if peer is not None:
-            wrap_onnx(peer[0], ort, out / "optimum-dyn-int8", peer[1])
-    models = [baseline] + [out / n for n in ("pytorch-dyn-int8", "ort-fp32", "ort-dyn-int8", "ort-static-int8",
-                                             "ort-static-int8-pct", "ort-static-int8-entropy", "optimum-dyn-int8",
-                                             *(["pytorch-bf16"] if args.bf16 else []))
-                          if (out / n / "lepton.json").is_file()]
-    config = EvaluateConfig(latency_items=args.latency_items, rounds=args.rounds, robustness=False,
+            wrap_onnx(peer[0], load_bundle(out / "ort-fp32"), out / "optimum-dyn-int8", peer[1])
+    order = ["pytorch-dyn-int8", "ort-fp32", "ort-dyn-int8", "ort-fp32-unfused", "ort-dyn-int8-unfused",
+             "ort-static-int8", "ort-static-int8-pct", "ort-static-int8-entropy", "ort-static-int8-sq",
+             "optimum-dyn-int8", *(["pytorch-bf16"] if args.bf16 else [])]
+    models = [baseline] + [out / n for n in order if (out / n / "lepton.json").is_file()]
+    models += [Path(m) for m in args.include]
+    config = EvaluateConfig(latency_items=args.latency_items, rounds=args.rounds, robustness=False, threads=args.threads,
                             memory=args.memory, batch_sizes=[1, 32], fixed_length=128)
     report = compare(models, dev_cfg, text="sentence", label="label", config=config)
     print_table(report)

@@ -14,25 +14,29 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-import lepton  # noqa: E402
-from lepton.artifact import MANIFEST, load_bundle, read_manifest, save_artifact  # noqa: E402
-from lepton.bundle import ModelBundle, RunContext  # noqa: E402
-from lepton.data import Columns, DataSplitConfig, load_split  # noqa: E402
-from lepton.errors import ArtifactError, RecipeError, StageError  # noqa: E402
-from lepton.recipe import parse_recipe  # noqa: E402
-from lepton.runtimes import for_bundle  # noqa: E402
-from lepton.stages import configs, handler_for  # noqa: E402
-from tests.conftest import tiny_recipe, write_conll, write_sentiment_tsv  # noqa: E402
-from tests.test_artifact import TEXTS, sequence_bundle, token_bundle  # noqa: E402
+import lepton
+from lepton.artifact import MANIFEST, load_bundle, read_manifest, save_artifact
+from lepton.bundle import ModelBundle, RunContext
+from lepton.data import Columns, DataSplitConfig, load_split
+from lepton.errors import ArtifactError, RecipeError, StageError
+from lepton.recipe import parse_recipe
+from lepton.runtimes import for_bundle
+from lepton.stages import configs, handler_for
+from tests.conftest import tiny_recipe, write_conll, write_sentiment_tsv
+from tests.test_artifact import TEXTS, sequence_bundle, token_bundle
 
 
-@pytest.fixture(scope="module")
-def splits(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    folder = tmp_path_factory.mktemp("data")
+def sentiment_splits(folder: Path) -> dict:
+    """Learnable toy train (48) and dev (24) splits."""
     cols = Columns(text="sentence", label="label")
     return {name: load_split(DataSplitConfig(path=str(write_sentiment_tsv(folder / f"{name}.tsv", n, seed=s))),
                              cols, name=name)
             for name, n, s in (("train", 48, 1), ("dev", 24, 2))}
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return sentiment_splits(tmp_path_factory.mktemp("data"))
 
 
 def make_ctx(tmp_path: Path, splits: dict, index: int = 0) -> RunContext:

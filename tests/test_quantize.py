@@ -13,15 +13,20 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from lepton.artifact import MANIFEST, load_bundle, read_manifest, save_artifact  # noqa: E402
-from lepton.data import Columns, DataSplitConfig, Split, load_split  # noqa: E402
-from lepton.errors import ArtifactError, RecipeError, StageError  # noqa: E402
-from lepton.recipe import parse_recipe  # noqa: E402
-from lepton.runtimes import for_bundle  # noqa: E402
-from lepton.torch_int8 import INT8_FILE, is_dynamic_int8  # noqa: E402
-from tests.conftest import tiny_recipe, write_conll, write_sentiment_tsv  # noqa: E402
-from tests.test_artifact import TEXTS, sequence_bundle  # noqa: E402
-from tests.test_export import apply, batch_of, make_ctx, splits  # noqa: E402,F401
+from lepton.artifact import MANIFEST, load_bundle, read_manifest, save_artifact
+from lepton.data import Columns, DataSplitConfig, Split, load_split
+from lepton.errors import ArtifactError, RecipeError, StageError
+from lepton.recipe import parse_recipe
+from lepton.runtimes import for_bundle
+from lepton.torch_int8 import INT8_FILE, is_dynamic_int8
+from tests.conftest import tiny_recipe, write_conll, write_sentiment_tsv
+from tests.test_artifact import TEXTS, sequence_bundle
+from tests.test_export import apply, batch_of, make_ctx, sentiment_splits
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    return sentiment_splits(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
@@ -284,3 +289,20 @@ def test_sensitivity_needs_labels(onnx_bundle, splits, tmp_path):
     with pytest.raises(StageError, match="sensitivity and max_drop need labelled data.dev"):
         apply(onnx_bundle, make_ctx(tmp_path, {**splits, "dev": unlabelled}, 1), kind="quantize",
               method="dynamic_int8", max_drop=0.5)
+
+
+def test_smooth_quant_keeps_the_float_graph_equivalent(onnx_bundle, splits, tmp_path):
+    import onnxruntime
+
+    ctx = make_ctx(tmp_path, splits, 1)
+    out = apply(onnx_bundle, ctx, kind="quantize", method="static_int8", smooth_quant=True, smooth_alpha=0.5,
+                calibration_items=8)
+    assert ctx.stage_summary["smooth_quant"]["smoothed_inputs"] > 0
+    # Before quantization the smoothed graph computes what the model did: only the scales moved.
+    smoothed = onnxruntime.InferenceSession(str(tmp_path / "stage-1" / "smoothed.onnx"),
+                                            providers=["CPUExecutionProvider"])
+    batch = batch_of(onnx_bundle.tokenizer, TEXTS)
+    feed = {k: v.numpy() for k, v in batch.items()}
+    assert np.abs(smoothed.run(["logits"], feed)[0] - for_bundle(onnx_bundle).logits(batch)).max() < 1e-4
+    assert ctx.stage_summary["vs_input"]["agreement"] >= 0.9
+    assert round_trip(out, tmp_path / "m")[0] == 0.0

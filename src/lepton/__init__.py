@@ -1,6 +1,6 @@
 """Lepton: fine-tune, compress, measure and ship a Transformer, from one recipe.
 
-The public API is ``lepton.run``, ``lepton.evaluate``, ``lepton.load`` and ``lepton.load_recipe``.
+The public API is ``lepton.run``, ``lepton.evaluate``, ``lepton.compare``, ``lepton.load`` and ``lepton.load_recipe``.
 Heavy modules (torch, transformers) load on first use, so ``import lepton`` stays fast.
 """
 
@@ -10,13 +10,13 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "run", "evaluate", "load", "load_recipe", "LeptonError"]
+__all__ = ["__version__", "run", "evaluate", "compare", "load", "load_recipe", "LeptonError"]
 
 from lepton.errors import LeptonError  # noqa: E402
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("run", "evaluate"):
+    if name in ("run", "evaluate", "compare"):
         from lepton import api
 
         return getattr(api, name)

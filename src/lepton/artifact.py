@@ -208,7 +208,7 @@ def _load_int8(folder: Path, auto: Any, structure: Any) -> Any:
     model = auto.from_config(AutoConfig.from_pretrained(folder))
     if structure is not None:
         if not isinstance(structure, dict):
-            raise ValueError(f"{MANIFEST}: structure is malformed")
+            raise ArtifactError(f"{folder / MANIFEST}: structure is malformed")
         rebuild(model, structure)
     return torch_int8.load_int8(model, folder)  # stays on CPU: PyTorch's dynamic int8 kernels are CPU-only
 

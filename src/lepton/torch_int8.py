@@ -63,7 +63,11 @@ def linear_names(model: nn.Module, exclude: list[str] | tuple[str, ...] = ()) ->
 def quantize_dynamic_int8(model: nn.Module, names: list[str], *, per_channel: bool) -> nn.Module:
     """Quantize the Linears called ``names`` in place (int8 weights, activations quantized per
     call); returns the model."""
-    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig, quantize_dynamic
+    from torch.ao.quantization import (
+        default_dynamic_qconfig,
+        per_channel_dynamic_qconfig,
+        quantize_dynamic,
+    )
 
     qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
     with _quiet():

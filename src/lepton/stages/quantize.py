@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 Method = Literal["dynamic_int8", "static_int8", "weight_only", "fp16", "bf16"]
 _STATIC_ONLY = ("calibration", "calibration_split", "calibration_items", "percentile",
-                "activation_type")
+                "activation_type", "smooth_quant", "smooth_alpha")
 _WEIGHT_ONLY = ("bits", "group_size", "accuracy_level")
 
 
@@ -81,6 +81,8 @@ class QuantizeConfig(StageConfig):
     calibration_items: int = Field(default=128, ge=1)
     percentile: float = Field(default=99.999, gt=90, le=100)
     activation_type: Literal["uint8", "int8"] = "uint8"
+    smooth_quant: bool = False  # migrate activation outliers into the weights before calibrating
+    smooth_alpha: float = Field(default=0.5, ge=0, le=1)
     # weight_only
     bits: Literal[4, 8] = 4
     group_size: int = Field(default=32, ge=16)  # weights per scale, along the input dimension
@@ -227,6 +229,64 @@ class _Reader:
         self._next = 0
 
 
+def smooth_quant(proto: Any, inputs: list[dict[str, np.ndarray]], alpha: float, dest: Path) -> dict[str, Any]:
+    """SmoothQuant (Xiao et al. 2023) on an ONNX graph: for each activation feeding weight MatMuls,
+    s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) per input channel j; the activation is divided by s
+    (one inserted Mul) and the weights' rows multiplied by it, so the float result is unchanged while
+    activation outliers move into the weights, which per-channel int8 handles better. Writes the
+    smoothed graph to ``dest``; returns what was smoothed."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    weights = {init.name: init for init in proto.graph.initializer}
+    uses = collections.Counter(i for node in proto.graph.node for i in node.input)
+    groups: dict[str, list[Any]] = collections.defaultdict(list)
+    for node in proto.graph.node:
+        if node.op_type == "MatMul" and node.input[1] in weights and node.input[0] not in weights:
+            groups[node.input[0]].append(node)
+    # A weight the exporter shares between nodes (identical tensors are stored once) cannot take
+    # one activation's scale: leave such groups as they are.
+    groups = {k: v for k, v in groups.items() if all(uses[n.input[1]] == 1 for n in v)}
+    if not groups:
+        return {"smoothed_inputs": 0}
+    probe = copy.deepcopy(proto)
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                              for name in groups if name not in known)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    names = list(groups)
+    amax = {name: None for name in names}
+    for feed in inputs:
+        mask = feed["attention_mask"].astype(bool).reshape(-1)
+        for name, value in zip(names, session.run(names, feed)):
+            flat = np.abs(value.reshape(-1, value.shape[-1]))
+            if flat.shape[0] == mask.shape[0]:
+                flat = flat[mask]  # padding positions are never seen at inference
+            m = flat.max(axis=0)
+            amax[name] = m if amax[name] is None else np.maximum(amax[name], m)
+    for name, nodes in groups.items():
+        w_max = np.max([np.abs(numpy_helper.to_array(weights[n.input[1]])).max(axis=1) for n in nodes], axis=0)
+        scale = (np.maximum(amax[name], 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)).astype(np.float32)
+        scale = np.clip(scale, 1e-2, 1e2)  # keep it numerically tame where a channel is ~0
+        for n in nodes:
+            w = numpy_helper.to_array(weights[n.input[1]]) * scale[:, None]
+            weights[n.input[1]].CopyFrom(numpy_helper.from_array(w.astype(np.float32), n.input[1]))
+        inv = f"{name}_smooth_inverse_scale"
+        proto.graph.initializer.append(numpy_helper.from_array((1.0 / scale).astype(np.float32), inv))
+        smoothed = f"{name}_smoothed"
+        mul = helper.make_node("Mul", [name, inv], [smoothed], name=f"{name}_SmoothQuant")
+        for n in nodes:
+            n.input[0] = smoothed
+        first = min(list(proto.graph.node).index(n) for n in nodes)
+        proto.graph.node.insert(first, mul)
+    onnx.save(proto, str(dest))
+    return {"smoothed_inputs": len(groups), "alpha": alpha,
+            "matmuls": sum(len(v) for v in groups.values())}
+
+
 def _ort_quantize(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, folder: Path,
                   where: str, skip: frozenset[str] = frozenset(), file: str = "") -> tuple[Any, dict[str, Any]]:
     from lepton.runtimes.ort import ONNX_FILE, OnnxModel, quiet_onnxruntime, require
@@ -254,7 +314,13 @@ def _ort_quantize(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, 
 def _ort_convert(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, dest: Path,
                  where: str, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
 
     source = bundle.model
     details: dict[str, Any] = {}
@@ -282,6 +348,11 @@ def _ort_convert(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, d
         if not nodes:
             raise StageError(f"{where}: no MatMul with a weight left to quantize (exclude: {config.exclude})")
         inputs = calibration_inputs(bundle, ctx, config, [i.name for i in proto.graph.input])
+        if config.smooth_quant:
+            smoothed = dest.parent / "smoothed.onnx"
+            if not smoothed.is_file():  # the same for every trial of this stage
+                details["smooth_quant"] = smooth_quant(proto, inputs, config.smooth_alpha, smoothed)
+            src = smoothed
         method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
                   "entropy": CalibrationMethod.Entropy}[config.calibration]
         extra: dict[str, Any] = dict(float_type)
@@ -312,8 +383,8 @@ def _ort_convert(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, d
         quantizer.model.save_model_to_file(str(dest))
         details.update(bits=config.bits, group_size=config.group_size, accuracy_level=config.accuracy_level,
                        kept_float=len(excluded),
-                       note=("weight-only: int{} weights in groups of {} (MatMulNBits); the fused attention's "
-                             "QKV projection and the embeddings stay float").format(config.bits, config.group_size))
+                       note=(f"weight-only: int{config.bits} weights in groups of {config.group_size} "
+                             "(MatMulNBits); the fused attention's QKV projection and the embeddings stay float"))
     else:  # fp16
         from onnxruntime.transformers.onnx_model import OnnxModel as OrtGraph
 
@@ -341,7 +412,8 @@ def quantize(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext) -> Mo
     where = f"stages.{ctx.stage_index}"
     folder = ctx.stage_dir or ctx.work_dir / f"stage-{ctx.stage_index}-quantize"
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "calibration.json").unlink(missing_ok=True)  # never reuse another run's ranges
+    for stale in ("calibration.json", "smoothed.onnx"):  # never reuse another run's ranges
+        (folder / stale).unlink(missing_ok=True)
     if bundle.runtime not in ("torch", "onnxruntime"):
         raise StageError(f"{where}: quantize does not know runtime {bundle.runtime!r}")
     summary: dict[str, Any] = {"method": config.method, "runtime": bundle.runtime, **cpu_check(config.method)}
