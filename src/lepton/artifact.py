@@ -232,6 +232,14 @@ def _load_restructured(folder: Path, auto: Any, structure: Any) -> Any:
 _WORD = re.compile(r"\S+")
 
 
+def _approx_length(item: Any) -> int:
+    if isinstance(item, str):
+        return len(item)
+    if isinstance(item, (list, tuple)):
+        return sum(len(x) if isinstance(x, str) else 1 for x in item)
+    return 0
+
+
 class Predictor:
     """A loaded model that predicts on raw text. Returned by ``lepton.load``."""
 
@@ -248,7 +256,7 @@ class Predictor:
     def labels(self) -> list[str]:
         return self.bundle.task.labels
 
-    def predict(self, inputs: Any, *, batch_size: int = 32) -> list[dict[str, Any]]:
+    def predict(self, inputs: Any, *, batch_size: int = 16) -> list[dict[str, Any]]:
         """Sequence classification: a text, a list of texts, or a list of (text, pair) tuples ->
         ``{"label", "score", "scores"}`` each. Token classification: a text or list of texts
         (split on whitespace) or a list of token lists -> ``{"tokens", "tags", "entities"}`` each,
@@ -258,13 +266,17 @@ class Predictor:
         if not items:
             return []
         tok = self.bundle.tokenizer
-        results: list[dict[str, Any]] = []
-        for start in range(0, len(items), batch_size):
-            chunk = items[start:start + batch_size]
-            if self.task.kind == "sequence_classification":
-                results.extend(self._classify(chunk, tok))
-            else:
-                results.extend(self._tag(chunk, tok))
+        # Similar lengths share a batch, so little compute goes to padding (what a server's
+        # micro-batches of mixed requests need most); results come back in input order.
+        order = sorted(range(len(items)), key=lambda i: _approx_length(items[i]))
+        results: list[Any] = [None] * len(items)
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            chunk = [items[i] for i in idx]
+            out = (self._classify(chunk, tok) if self.task.kind == "sequence_classification"
+                   else self._tag(chunk, tok))
+            for i, r in zip(idx, out):
+                results[i] = r
         return results  # always a list, one result per input (a single input gives a list of one)
 
     @property
