@@ -38,6 +38,13 @@ VARIANTS = {
         {"kind": "distill", "name": "recover", "teacher": "{baseline}", "epochs": 2, "lr": 1.0e-4,
          "batch_size": 32, "temperature": 2.0, "alpha_task": 0.5, "alpha_kd": 0.5, "alpha_hidden": 1.0},
     ],
+    # The same 3-layer student as above, recovered by plain fine-tuning: the fair no-distillation
+    # reference for how much of the gap distillation closes (issue 5).
+    "drop-6to3-alt": [{"kind": "drop_layers", "strategy": "alternate", "layers": 3}],
+    # LoRA against full fine-tuning (issue 5): from the pretrained model, same data and epochs.
+    "lora-r8": [{"model": "builtin:minilm-l6"},
+                {"kind": "finetune", "method": "lora", "epochs": 2, "lr": 5.0e-4, "batch_size": 32,
+                 "lora": {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["query", "value"]}}],
     "magnitude50": [{"kind": "prune", "method": "magnitude", "sparsity": 0.5, "scope": "global"}],
     "magnitude80": [{"kind": "prune", "method": "magnitude", "sparsity": 0.8, "scope": "global"}],
 }
@@ -63,9 +70,11 @@ def main() -> None:
             continue
         folder = out / name
         if not (args.skip_training and (folder / "model" / "lepton.json").is_file()):
-            own_recovery = any(st["kind"] == "distill" for st in stages)
+            start_from = next((st["model"] for st in stages if "kind" not in st), str(baseline))
+            stages = [st for st in stages if "kind" in st]
+            own_recovery = any(st["kind"] in ("distill", "finetune") for st in stages)
             stages = [{k: (str(baseline) if v == "{baseline}" else v) for k, v in st.items()} for st in stages]
-            recipe = {**base_recipe, "name": name, "model": str(baseline),
+            recipe = {**base_recipe, "name": name, "model": start_from,
                       "stages": stages if own_recovery else [*stages, RECOVER],
                       "output": {"dir": str(folder)},
                       # only the artifact is needed here; compare() below does the full measurement

@@ -90,7 +90,8 @@ def to_markdown(report: Report) -> str:
             extra = f" (min {spread[0]:.1f}, max {spread[2]:.1f} over {e.rounds} rounds)" if spread else ""
             lines.append(f"| throughput {key} (items/s) | {value:.1f}{extra} |")
         lines += [f"| peak RSS (MB) | {e.peak_rss_mb:.0f} ({e.peak_rss_note}) |" if e.peak_rss_mb else f"| peak RSS | {e.peak_rss_note} |",
-                  f"| size (MB) | {e.size_mb:.1f} |",
+                  f"| size (MB) | {e.size_mb:.1f}" + (f" ({e.size_compressed_mb:.1f} compressed with zlib)"
+                                                    if e.size_compressed_mb else "") + " |",
                   f"| parameters | {e.params:,} ({e.nonzero_params:,} non-zero, sparsity {e.sparsity:.3f}) |",
                   f"| FLOPs per item (estimate) | {e.flops_per_item / 1e9:.3f} G |" if e.flops_per_item else "| FLOPs | n/a |",
                   f"| warm-up calls | {e.warmup} |"]

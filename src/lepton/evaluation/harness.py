@@ -202,10 +202,16 @@ def measure_efficiency(variants: list[Variant], split: Any, config: Any, *,
             runtime=p.runtime.name, device=p.runtime.device, threads=threads, warmup=config.warmup,
             rounds=config.rounds, latency_ms=latency, throughput=throughput, throughput_spread=spread,
             peak_rss_mb=peak, peak_rss_note=note, size_mb=p.runtime.size_bytes() / 1e6,
-            params=total, nonzero_params=nonzero, sparsity=1 - nonzero / total if total else 0.0,
+            size_compressed_mb=_compressed_mb(p.runtime), params=total, nonzero_params=nonzero, sparsity=1 - nonzero / total if total else 0.0,
             flops_per_item=p.runtime.flops_per_item(float(np.mean(p.enc.lengths))),
             seconds=per_variant))
     return out
+
+
+def _compressed_mb(runtime: Runtime) -> float | None:
+    measure = getattr(runtime, "compressed_size_bytes", None)
+    size = measure() if measure is not None else None
+    return size / 1e6 if size else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,10 +222,13 @@ def measure_efficiency(variants: list[Variant], split: Any, config: Any, *,
 SAME = 0.05
 
 
-def _label(speedup: float | None, smaller: float | None) -> str:
+def _label(speedup: float | None, smaller: float | None, smaller_compressed: float | None = None) -> str:
     faster = speedup is not None and speedup > 1 + SAME
     slower = speedup is not None and speedup < 1 - SAME
     shrunk = smaller is not None and smaller > 1 + SAME
+    if not shrunk and not faster and smaller_compressed is not None and smaller_compressed > 1 + SAME:
+        # Zeros (unstructured sparsity) shrink the compressed file, nothing else.
+        return "smaller when compressed, not faster" if not slower else "smaller when compressed, but slower"
     if faster and shrunk:
         return "faster and smaller"
     if faster:
@@ -255,11 +264,13 @@ def compare(base: Variant, base_card: Scorecard, other: Variant, card: Scorecard
         key = max(common, key=lambda k: int(k[1:]))
         speed_thr = o_eff.throughput[key] / b_eff.throughput[key]
     smaller = b_eff.size_mb / o_eff.size_mb if o_eff.size_mb else None
+    smaller_c = (b_eff.size_compressed_mb / o_eff.size_compressed_mb
+                 if b_eff.size_compressed_mb and o_eff.size_compressed_mb else None)
     return Comparison(baseline=base.name, metric=metric, delta=test["delta"], ci95_low=test["ci95_low"],
                       ci95_high=test["ci95_high"], p_bootstrap=test["p_bootstrap"],
                       p_mcnemar=test["p_mcnemar"], significant=test["significant"], verdict=verdict,
                       speedup_b1=speedup, speedup_throughput=speed_thr, smaller=smaller,
-                      label=_label(speedup, smaller))
+                      smaller_compressed=smaller_c, label=_label(speedup, smaller, smaller_c))
 
 
 def evaluate_variants(variants: list[Variant], split: Any, config: Any, *, seed: int,

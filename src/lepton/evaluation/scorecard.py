@@ -41,6 +41,7 @@ class Efficiency(BaseModel):
     peak_rss_mb: float | None  # process peak resident memory while measuring this variant
     peak_rss_note: str  # how peak_rss_mb was obtained
     size_mb: float  # weights as saved (MB = 1e6 bytes)
+    size_compressed_mb: float | None = None  # the weights after zlib: shows what zeros buy
     params: int
     nonzero_params: int
     sparsity: float
@@ -63,6 +64,7 @@ class Comparison(BaseModel):
     speedup_b1: float | None  # baseline b1_real p50 / this p50
     speedup_throughput: float | None  # this / baseline at the largest common batch size
     smaller: float | None  # baseline size / this size
+    smaller_compressed: float | None = None  # the same ratio for zlib-compressed weights
     label: str  # "faster and smaller", "smaller, not faster", "faster", "no gain", "slower" ...
 
 

@@ -51,6 +51,20 @@ class TorchEager:
         finally:
             os.unlink(path)
 
+    def compressed_size_bytes(self) -> int | None:
+        """Size of the float weights after zlib (level 1): what unstructured sparsity buys."""
+        import zlib
+
+        from lepton import torch_int8
+
+        if torch_int8.is_dynamic_int8(self.model):
+            return None
+        compressor, total = zlib.compressobj(1), 0
+        for tensor in self.model.state_dict().values():
+            data = tensor.detach().cpu().contiguous().numpy().tobytes()
+            total += len(compressor.compress(data))
+        return total + len(compressor.flush())
+
     def flops_per_item(self, tokens: float) -> float | None:
         """2 x multiply-adds: every Linear once per token, plus attention's QK^T and AV products.
 

@@ -94,7 +94,12 @@ def _optimizer(modules: Sequence[torch.nn.Module], config: TrainSettings) -> tor
             (no_decay if param.ndim < 2 else decay).append(param)
     groups = [{"params": decay, "weight_decay": config.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.lr)
+    # The fused kernel updates every tensor in one call; the default on CPU loops over ~100
+    # tensors in Python each step (a measurable share of a small model's step time).
+    try:
+        return torch.optim.AdamW(groups, lr=config.lr, fused=True)
+    except (RuntimeError, ValueError):  # dtypes or devices the fused kernel does not take
+        return torch.optim.AdamW(groups, lr=config.lr, foreach=True)
 
 
 def evaluate_dev(model: torch.nn.Module, enc: Encoded, bundle: ModelBundle, dev_labels: Any,
