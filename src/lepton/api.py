@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lepton import __version__
+from lepton import __version__, atomic
 from lepton.artifact import load_bundle, now_iso, read_manifest, save_artifact
 from lepton.bundle import ModelBundle, RunContext, StageRecord
 from lepton.data import Columns, DataSplitConfig, Split, load_split
@@ -59,12 +59,6 @@ def _stage_names(recipe: Recipe) -> list[str]:
     return recipe.stage_names()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _prepare_work(work: Path, recipe: Recipe, resume: bool) -> bool:
     """Make the work folder; on resume, check it belongs to this same recipe. Returns resume."""
     marker = work / "recipe.json"
@@ -82,7 +76,7 @@ def _prepare_work(work: Path, recipe: Recipe, resume: bool) -> bool:
         shutil.rmtree(work, ignore_errors=True)
         resume = False
     work.mkdir(parents=True, exist_ok=True)
-    _write_atomic(marker, current)
+    atomic.write_text(marker, current)
     return resume
 
 
@@ -141,7 +135,7 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
                 log.info("evaluate %s: quality on %d %s examples", name, len(eval_split), eval_split.name)
                 q, r, c = measure_quality(v, eval_split, recipe.evaluate, recipe.seed)
                 qualities[name] = (q, r, c)
-                _write_atomic(cache, json.dumps({
+                atomic.write_text(cache, json.dumps({
                     "predictions": v.predictions, "quality": q.model_dump(mode="json"),
                     "robustness": r.model_dump(mode="json") if r else None,
                     "calibration": c.model_dump(mode="json") if c else None}))
@@ -207,7 +201,7 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
         write_report(report, out)
         # Written with the results, not at the start: a failing run must not leave a finished
         # run's folder describing a recipe its model and report do not come from.
-        _write_atomic(out / "recipe.yaml", recipe.to_yaml())
+        atomic.write_text(out / "recipe.yaml", recipe.to_yaml())
         shutil.rmtree(work, ignore_errors=True)  # checkpoints are only for resuming
         log.info("wrote %s and %s", out / "model", out / "report.md")
         return report

@@ -10,15 +10,13 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
 
-from lepton import __version__
+from lepton import __version__, atomic
 from lepton.bundle import ModelBundle, StageRecord
 from lepton.errors import ArtifactError, LeptonError
 from lepton.tasks import TaskSpec, softmax, word_predictions
@@ -44,12 +42,7 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
                   model_card: str | None = None, environment: dict[str, Any] | None = None) -> Path:
     """Write ``bundle`` to ``dest`` atomically (a sibling temp folder renamed into place);
     ``model_card`` becomes README.md, covered by the checksums like every other file."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkdtemp: its 0700 would leave the shipped model unreadable to other users.
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    def fill(tmp: Path) -> None:
         weights_format, structure, extra = _save_weights(bundle, tmp)
         bundle.tokenizer.save_pretrained(tmp)
         if model_card is not None:  # model card: before the checksums, so they cover it
@@ -80,11 +73,8 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
         mode = (tmp / MANIFEST).stat().st_mode & 0o777  # what the umask gives a new file
         for name in files:  # safetensors writes its file 0600 whatever the umask
             os.chmod(tmp / name, mode)
-        _swap_into_place(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+
+    return atomic.write_folder(Path(dest), fill)
 
 
 def _save_weights(bundle: ModelBundle, folder: Path) -> tuple[str, dict[str, Any] | None, dict[str, Any]]:
@@ -102,16 +92,6 @@ def _save_weights(bundle: ModelBundle, folder: Path) -> tuple[str, dict[str, Any
         return "torch-dynamic-int8", torch_int8.structure(bundle.model), {}
     bundle.model.save_pretrained(folder, safe_serialization=True)
     return "safetensors", describe(bundle.model), {}
-
-
-def _swap_into_place(tmp: Path, dest: Path) -> None:
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, dest)
 
 
 def read_manifest(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]:

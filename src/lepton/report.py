@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lepton.errors import MissingExtraError  # report.html
+from lepton import atomic
 from lepton.evaluation.scorecard import Report, Scorecard
 
 log = logging.getLogger(__name__)  # report.html
@@ -136,9 +137,7 @@ def write_report(report: Report, out_dir: Path) -> None:
             _warned_no_html = True
     # --- end report.html
     for name, text in outputs:
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out_dir / name)
+        atomic.write_text(out_dir / name, text)
 
 
 def print_table(report: Report) -> None:

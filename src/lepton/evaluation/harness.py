@@ -37,6 +37,13 @@ class Variant:
     bundle: Any
     folder: Path | None = None  # saved copy, for the fresh-process memory probe
     predictions: list[Any] = field(default_factory=list)  # filled by measure_quality
+    _encoded: tuple[Any, Encoded] | None = field(default=None, repr=False)
+
+    def encoded(self, split: Any) -> Encoded:
+        """``split`` tokenized for this variant, once: quality, timing and notes all use it."""
+        if self._encoded is None or self._encoded[0] is not split:
+            self._encoded = (split, encode(split, self.bundle.task, self.bundle.tokenizer))
+        return self._encoded[1]
 
 
 def predict_logits(runtime: Runtime, enc: Encoded, pad_id: int, batch_size: int = 64) -> list[np.ndarray]:
@@ -62,7 +69,7 @@ def measure_quality(variant: Variant, split: Any, config: Any, seed: int) -> tup
     bundle, task = variant.bundle, variant.bundle.task
     runtime = for_bundle(bundle)
     pad = bundle.tokenizer.pad_token_id or 0
-    enc = encode(split, task, bundle.tokenizer)
+    enc = variant.encoded(split)
     gold = label_ids(split, task)
     logits = predict_logits(runtime, enc, pad)
     pred = predicted_ids(logits, enc, task)
@@ -142,7 +149,7 @@ class _Plan:
 
 def _plan(variant: Variant, split: Any, config: Any) -> _Plan:
     bundle = variant.bundle
-    enc = encode(split, bundle.task, bundle.tokenizer)
+    enc = variant.encoded(split)
     pad = bundle.tokenizer.pad_token_id or 0
     n = min(config.latency_items, len(enc))
     real = [collate(enc, [i], pad, with_labels=False) for i in range(n)]
@@ -304,7 +311,7 @@ def _notes(v: Variant, split: Any) -> list[str]:
     notes = []
     bundle = v.bundle
     if bundle.task.kind == "token_classification":
-        enc = encode(split, bundle.task, bundle.tokenizer)
+        enc = v.encoded(split)
         cut = sum(1 for w, nw in zip(enc.word_ids or [], enc.n_words or [])
                   if nw and (max((x for x in w if x is not None), default=-1) + 1) < nw)
         if cut:

@@ -36,17 +36,10 @@ def tags_of(ids: list[list[int]], task: TaskSpec) -> list[list[str]]:
 def quick_metrics(logits: list[Any], enc: Encoded, task: TaskSpec, gold: Any) -> dict[str, float]:
     pred = predicted_ids(logits, enc, task)
     if task.kind == "sequence_classification":
-        y, p = np.asarray(gold), np.asarray(pred)
-        k = task.num_labels
-        cm = np.bincount(y * k + p, minlength=k * k).reshape(k, k).astype(float)
-        tp = np.diag(cm)
-        prec = np.divide(tp, cm.sum(0), out=np.zeros(k), where=cm.sum(0) > 0)
-        rec = np.divide(tp, cm.sum(1), out=np.zeros(k), where=cm.sum(1) > 0)
-        f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros(k), where=(prec + rec) > 0)
-        out = {"accuracy": float((y == p).mean()), "macro_f1": float(f1.mean())}
-        if k == 2:
-            out["f1"] = float(f1[1])
-        return out
+        from lepton.evaluation.quality import sequence_point_metrics
+
+        point = sequence_point_metrics(gold, pred, task.num_labels)
+        return {k: point[k] for k in _KNOWN["sequence_classification"] if k in point}
     from seqeval.metrics import f1_score
 
     true_tags = [[task.labels[i] for i in sent] for sent in gold]

@@ -17,15 +17,13 @@ summary reports the trainable parameter count and share.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
 
+from lepton import atomic
 from lepton.bundle import ModelBundle, RunContext
 from lepton.config import StrictModel
 from lepton.errors import MissingExtraError, StageError
@@ -207,21 +205,7 @@ class _RankAllocatorState:
 
 def save_adapter(peft_model: Any, dest: Path) -> Path:
     """``save_pretrained`` into a temp folder renamed into place (an old adapter is replaced whole)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        peft_model.save_pretrained(str(tmp))
-        if dest.exists():
-            old = dest.parent / f".{dest.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+    return atomic.write_folder(dest, lambda tmp: peft_model.save_pretrained(str(tmp)))
 
 
 def _finetune_adapters(bundle: ModelBundle, config: FinetuneConfig, ctx: RunContext, data: Any,
