@@ -230,6 +230,7 @@ def train(bundle: ModelBundle, config: TrainSettings, ctx: RunContext, *, data: 
           metric: str = "loss",
           on_step: Callable[[int], None] | None = None,
           on_trained: Callable[[], None] | None = None,
+          plan: Callable[[int], list[list[int]]] | None = None,
           label: str = "finetune") -> dict[str, Any]:
     """Train ``model`` (default ``bundle.model``) on the examples of ``data``; returns a summary.
 
@@ -243,6 +244,9 @@ def train(bundle: ModelBundle, config: TrainSettings, ctx: RunContext, *, data: 
     - ``on_step(step)``: after each optimizer step, before gradients are cleared.
     - ``on_trained()``: after the best weights are restored, before the train hooks finish
       (e.g. merging LoRA adapters, so hooks see the final weights).
+    - ``plan(epoch)``: the batches (lists of example indices) of that epoch, a pure function of
+      the epoch (default: length-grouped batches seeded by (seed, epoch)); multi-task training
+      uses it to keep each batch to one task.
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -254,7 +258,16 @@ def train(bundle: ModelBundle, config: TrainSettings, ctx: RunContext, *, data: 
     if len(data) == 0:
         raise StageError(f"{label}: no training examples")
 
-    total_steps = plan_steps(len(data), config)
+    if plan is None:
+        def plan(epoch: int) -> list[list[int]]:
+            return train_batches(data.lengths, config.batch_size, seed=ctx.seed, epoch=epoch,
+                                 group_by_length=config.group_by_length)
+        total_steps = plan_steps(len(data), config)
+    else:
+        per_epoch = math.ceil(len(plan(0)) / config.grad_accum)
+        total_steps = per_epoch * config.epochs
+        if config.max_steps is not None:
+            total_steps = min(total_steps, config.max_steps)
     warmup = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
 
     torch.manual_seed(ctx.seed)
@@ -306,8 +319,7 @@ def train(bundle: ModelBundle, config: TrainSettings, ctx: RunContext, *, data: 
     done = state.step >= total_steps or state.stopped_early
     with StepProgress(label, total_steps, completed=state.step, enabled=ctx.progress) as bar:
         while not done and state.epoch < config.epochs:
-            batches = train_batches(data.lengths, config.batch_size, seed=ctx.seed,
-                                    epoch=state.epoch, group_by_length=config.group_by_length)
+            batches = plan(state.epoch)
             micro = 0
             optimizer.zero_grad(set_to_none=True)
             tick = time.perf_counter()
