@@ -44,6 +44,11 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
     ``model_card`` becomes README.md, covered by the checksums like every other file."""
     def fill(tmp: Path) -> None:
         weights_format, structure, extra = _save_weights(bundle, tmp)
+        if bundle.heads:
+            from lepton.heads import save_heads
+
+            extra = {**extra, "main_task": bundle.main_task,
+                     "heads": save_heads(bundle.heads, bundle.model, tmp)}
         bundle.tokenizer.save_pretrained(tmp)
         if model_card is not None:  # model card: before the checksums, so they cover it
             (tmp / "README.md").write_text(model_card, encoding="utf-8")
@@ -159,9 +164,17 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, device: st
         raise ArtifactError(f"{folder}: cannot load the model ({str(err).splitlines()[0]})") from None
     if weights_format == "safetensors":
         model.to(device).eval()
+    heads = {}
+    if manifest.get("heads"):
+        from lepton.heads import load_heads
+
+        if weights_format == "onnx":
+            raise ArtifactError(f"{folder / MANIFEST}: lists extra task heads, which ONNX models do not carry")
+        heads = load_heads(manifest["heads"], model, folder)
     return ModelBundle(model=model, tokenizer=load_tokenizer(str(folder)), task=task,
                        runtime=runtime, source=manifest.get("source_model", ""),
-                       history=[StageRecord.model_validate(r) for r in manifest.get("history", [])])
+                       history=[StageRecord.model_validate(r) for r in manifest.get("history", [])],
+                       heads=heads, main_task=str(manifest.get("main_task") or "main"))
 
 
 def _load_onnx(folder: Path, manifest: dict[str, Any]) -> Any:
@@ -227,6 +240,28 @@ class Predictor:
         self.bundle = bundle
         self.manifest = manifest
         self._runtime: Any = None
+        self._heads: dict[str, Predictor] = {}
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks this model predicts: the main one first, then any extra heads."""
+        return [self.bundle.main_task, *self.bundle.heads]
+
+    def head(self, task: str | None) -> Predictor:
+        """The predictor of one task of a multi-task model (None: the main task)."""
+        if task is None or task == self.bundle.main_task:
+            return self
+        if task not in self.bundle.heads:
+            raise LeptonError(f"task {task!r}: this model predicts {', '.join(repr(t) for t in self.tasks)}")
+        if task not in self._heads:
+            from lepton.heads import bind
+
+            head = self.bundle.heads[task]
+            sub = ModelBundle(model=bind(head.model, self.bundle.model), tokenizer=self.bundle.tokenizer,
+                              task=head.task, runtime=self.bundle.runtime, source=self.bundle.source,
+                              main_task=task)
+            self._heads[task] = Predictor(sub, self.manifest)
+        return self._heads[task]
 
     @property
     def task(self) -> TaskSpec:
@@ -236,11 +271,14 @@ class Predictor:
     def labels(self) -> list[str]:
         return self.bundle.task.labels
 
-    def predict(self, inputs: Any, *, batch_size: int = 16) -> list[dict[str, Any]]:
+    def predict(self, inputs: Any, *, batch_size: int = 16, task: str | None = None) -> list[dict[str, Any]]:
         """Sequence classification: a text, a list of texts, or a list of (text, pair) tuples ->
         ``{"label", "score", "scores"}`` each. Token classification: a text or list of texts
         (split on whitespace) or a list of token lists -> ``{"tokens", "tags", "entities"}`` each,
-        entities carrying character offsets into the text."""
+        entities carrying character offsets into the text. ``task``: which head of a multi-task
+        model (default: the main task)."""
+        if task is not None and task != self.bundle.main_task:
+            return self.head(task).predict(inputs, batch_size=batch_size)
         single = isinstance(inputs, str) or (self.task.pair and isinstance(inputs, tuple))
         items = [inputs] if single else list(inputs)
         if not items:

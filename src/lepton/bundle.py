@@ -37,6 +37,9 @@ class ModelBundle:
     # Objects with after_step(model, step, total_steps) and finish(model) -> dict | None that the next
     # training stage calls after each optimizer step and once at its end (e.g. gradual pruning).
     train_hooks: list[Any] = field(default_factory=list)
+    # Multi-task models: name -> lepton.heads.Head (another task's head on this model's encoder).
+    heads: dict[str, Any] = field(default_factory=dict)
+    main_task: str = "main"  # the name of ``task`` among the heads' names
 
 
 @dataclass

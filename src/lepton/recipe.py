@@ -11,10 +11,17 @@ import os
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, SerializeAsAny, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from lepton import stages
 from lepton.config import StrictModel
@@ -22,48 +29,9 @@ from lepton.data import DataSplitConfig
 from lepton.errors import LeptonError, RecipeError
 from lepton.registry import suggest
 from lepton.stages import StageConfig
+from lepton.tasks import ColumnRef, TaskConfig  # noqa: F401  (re-exported: recipes' task section)
 
 SCHEMA_VERSION = 1
-
-ColumnRef = Union[str, int]
-
-
-class TaskConfig(StrictModel):
-    kind: Literal["sequence_classification", "token_classification"]
-    text: ColumnRef | list[ColumnRef] | None = None  # default: "text", or token column 0 for CoNLL
-    text_pair: ColumnRef | None = None  # second sentence of a pair (sequence classification)
-    label: ColumnRef | None = None  # default: "label", or the last column for CoNLL
-    # Label order, or raw value -> display name (e.g. {"0": negative, "1": positive}).
-    # Default: the sorted set of labels seen in the training data.
-    labels: list[str] | dict[str, str] | None = None
-    max_length: int = Field(default=128, gt=1, le=8192)
-
-    @field_validator("labels", mode="before")
-    @classmethod
-    def _labels_as_strings(cls, value: Any) -> Any:
-        # YAML reads `0: negative` with an int key; labels are compared as strings.
-        if isinstance(value, dict):
-            return {str(k): str(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [str(v) for v in value]
-        return value
-
-    @model_validator(mode="after")
-    def _defaults_per_kind(self) -> TaskConfig:
-        if self.kind == "token_classification":
-            if self.text_pair is not None:
-                raise ValueError("text_pair is only for sequence_classification")
-            if isinstance(self.text, list):
-                raise ValueError("text must be one column (the token column) for token_classification")
-        return self
-
-    def resolved_columns(self) -> tuple[ColumnRef | tuple[ColumnRef, ...], ColumnRef | None, ColumnRef]:
-        """(text, text_pair, label) with the per-kind defaults filled in."""
-        tokens = self.kind == "token_classification"
-        text = self.text if self.text is not None else (0 if tokens else "text")
-        label = self.label if self.label is not None else (-1 if tokens else "label")
-        return (tuple(text) if isinstance(text, list) else text), self.text_pair, label
-
 
 class DataConfig(StrictModel):
     train: DataSplitConfig | None = None
@@ -131,6 +99,18 @@ class Recipe(StrictModel):
                 raise ValueError(f"stages.{i} ({stage.kind}) needs a {' or '.join(accepts)} model, but an "
                                  f"earlier export left an {runtime} one; move it before the export")
             runtime = getattr(stage, "produces_runtime", None) or runtime
+        return self
+
+    @model_validator(mode="after")
+    def _heads_stay_in_torch(self) -> Recipe:
+        for i, stage in enumerate(self.stages):
+            if stage.kind != "multitask":
+                continue
+            for j, later in enumerate(self.stages[i + 1:], start=i + 1):
+                if later.kind == "export":
+                    raise ValueError(f"stages.{j} (export): the extra task heads of stages.{i} (multitask) "
+                                     "cannot go to ONNX yet; export a single-task model, or leave the "
+                                     "multi-task model in PyTorch")
         return self
 
     def stage_names(self) -> list[str]:

@@ -115,10 +115,24 @@ def to_markdown(report: Report) -> str:
     if report.stages:
         lines += ["## Stages", "", "| # | stage | seconds | summary |", "|---|---|---|---|"]
         for s in report.stages:
-            summary = {k: v for k, v in s.get("summary", {}).items() if k != "evals"}
+            summary = {k: v for k, v in s.get("summary", {}).items() if k not in ("evals", "dev")}
             lines.append(f"| {s['index']} | {s['name']} | {s['seconds']:.1f} | "
                          + ", ".join(f"{k}={v}" for k, v in summary.items()) + " |")
         lines.append("")
+        for s in report.stages:
+            per_task = s.get("summary", {}).get("dev")
+            if s.get("kind") != "multitask" or not isinstance(per_task, dict):
+                continue
+            lines += [f"### Tasks of stage {s['index']} ({s['name']}), each on its own dev set", "",
+                      "| task | examples | metric | value | 95% CI |", "|---|---|---|---|---|"]
+            for task, scores in per_task.items():
+                for metric, m in scores.items():
+                    if isinstance(m, dict) and "value" in m:
+                        low, high = m["ci95"]
+                        lines.append(f"| {task} | {scores.get('dev_examples', '')} | {metric} | "
+                                     f"{m['value']:.4f} | [{low:.4f}, {high:.4f}] |")
+            lines += ["", "Measured right after the stage; later stages change the shared encoder, "
+                      "and only the main task is measured again.", ""]
     return "\n".join(lines)
 
 

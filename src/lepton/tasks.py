@@ -8,26 +8,68 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
-from pydantic import BaseModel
+from pydantic import BaseModel, Field, field_validator, model_validator
 
+from lepton.config import StrictModel
 from lepton.errors import DataError, LabelError
 
 if TYPE_CHECKING:
     import torch
 
     from lepton.data import Split
-    from lepton.recipe import TaskConfig
 
 IGNORE = -100  # label id the loss skips (transformers' convention)
+
+
+ColumnRef = Union[str, int]  # noqa: UP007  (a runtime alias pydantic reads)
+
+
+class TaskConfig(StrictModel):
+    kind: Literal["sequence_classification", "token_classification"]
+    text: ColumnRef | list[ColumnRef] | None = None  # default: "text", or token column 0 for CoNLL
+    text_pair: ColumnRef | None = None  # second sentence of a pair (sequence classification)
+    label: ColumnRef | None = None  # default: "label", or the last column for CoNLL
+    # Label order, or raw value -> display name (e.g. {"0": negative, "1": positive}); several
+    # raw values may share one name (files that spell the labels differently).
+    # Default: the sorted set of labels seen in the training data.
+    labels: list[str] | dict[str, str] | None = None
+    max_length: int = Field(default=128, gt=1, le=8192)
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _labels_as_strings(cls, value: Any) -> Any:
+        # YAML reads `0: negative` with an int key; labels are compared as strings.
+        if isinstance(value, dict):
+            return {str(k): str(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [str(v) for v in value]
+        return value
+
+    @model_validator(mode="after")
+    def _defaults_per_kind(self) -> TaskConfig:
+        if self.kind == "token_classification":
+            if self.text_pair is not None:
+                raise ValueError("text_pair is only for sequence_classification")
+            if isinstance(self.text, list):
+                raise ValueError("text must be one column (the token column) for token_classification")
+        return self
+
+    def resolved_columns(self) -> tuple[ColumnRef | tuple[ColumnRef, ...], ColumnRef | None, ColumnRef]:
+        """(text, text_pair, label) with the per-kind defaults filled in."""
+        tokens = self.kind == "token_classification"
+        text = self.text if self.text is not None else (0 if tokens else "text")
+        label = self.label if self.label is not None else (-1 if tokens else "label")
+        return (tuple(text) if isinstance(text, list) else text), self.text_pair, label
 
 
 class TaskSpec(BaseModel):
     kind: Literal["sequence_classification", "token_classification"]
     labels: list[str]  # display names, in model output order
     raw_labels: list[str]  # the label values as they appear in the data, same order
+    aliases: dict[str, str] = {}  # more raw values -> display name (two files spelling labels differently)
     max_length: int = 128
     pair: bool = False  # sequence classification on sentence pairs
 
@@ -46,8 +88,17 @@ def _natural_key(value: str) -> tuple[int, Any]:
 
 def build_task(config: TaskConfig, train: Split | None) -> TaskSpec:
     """Fix the label set: from the recipe when given, else the sorted labels of the training data."""
+    aliases: dict[str, str] = {}
     if isinstance(config.labels, dict):
-        raw, names = list(config.labels), list(config.labels.values())
+        # Several raw values may share a name (say "1" in one file, "World" in another): the
+        # first is the label's raw value, the others are aliases.
+        raw, names = [], []
+        for value, name in config.labels.items():
+            if name in names:
+                aliases[value] = name
+            else:
+                raw.append(value)
+                names.append(name)
     elif isinstance(config.labels, list):
         raw, names = list(config.labels), list(config.labels)
     else:
@@ -62,8 +113,8 @@ def build_task(config: TaskConfig, train: Split | None) -> TaskSpec:
         raise DataError(f"task.labels: a classifier needs at least 2 labels, found {raw}")
     if len(set(raw)) != len(raw) or len(set(names)) != len(names):
         raise DataError("task.labels: labels must be unique")
-    return TaskSpec(kind=config.kind, labels=names, raw_labels=raw, max_length=config.max_length,
-                    pair=config.text_pair is not None)
+    return TaskSpec(kind=config.kind, labels=names, raw_labels=raw, aliases=aliases,
+                    max_length=config.max_length, pair=config.text_pair is not None)
 
 
 @dataclass
@@ -89,13 +140,14 @@ def label_ids(split: Split, task: TaskSpec) -> list[int] | list[list[int]] | Non
     if split.labels is None:
         return None
     index = {raw: i for i, raw in enumerate(task.raw_labels)}
+    index.update({raw: task.labels.index(name) for raw, name in task.aliases.items()})
     out: list[Any] = []
     for i, item in enumerate(split.labels):
         values = item if isinstance(item, list) else [item]
         for v in values:
             if v not in index:
                 raise LabelError(f"{split.sources[i]}: label {v!r} is not in the label set "
-                                 f"{task.raw_labels} (set task.labels to change it)")
+                                 f"{list(index)} (set task.labels to change it)")
         out.append([index[v] for v in item] if isinstance(item, list) else index[item])
     return out
 

@@ -45,7 +45,16 @@ def handler_for(config: StageConfig) -> StageFn:
 
 def _load_builtin_stages() -> None:
     # Imported here, not at module top, so `import lepton.stages` stays cheap and cycle-free.
-    from lepton.stages import distill, drop_layers, export, finetune, pretrain, prune, quantize  # noqa: F401
+    from lepton.stages import (  # noqa: F401
+        distill,
+        drop_layers,
+        export,
+        finetune,
+        multitask,
+        pretrain,
+        prune,
+        quantize,
+    )
 
 
 _load_builtin_stages()
