@@ -38,6 +38,15 @@ VARIANTS = {
         {"kind": "distill", "name": "recover", "teacher": "{baseline}", "epochs": 2, "lr": 1.0e-4,
          "batch_size": 32, "temperature": 2.0, "alpha_task": 0.5, "alpha_kd": 0.5, "alpha_hidden": 1.0},
     ],
+    # The same, plus a transfer set: 24,000 more SST-2 training sentences (a different seeded
+    # sample, labels unused) that the student learns from through the teacher's outputs only.
+    "drop-6to3-distill-transfer": [
+        {"kind": "drop_layers", "strategy": "alternate", "layers": 3},
+        {"kind": "distill", "name": "recover", "teacher": "{baseline}", "epochs": 2, "lr": 1.0e-4,
+         "batch_size": 32, "temperature": 2.0, "alpha_task": 0.5, "alpha_kd": 0.5, "alpha_hidden": 1.0,
+         "transfer": {"path": "${LEPTON_DATA:-../shared/data}/sst2/train.tsv", "format": "tsv",
+                      "limit": 24000, "seed": 1}},
+    ],
     # The same 3-layer student as above, recovered by plain fine-tuning: the fair no-distillation
     # reference for how much of the gap distillation closes (issue 5).
     "drop-6to3-alt": [{"kind": "drop_layers", "strategy": "alternate", "layers": 3}],
@@ -45,6 +54,12 @@ VARIANTS = {
     "lora-r8": [{"model": "builtin:minilm-l6"},
                 {"kind": "finetune", "method": "lora", "epochs": 2, "lr": 5.0e-4, "batch_size": 32,
                  "lora": {"r": 8, "alpha": 16, "dropout": 0.1, "target_modules": ["query", "value"]}}],
+    # LoRA on every Linear of the encoder (query, key, value, attention output, FFN in and out) at
+    # a LoRA-sized learning rate: 1.5% of the parameters trainable.
+    "lora-r8-all": [{"model": "builtin:minilm-l6"},
+                    {"kind": "finetune", "method": "lora", "epochs": 3, "lr": 1.0e-3, "batch_size": 32,
+                     "lora": {"r": 8, "alpha": 16, "dropout": 0.1,
+                              "target_modules": ["query", "key", "value", "dense"]}}],
     "magnitude50": [{"kind": "prune", "method": "magnitude", "sparsity": 0.5, "scope": "global"}],
     "magnitude80": [{"kind": "prune", "method": "magnitude", "sparsity": 0.8, "scope": "global"}],
 }

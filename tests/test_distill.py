@@ -167,3 +167,29 @@ def test_cached_token_logits_match_the_live_teacher(tiny_model_dir: Path, tmp_pa
     mask = batch["attention_mask"].bool()
     assert torch.allclose(cached.logits[mask], live.logits[mask], atol=1e-5)
     assert torch.allclose(cached.hidden[1][mask], live.hidden[1][mask], atol=1e-2)  # stored as float16
+
+
+def test_transfer_text_feeds_only_the_teacher_losses(tiny_model_dir: Path, tmp_path: Path) -> None:
+    train = write_sentiment_tsv(tmp_path / "train.tsv", 32, seed=1)
+    dev = write_sentiment_tsv(tmp_path / "dev.tsv", 16, seed=2)
+    transfer = write_sentiment_tsv(tmp_path / "more.tsv", 80, seed=5)  # its labels are not used
+    recipe = _distill_recipe(tiny_model_dir, train, dev, tmp_path / "out")
+    recipe["stages"][2].update({"alpha_hidden": 0.0, "alpha_attention": 0.0,
+                                "transfer": {"path": str(transfer)}})
+    report = lepton.run(parse_recipe(recipe, env={}), progress=False)
+    summary = report.stages[2]["summary"]
+    assert summary["transfer_examples"] == 80
+    assert summary["train_examples"] == 32 + 80
+    assert summary["items"] == 2 * (32 + 80)
+    assert set(summary["loss_parts_mean"]) == {"task", "kd"}
+
+    # Batches of transfer text alone carry no task loss (not NaN, not a made-up label).
+    from lepton.stages.distill import TeacherBatch, distill_loss
+
+    config = DistillConfig(teacher="x", alpha_task=1.0, alpha_kd=1.0)
+    logits = torch.randn(4, 2)
+    out = type("Out", (), {"loss": torch.tensor(float("nan")), "logits": logits})()
+    loss, parts = distill_loss(out, TeacherBatch(logits=logits.clone(), hidden={}, attention={}),
+                               torch.ones(4, 3), config, LossPlan({}, [], [], torch.nn.ModuleDict()),
+                               use_task=False)
+    assert set(parts) == {"kd"} and float(loss) == pytest.approx(0.0, abs=1e-6)

@@ -58,6 +58,7 @@ class RunContext:
     stage_summary: dict[str, Any] = field(default_factory=dict)  # what the running stage reports
     # Earlier stages of this run: name -> saved snapshot folder (a teacher for distill, say).
     snapshots: dict[str, Path] = field(default_factory=dict)
+    columns: Any = None  # lepton.data.Columns of the recipe's task (for extra text, e.g. distill's transfer)
 
     def split(self, name: str) -> Split:
         from lepton.errors import StageError

@@ -27,6 +27,11 @@ the cached layers), so later epochs, a resumed run and a rerun into the same out
 them instead of running the teacher; the summary reports the seconds saved. Logits are stored as
 float32, hidden states and attention maps as float16. When those would exceed ``cache_max_mb`` the
 teacher runs beside the student on every batch instead.
+
+``transfer``: more text (a data split in the recipe's own columns; labels, if any, are ignored) the
+student learns from through the teacher's outputs only: the classic transfer set of knowledge
+distillation, where unlabelled in-domain text carries most of what the teacher knows. The task
+loss sees only data.train's labelled examples; a batch with none of them skips it.
 """
 
 from __future__ import annotations
@@ -48,12 +53,13 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from lepton.bundle import ModelBundle, RunContext
+from lepton.data import DataSplitConfig
 from lepton.errors import StageError
 from lepton.registry import suggest
 from lepton.stages import register
 from lepton.stages.training import TrainSettings, dev_evaluator, task_metric, train
 from lepton.structure import layer_list, layer_sizes
-from lepton.tasks import Encoded, collate, encode, sorted_batches
+from lepton.tasks import IGNORE, Encoded, collate, encode, sorted_batches
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +78,7 @@ class DistillConfig(TrainSettings):
     layer_map: dict[int, int] | None = None  # student layer -> teacher layer; default evenly spaced
     cache_teacher: bool = True
     cache_max_mb: float = Field(default=2048, ge=0)  # larger caches: run the teacher live instead
+    transfer: DataSplitConfig | None = None  # unlabelled text for the teacher-output losses only
 
     @model_validator(mode="after")
     def _some_loss(self) -> DistillConfig:
@@ -368,10 +375,10 @@ class LossPlan:
 
 
 def distill_loss(student_out: Any, teacher: TeacherBatch, mask: torch.Tensor, config: DistillConfig,
-                 plan: LossPlan) -> tuple[torch.Tensor, dict[str, float]]:
+                 plan: LossPlan, *, use_task: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
     """The weighted loss and its parts. ``mask``: [B, W], 1 on real tokens."""
     parts: dict[str, torch.Tensor] = {}
-    if config.alpha_task > 0:
+    if config.alpha_task > 0 and use_task:
         parts["task"] = student_out.loss
     if config.alpha_kd > 0:
         temp = config.temperature
@@ -470,6 +477,11 @@ def distill(bundle: ModelBundle, config: DistillConfig, ctx: RunContext) -> Mode
     torch.manual_seed(ctx.seed)  # the projections' initial weights
     plan, notes = plan_layers(config, bundle, info, where)
     data = encode(split, bundle.task, bundle.tokenizer)
+    n_transfer = 0
+    if config.transfer is not None:
+        data, n_transfer = _with_transfer(data, config.transfer, bundle, where, ctx.columns)
+    if config.alpha_task > 0 and data.labels is None:
+        raise StageError(f"{where}.alpha_task: the task loss needs labelled data.train")
     token_level = bundle.task.kind == "token_classification"
     hidden = sorted({j for _, j in plan.hidden_pairs})
     attention = sorted({j for _, j in plan.attention_pairs})
@@ -504,14 +516,18 @@ def distill(bundle: ModelBundle, config: DistillConfig, ctx: RunContext) -> Mode
     batches_seen = [0]
 
     def loss_fn(model: Any, batch: dict[str, torch.Tensor], idx: list[int]) -> torch.Tensor:
-        inputs = batch if config.alpha_task > 0 else {k: v for k, v in batch.items() if k != "labels"}
+        # A batch of transfer text only has no gold label: no task loss for it.
+        labelled = "labels" in batch and bool((batch["labels"] != IGNORE).any())
+        use_task = config.alpha_task > 0 and labelled
+        inputs = batch if use_task else {k: v for k, v in batch.items() if k != "labels"}
         out = model(**inputs, output_hidden_states=need_hidden, output_attentions=need_attention)
         width = int(batch["input_ids"].shape[1])
         if cache is not None:
             teacher = cache.for_batch(idx, width, ctx.device)
         else:
             teacher = teacher_batch(live_teacher, batch, hidden, attention)
-        loss, parts = distill_loss(out, teacher, batch["attention_mask"], config, plan)
+        loss, parts = distill_loss(out, teacher, batch["attention_mask"], config, plan,
+                                   use_task=use_task)
         for k, v in parts.items():
             totals[k] = totals.get(k, 0.0) + v
         batches_seen[0] += 1
@@ -543,11 +559,44 @@ def distill(bundle: ModelBundle, config: DistillConfig, ctx: RunContext) -> Mode
         "loss_parts_mean": {k: round(v / max(batches_seen[0], 1), 6) for k, v in totals.items()},
         "teacher_cache": cache_info,
         "skipped_rows": len(split.skipped),
+        "transfer_examples": n_transfer,
     })
     if notes:
         summary["notes"] = notes
     ctx.stage_summary = summary
     return bundle
+
+
+def _with_transfer(data: Encoded, cfg: DataSplitConfig, bundle: ModelBundle, where: str,
+                   ctx_columns: Any) -> tuple[Encoded, int]:
+    """data.train followed by the transfer text, whose labels are IGNORE (teacher losses only)."""
+    from lepton.data import Columns, load_split
+
+    if ctx_columns is None:
+        raise StageError(f"{where}.transfer: the run does not say which columns hold the text")
+    columns = Columns(text=ctx_columns.text, text_pair=ctx_columns.text_pair, label=None)
+    split = load_split(cfg, columns, name=f"{where}.transfer", kind=bundle.task.split_kind)
+    if len(split) == 0:
+        raise StageError(f"{where}.transfer: {cfg.path} holds no examples")
+    extra = encode(split, bundle.task, bundle.tokenizer)
+    if (extra.token_type_ids is None) != (data.token_type_ids is None):
+        raise StageError(f"{where}.transfer: its inputs do not match data.train's (token types)")
+    n = len(extra)
+    if data.labels is None:
+        labels = None
+    elif bundle.task.kind == "token_classification":
+        labels = list(data.labels) + [[IGNORE] * len(ids) for ids in extra.input_ids]
+    else:
+        labels = list(data.labels) + [IGNORE] * n
+    combined = Encoded(
+        input_ids=data.input_ids + extra.input_ids,
+        token_type_ids=(data.token_type_ids + extra.token_type_ids) if data.token_type_ids is not None else None,
+        labels=labels,
+        word_ids=(data.word_ids + extra.word_ids) if data.word_ids is not None and extra.word_ids is not None else None,
+        n_words=(data.n_words + extra.n_words) if data.n_words is not None and extra.n_words is not None else None,
+    )
+    log.info("distill: %d transfer examples from %s (teacher losses only)", n, cfg.path)
+    return combined, n
 
 
 def _cached_teacher(info: TeacherInfo, bundle: ModelBundle, ctx: RunContext, data: Encoded, pad: int,
