@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,31 @@ def test_forward_routes_by_task_and_weights_the_loss(tiny_model_dir: Path) -> No
     assert out0.logits.shape == (1, 2) and out1.logits.shape == (1, 3)
     plain = head(**batch, labels=torch.tensor([2])).loss
     assert out1.loss.item() == pytest.approx(0.5 * plain.item(), rel=1e-6)
+
+
+def test_server_serves_every_head(tiny_model_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from lepton.serve import ServeSettings
+    from lepton.serve.app import create_app
+
+    lepton.run(parse_recipe(multitask_recipe(tiny_model_dir, tmp_path)), progress=False)
+    folder = tmp_path / "out" / "model"
+    local = lepton.load(folder)
+    texts = ["goal match news", "bank stock today", "great lovely movie"]
+    with TestClient(create_app(folder, ServeSettings(max_wait_ms=1))) as client:
+        for _ in range(200):
+            if client.get("/readyz").status_code == 200:
+                break
+            time.sleep(0.05)
+        assert client.get("/readyz").status_code == 200
+        assert client.get("/v1/model").json()["tasks"] == ["sentiment", "topic"]
+        main = client.post("/v1/predict", json={"inputs": texts}).json()["predictions"]
+        topic = client.post("/v1/tasks/topic/predict", json={"inputs": texts}).json()["predictions"]
+        assert [p["label"] for p in main] == [p["label"] for p in local.predict(texts)]
+        assert [p["label"] for p in topic] == [p["label"] for p in local.predict(texts, task="topic")]
+        assert set(topic[0]["scores"]) == {"sport", "money", "tech"}
+        assert client.post("/v1/tasks/weather/predict", json={"inputs": texts}).status_code == 404
+        assert client.post("/v1/tasks/topic/predict", json={"inputs": []}).status_code == 422
+        assert "/v1/tasks/topic/predict" in client.get("/openapi.json").json()["paths"]

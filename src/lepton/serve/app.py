@@ -95,6 +95,8 @@ class ModelInfo(BaseModel):
     lepton_version: str | None
     created: str | None
     scorecards: list[ScorecardSummary]
+    # A multi-task model's tasks, the main one first; extra ones at POST /v1/tasks/{name}/predict.
+    tasks: list[str] = []
     limits: Limits
 
 
@@ -235,20 +237,32 @@ def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | Non
     batcher = MicroBatcher(_predict_fn(predictor, settings), max_batch=settings.max_batch,
                            max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
                            metrics=metrics, warmup=[sample] * min(settings.max_batch, 4))
+    # A multi-task model: each extra head gets its own batcher (a batch holds one task's inputs).
+    head_batchers = {}
+    for head_name in getattr(predictor, "tasks", [None])[1:]:
+        head = predictor.head(head_name)
+        head_sample: Any = ("warm up", "warm up") if head.task.pair else "warm up"
+        head_batchers[head_name] = MicroBatcher(
+            _predict_fn(head, settings), max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
+            max_queue=settings.max_queue, metrics=metrics, warmup=[head_sample] * min(settings.max_batch, 4))
     info = ModelInfo(
         name=name, task=task.kind, labels=task.labels, pair=task.pair, max_length=task.max_length,
         runtime=manifest.get("runtime"), source_model=manifest.get("source_model"),
         lepton_version=manifest.get("lepton_version"), created=manifest.get("created"),
-        scorecards=scorecard_summaries(manifest),
+        scorecards=scorecard_summaries(manifest), tasks=list(getattr(predictor, "tasks", [])),
         limits=Limits(**settings.model_dump(include=set(Limits.model_fields))))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         batcher.start()  # warms the model up in the background; /readyz says when it is done
+        for extra in head_batchers.values():
+            extra.start()
         log.info("serving %s (%s, labels %s)", name, task.kind, task.labels)
         yield
         # uvicorn has stopped listening and let in-flight requests finish; drain what is left.
         await batcher.close(settings.drain_timeout_s)
+        for extra in head_batchers.values():
+            await extra.close(settings.drain_timeout_s)
 
     app = FastAPI(title=f"Lepton model server: {name}", version=__version__, lifespan=lifespan,
                   description=f"Predictions of the Lepton model {name!r} ({task.kind}). Requests "
@@ -264,11 +278,9 @@ def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | Non
               500: {"model": Message, "description": "the model failed on this request"},
               503: {"model": Message, "description": "queue full or shutting down; see Retry-After"}}
 
-    @app.post("/v1/predict", response_model=PredictResponse, responses=errors,
-              dependencies=[Depends(_require_json)], summary="Predict labels or entities")
-    async def predict(body: PredictRequest) -> Any:
+    async def submit(queue: MicroBatcher, inputs: list[Any]) -> Any:
         try:
-            results = await batcher.submit(body.inputs)
+            return await queue.submit(inputs)
         except QueueFullError as err:
             raise HTTPException(503, f"server busy: {err}; retry later",
                                 headers={"Retry-After": RETRY_AFTER_S}) from None
@@ -278,7 +290,27 @@ def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | Non
             raise HTTPException(422, str(err)) from None
         except Exception:  # noqa: BLE001 - logged by the batcher; this request alone fails
             raise HTTPException(500, "prediction failed; the server log has the details") from None
-        return {"model": name, "predictions": results}
+
+    @app.post("/v1/predict", response_model=PredictResponse, responses=errors,
+              dependencies=[Depends(_require_json)], summary="Predict labels or entities")
+    async def predict(body: PredictRequest) -> Any:
+        return {"model": name, "predictions": await submit(batcher, body.inputs)}
+
+    def add_head_route(head_name: str, queue: MicroBatcher) -> None:
+        head_task = predictor.head(head_name).task
+        HeadRequest = request_model(head_task.pair, settings)
+        HeadPrediction = ClassPrediction if head_task.kind == "sequence_classification" else TokenPrediction
+        HeadResponse = create_model(f"PredictResponse_{head_name}", model=(str, ...),
+                                    predictions=(list[HeadPrediction], ...))
+
+        @app.post(f"/v1/tasks/{head_name}/predict", response_model=HeadResponse, responses=errors,
+                  dependencies=[Depends(_require_json)], summary=f"Predict task {head_name!r}",
+                  operation_id=f"predict_{head_name}")
+        async def predict_head(body: HeadRequest) -> Any:  # type: ignore[valid-type]
+            return {"model": name, "predictions": await submit(queue, body.inputs)}
+
+    for head_name, queue in head_batchers.items():
+        add_head_route(head_name, queue)
 
     @app.get("/v1/model", response_model=ModelInfo, summary="The served model")
     async def model_info() -> ModelInfo:
@@ -291,7 +323,7 @@ def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | Non
     @app.get("/readyz", response_model=Status, responses={503: {"model": Status}},
              summary="The model is loaded and warmed up")
     async def readyz() -> Any:
-        if batcher.ready:
+        if batcher.ready and all(b.ready for b in head_batchers.values()):
             return Status(status="ready")
         return JSONResponse({"status": batcher.state}, status_code=503,
                             headers={"Retry-After": RETRY_AFTER_S})
