@@ -12,6 +12,10 @@ stopping and exact resume after a crash (the loop itself is ``lepton.stages.trai
 Adapters are merged into the base weights at the end, so later stages and the artifact see an
 ordinary model; the unmerged adapter is saved too, in ``<output>/adapter/<stage name>``. The
 summary reports the trainable parameter count and share.
+
+``qat: true`` (method ``full``) trains with fake INT8 quantization where a following
+``quantize: static_int8`` rounds (``lepton.qat``; ``qat_settings`` tunes the observers) and
+removes it at the end: the stage still outputs an ordinary float model.
 """
 
 from __future__ import annotations
@@ -21,12 +25,13 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from lepton import atomic
 from lepton.bundle import ModelBundle, RunContext
 from lepton.config import StrictModel
 from lepton.errors import MissingExtraError, StageError
+from lepton.qat import QatSettings, insert_fake_quant
 from lepton.stages import register
 from lepton.stages.training import TrainSettings, dev_evaluator, plan_steps, task_metric, train
 from lepton.tasks import encode
@@ -72,6 +77,24 @@ class FinetuneConfig(TrainSettings):
     method: Literal["full", "lora", "adalora"] = "full"
     lora: LoraSettings | None = None  # method lora; defaults filled in
     adalora: AdaLoraSettings | None = None  # method adalora; defaults filled in
+    qat: bool = False  # quantization-aware training (fake INT8), for a following static_int8
+    qat_settings: QatSettings | None = None  # with qat; None: the defaults
+
+    @field_validator("qat")
+    @classmethod
+    def _qat_method(cls, value: bool, info: ValidationInfo) -> bool:
+        method = info.data.get("method", "full")
+        if value and method != "full":
+            raise ValueError(f"qat works with method: full only (this stage's method is {method}: "
+                             "adapters merged after training would undo what fake quantization taught)")
+        return value
+
+    @field_validator("qat_settings")
+    @classmethod
+    def _qat_settings_need_qat(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not info.data.get("qat"):
+            raise ValueError("qat_settings apply with qat: true")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -97,8 +120,13 @@ def finetune(bundle: ModelBundle, config: FinetuneConfig, ctx: RunContext) -> Mo
         raise StageError("finetune needs labelled data.train")
     data = encode(split, bundle.task, bundle.tokenizer)
     if config.method == "full":
+        fake = (insert_fake_quant(bundle.model, config.qat_settings or QatSettings(),
+                                  plan_steps(len(data), config)) if config.qat else None)
         summary = train(bundle, config, ctx, data=data, metric=metric,
-                        evaluate=dev_evaluator(bundle.model, bundle, ctx))
+                        evaluate=dev_evaluator(bundle.model, bundle, ctx),
+                        on_step=fake.on_step if fake else None, on_trained=fake.remove if fake else None)
+        if fake is not None:
+            summary["qat"] = fake.summary()
     else:
         summary = _finetune_adapters(bundle, config, ctx, data, metric)
     summary["skipped_rows"] = len(split.skipped)
