@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lepton import __version__, atomic
+from lepton import __version__, atomic, distributed
 from lepton.artifact import load_bundle, now_iso, read_manifest, save_artifact
 from lepton.bundle import ModelBundle, RunContext, StageRecord
 from lepton.data import Columns, DataSplitConfig, Split, load_split
@@ -82,8 +82,15 @@ def _prepare_work(work: Path, recipe: Recipe, resume: bool) -> bool:
 
 def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (),
         out_dir: str | os.PathLike[str] | None = None, resume: bool = False,
-        progress: bool = True) -> Report:
-    """Run a recipe: load data and model, apply every stage, evaluate, save the artifact and report."""
+        progress: bool = True) -> Report | None:
+    """Run a recipe: load data and model, apply every stage, evaluate, save the artifact and report.
+
+    Started as one of several processes (``torchrun``, ``lepton run --nproc``), the training
+    stages train data-parallel. The other ranks run the stages up to the last training stage
+    (every stage before it too: pruning and layer dropping are deterministic, so all ranks hold
+    the same model) and then return None; rank 0 alone evaluates, writes every file and returns
+    the report. Their own side files (adapters, teacher caches) go to ``work/rank-N``.
+    """
     import torch
 
     from lepton.evaluation.environment import fingerprint
@@ -93,6 +100,7 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
     from lepton.models import load_for_task, load_tokenizer, resolve_model
     from lepton.report import write_report
     from lepton.stages import handler_for
+    from lepton.stages.training import TrainSettings
 
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
@@ -101,12 +109,17 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
     out = Path(out_dir if out_dir is not None else recipe.output.dir)
     out.mkdir(parents=True, exist_ok=True)
     work = out / "work"
-    resume = _prepare_work(work, recipe, resume)
-    file_log = logging.FileHandler(out / "run.log", encoding="utf-8")
+    device = distributed.setup(_device(recipe.device))  # joins the process group, if launched in one
+    main = distributed.is_main()
+    file_log = logging.FileHandler(out / "run.log", encoding="utf-8") if main else logging.NullHandler()
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("lepton").addHandler(file_log)
     try:
-        device = _device(recipe.device)
+        if main:
+            resume = _prepare_work(work, recipe, resume)
+        resume = distributed.broadcast_object(resume)  # also waits until rank 0 has made work/ ready
+        if distributed.world_size() > 1:
+            log.info("data-parallel: %d processes (%s)", distributed.world_size(), distributed.backend())
         splits = load_splits(recipe)
         task = build_task(recipe.task, splits.get("train"))
         eval_split = splits[recipe.evaluate.split]
@@ -141,7 +154,7 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
                     "calibration": c.model_dump(mode="json") if c else None}))
             variants.append(v)
 
-        if recipe.evaluate.baseline:
+        if recipe.evaluate.baseline and main:
             folder = work / "pretrained" / "snapshot"
             if not (resume and (folder / "lepton.json").is_file()):
                 save_artifact(bundle, folder, recipe=recipe.resolved_dict())
@@ -149,20 +162,41 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
 
         names = _stage_names(recipe)
         snapshots: dict[str, Path] = {}  # finished stages, for stages that name one (distill's teacher)
+        world = distributed.world_size()
+        last_training = max((i for i, s in enumerate(recipe.stages) if isinstance(s, TrainSettings)),
+                            default=-1)
+
+        def training_done(i: int) -> bool:
+            """After the last training stage the other ranks have done their part and return."""
+            if world > 1 and i == last_training:
+                distributed.barrier()
+            return not main and i >= last_training
+
+        if training_done(-1):
+            return None
         for i, (stage, name) in enumerate(zip(recipe.stages, names)):
             stage_dir = work / f"stage-{i}-{stage.kind}"
             snapshot = stage_dir / "snapshot"
             # A stage that leaves training hooks (masks the next finetune must keep) is re-run
             # rather than restored: the hooks live in memory, not in the snapshot.
-            if resume and (snapshot / "lepton.json").is_file() and not (stage_dir / "hooks").exists():
+            reuse = resume and (snapshot / "lepton.json").is_file() and not (stage_dir / "hooks").exists()
+            if i <= last_training:
+                # Rank 0's answer; also a barrier: the snapshots it wrote (a teacher) are in place.
+                reuse = distributed.broadcast_object(reuse)
+            if reuse:
                 bundle = load_bundle(snapshot, device=device)
                 log.info("stage %d (%s): done in the interrupted run, reusing its result", i, name)
-                remember(name, [r.name for r in bundle.history], bundle, snapshot)
+                if main:
+                    remember(name, [r.name for r in bundle.history], bundle, snapshot)
                 snapshots[name] = snapshot
+                if training_done(i):
+                    return None
                 continue
-            ctx = RunContext(splits=splits, seed=recipe.seed, device=device, out_dir=out,
+            side = out if main else work / f"rank-{distributed.rank()}"
+            ctx = RunContext(splits=splits, seed=recipe.seed, device=device, out_dir=side,
                              work_dir=work, resume=resume, progress=progress, stage_dir=stage_dir,
-                             stage_index=i, stage_name=name, snapshots=dict(snapshots))
+                             stage_index=i, stage_name=name, snapshots=dict(snapshots),
+                             columns=_columns(recipe.task))
             log.info("stage %d (%s) starts", i, name)
             started, t0 = now_iso(), time.perf_counter()
             bundle = handler_for(stage)(bundle, stage, ctx)
@@ -171,13 +205,17 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
                                  seconds=round(time.perf_counter() - t0, 2), summary=ctx.stage_summary)
             bundle.history.append(record)
             log.info("stage %d (%s) done in %.1f s", i, name, record.seconds)
+            if training_done(i):
+                return None
+            snapshots[name] = snapshot
+            if not bundle.train_hooks:
+                resume = False  # later stages start fresh; a finetune after hooks may resume
+            if not main:
+                continue
             if bundle.train_hooks:
                 stage_dir.mkdir(parents=True, exist_ok=True)  # a stage that never trained made none
                 (stage_dir / "hooks").write_text(str(len(bundle.train_hooks)))
             save_artifact(bundle, snapshot, recipe=recipe.resolved_dict())
-            snapshots[name] = snapshot
-            if not bundle.train_hooks:
-                resume = False  # later stages start fresh; a finetune after hooks may resume
             remember(name, [r.name for r in bundle.history], bundle, snapshot)
 
         # Timing needs every variant as it was, not the live model later stages changed in place.
@@ -208,6 +246,7 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
     finally:
         logging.getLogger("lepton").removeHandler(file_log)
         file_log.close()
+        distributed.teardown()
 
 
 def _variant_name(path: Path, taken: set[str]) -> str:

@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", help="output folder (default: the recipe's output.dir)")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in the same output folder")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--nproc", type=int, metavar="N",
+                   help="train data-parallel in N local processes (DDP: gloo on CPU, nccl on GPU); "
+                        "under torchrun (torchrun --nproc_per_node N -m lepton run ...) leave it out")
 
     v = add("validate", "check a recipe without running it; print the resolved recipe")
     v.add_argument("recipe")
@@ -102,12 +105,36 @@ def _column(value: str | None) -> str | int | None:
     return int(value) if value.lstrip("-").isdigit() else value
 
 
+def _child_argv(args: argparse.Namespace) -> list[str]:
+    """``lepton run`` arguments for the processes ``--nproc`` starts (the same run, less --nproc)."""
+    argv = (["--debug"] if args.debug else []) + (["-q"] if args.quiet else [])
+    argv += ["run", args.recipe]
+    for override in args.overrides:
+        argv += ["--set", override]
+    argv += (["-o", args.output] if args.output else []) + (["--resume"] if args.resume else [])
+    return argv + (["--no-progress"] if args.no_progress else [])
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    from lepton import distributed
     from lepton.api import run
+    from lepton.errors import RecipeError
+    from lepton.recipe import load_recipe
     from lepton.report import print_table
 
+    if args.nproc is not None:
+        if args.nproc < 1:
+            raise RecipeError(f"--nproc {args.nproc}: give a process count of 1 or more")
+        if distributed.env_world_size() > 1:
+            raise RecipeError(f"--nproc: this process is already one of {distributed.env_world_size()} "
+                              "(WORLD_SIZE is set, e.g. by torchrun); leave --nproc out")
+        if args.nproc > 1:
+            load_recipe(args.recipe, args.overrides)  # a bad recipe fails here once, not N times
+            return distributed.launch(_child_argv(args), args.nproc)
     report = run(args.recipe, overrides=args.overrides, out_dir=args.output, resume=args.resume,
                  progress=not args.no_progress)
+    if report is None:
+        return 0  # a rank other than 0 of a data-parallel run: rank 0 reports
     print_table(report)
     out = args.output or report.recipe["output"]["dir"]
     print(f"model: {out}/model   report: {out}/report.md")
@@ -237,8 +264,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from lepton.distributed import env_rank
+
     args = _parser().parse_args(argv)
-    level = logging.DEBUG if args.debug else logging.WARNING if args.quiet else logging.INFO
+    quiet = args.quiet or (args.command == "run" and env_rank() > 0)  # rank 0 speaks for a DDP run
+    level = logging.DEBUG if args.debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(message)s" if args.debug else "%(message)s",
                         stream=sys.stderr)
     if not args.debug:

@@ -9,10 +9,17 @@ trainable modules, and how dev is scored.
 Resume is exact because everything random is a function of saved state: the batch order of an
 epoch comes from (seed, epoch), dropout (and MLM masking) from the saved torch RNG state, and
 checkpoints are taken only at optimizer-step boundaries (no half-accumulated gradients to lose).
+
+Many processes (``lepton.distributed``): every rank walks the same plan and takes its slice of each
+batch; DistributedDataParallel averages the gradients, so every rank takes the same optimizer
+step. Rank 0 alone evaluates, decides (keep-best, early stopping; broadcast to the others), shows
+progress and writes checkpoints; every rank loads them on resume. At the end rank 0's chosen
+weights are broadcast, so all ranks leave with the same model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -29,6 +36,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
+from lepton import distributed
 from lepton.bundle import ModelBundle, RunContext
 from lepton.errors import StageError
 from lepton.progress import StepProgress
@@ -153,8 +161,11 @@ def dev_evaluator(model: torch.nn.Module, bundle: ModelBundle,
 
 def _save_checkpoint(stage_dir: Path, model: torch.nn.Module, extra: torch.nn.Module | None,
                      optimizer: Any, scheduler: Any, stateful: dict[str, Any], state: TrainState,
-                     best: dict[str, torch.Tensor] | None) -> None:
-    """Write a resume point atomically: a temp folder renamed into place, then a pointer file."""
+                     best: dict[str, torch.Tensor] | None, rng_ranks: list[Any] | None = None) -> None:
+    """Write a resume point atomically: a temp folder renamed into place, then a pointer file.
+
+    ``rng_ranks``: every rank's (torch, cuda) RNG states when several processes train.
+    """
     from safetensors.torch import save_file, save_model
 
     name = f"ckpt-{state.step:07d}"
@@ -169,6 +180,7 @@ def _save_checkpoint(stage_dir: Path, model: torch.nn.Module, extra: torch.nn.Mo
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng_torch": torch.get_rng_state(),
                 "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "rng_ranks": rng_ranks or [],
                 "stateful": {k: obj.state_dict() for k, obj in stateful.items()}},
                tmp / "trainer.pt")
     (tmp / "state.json").write_text(json.dumps(asdict(state)))
@@ -205,6 +217,12 @@ def _load_checkpoint(stage_dir: Path, model: torch.nn.Module, extra: torch.nn.Mo
     torch.set_rng_state(saved["rng_torch"])
     if saved["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(saved["rng_cuda"])
+    ranks = saved.get("rng_ranks") or []
+    if len(ranks) == distributed.world_size() > 1:  # each rank continues its own random stream
+        cpu, cuda = ranks[distributed.rank()]
+        torch.set_rng_state(cpu)
+        if cuda is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(cuda)
     state = TrainState(**json.loads((ckpt / "state.json").read_text()))
     best = load_file(str(ckpt / "best.safetensors")) if (ckpt / "best.safetensors").is_file() else None
     return state, best
@@ -247,6 +265,10 @@ def train(bundle: ModelBundle, config: TrainSettings, ctx: RunContext, *, data: 
     - ``plan(epoch)``: the batches (lists of example indices) of that epoch, a pure function of
       the epoch (default: length-grouped batches seeded by (seed, epoch)); multi-task training
       uses it to keep each batch to one task.
+
+    With several processes each rank trains on its slice of every batch
+    (``lepton.distributed.shard``): ``batch_fn`` and ``loss_fn`` get that slice's indices, and
+    ``loss_fn`` gets the DDP-wrapped model to call (read attributes from the model itself).
     """
     from transformers import get_linear_schedule_with_warmup
 
@@ -270,7 +292,9 @@ def train(bundle: ModelBundle, config: TrainSettings, ctx: RunContext, *, data: 
             total_steps = min(total_steps, config.max_steps)
     warmup = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
 
-    torch.manual_seed(ctx.seed)
+    main, world = distributed.is_main(), distributed.world_size()
+    # Rank 0 draws what one process would; the others their own dropout (and masking) streams.
+    torch.manual_seed(ctx.seed + distributed.rank())
     extras = torch.nn.ModuleList(extra) if extra else None
     model.to(device)
     model.train()
@@ -283,59 +307,83 @@ def train(bundle: ModelBundle, config: TrainSettings, ctx: RunContext, *, data: 
     stage_dir.mkdir(parents=True, exist_ok=True)
 
     state, best = TrainState(), None
-    if ctx.resume:
+    if ctx.resume:  # every rank loads rank 0's checkpoint
         loaded = _load_checkpoint(stage_dir, model, extras, optimizer, scheduler, stateful)
         if loaded is not None:
             state, best = loaded
             log.info("%s: resuming at step %d (epoch %d, batch %d)", label, state.step,
                      state.epoch + 1, state.batch_in_epoch)
-    else:
+    elif main:
         for old in stage_dir.glob("ckpt-*"):
             shutil.rmtree(old, ignore_errors=True)
         (stage_dir / "latest").unlink(missing_ok=True)
 
     params = [p for m in trained for p in m.parameters()]
+    # Its constructor broadcasts rank 0's weights: every rank starts from the same model.
+    ddp = distributed.wrap(model, device)
+    if extras is not None:
+        distributed.broadcast_module(extras)
+
+    def checkpoint() -> None:
+        rng = None
+        if world > 1:  # a collective: every rank's random streams, saved by rank 0
+            cuda = torch.cuda.get_rng_state() if device.startswith("cuda") else None
+            rng = distributed.gather_object((torch.get_rng_state(), cuda))
+        if main:
+            _save_checkpoint(stage_dir, model, extras, optimizer, scheduler, stateful, state, best,
+                             rng_ranks=rng)
 
     def run_eval() -> None:
         nonlocal best
         if evaluate is None:
             return
-        started = time.perf_counter()
-        values = {k: round(float(v), 6) for k, v in evaluate().items()}
-        model.train()
-        record = {"step": state.step, "epoch": state.epoch + 1, **values,
-                  "seconds": round(time.perf_counter() - started, 2)}
-        state.evals.append(record)
-        if _better(metric, values[metric], state.best_metric):
-            state.best_metric, state.best_step, state.bad_evals = values[metric], state.step, 0
-            if config.keep_best:
-                best = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
-        else:
-            state.bad_evals += 1
-        log.info("%s: step %d dev %s %.4f (loss %.4f)%s", label, state.step, metric, values[metric],
-                 values["loss"], " *best*" if state.best_step == state.step else "")
+        if main:
+            started = time.perf_counter()
+            values = {k: round(float(v), 6) for k, v in evaluate().items()}
+            model.train()
+            record = {"step": state.step, "epoch": state.epoch + 1, **values,
+                      "seconds": round(time.perf_counter() - started, 2)}
+            state.evals.append(record)
+            if _better(metric, values[metric], state.best_metric):
+                state.best_metric, state.best_step, state.bad_evals = values[metric], state.step, 0
+                if config.keep_best:
+                    best = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+            else:
+                state.bad_evals += 1
+            log.info("%s: step %d dev %s %.4f (loss %.4f)%s", label, state.step, metric,
+                     values[metric], values["loss"], " *best*" if state.best_step == state.step else "")
+        if world > 1:  # rank 0 decides; early stopping must end every rank at the same step
+            (state.best_metric, state.best_step, state.bad_evals, state.evals) = \
+                distributed.broadcast_object((state.best_metric, state.best_step, state.bad_evals,
+                                              state.evals))
 
     items_window, time_window = 0, time.perf_counter()
     done = state.step >= total_steps or state.stopped_early
-    with StepProgress(label, total_steps, completed=state.step, enabled=ctx.progress) as bar:
+    with StepProgress(label, total_steps, completed=state.step, enabled=ctx.progress and main) as bar:
         while not done and state.epoch < config.epochs:
             batches = plan(state.epoch)
             micro = 0
             optimizer.zero_grad(set_to_none=True)
             tick = time.perf_counter()
             for b in range(state.batch_in_epoch, len(batches)):
-                idx = batches[b]
-                batch = {k: v.to(device) for k, v in batch_fn(idx).items()}
-                loss = loss_fn(model, batch, idx)
-                if not torch.isfinite(loss):
-                    raise StageError(f"{label}: loss became {float(loss)} at step {state.step}; "
-                                     f"lower stages.{ctx.stage_index}.lr")
-                (loss / config.grad_accum).backward()
+                idx, weight = distributed.shard(batches[b])
                 micro += 1
-                state.items += len(idx)
-                items_window += len(idx)
-                if micro % config.grad_accum and b != len(batches) - 1:
+                sync = micro % config.grad_accum == 0 or b == len(batches) - 1
+                # Accumulating micro-batches skip DDP's all-reduce; the step's last one does it.
+                quiet = ddp.no_sync() if ddp is not model and not sync else contextlib.nullcontext()
+                with quiet:
+                    batch = {k: v.to(device) for k, v in batch_fn(idx).items()}
+                    loss = loss_fn(ddp, batch, idx)
+                    if not torch.isfinite(loss):
+                        raise StageError(f"{label}: loss became {float(loss)} at step {state.step}; "
+                                         f"lower stages.{ctx.stage_index}.lr")
+                    (loss * weight / config.grad_accum).backward()
+                state.items += len(batches[b])
+                items_window += len(batches[b])
+                if not sync:
                     continue
+                if extras is not None:
+                    distributed.average_gradients(extras.parameters())
                 if config.max_grad_norm is not None:
                     torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                 optimizer.step()
@@ -360,7 +408,7 @@ def train(bundle: ModelBundle, config: TrainSettings, ctx: RunContext, *, data: 
                 if state.step >= total_steps or state.stopped_early:
                     done = True
                 if state.step % config.checkpoint_every == 0 and not done:
-                    _save_checkpoint(stage_dir, model, extras, optimizer, scheduler, stateful, state, best)
+                    checkpoint()
                 if _KILL_AT_STEP and state.step == _KILL_AT_STEP:
                     # Fault injection for the resume tests: die as abruptly as a killed job does.
                     os.kill(os.getpid(), signal.SIGKILL)
@@ -375,12 +423,13 @@ def train(bundle: ModelBundle, config: TrainSettings, ctx: RunContext, *, data: 
                 state.epoch += 1
                 state.batch_in_epoch = 0
             if not done:
-                _save_checkpoint(stage_dir, model, extras, optimizer, scheduler, stateful, state, best)
+                checkpoint()
     if evaluate is not None and (not state.evals or state.evals[-1]["step"] != state.step):
         run_eval()  # the final weights are a candidate too
 
     if config.keep_best and best is not None:
         model.load_state_dict(best)
+    distributed.broadcast_module(model)  # rank 0's choice on every rank
     model.eval()
     if on_trained is not None:
         on_trained()
@@ -393,7 +442,7 @@ def train(bundle: ModelBundle, config: TrainSettings, ctx: RunContext, *, data: 
         "items_per_s": round(state.items / state.train_seconds, 2) if state.train_seconds else None,
         "selection_metric": metric, "best_metric": state.best_metric, "best_step": state.best_step,
         "stopped_early": state.stopped_early, "evals": state.evals,
-        "train_examples": len(data),
+        "train_examples": len(data), "world_size": world,
     }
     if hook_summaries:
         summary["train_hooks"] = hook_summaries
