@@ -140,3 +140,29 @@ def test_pretrain_then_finetune_in_a_recipe(tiny_model_dir: Path, tmp_path: Path
     bad = dict(recipe, stages=[{**recipe["stages"][0], "metric": "accuracy"}])
     with pytest.raises(lepton.LeptonError, match="metric can only be 'loss'"):
         parse_recipe(bad, env={})
+
+
+def test_masked_positions_loss_equals_the_full_models(tiny_model_dir: Path) -> None:
+    from transformers import AutoModelForSequenceClassification, DataCollatorForLanguageModeling
+
+    from lepton.stages.pretrain import MaskedPositionsLM, masked_lm_model
+    from lepton.tasks import TaskSpec
+
+    torch.manual_seed(0)
+    tok = load_tokenizer(str(tiny_model_dir))
+    task = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=2)
+    spec = TaskSpec(kind="sequence_classification", labels=["0", "1"], raw_labels=["0", "1"])
+    mlm, _ = masked_lm_model(ModelBundle(model=task, tokenizer=tok, task=spec), "stages.0")
+    mlm.eval()
+    enc = tok(["a quiet film about two brothers and the sea", "good"], padding=True, return_tensors="pt")
+    collator = DataCollatorForLanguageModeling(tok, mlm_probability=0.3)
+    collator.generator = torch.Generator().manual_seed(3)
+    batch = collator([{"input_ids": ids} for ids in enc["input_ids"].tolist()])
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": enc["attention_mask"],
+              "labels": batch["labels"]}
+    assert int((batch["labels"] != -100).sum()) > 0
+    full = mlm(**inputs).loss
+    fast = MaskedPositionsLM(mlm)(**inputs).loss
+    assert fast.item() == pytest.approx(full.item(), rel=1e-5)
+    fast.backward()
+    assert mlm.cls.predictions.transform.dense.weight.grad is not None
