@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/compression")
     parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     parser.add_argument("--skip-training", action="store_true", help="reuse variants already in OUT")
+    parser.add_argument("--extra", nargs="*", default=[],
+                        help="more saved models to measure in the same run (e.g. runs/imdb-domain-pretrain/model)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -100,6 +102,7 @@ def main() -> None:
             seconds[name] = time.perf_counter() - start
         models.append(folder / "model")
 
+    models += [Path(m) for m in args.extra]
     report = lepton.compare(models)
     print_table(report)
     text = to_markdown(report)
