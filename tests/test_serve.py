@@ -400,8 +400,10 @@ def test_health_readiness_model_info_and_schema(main_server, artifacts):
     assert info["name"] == "tiny-sentiment"
     assert info["task"] == "sequence_classification"
     assert info["labels"] == ["negative", "positive"] and info["pair"] is False
-    assert info["limits"] == {"max_inputs": 8, "max_chars": 200, "max_body_bytes": 4096, "max_batch": 32,
-                              "max_wait_ms": 5.0, "max_queue": 256}
+    limits = dict(info["limits"])
+    assert limits.pop("model_batch") in (1, 2, 4, 8, 16, 32)  # measured at start-up
+    assert limits == {"max_inputs": 8, "max_chars": 200, "max_body_bytes": 4096, "max_batch": 32,
+                      "max_wait_ms": 5.0, "max_queue": 256}
     assert info["scorecards"] == [{"name": "finetune", "split": "dev", "n_examples": 872,
                                    "headline": "accuracy", "value": 0.9, "ci95_low": 0.88,
                                    "ci95_high": 0.92, "latency_b1_p50_ms": 1.25, "size_mb": 0.5,
@@ -641,3 +643,25 @@ def test_a_failed_warm_up_keeps_the_server_not_ready():
         return state, batcher.state
 
     assert asyncio.run(scenario()) == ("warm-up failed", "shutting down")
+
+
+def test_model_batch_tuning_picks_the_fastest_size_per_input():
+    from types import SimpleNamespace
+
+    from lepton.serve.app import tune_model_batch
+
+    class Fake:
+        """3 ms per model call, 0.5 ms per input up to 4 inputs a call, 2 ms beyond: best at 4."""
+
+        task = SimpleNamespace(pair=False)
+
+        def predict(self, items, batch_size):
+            for start in range(0, len(items), batch_size):
+                n = len(items[start:start + batch_size])
+                time.sleep(0.003 + n * (0.0005 if batch_size <= 4 else 0.002))
+            return [None] * len(items)
+
+    found = tune_model_batch(Fake(), 32)
+    assert found["model_batch"] == 4, found
+    assert set(found["ms_per_input"]) == {"1", "2", "4", "8", "16", "32"}
+    assert tune_model_batch(Fake(), 2)["model_batch"] == 2  # never above max_batch

@@ -86,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=1,
                    help="server processes; each loads its own copy of the model (default: %(default)s)")
     s.add_argument("--max-batch", type=int, default=32, help="most inputs per model call (default: %(default)s)")
+    s.add_argument("--model-batch", type=int, default=None,
+                   help="inputs per model call within a gathered batch (default: the fastest per input, "
+                        "measured at start-up)")
     s.add_argument("--max-wait-ms", type=float, default=5.0,
                    help="how long a batch waits for more requests (default: %(default)s)")
     s.add_argument("--max-queue", type=int, default=256,
@@ -254,7 +257,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     log_level = "debug" if args.debug else "warning" if args.quiet else "info"
     settings = ServeSettings.build(
         host=args.host, port=args.port, workers=args.workers, max_batch=args.max_batch,
-        max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_inputs=args.max_inputs,
+        model_batch=args.model_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_inputs=args.max_inputs,
         max_chars=args.max_chars, max_body_bytes=args.max_body_bytes, name=args.name,
         access_log=args.access_log, log_level=log_level)
     try:

@@ -40,7 +40,10 @@ class ServeSettings(BaseModel):
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64)  # processes; each loads its own copy of the model
     name: str | None = None  # shown in /v1/model; default: the artifact's run folder name
-    max_batch: int = Field(32, ge=1, le=4096)  # inputs per model call
+    max_batch: int = Field(32, ge=1, le=4096)  # inputs gathered from concurrent requests
+    # Inputs per model call within a gathered batch (length-sorted sub-batches); None: the size
+    # with the lowest time per input, measured on this machine when the server starts.
+    model_batch: int | None = Field(None, ge=1, le=4096)
     max_wait_ms: float = Field(5.0, ge=0, le=10_000)  # how long a batch waits for company
     max_queue: int = Field(256, ge=1)  # requests waiting for a batch; beyond it: 503
     max_inputs: int = Field(64, ge=1)  # inputs in one request
