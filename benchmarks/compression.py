@@ -60,6 +60,9 @@ VARIANTS = {
                     {"kind": "finetune", "method": "lora", "epochs": 3, "lr": 1.0e-3, "batch_size": 32,
                      "lora": {"r": 8, "alpha": 16, "dropout": 0.1,
                               "target_modules": ["query", "key", "value", "dense"]}}],
+    # Full fine-tuning for as many epochs as the LoRA variants get (the baseline has 2).
+    "full-3ep": [{"model": "builtin:minilm-l6"},
+                 {"kind": "finetune", "epochs": 3, "lr": 5.0e-5, "batch_size": 32}],
     "magnitude50": [{"kind": "prune", "method": "magnitude", "sparsity": 0.5, "scope": "global"}],
     "magnitude80": [{"kind": "prune", "method": "magnitude", "sparsity": 0.8, "scope": "global"}],
 }

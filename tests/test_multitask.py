@@ -215,3 +215,22 @@ def test_server_serves_every_head(tiny_model_dir: Path, tmp_path: Path) -> None:
         assert client.post("/v1/tasks/weather/predict", json={"inputs": texts}).status_code == 404
         assert client.post("/v1/tasks/topic/predict", json={"inputs": []}).status_code == 422
         assert "/v1/tasks/topic/predict" in client.get("/openapi.json").json()["paths"]
+
+
+def test_evaluate_and_compare_measure_an_extra_head(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from lepton.cli import main
+
+    lepton.run(parse_recipe(multitask_recipe(tiny_model_dir, tmp_path)), progress=False)
+    folder = tmp_path / "out" / "model"
+    config = lepton.recipe.EvaluateConfig(**FAST_EVAL)
+    report = lepton.evaluate(folder, task="topic", config=config)
+    card = report.variants[0]
+    assert card.n_examples == 24  # the topic task's own dev set, from the recipe
+    assert card.quality.metrics["accuracy"].value >= 0.9
+    assert [c.label for c in card.quality.per_class] == ["sport", "money", "tech"]
+    main_card = lepton.evaluate(folder, config=config).variants[0]
+    assert [c.label for c in main_card.quality.per_class] == ["0", "1"]
+    with pytest.raises(RecipeError, match="task 'weather': this model predicts 'sentiment', 'topic'"):
+        lepton.evaluate(folder, task="weather", config=config)
+    assert main(["compare", str(folder), str(folder), "--task", "topic", "--limit", "8"]) == 0
+    assert main(["evaluate", str(folder), "--task", "weather"]) == 2

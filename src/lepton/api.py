@@ -272,12 +272,15 @@ def _data_config(data: DataSplitConfig | dict[str, Any] | str) -> DataSplitConfi
 
 def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | dict[str, Any] | str | None = None,
             *, text: Any = None, text_pair: Any = None, label: Any = None,
-            config: EvaluateConfig | None = None, seed: int = 0) -> Report:
+            config: EvaluateConfig | None = None, seed: int = 0, task: str | None = None) -> Report:
     """Measure saved Lepton models side by side with the run harness; the first is the baseline.
 
     ``data`` defaults to the evaluation split of the first model's recipe. Columns default to
-    those of the recipe the first model was trained with.
+    those of the recipe the first model was trained with. ``task``: which task of multi-task
+    models to measure (default: the main one); its data and columns default to that task's.
     """
+    from lepton.heads import head_bundle, task_recipe
+
     from lepton.evaluation.environment import fingerprint, same_machine
     from lepton.evaluation.harness import Variant, evaluate_variants
 
@@ -286,9 +289,10 @@ def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | di
     paths = [Path(m) for m in models]
     manifests = [read_manifest(p) for p in paths]  # verifies every checksum first
     recipe0 = manifests[0].get("recipe") or {}
+    task0, data0 = task_recipe(recipe0, task)
     if data is None:
         split_name = (recipe0.get("evaluate") or {}).get("split", "dev")
-        data = (recipe0.get("data") or {}).get(split_name)
+        data = data0.get(split_name) or (data0.get("dev") if task is not None else None)
         if data is None:
             raise RecipeError(f"{paths[0]}: its recipe has no data.{split_name}; pass --data")
     data_cfg = _data_config(data)
@@ -297,7 +301,10 @@ def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | di
     taken: set[str] = set()
     variants = []
     for path, manifest in zip(paths, manifests):
-        bundle = load_bundle(path, verify=False)
+        try:
+            bundle = head_bundle(load_bundle(path, verify=False), task)
+        except LeptonError as err:
+            raise RecipeError(f"{path}: {err}") from None
         variants.append(Variant(name=_variant_name(path, taken), stage_path=[r.name for r in bundle.history],
                                 bundle=bundle, folder=path))
     kinds = {v.bundle.task.kind for v in variants}
@@ -308,7 +315,7 @@ def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | di
         if v.bundle.task.labels != spec.labels:
             raise RecipeError(f"compare: {v.name} has labels {v.bundle.task.labels}, "
                               f"{variants[0].name} has {spec.labels}")
-    trained = recipe0.get("task") or {"kind": spec.kind}
+    trained = task0 or {"kind": spec.kind}
     overrides = {k: v for k, v in (("text", text), ("text_pair", text_pair), ("label", label)) if v is not None}
     try:
         task_cfg = TaskConfig.model_validate({**trained, **overrides})
@@ -337,9 +344,10 @@ def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | di
 
 def evaluate(model: str | os.PathLike[str], data: DataSplitConfig | dict[str, Any] | str | None = None, *,
              text: Any = None, text_pair: Any = None, label: Any = None,
-             config: EvaluateConfig | None = None, seed: int = 0) -> Report:
+             config: EvaluateConfig | None = None, seed: int = 0, task: str | None = None) -> Report:
     """Evaluate one saved Lepton model with the same harness as ``run`` (see ``compare``)."""
-    return compare([model], data, text=text, text_pair=text_pair, label=label, config=config, seed=seed)
+    return compare([model], data, text=text, text_pair=text_pair, label=label, config=config, seed=seed,
+                   task=task)
 
 
 __all__ = ["run", "evaluate", "compare", "LeptonError"]

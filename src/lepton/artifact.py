@@ -249,18 +249,12 @@ class Predictor:
 
     def head(self, task: str | None) -> Predictor:
         """The predictor of one task of a multi-task model (None: the main task)."""
+        from lepton.heads import head_bundle
+
         if task is None or task == self.bundle.main_task:
             return self
-        if task not in self.bundle.heads:
-            raise LeptonError(f"task {task!r}: this model predicts {', '.join(repr(t) for t in self.tasks)}")
         if task not in self._heads:
-            from lepton.heads import bind
-
-            head = self.bundle.heads[task]
-            sub = ModelBundle(model=bind(head.model, self.bundle.model), tokenizer=self.bundle.tokenizer,
-                              task=head.task, runtime=self.bundle.runtime, source=self.bundle.source,
-                              main_task=task)
-            self._heads[task] = Predictor(sub, self.manifest)
+            self._heads[task] = Predictor(head_bundle(self.bundle, task), self.manifest)
         return self._heads[task]
 
     @property

@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int)
     e.add_argument("--no-header", action="store_true", help="tsv/csv file without a header row")
     e.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes to time")
+    e.add_argument("--task", help="a multi-task model's task to measure (default: the main one)")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
 
     c = add("compare", "measure saved models side by side (the first is the baseline); gate on the result")
@@ -73,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="fail when a variant's METRIC is more than POINTS (percentage points) below "
                         "the baseline, e.g. accuracy=1.0 (repeatable)")
     c.add_argument("--min-speedup", type=float, help="fail when a variant's batch-1 speed-up is below this")
+    c.add_argument("--task", help="the task of multi-task models to measure (default: the main one)")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
 
     i = add("info", "show a saved model's task, stages, scorecards and file checks")
@@ -171,7 +173,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         data = {k: v for k, v in data.items() if v is not None}
     report = evaluate(args.model, data,
                       text=_column(args.text), text_pair=_column(args.text_pair), label=_column(args.label),
-                      config=EvaluateConfig(batch_sizes=sizes))
+                      config=EvaluateConfig(batch_sizes=sizes), task=args.task)
     if args.json:
         print(report.model_dump_json(indent=2))
     else:
@@ -215,9 +217,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if data is None and args.limit:
         from lepton.artifact import read_manifest
 
+        from lepton.heads import task_recipe
+
         recipe = read_manifest(args.models[0]).get("recipe") or {}
-        data = dict((recipe.get("data") or {}).get("dev") or {}, limit=args.limit) or None
-    report = compare(args.models, {k: v for k, v in data.items() if v is not None} if data else None)
+        data = dict(task_recipe(recipe, args.task)[1].get("dev") or {}, limit=args.limit) or None
+    report = compare(args.models, {k: v for k, v in data.items() if v is not None} if data else None,
+                     task=args.task)
     if args.json:
         print(report.model_dump_json(indent=2))
     else:

@@ -33,6 +33,39 @@ class Head:
     model: Any  # a transformers task model; its encoder is the main model's (see ``bind``)
 
 
+def head_bundle(bundle: Any, name: str | None) -> Any:
+    """The bundle of one task of a multi-task model (None or the main task's name: ``bundle``)."""
+    from lepton.bundle import ModelBundle
+    from lepton.errors import LeptonError
+
+    if name is None or name == bundle.main_task:
+        return bundle
+    if name not in bundle.heads:
+        tasks = ", ".join(repr(t) for t in [bundle.main_task, *bundle.heads])
+        raise LeptonError(f"task {name!r}: this model predicts {tasks}")
+    head = bundle.heads[name]
+    return ModelBundle(model=bind(head.model, bundle.model), tokenizer=bundle.tokenizer, task=head.task,
+                       runtime=bundle.runtime, source=bundle.source, history=bundle.history,
+                       main_task=name)
+
+
+def task_recipe(recipe: dict[str, Any], name: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(task section, data section) of task ``name`` in a resolved recipe: the recipe's own, or
+    the ``tasks`` entry of the multitask stage that added it."""
+    own = (recipe.get("task") or {}, recipe.get("data") or {})
+    if name is None:
+        return own
+    for stage in recipe.get("stages") or []:
+        if stage.get("kind") != "multitask":
+            continue
+        if name == stage.get("main", "main"):
+            return own
+        extra = (stage.get("tasks") or {}).get(name)
+        if extra is not None:
+            return extra.get("task") or {}, extra.get("data") or {}
+    return own
+
+
 def check_name(name: str, where: str) -> None:
     if not _NAME.match(name):
         raise StageError(f"{where}: task name {name!r} must be 1-64 letters, digits, '_', '.' or '-', "

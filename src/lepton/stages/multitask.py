@@ -42,7 +42,16 @@ from lepton.errors import StageError
 from lepton.heads import Head, check_name, make_head
 from lepton.stages import register
 from lepton.stages.training import TrainSettings, evaluate_dev, train
-from lepton.tasks import Encoded, TaskConfig, TaskSpec, build_task, collate, encode, label_ids, train_batches
+from lepton.tasks import (
+    Encoded,
+    TaskConfig,
+    TaskSpec,
+    build_task,
+    collate,
+    encode,
+    label_ids,
+    train_batches,
+)
 
 log = logging.getLogger(__name__)
 
