@@ -150,3 +150,23 @@ def test_launched_processes_see_their_rank_and_world(tmp_path: Path) -> None:
     assert launch([], 3, program=(*FAKE[:2], FAKE[2].format(body))) == 0
     assert [(tmp_path / str(r)).read_text() for r in range(3)] == \
         [f"{r} {r} 3 127.0.0.1" for r in range(3)]
+
+
+def test_multitask_in_two_processes_matches_one(still_model: Path, tmp_path: Path) -> None:
+    """Task-homogeneous batches, one head used per batch (DDP must tolerate the idle heads)."""
+    from tests.test_multitask import multitask_recipe
+
+    recipe = multitask_recipe(still_model, tmp_path, epochs=1, batch_size=6)
+    recipe["evaluate"].update(memory=False, robustness=False)
+    lepton.run(parse_recipe(recipe, env={}), out_dir=tmp_path / "one", progress=False)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    two = subprocess.run([sys.executable, "-m", "lepton", "run", str(path), "--nproc", "2",
+                          "-o", str(tmp_path / "two"), "--no-progress"],
+                         check=False, capture_output=True, text=True, env=_env(), timeout=300)
+    assert two.returncode == 0, two.stderr
+    for rel in ("model/model.safetensors", "model/heads/topic.safetensors"):
+        a, b = load_file(str(tmp_path / "one" / rel)), load_file(str(tmp_path / "two" / rel))
+        assert a.keys() == b.keys()
+        worst = max(float((a[k] - b[k]).abs().max()) for k in a)
+        assert worst < 1e-4, (rel, worst)
