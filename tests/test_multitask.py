@@ -103,6 +103,9 @@ def test_multitask_run_trains_both_heads_and_the_artifact_predicts_each(tiny_mod
     head_weights = load_file(str(folder / manifest["heads"]["topic"]["file"]))
     assert not any(k.startswith("bert.") for k in head_weights)  # the encoder is stored once
     assert "heads/topic.safetensors" in manifest["files"]
+    card = (folder / "README.md").read_text()
+    assert "## Tasks" in card and "| `topic` | sequence_classification | sport, money, tech | accuracy" in card
+    assert 'model.predict(texts, task="topic")' in card
 
     model = lepton.load(folder)
     assert model.tasks == ["sentiment", "topic"]

@@ -231,7 +231,8 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
                         stages=[r.model_dump() for r in bundle.history])
         from lepton.model_card import model_card  # model card (README.md)
         manifest_like = {"history": [r.model_dump() for r in bundle.history], "source_model": recipe.model,
-                         "recipe": recipe.resolved_dict()}
+                         "recipe": recipe.resolved_dict(), "main_task": bundle.main_task,
+                         "heads": {n: {"task": h.task.model_dump()} for n, h in bundle.heads.items()}}
         save_artifact(bundle, out / "model", recipe=recipe.resolved_dict(),
                       scorecards=[c.model_dump(mode="json") for c in cards],
                       model_card=model_card(report, manifest_like),

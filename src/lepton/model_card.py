@@ -146,6 +146,27 @@ def model_card(report: Report, manifest: dict[str, Any]) -> str:
     if labels:
         lines += [f"Labels ({len(labels)}): " + ", ".join(f"`{_cell(label)}`" for label in labels) + ".", ""]
 
+    heads = manifest.get("heads") or {}
+    if heads:  # a multi-task model: one encoder, a head per task
+        main = str(manifest.get("main_task") or "main")
+        scores: dict[str, Any] = {}
+        for record in manifest.get("history") or []:
+            if record.get("kind") == "multitask":
+                scores = (record.get("summary") or {}).get("dev") or {}
+        lines += ["## Tasks", "", "One shared encoder with a head per task. Dev scores were measured right after "
+                  "multi-task training, each on the task's own dev set.", "",
+                  "| task | kind | labels | headline on its dev set [95% CI] |", "|---|---|---|---|"]
+        for task_name, task_kind, task_labels in [(main, kind, labels), *(
+                (n, (h.get("task") or {}).get("kind"), (h.get("task") or {}).get("labels") or [])
+                for n, h in heads.items())]:
+            got = scores.get(task_name) or {}
+            head_metric = "accuracy" if task_kind == "sequence_classification" else "entity_f1"
+            m = got.get(head_metric)
+            shown = f"{head_metric} {m['value']:.4f} [{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}]" if m else "-"
+            lines.append(f"| `{_cell(task_name)}`{' (main)' if task_name == main else ''} | {_cell(task_kind)} | "
+                         f"{_cell(', '.join(task_labels or []))} | {shown} |")
+        lines.append("")
+
     history = manifest.get("history") or []
     lines += ["## How it was made", ""]
     if history:
@@ -185,6 +206,10 @@ def model_card(report: Report, manifest: dict[str, Any]) -> str:
               "```python", "import lepton", "", 'model = lepton.load("path/to/model")',
               'print(model.predict("' + ("A delightful, sharp film." if pipeline == "text-classification"
                                          else "Angela Merkel visited Paris.") + '"))', "```", ""]
+    if heads:
+        first = next(iter(heads))
+        lines += [f'Another task: `model.predict(texts, task="{_cell(first)}")`; `lepton serve` answers it at '
+                  f"`POST /v1/tasks/{_cell(first)}/predict`. Plain transformers loads the main task only.", ""]
     if manifest.get("loads_in_transformers", True):
         lines += ["With plain transformers:", "", "```python", "from transformers import pipeline", "",
                   f'clf = pipeline("{pipeline}", model="path/to/model"'
