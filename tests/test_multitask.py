@@ -162,10 +162,6 @@ def test_recipe_errors_name_the_key(tiny_model_dir: Path, tmp_path: Path) -> Non
     tree["stages"][0]["tasks"]["topic"]["task"]["lables"] = ["a"]
     with pytest.raises(RecipeError, match="stages.0.tasks.topic.task.lables"):
         parse_recipe(tree)
-    tree = multitask_recipe(tiny_model_dir, tmp_path)
-    tree["stages"].append({"kind": "export"})
-    with pytest.raises(RecipeError, match=r"stages.1 \(export\).*ONNX"):
-        parse_recipe(tree)
     tree = multitask_recipe(tiny_model_dir, tmp_path, main="topic")
     with pytest.raises(LeptonError, match="stages.0.tasks.topic"):
         lepton.run(parse_recipe(tree), progress=False)
@@ -237,3 +233,35 @@ def test_evaluate_and_compare_measure_an_extra_head(tiny_model_dir: Path, tmp_pa
         lepton.evaluate(folder, task="weather", config=config)
     assert main(["compare", str(folder), str(folder), "--task", "topic", "--limit", "8"]) == 0
     assert main(["evaluate", str(folder), "--task", "weather"]) == 2
+
+
+def test_export_and_quantize_keep_every_head_in_one_graph(tiny_model_dir: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    tree = multitask_recipe(tiny_model_dir, tmp_path)
+    torch_run = lepton.run(parse_recipe(tree), out_dir=tmp_path / "torch", progress=False)
+    assert torch_run.variants[-1].quality.metrics["accuracy"].value >= 0.9
+    tree["stages"] += [{"kind": "export", "atol": 1e-3}, {"kind": "quantize", "method": "dynamic_int8"}]
+    report = lepton.run(parse_recipe(tree), out_dir=tmp_path / "onnx", progress=False)
+    export = report.stages[1]["summary"]
+    assert export["heads_parity"]["topic"]["max_abs_diff"] < 1e-3
+    assert export["heads_parity"]["topic"]["agreement"] == 1.0
+
+    folder = tmp_path / "onnx" / "model"
+    manifest = json.loads((folder / "lepton.json").read_text())
+    assert manifest["format"] == "onnx"
+    assert manifest["heads"]["topic"]["output"] == "logits.topic"
+    graph = onnx.load(str(folder / "model.onnx")).graph
+    assert [o.name for o in graph.output] == ["logits", "logits.topic"]
+    # One encoder in the graph: as many attention blocks as the model has layers.
+    assert sum(node.op_type in ("Attention", "QAttention", "Softmax") for node in graph.node) == 2
+
+    onnx_model, torch_model = lepton.load(folder), lepton.load(tmp_path / "torch" / "model")
+    texts = ["goal match news", "bank stock today", "chip robot report", "great lovely movie"]
+    for task in ("sentiment", "topic"):
+        got = [p["label"] for p in onnx_model.predict(texts, task=task)]
+        assert got == [p["label"] for p in torch_model.predict(texts, task=task)], task
+    card = lepton.evaluate(folder, task="topic", config=lepton.recipe.EvaluateConfig(**FAST_EVAL)).variants[0]
+    assert card.efficiency.runtime == "onnxruntime"
+    assert card.quality.metrics["accuracy"].value >= 0.9

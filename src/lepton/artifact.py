@@ -48,7 +48,7 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
             from lepton.heads import save_heads
 
             extra = {**extra, "main_task": bundle.main_task,
-                     "heads": save_heads(bundle.heads, bundle.model, tmp)}
+                     "heads": save_heads(bundle.heads, bundle.model, tmp, bundle.runtime)}
         bundle.tokenizer.save_pretrained(tmp)
         if model_card is not None:  # model card: before the checksums, so they cover it
             (tmp / "README.md").write_text(model_card, encoding="utf-8")
@@ -168,9 +168,12 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, device: st
     if manifest.get("heads"):
         from lepton.heads import load_heads
 
+        heads = load_heads(manifest["heads"], model, folder, "onnxruntime" if weights_format == "onnx" else "torch")
         if weights_format == "onnx":
-            raise ArtifactError(f"{folder / MANIFEST}: lists extra task heads, which ONNX models do not carry")
-        heads = load_heads(manifest["heads"], model, folder)
+            outputs = {o.name for o in model.session().get_outputs()}
+            missing = [n for n in heads if f"logits.{n}" not in outputs]
+            if missing:
+                raise ArtifactError(f"{folder / 'model.onnx'}: has no output for head {missing[0]!r}")
     return ModelBundle(model=model, tokenizer=load_tokenizer(str(folder)), task=task,
                        runtime=runtime, source=manifest.get("source_model", ""),
                        history=[StageRecord.model_validate(r) for r in manifest.get("history", [])],

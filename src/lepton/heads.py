@@ -30,7 +30,9 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 @dataclass
 class Head:
     task: TaskSpec
-    model: Any  # a transformers task model; its encoder is the main model's (see ``bind``)
+    # A transformers task model whose encoder is the main model's (see ``bind``); None once the
+    # model runs on ONNX Runtime, where the head is an output of the main graph.
+    model: Any
 
 
 def head_bundle(bundle: Any, name: str | None) -> Any:
@@ -44,7 +46,10 @@ def head_bundle(bundle: Any, name: str | None) -> Any:
         tasks = ", ".join(repr(t) for t in [bundle.main_task, *bundle.heads])
         raise LeptonError(f"task {name!r}: this model predicts {tasks}")
     head = bundle.heads[name]
-    return ModelBundle(model=bind(head.model, bundle.model), tokenizer=bundle.tokenizer, task=head.task,
+    # PyTorch: the head's model on the main model's encoder; ONNX Runtime: the same graph read
+    # at the head's output (an exported multi-task model computes every head in one pass).
+    model = bundle.model.head(name) if bundle.runtime == "onnxruntime" else bind(head.model, bundle.model)
+    return ModelBundle(model=model, tokenizer=bundle.tokenizer, task=head.task,
                        runtime=bundle.runtime, source=bundle.source, history=bundle.history,
                        main_task=name)
 
@@ -118,12 +123,15 @@ def head_state(head: Any) -> dict[str, Any]:
     return {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items() if not k.startswith(prefix)}
 
 
-def save_heads(heads: dict[str, Head], main: Any, folder: Path) -> dict[str, Any]:
-    """Write each head's weights; returns the manifest entry (name -> task and file)."""
+def save_heads(heads: dict[str, Head], main: Any, folder: Path, runtime: str = "torch") -> dict[str, Any]:
+    """Write each head's weights; returns the manifest entry (name -> task and file). ONNX: the
+    heads are outputs of ``model.onnx`` (name -> task and output)."""
     from safetensors.torch import save_file
 
     if not heads:
         return {}
+    if runtime == "onnxruntime":
+        return {name: {"task": head.task.model_dump(), "output": f"logits.{name}"} for name, head in heads.items()}
     (folder / HEADS_DIR).mkdir(exist_ok=True)
     entry = {}
     for name, head in heads.items():
@@ -134,8 +142,9 @@ def save_heads(heads: dict[str, Head], main: Any, folder: Path) -> dict[str, Any
     return entry
 
 
-def load_heads(entry: Any, main: Any, folder: Path) -> dict[str, Head]:
-    """The heads a manifest lists, rebuilt on ``main``'s encoder, weights loaded strictly."""
+def load_heads(entry: Any, main: Any, folder: Path, runtime: str = "torch") -> dict[str, Head]:
+    """The heads a manifest lists, rebuilt on ``main``'s encoder, weights loaded strictly (ONNX:
+    outputs of the main graph)."""
     from pydantic import ValidationError
     from safetensors.torch import load_file
 
@@ -148,6 +157,11 @@ def load_heads(entry: Any, main: Any, folder: Path) -> dict[str, Head]:
     for name, item in entry.items():
         try:
             task = TaskSpec.model_validate(item["task"])
+            if runtime == "onnxruntime":
+                if item["output"] != f"logits.{name}":
+                    raise KeyError(name)
+                heads[name] = Head(task=task, model=None)
+                continue
             path = folder / item["file"]
         except (KeyError, TypeError, ValidationError):
             raise ArtifactError(f"{where}.{name} is malformed") from None

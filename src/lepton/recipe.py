@@ -101,18 +101,6 @@ class Recipe(StrictModel):
             runtime = getattr(stage, "produces_runtime", None) or runtime
         return self
 
-    @model_validator(mode="after")
-    def _heads_stay_in_torch(self) -> Recipe:
-        for i, stage in enumerate(self.stages):
-            if stage.kind != "multitask":
-                continue
-            for j, later in enumerate(self.stages[i + 1:], start=i + 1):
-                if later.kind == "export":
-                    raise ValueError(f"stages.{j} (export): the extra task heads of stages.{i} (multitask) "
-                                     "cannot go to ONNX yet; export a single-task model, or leave the "
-                                     "multi-task model in PyTorch")
-        return self
-
     def stage_names(self) -> list[str]:
         """Each stage's name in reports: ``name``, else its kind; a repeat gets ``-<index>``."""
         names: list[str] = []

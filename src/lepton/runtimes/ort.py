@@ -17,6 +17,7 @@ on the next call.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import io
 import logging
@@ -72,6 +73,13 @@ class OnnxModel:
     config: Any  # transformers PretrainedConfig of the exported model
     info: dict[str, Any] = field(default_factory=dict)  # export/quantize records; see stages
     _sessions: dict[int, Any] = field(default_factory=dict, repr=False, compare=False)
+    # The graph output this model's predictions come from: "logits", or "logits.<task>" for an
+    # extra head of a multi-task model (a view sharing the file and the sessions: ``head``).
+    output: str = "logits"
+
+    def head(self, name: str) -> OnnxModel:
+        """The same graph read at the output of task ``name``'s head."""
+        return dataclasses.replace(self, output=f"logits.{name}")
 
     def save_pretrained(self, folder: str | Path, **_: Any) -> None:
         """Write ``model.onnx`` and ``config.json`` (the signature mirrors transformers')."""
@@ -158,7 +166,7 @@ class OrtRuntime:
                     raise KeyError(f"the ONNX model needs input {name!r}")
                 value = np.zeros_like(_as_int64(batch["input_ids"]))
             feed[name] = _as_int64(value)
-        return np.asarray(session.run(["logits"], feed)[0], dtype=np.float32)
+        return np.asarray(session.run([self.model.output], feed)[0], dtype=np.float32)
 
     def parameter_counts(self) -> tuple[int, int]:
         if self._counts is None:

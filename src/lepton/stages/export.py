@@ -113,32 +113,76 @@ def compare_logits(reference: Any, candidate: Any, batches: list[dict[str, torch
 # ------------------------------------------------------------------- export
 
 
-class _LogitsOnly(torch.nn.Module):
-    """Positional inputs in a fixed order -> logits (what the exported graph computes)."""
+class _Computed(torch.nn.Module):
+    """Stands in for an encoder whose outputs are already computed (see ``_LogitsOnly``)."""
 
-    def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
+    def __init__(self) -> None:
+        super().__init__()
+        self.outputs: Any = None
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        return self.outputs
+
+
+class _LogitsOnly(torch.nn.Module):
+    """Positional inputs in a fixed order -> logits (what the exported graph computes).
+
+    With extra heads (a multi-task model) the encoder runs once and every head reads its outputs:
+    each task model is called with its encoder swapped for ``_Computed``, so the graph holds one
+    encoder and one small head per task, with outputs ``logits`` and ``logits.<task>``.
+    """
+
+    def __init__(self, model: torch.nn.Module, names: list[str], heads: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.model, self.names = model, names
+        self.heads = torch.nn.ModuleDict(heads or {})
 
-    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.names, inputs))).logits
+    def forward(self, *inputs: torch.Tensor) -> Any:
+        kwargs = dict(zip(self.names, inputs))
+        if not len(self.heads):
+            return self.model(**kwargs).logits
+        prefix = self.model.base_model_prefix
+        encoder = getattr(self.model, prefix)
+        computed = _Computed()
+        computed.outputs = encoder(**kwargs)
+        logits = []
+        for task_model in [self.model, *self.heads.values()]:
+            own = getattr(task_model, prefix)
+            setattr(task_model, prefix, computed)
+            try:
+                logits.append(task_model(**kwargs).logits)
+            finally:
+                setattr(task_model, prefix, own)
+        return tuple(logits)
 
 
 def export_onnx(model: torch.nn.Module, example: dict[str, torch.Tensor], path: Path, *, opset: int,
-                token_level: bool) -> list[str]:
-    """Trace ``model`` (float, CPU) to ``path``; returns the graph's input names."""
+                token_level: bool, heads: dict[str, Any] | None = None) -> list[str]:
+    """Trace ``model`` (float, CPU) to ``path``; returns the graph's input names. ``heads``:
+    name -> (task model sharing ``model``'s encoder, token level?) for extra outputs."""
+    from lepton.heads import bind
+
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in example]
-    model = copy.deepcopy(model).cpu().float().eval()
+    heads = heads or {}
+    # One deep copy of everything, so the heads keep sharing the copied encoder.
+    model, head_models = copy.deepcopy((model, {n: bind(m, model) for n, (m, _) in heads.items()}))
+    model = model.cpu().float().eval()
+    for m in head_models.values():
+        m.cpu().float().eval()
     if hasattr(model, "set_attn_implementation"):
         model.set_attn_implementation("eager")
     axes = {n: {0: "batch", 1: "sequence"} for n in names}
     axes["logits"] = {0: "batch", 1: "sequence"} if token_level else {0: "batch"}
+    outputs = ["logits"]
+    for name, (_, head_token_level) in heads.items():
+        outputs.append(f"logits.{name}")
+        axes[f"logits.{name}"] = {0: "batch", 1: "sequence"} if head_token_level else {0: "batch"}
     with warnings.catch_warnings(), torch.no_grad():
         # The TorchScript exporter's deprecation notice and tracer warnings about Python-side
         # shape checks (constant for an encoder: key length == mask length) are expected here.
         warnings.simplefilter("ignore")
-        torch.onnx.export(_LogitsOnly(model, names), tuple(example[n] for n in names), str(path),
-                          input_names=names, output_names=["logits"], dynamic_axes=axes,
+        torch.onnx.export(_LogitsOnly(model, names, head_models), tuple(example[n] for n in names), str(path),
+                          input_names=names, output_names=outputs, dynamic_axes=axes,
                           opset_version=opset, do_constant_folding=True, dynamo=False)
     return names
 
@@ -206,8 +250,9 @@ def export(bundle: ModelBundle, config: ExportConfig, ctx: RunContext) -> ModelB
 
     t0 = time.perf_counter()
     raw = folder / "unfused.onnx"
+    heads = {name: (head.model, head.task.kind == "token_classification") for name, head in bundle.heads.items()}
     names = export_onnx(model, example, raw, opset=config.opset,
-                        token_level=bundle.task.kind == "token_classification")
+                        token_level=bundle.task.kind == "token_classification", heads=heads)
     export_s = time.perf_counter() - t0
     summary: dict[str, Any] = {"format": "onnx", "exporter": EXPORTER, "opset": config.opset,
                                "inputs": names, "export_seconds": round(export_s, 2)}
@@ -233,11 +278,20 @@ def export(bundle: ModelBundle, config: ExportConfig, ctx: RunContext) -> ModelB
             # In memory only (a machine-local path): the unfused graph, for static quantization.
             "unfused_path": str(raw)}
     onnx_model = OnnxModel(path=path, config=copy.deepcopy(model.config), info=info)
+    from lepton.heads import Head, head_bundle
+
     candidate = ModelBundle(model=onnx_model, tokenizer=bundle.tokenizer, task=bundle.task,
                             runtime="onnxruntime", source=bundle.source, history=bundle.history,
-                            train_hooks=bundle.train_hooks)
+                            train_hooks=bundle.train_hooks, main_task=bundle.main_task,
+                            heads={n: Head(task=h.task, model=None) for n, h in bundle.heads.items()})
     check = compare_logits(for_bundle(bundle), OrtRuntime(candidate), batches)
     summary["parity"] = {"split": split_name, "atol": config.atol, **check}
+    for name in bundle.heads:  # every head's output against its PyTorch model, same inputs
+        head_check = compare_logits(for_bundle(head_bundle(bundle, name)),
+                                    OrtRuntime(head_bundle(candidate, name)), batches)
+        summary.setdefault("heads_parity", {})[name] = head_check
+        if head_check["max_abs_diff"] > check["max_abs_diff"]:
+            check = {**head_check, "head": name}  # the worst output decides the parity check
     summary["size_mb"] = round(path.stat().st_size / 1e6, 3)
     ctx.stage_summary = summary
     log.info("export: %s, max |logit diff| %.2e on %d %s inputs, %.1f%% same predictions",

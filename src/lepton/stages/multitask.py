@@ -22,7 +22,8 @@ pure function of (seed, epoch), so ``--resume`` replays it exactly.
 Model selection uses the mean of every task's selection metric on its own dev set. At the end
 each task is scored on its dev set with bootstrap CIs (in the stage summary). The artifact holds
 every head: ``lepton.load(path).predict(texts, task="agnews")``. The run's evaluation harness
-measures the main task; ONNX export of extra heads is not supported yet (the recipe refuses it).
+measures the main task (``lepton evaluate MODEL --task NAME`` measures another). ``export`` puts
+every head in one ONNX graph (one encoder pass, an output per head), which ``quantize`` keeps.
 """
 
 from __future__ import annotations

@@ -426,7 +426,8 @@ def quantize(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext) -> Mo
         else:
             model, details = _ort_quantize(bundle, config, ctx, folder, where, skip, file)
         return ModelBundle(model=model, tokenizer=bundle.tokenizer, task=bundle.task, runtime=bundle.runtime,
-                           source=bundle.source, history=bundle.history, train_hooks=bundle.train_hooks), details
+                           source=bundle.source, history=bundle.history, train_hooks=bundle.train_hooks,
+                           heads=bundle.heads, main_task=bundle.main_task), details
 
     t0 = time.perf_counter()
     result, details = quantize_once()
