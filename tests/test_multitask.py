@@ -265,3 +265,20 @@ def test_export_and_quantize_keep_every_head_in_one_graph(tiny_model_dir: Path, 
     card = lepton.evaluate(folder, task="topic", config=lepton.recipe.EvaluateConfig(**FAST_EVAL)).variants[0]
     assert card.efficiency.runtime == "onnxruntime"
     assert card.quality.metrics["accuracy"].value >= 0.9
+
+
+def test_a_recipe_can_start_from_a_saved_multitask_model(tiny_model_dir: Path, tmp_path: Path) -> None:
+    lepton.run(parse_recipe(multitask_recipe(tiny_model_dir, tmp_path, epochs=1)), progress=False)
+    first = lepton.load(tmp_path / "out" / "model")
+    tree = multitask_recipe(tiny_model_dir, tmp_path)
+    tree["model"] = str(tmp_path / "out" / "model")
+    tree["stages"] = [{"kind": "drop_layers", "strategy": "bottom", "layers": 1}]
+    tree["output"] = {"dir": str(tmp_path / "second")}
+    lepton.run(parse_recipe(tree), progress=False)
+    second = lepton.load(tmp_path / "second" / "model")
+    assert second.tasks == ["sentiment", "topic"]
+    assert len(second.bundle.heads["topic"].model.bert.encoder.layer) == 1
+    # The head came along unchanged (only the encoder lost a layer).
+    a = first.bundle.heads["topic"].model.classifier.weight
+    b = second.bundle.heads["topic"].model.classifier.weight
+    assert torch.equal(a, b)

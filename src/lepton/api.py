@@ -55,6 +55,20 @@ def load_splits(recipe: Recipe) -> dict[str, Split]:
     return splits
 
 
+def _saved_lepton_model(location: str, task: TaskSpec, device: str) -> ModelBundle | None:
+    """A saved PyTorch Lepton model at ``location`` with this task's labels, loaded whole (pruned
+    layer sizes and extra task heads included); None for anything else (a new head is made)."""
+    from lepton.artifact import MANIFEST
+
+    folder = Path(location)
+    if not (folder / MANIFEST).is_file():
+        return None
+    saved = load_bundle(folder, device=device)
+    if saved.runtime != "torch" or saved.task.kind != task.kind or saved.task.labels != task.labels:
+        return None
+    return saved
+
+
 def _stage_names(recipe: Recipe) -> list[str]:
     return recipe.stage_names()
 
@@ -126,9 +140,14 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
         location = resolve_model(recipe.model)
         tokenizer = load_tokenizer(location, trust_remote_code=recipe.trust_remote_code)
         torch.manual_seed(recipe.seed)  # the new task head's initial weights
-        model = load_for_task(location, kind=task.kind, labels=task.labels,
-                              trust_remote_code=recipe.trust_remote_code).to(device)
-        bundle = ModelBundle(model=model, tokenizer=tokenizer, task=task, source=recipe.model)
+        saved = _saved_lepton_model(location, task, device)
+        if saved is not None:  # a Lepton artifact for this task: its structure and heads carry on
+            bundle = ModelBundle(model=saved.model, tokenizer=tokenizer, task=task, source=recipe.model,
+                                 heads=saved.heads, main_task=saved.main_task)
+        else:
+            model = load_for_task(location, kind=task.kind, labels=task.labels,
+                                  trust_remote_code=recipe.trust_remote_code).to(device)
+            bundle = ModelBundle(model=model, tokenizer=tokenizer, task=task, source=recipe.model)
         log.info("model %s on %s: %d labels %s", recipe.model, device, task.num_labels, task.labels)
 
         variants: list[Variant] = []
