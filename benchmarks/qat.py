@@ -30,8 +30,8 @@ import numpy as np
 
 import lepton
 from lepton.api import compare
-from lepton.artifact import load_bundle, now_iso, save_artifact
-from lepton.bundle import ModelBundle, RunContext, StageRecord
+from lepton.artifact import load_bundle, save_artifact
+from lepton.bundle import RunContext
 from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.evaluation.environment import describe, fingerprint, int8_fast
 from lepton.evaluation.harness import predict_logits
@@ -39,26 +39,12 @@ from lepton.evaluation.quality import paired_bootstrap
 from lepton.recipe import EvaluateConfig
 from lepton.report import print_table, to_markdown
 from lepton.runtimes import for_bundle
-from lepton.stages import configs, handler_for
 from lepton.tasks import encode, label_ids
+from quantization import stage  # one stage at a time, recorded in the history (benchmarks/ is on sys.path)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sst2"
 log = logging.getLogger("benchmark")
-
-
-def stage(bundle: ModelBundle, ctx: RunContext, name: str, **settings: Any) -> ModelBundle:
-    config = configs.get(settings["kind"]).model_validate(settings)
-    ctx.stage_dir = ctx.work_dir / name
-    ctx.stage_summary = {}
-    started, t0 = now_iso(), time.perf_counter()
-    out = handler_for(config)(bundle, config, ctx)
-    record = StageRecord(index=len(bundle.history), kind=config.kind, name=name,
-                         settings=config.model_dump(mode="json"), started=started,
-                         seconds=round(time.perf_counter() - t0, 2), summary=ctx.stage_summary)
-    out.history = [*bundle.history, record]
-    log.info("%s: %.0f s; %s", name, record.seconds, json.dumps(ctx.stage_summary, default=str)[:600])
-    return out
 
 
 def build(baseline: Path, out: Path, splits: dict, lr: float) -> dict[str, float]:

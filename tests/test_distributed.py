@@ -49,15 +49,20 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
+def _run_in_two_processes(recipe: dict, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`lepton run RECIPE --nproc 2 -o TMP/two` in a child process."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return subprocess.run([sys.executable, "-m", "lepton", "run", str(path), "--nproc", "2",
+                           "-o", str(tmp_path / "two"), "--no-progress"],
+                          check=False, capture_output=True, text=True, env=_env(), timeout=300)
+
+
 def test_two_processes_train_what_one_trains(still_model: Path, tmp_path: Path) -> None:
     recipe = _recipe(still_model, tmp_path)
     one = lepton.run(parse_recipe(recipe, env={}), out_dir=tmp_path / "one", progress=False)
 
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    two = subprocess.run([sys.executable, "-m", "lepton", "run", str(path), "--nproc", "2",
-                          "-o", str(tmp_path / "two"), "--no-progress"],
-                         check=False, capture_output=True, text=True, env=_env(), timeout=300)
+    two = _run_in_two_processes(recipe, tmp_path)
     assert two.returncode == 0, two.stderr
     assert two.stdout.count("report:") == 1  # one process reports
     assert "Traceback" not in two.stderr
@@ -159,11 +164,7 @@ def test_multitask_in_two_processes_matches_one(still_model: Path, tmp_path: Pat
     recipe = multitask_recipe(still_model, tmp_path, epochs=1, batch_size=6)
     recipe["evaluate"].update(memory=False, robustness=False)
     lepton.run(parse_recipe(recipe, env={}), out_dir=tmp_path / "one", progress=False)
-    path = tmp_path / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe))
-    two = subprocess.run([sys.executable, "-m", "lepton", "run", str(path), "--nproc", "2",
-                          "-o", str(tmp_path / "two"), "--no-progress"],
-                         check=False, capture_output=True, text=True, env=_env(), timeout=300)
+    two = _run_in_two_processes(recipe, tmp_path)
     assert two.returncode == 0, two.stderr
     for rel in ("model/model.safetensors", "model/heads/topic.safetensors"):
         a, b = load_file(str(tmp_path / "one" / rel)), load_file(str(tmp_path / "two" / rel))
