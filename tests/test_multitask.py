@@ -282,3 +282,31 @@ def test_a_recipe_can_start_from_a_saved_multitask_model(tiny_model_dir: Path, t
     a = first.bundle.heads["topic"].model.classifier.weight
     b = second.bundle.heads["topic"].model.classifier.weight
     assert torch.equal(a, b)
+
+
+def test_multitask_resume_after_sigkill_matches_an_uninterrupted_run(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    tree = multitask_recipe(tiny_model_dir, tmp_path, epochs=2, checkpoint_every=4)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "lepton", "run", str(path), "--no-progress", *args],
+                              capture_output=True, text=True, env={**env, **extra}, timeout=300)
+
+    clean = cli("-o", str(tmp_path / "clean"))
+    assert clean.returncode == 0, clean.stderr
+    # 20 task-homogeneous batches an epoch: killed at step 27 of 40, after the checkpoint at 24.
+    assert cli("-o", str(tmp_path / "resumed"), LEPTON_TEST_KILL_AT_STEP="27").returncode == -9
+    resumed = cli("-o", str(tmp_path / "resumed"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at step 24" in resumed.stderr
+    for rel in ("model/model.safetensors", "model/heads/topic.safetensors"):
+        a, b = load_file(str(tmp_path / "clean" / rel)), load_file(str(tmp_path / "resumed" / rel))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
