@@ -23,6 +23,8 @@ import lepton
 from lepton.recipe import parse_recipe
 from lepton.report import print_table, to_markdown
 
+from common import save_results
+
 ROOT = Path(__file__).resolve().parents[1]
 RECOVER = {"kind": "finetune", "name": "recover", "epochs": 2, "lr": 1.0e-4, "batch_size": 32}
 VARIANTS = {
@@ -112,10 +114,7 @@ def main() -> None:
     if seconds:
         text += "\n## Training time per variant\n\n" + "\n".join(
             f"- {k}: {v:.0f} s (stages + recovery fine-tuning)" for k, v in seconds.items()) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "compression.md").write_text(text)
-    (out / "compression.json").write_text(report.model_dump_json(indent=2))
-    print(f"written: {out / 'compression.md'}")
+    save_results(report, out, "compression", text)
 
 
 if __name__ == "__main__":

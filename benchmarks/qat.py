@@ -40,7 +40,8 @@ from lepton.recipe import EvaluateConfig
 from lepton.report import print_table, to_markdown
 from lepton.runtimes import for_bundle
 from lepton.tasks import encode, label_ids
-from quantization import stage  # one stage at a time, recorded in the history (benchmarks/ is on sys.path)
+
+from common import stage
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sst2"

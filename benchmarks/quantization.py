@@ -34,7 +34,8 @@ from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.evaluation.environment import describe, fingerprint, int8_fast
 from lepton.recipe import EvaluateConfig
 from lepton.report import print_table, to_markdown
-from lepton.stages import configs, handler_for
+
+from common import save_results, stage
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sst2"
@@ -42,20 +43,6 @@ log = logging.getLogger("benchmark")
 
 LEPTON_INT8 = ("pytorch-dyn-int8", "ort-dyn-int8", "ort-dyn-int8-unfused", "ort-static-int8",
                "ort-static-int8-pct", "ort-static-int8-entropy", "ort-static-int8-sq")
-
-
-def stage(bundle: ModelBundle, ctx: RunContext, name: str, **settings: Any) -> ModelBundle:
-    config = configs.get(settings["kind"]).model_validate(settings)
-    ctx.stage_dir = ctx.work_dir / name
-    ctx.stage_summary = {}
-    started, t0 = now_iso(), time.perf_counter()
-    out = handler_for(config)(bundle, config, ctx)
-    record = StageRecord(index=len(bundle.history), kind=config.kind, name=name,
-                         settings=config.model_dump(mode="json"), started=started,
-                         seconds=round(time.perf_counter() - t0, 2), summary=ctx.stage_summary)
-    out.history = [*bundle.history, record]
-    log.info("%s: %s", name, json.dumps(ctx.stage_summary, default=str)[:400])
-    return out
 
 
 def wrap_onnx(path: Path, like: ModelBundle, folder: Path, note: dict[str, Any]) -> Path:
@@ -200,10 +187,7 @@ def main() -> None:
     text = to_markdown(report) + "\n## Targets (this run)\n\n" + "\n".join(f"- {c}" for c in checks) + "\n"
     if seconds:
         text += "\n## Build time per variant\n\n" + "\n".join(f"- {k}: {v:.1f} s" for k, v in seconds.items()) + "\n"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "quantization.md").write_text(text)
-    (out / "quantization.json").write_text(report.model_dump_json(indent=2))
-    print(f"written: {out / 'quantization.md'}")
+    save_results(report, out, "quantization", text)
 
 
 if __name__ == "__main__":

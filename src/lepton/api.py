@@ -16,11 +16,11 @@ from pydantic import ValidationError
 from lepton import __version__, atomic, distributed
 from lepton.artifact import load_bundle, now_iso, read_manifest, save_artifact
 from lepton.bundle import ModelBundle, RunContext, StageRecord
-from lepton.data import Columns, DataSplitConfig, Split, load_split
+from lepton.data import DataSplitConfig, Split, load_split
 from lepton.errors import LeptonError, RecipeError, StageError
-from lepton.evaluation.scorecard import Report, Scorecard
+from lepton.evaluation.scorecard import Report
 from lepton.recipe import EvaluateConfig, Recipe, TaskConfig, load_recipe
-from lepton.tasks import TaskSpec, build_task, encode
+from lepton.tasks import TaskSpec, build_task
 
 log = logging.getLogger("lepton")
 
@@ -35,19 +35,13 @@ def _device(choice: str) -> str:
     return choice
 
 
-def _columns(task: TaskConfig) -> Columns:
-    text, pair, label = task.resolved_columns()
-    return Columns(text=text, text_pair=pair, label=label)
-
-
 def load_splits(recipe: Recipe) -> dict[str, Split]:
-    kind = "tokens" if recipe.task.kind == "token_classification" else "sequence"
     splits = {}
     for name in ("train", "dev", "test"):
         cfg = getattr(recipe.data, name)
         if cfg is None:
             continue
-        split = load_split(cfg, _columns(recipe.task), name=name, kind=kind)
+        split = load_split(cfg, recipe.task.columns(), name=name, kind=recipe.task.split_kind)
         if split.skipped:
             log.warning("data.%s: skipped %d bad rows (first: %s)", name, len(split.skipped), split.skipped[0])
         log.info("data.%s: %d examples from %s", name, len(split), cfg.path)
@@ -138,13 +132,13 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
         task = build_task(recipe.task, splits.get("train"))
         eval_split = splits[recipe.evaluate.split]
         location = resolve_model(recipe.model)
-        tokenizer = load_tokenizer(location, trust_remote_code=recipe.trust_remote_code)
         torch.manual_seed(recipe.seed)  # the new task head's initial weights
         saved = _saved_lepton_model(location, task, device)
         if saved is not None:  # a Lepton artifact for this task: its structure and heads carry on
-            bundle = ModelBundle(model=saved.model, tokenizer=tokenizer, task=task, source=recipe.model,
+            bundle = ModelBundle(model=saved.model, tokenizer=saved.tokenizer, task=task, source=recipe.model,
                                  heads=saved.heads, main_task=saved.main_task)
         else:
+            tokenizer = load_tokenizer(location, trust_remote_code=recipe.trust_remote_code)
             model = load_for_task(location, kind=task.kind, labels=task.labels,
                                   trust_remote_code=recipe.trust_remote_code).to(device)
             bundle = ModelBundle(model=model, tokenizer=tokenizer, task=task, source=recipe.model)
@@ -215,7 +209,7 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
             ctx = RunContext(splits=splits, seed=recipe.seed, device=device, out_dir=side,
                              work_dir=work, resume=resume, progress=progress, stage_dir=stage_dir,
                              stage_index=i, stage_name=name, snapshots=dict(snapshots),
-                             columns=_columns(recipe.task))
+                             columns=recipe.task.columns())
             log.info("stage %d (%s) starts", i, name)
             started, t0 = now_iso(), time.perf_counter()
             bundle = handler_for(stage)(bundle, stage, ctx)
@@ -341,8 +335,7 @@ def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | di
         task_cfg = TaskConfig.model_validate({**trained, **overrides})
     except ValidationError as err:
         raise RecipeError(f"task: {err.errors()[0]['msg']}") from None
-    split = load_split(data_cfg, _columns(task_cfg), name="eval",
-                       kind="tokens" if spec.kind == "token_classification" else "sequence")
+    split = load_split(data_cfg, task_cfg.columns(), name="eval", kind=spec.split_kind)
     if split.labels is None:
         raise StageError(f"{data_cfg.path}: evaluation needs labelled data")
     cards = evaluate_variants(variants, split, config, seed=seed, baseline=variants[0].name,

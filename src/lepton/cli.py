@@ -158,7 +158,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from lepton.api import evaluate
-    from lepton.data import DataSplitConfig
     from lepton.errors import RecipeError
     from lepton.recipe import EvaluateConfig
     from lepton.report import print_table

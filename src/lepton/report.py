@@ -55,7 +55,7 @@ def to_markdown(report: Report) -> str:
     from lepton.evaluation.environment import describe
 
     header, rows = table_rows(report)
-    lines = [f"# Lepton report", "",
+    lines = ["# Lepton report", "",
              f"Created {report.created} by Lepton {report.lepton_version}. "
              f"Machine: {describe(report.environment)}.", ""]
     if report.baseline:

@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from lepton.config import StrictModel
+from lepton.data import Columns
 from lepton.errors import DataError, LabelError
 
 if TYPE_CHECKING:
@@ -63,6 +64,15 @@ class TaskConfig(StrictModel):
         text = self.text if self.text is not None else (0 if tokens else "text")
         label = self.label if self.label is not None else (-1 if tokens else "label")
         return (tuple(text) if isinstance(text, list) else text), self.text_pair, label
+
+    def columns(self) -> Columns:
+        """Which data columns hold the text, the pair and the label, defaults filled in."""
+        text, pair, label = self.resolved_columns()
+        return Columns(text=text, text_pair=pair, label=label)
+
+    @property
+    def split_kind(self) -> Literal["sequence", "tokens"]:
+        return "tokens" if self.kind == "token_classification" else "sequence"
 
 
 class TaskSpec(BaseModel):
@@ -133,6 +143,17 @@ class Encoded:
     @property
     def lengths(self) -> list[int]:
         return [len(ids) for ids in self.input_ids]
+
+    @staticmethod
+    def concat(parts: list[Encoded]) -> Encoded:
+        """The examples of ``parts`` one after another (index offsets add up in order). A field
+        is kept only where every part has it."""
+        def joined(name: str) -> list[Any] | None:
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else [x for v in values for x in v]
+
+        return Encoded(input_ids=joined("input_ids"), token_type_ids=joined("token_type_ids"),
+                       labels=joined("labels"), word_ids=joined("word_ids"), n_words=joined("n_words"))
 
 
 def label_ids(split: Split, task: TaskSpec) -> list[int] | list[list[int]] | None:

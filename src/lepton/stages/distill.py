@@ -36,6 +36,7 @@ loss sees only data.train's labelled examples; a batch with none of them skips i
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -570,11 +571,11 @@ def distill(bundle: ModelBundle, config: DistillConfig, ctx: RunContext) -> Mode
 def _with_transfer(data: Encoded, cfg: DataSplitConfig, bundle: ModelBundle, where: str,
                    ctx_columns: Any) -> tuple[Encoded, int]:
     """data.train followed by the transfer text, whose labels are IGNORE (teacher losses only)."""
-    from lepton.data import Columns, load_split
+    from lepton.data import load_split
 
     if ctx_columns is None:
         raise StageError(f"{where}.transfer: the run does not say which columns hold the text")
-    columns = Columns(text=ctx_columns.text, text_pair=ctx_columns.text_pair, label=None)
+    columns = dataclasses.replace(ctx_columns, label=None)  # the task's text columns, no labels
     split = load_split(cfg, columns, name=f"{where}.transfer", kind=bundle.task.split_kind)
     if len(split) == 0:
         raise StageError(f"{where}.transfer: {cfg.path} holds no examples")
@@ -582,19 +583,11 @@ def _with_transfer(data: Encoded, cfg: DataSplitConfig, bundle: ModelBundle, whe
     if (extra.token_type_ids is None) != (data.token_type_ids is None):
         raise StageError(f"{where}.transfer: its inputs do not match data.train's (token types)")
     n = len(extra)
-    if data.labels is None:
-        labels = None
-    elif bundle.task.kind == "token_classification":
-        labels = list(data.labels) + [[IGNORE] * len(ids) for ids in extra.input_ids]
-    else:
-        labels = list(data.labels) + [IGNORE] * n
-    combined = Encoded(
-        input_ids=data.input_ids + extra.input_ids,
-        token_type_ids=(data.token_type_ids + extra.token_type_ids) if data.token_type_ids is not None else None,
-        labels=labels,
-        word_ids=(data.word_ids + extra.word_ids) if data.word_ids is not None and extra.word_ids is not None else None,
-        n_words=(data.n_words + extra.n_words) if data.n_words is not None and extra.n_words is not None else None,
-    )
+    if data.labels is not None:  # IGNORE: the transfer text has no gold label for the task loss
+        ignored = ([[IGNORE] * len(ids) for ids in extra.input_ids]
+                   if bundle.task.kind == "token_classification" else [IGNORE] * n)
+        extra = dataclasses.replace(extra, labels=ignored)
+    combined = Encoded.concat([data, extra])
     log.info("distill: %d transfer examples from %s (teacher losses only)", n, cfg.path)
     return combined, n
 

@@ -38,7 +38,7 @@ from pydantic import Field, field_validator
 
 from lepton.bundle import ModelBundle, RunContext
 from lepton.config import StrictModel
-from lepton.data import Columns, DataSplitConfig, load_split
+from lepton.data import DataSplitConfig, load_split
 from lepton.errors import StageError
 from lepton.heads import Head, check_name, make_head
 from lepton.stages import register
@@ -128,11 +128,6 @@ def plan_epoch(sizes: list[int], lengths: list[list[int]], batch_size: int, prob
     return plan
 
 
-def _columns(task: TaskConfig) -> Columns:
-    text, pair, label = task.resolved_columns()
-    return Columns(text=text, text_pair=pair, label=label)
-
-
 @register(MultitaskConfig)
 def multitask(bundle: ModelBundle, config: MultitaskConfig, ctx: RunContext) -> ModelBundle:
     """Train the main task and every extra task on one shared encoder; keep every head."""
@@ -158,9 +153,9 @@ def multitask(bundle: ModelBundle, config: MultitaskConfig, ctx: RunContext) -> 
     weights = [config.main_weight]
     for name, extra in config.tasks.items():
         check_name(name, f"{where}.tasks")
-        kind = "tokens" if extra.task.kind == "token_classification" else "sequence"
-        train_split = load_split(extra.data.train, _columns(extra.task), name=f"{name}.train", kind=kind)
-        dev_split = (load_split(extra.data.dev, _columns(extra.task), name=f"{name}.dev", kind=kind)
+        columns, kind = extra.task.columns(), extra.task.split_kind
+        train_split = load_split(extra.data.train, columns, name=f"{name}.train", kind=kind)
+        dev_split = (load_split(extra.data.dev, columns, name=f"{name}.dev", kind=kind)
                      if extra.data.dev is not None else None)
         log.info("%s: task %s: %d train, %s dev examples", where, name, len(train_split),
                  len(dev_split) if dev_split is not None else "no")
@@ -191,12 +186,7 @@ def multitask(bundle: ModelBundle, config: MultitaskConfig, ctx: RunContext) -> 
     offsets = [0]
     for enc in encoded:
         offsets.append(offsets[-1] + len(enc))
-    has_types = all(e.token_type_ids is not None for e in encoded)
-    combined = Encoded(
-        input_ids=[ids for e in encoded for ids in e.input_ids],
-        token_type_ids=[t for e in encoded for t in e.token_type_ids] if has_types else None,
-        labels=[lab for e in encoded for lab in e.labels],
-    )
+    combined = Encoded.concat(encoded)
     sizes = [len(e) for e in encoded]
     probs = sampling_probabilities(sizes, config.sampling, config.temperature)
     lengths = [e.lengths for e in encoded]
