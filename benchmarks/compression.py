@@ -1,9 +1,9 @@
 """Structural compression on SST-2, side by side: pruning and layer dropping, each recovered by
 fine-tuning, measured against the fine-tuned MiniLM-L6 in one interleaved harness run.
 
-    python benchmarks/compression.py [--baseline runs/sst2-minilm/model] [--out runs/compression]
+    python benchmarks/compression.py [--baseline runs/sst2-minilm-finetune/model] [--out runs/compression]
 
-The baseline is the main job's model (``lepton run examples/sst2-minilm.yaml``); it is trained
+The baseline is the main job's model (``lepton run examples/sst2-minilm-finetune.yaml``); it is trained
 first when missing. Every variant starts from it, applies its stages, then fine-tunes on the same
 8,000 SST-2 rows (2 epochs, lr 1e-4). ``lepton.compare`` then measures all of them on SST-2 dev
 (quality with CIs and paired tests, interleaved latency/throughput), and the table is printed and
@@ -46,7 +46,7 @@ VARIANTS = {
         {"kind": "drop_layers", "strategy": "alternate", "layers": 3},
         {"kind": "distill", "name": "recover", "teacher": "{baseline}", "epochs": 2, "lr": 1.0e-4,
          "batch_size": 32, "temperature": 2.0, "alpha_task": 0.5, "alpha_kd": 0.5, "alpha_hidden": 1.0,
-         "transfer": {"path": "${LEPTON_DATA:-../shared/data}/sst2/train.tsv", "format": "tsv",
+         "transfer": {"path": "builtin:sst2/train",
                       "limit": 24000, "seed": 1}},
     ],
     # The same 3-layer student as above, recovered by plain fine-tuning: the fair no-distillation
@@ -72,7 +72,7 @@ VARIANTS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", default="runs/sst2-minilm/model")
+    parser.add_argument("--baseline", default="runs/sst2-minilm-finetune/model")
     parser.add_argument("--out", default="runs/compression")
     parser.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     parser.add_argument("--skip-training", action="store_true", help="reuse variants already in OUT")
@@ -83,8 +83,8 @@ def main() -> None:
 
     baseline = Path(args.baseline)
     if not (baseline / "lepton.json").is_file():
-        lepton.run(ROOT / "examples" / "sst2-minilm.yaml", out_dir=baseline.parent, progress=False)
-    base_recipe = yaml.safe_load((ROOT / "examples" / "sst2-minilm.yaml").read_text())
+        lepton.run(ROOT / "examples" / "sst2-minilm-finetune.yaml", out_dir=baseline.parent, progress=False)
+    base_recipe = yaml.safe_load((ROOT / "examples" / "sst2-minilm-finetune.yaml").read_text())
     out = Path(args.out)
     models, seconds = [baseline], {}
     for name, stages in VARIANTS.items():

@@ -6,10 +6,10 @@ static INT8 lose less? Three arms from one fine-tuned MiniLM-L6, measured side b
 - C: + 1 epoch of plain fine-tuning (same lr, data, seed) -> export -> static INT8, so that
   "trained more" and "trained with fake quantization" can be told apart.
 
-    python benchmarks/qat.py [--baseline runs/sst2-minilm/model] [--out runs/qat] [--lr 1e-5]
+    python benchmarks/qat.py [--baseline runs/sst2-minilm-finetune/model] [--out runs/qat] [--lr 1e-5]
         [--limit N] [--skip-build] [--results benchmarks/results/qat.md]
 
-The baseline is the main job's model (``lepton run examples/sst2-minilm.yaml``), trained first
+The baseline is the main job's model (``lepton run examples/sst2-minilm-finetune.yaml``), trained first
 when missing; the extra epoch uses the same 8,000-row seeded SST-2 sample. Every variant is made by
 Lepton's own stages (``finetune``, ``export``, ``quantize``) and saved as a Lepton artifact.
 ``lepton.compare`` measures all of them on SST-2 dev (accuracy with 95% CIs; deltas paired against
@@ -86,7 +86,7 @@ def paired(models: dict[str, Path], dev_cfg: DataSplitConfig) -> list[tuple[str,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", default="runs/sst2-minilm/model")
+    parser.add_argument("--baseline", default="runs/sst2-minilm-finetune/model")
     parser.add_argument("--out", default="runs/qat")
     parser.add_argument("--lr", type=float, default=1e-5, help="learning rate of the extra epoch (arms B and C)")
     parser.add_argument("--limit", type=int, default=None, help="first N dev sentences (default: all 872)")
@@ -98,7 +98,7 @@ def main() -> None:
 
     baseline, out = Path(args.baseline), Path(args.out)
     if not (baseline / "lepton.json").is_file():
-        lepton.run(ROOT / "examples" / "sst2-minilm.yaml", out_dir=baseline.parent, progress=False)
+        lepton.run(ROOT / "examples" / "sst2-minilm-finetune.yaml", out_dir=baseline.parent, progress=False)
     env = fingerprint()
     log.info("machine: %s; int8 fast here: %s", describe(env), int8_fast(env))
     columns = Columns(text="sentence", label="label")

@@ -3,7 +3,7 @@
 ORT static INT8 (QDQ; MinMax, percentile and entropy calibration), and the peer's default, Hugging
 Face Optimum's stock dynamic INT8 for this CPU (and PyTorch bf16 with ``--bf16``).
 
-    python benchmarks/quantization.py [--baseline runs/sst2-minilm/model] [--out runs/quantization]
+    python benchmarks/quantization.py [--baseline runs/sst2-minilm-finetune/model] [--out runs/quantization]
         [--limit 200] [--latency-items 100] [--rounds 3] [--optimum-python /tmp/optimum-venv/bin/python]
 
 Every Lepton variant is made by Lepton's own stages (``quantize``, ``export``) from the fine-tuned
@@ -110,7 +110,7 @@ def targets(report: Any) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--baseline", default="runs/sst2-minilm/model")
+    parser.add_argument("--baseline", default="runs/sst2-minilm-finetune/model")
     parser.add_argument("--out", default="runs/quantization")
     parser.add_argument("--limit", type=int, default=None, help="first N dev sentences (default: all 872)")
     parser.add_argument("--latency-items", type=int, default=100)

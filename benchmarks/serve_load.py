@@ -6,7 +6,7 @@ SST-2 dev sentences, one per request; the two servers take turns in rounds (on, 
 so machine drift hits both alike. Reports throughput, p50/p95/p99 latency and errors for each, and
 the ratio. Bounded: a fixed request count per server and an overall time limit.
 
-    python benchmarks/serve_load.py [--model runs/sst2-minilm/model] [--requests 1000]
+    python benchmarks/serve_load.py [--model runs/sst2-minilm-finetune/model] [--requests 1000]
                                     [--concurrency 32] [--rounds 4] [--time-limit 110] [--threads N]
 
 The clients share the machine with the servers, so by default each server's model gets half the
@@ -141,7 +141,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "runs" / "sst2-minilm" / "model"))
+    parser.add_argument("--model", default=str(ROOT / "runs" / "sst2-minilm-finetune" / "model"))
     parser.add_argument("--requests", type=int, default=1000, help="timed requests per server")
     parser.add_argument("--concurrency", type=int, default=32, help="concurrent clients")
     parser.add_argument("--rounds", type=int, default=4, help="turns each server takes")

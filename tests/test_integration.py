@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_sst2_main_recipe_slice_learns_and_saves(real_data: Path, tmp_path: Path) -> None:
-    recipe = load_recipe(ROOT / "examples" / "sst2-minilm.yaml",
+    recipe = load_recipe(ROOT / "examples" / "sst2-minilm-finetune.yaml",
                          ["data.train.limit=600", "data.dev.limit=200", "data.dev.seed=0",
                           "stages.0.epochs=2", "stages.0.lr=1e-4", "evaluate.latency_items=10",
                           "evaluate.bootstrap=200", f"output.dir={tmp_path / 'out'}"],

@@ -19,11 +19,12 @@ EXIT_USER_ERROR = 2
 EPILOG = {
     "run": "example: lepton run examples/sst2-minilm.yaml --set data.train.limit=64 --set stages.0.epochs=1",
     "validate": "example: lepton validate examples/sst2-minilm.yaml",
-    "evaluate": "example: lepton evaluate runs/sst2-minilm/model --data ../shared/data/sst2/dev.tsv",
+    "evaluate": "example: lepton evaluate runs/sst2-minilm/model --data builtin:sst2/dev",
     "info": "example: lepton info runs/sst2-minilm/model",
     "compare": "example: lepton compare runs/sst2-minilm/model runs/sst2-minilm-drop/model "
                "--max-drop accuracy=1.0 --min-speedup 1.5",
     "serve": "example: lepton serve runs/sst2-minilm/model --port 8000 --max-batch 32 --max-wait-ms 5",
+    "data": "example: lepton data   (then in a recipe: data: {train: {path: builtin:sst2/train}})",
 }
 EXIT_GATE_FAILED = 1
 
@@ -44,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a recipe value, e.g. stages.0.epochs=1 (repeatable)")
     r.add_argument("-o", "--output", help="output folder (default: the recipe's output.dir)")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in the same output folder")
+    r.add_argument("--smoke", action="store_true",
+                   help="a quick check that the recipe works: caps every data source at 64 examples, every "
+                        "training stage at 1 epoch, and the measurements (same as --set smoke=true)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--nproc", type=int, metavar="N",
                    help="train data-parallel in N local processes (DDP: gloo on CPU, nccl on GPU); "
@@ -101,7 +105,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="largest request body; beyond it 413 (default: %(default)s)")
     s.add_argument("--name", help="model name in /v1/model and responses (default: the run folder's name)")
     s.add_argument("--access-log", action="store_true", help="log every request")
+    add("data", "list the data sets built into Lepton (builtin:<set>/<split> in a recipe)")
     return p
+
+
+def _model_folder(path: str) -> str:
+    """A run folder (``OUT``) stands for the model inside it (``OUT/model``)."""
+    from pathlib import Path
+
+    from lepton.artifact import MANIFEST
+
+    folder = Path(path)
+    if not (folder / MANIFEST).is_file() and (folder / "model" / MANIFEST).is_file():
+        return str(folder / "model")
+    return path
 
 
 def _column(value: str | None) -> str | int | None:
@@ -113,7 +130,7 @@ def _column(value: str | None) -> str | int | None:
 def _child_argv(args: argparse.Namespace) -> list[str]:
     """``lepton run`` arguments for the processes ``--nproc`` starts (the same run, less --nproc)."""
     argv = (["--debug"] if args.debug else []) + (["-q"] if args.quiet else [])
-    argv += ["run", args.recipe]
+    argv += ["run", args.recipe] + (["--smoke"] if args.smoke else [])
     for override in args.overrides:
         argv += ["--set", override]
     argv += (["-o", args.output] if args.output else []) + (["--resume"] if args.resume else [])
@@ -136,13 +153,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.nproc > 1:
             load_recipe(args.recipe, args.overrides)  # a bad recipe fails here once, not N times
             return distributed.launch(_child_argv(args), args.nproc)
-    report = run(args.recipe, overrides=args.overrides, out_dir=args.output, resume=args.resume,
+    overrides = [*args.overrides, *(["smoke=true"] if args.smoke else [])]
+    report = run(args.recipe, overrides=overrides, out_dir=args.output, resume=args.resume,
                  progress=not args.no_progress)
     if report is None:
         return 0  # a rank other than 0 of a data-parallel run: rank 0 reports
     print_table(report)
     out = args.output or report.recipe["output"]["dir"]
-    print(f"model: {out}/model   report: {out}/report.md")
+    print(f"\nmodel: {out}/model\nreport: {out}/report.md (also .html and .json)\n"
+          f"serve it: lepton serve {out}/model\n"
+          f"measure it again on this machine: lepton evaluate {out}/model")
+    return 0
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from lepton.datasets import BUILTIN_DATA, PREFIX
+
+    for d in BUILTIN_DATA.values():
+        print(f"{d.name}: {d.title}")
+        for split, (_, rows) in d.splits.items():
+            print(f"  {PREFIX}{d.name}/{split}  {rows:,} rows")
+        print(f"  {d.labels}\n  source: {d.source}\n  terms: {d.licence}\n  details: {d.readme()}")
+    print("Other data: any local file or folder by path, e.g. ${LEPTON_DATA:-../shared/data}/...")
     return 0
 
 
@@ -274,6 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lepton.distributed import env_rank
 
     args = _parser().parse_args(argv)
+    if getattr(args, "model", None):
+        args.model = _model_folder(args.model)
+    if args.command == "compare":
+        args.models = [_model_folder(m) for m in args.models]
     quiet = args.quiet or (args.command == "run" and env_rank() > 0)  # rank 0 speaks for a DDP run
     level = logging.DEBUG if args.debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(message)s" if args.debug else "%(message)s",
@@ -286,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     handlers = {"run": _cmd_run, "validate": _cmd_validate, "evaluate": _cmd_evaluate, "info": _cmd_info,
-                "compare": _cmd_compare, "serve": _cmd_serve}
+                "compare": _cmd_compare, "serve": _cmd_serve, "data": _cmd_data}
     try:
         return handlers[args.command](args)
     except LeptonError as err:

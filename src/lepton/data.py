@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import gzip
 import itertools
 import json
 import logging
@@ -21,8 +22,9 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from lepton import datasets
 from lepton.config import StrictModel
-from lepton.errors import DataError
+from lepton.errors import DataError, UnknownNameError
 
 __all__ = ["Columns", "DataSplitConfig", "Split", "load_split"]
 
@@ -57,7 +59,7 @@ _BLANK_LINE = re.compile(r"\n[ \t]*\n")
 class DataSplitConfig(StrictModel):
     """One split of a recipe's `data:` section."""
 
-    path: str  # file, folder, or .tar.gz / .tgz archive
+    path: str  # file (plain or .gz), folder, .tar.gz / .tgz archive, or builtin:<set>/<split>
     # None: inferred from the suffix (.tsv .csv .jsonl/.json .txt/.conll; folder or .tar.gz/.tgz)
     format: Format | None = None
     header: bool = True  # tsv/csv: the first row holds column names
@@ -70,11 +72,24 @@ class DataSplitConfig(StrictModel):
     seed: int | None = None  # with limit: a seeded random sample, kept in file order
     bad_rows: Literal["error", "skip"] = "error"
 
+    # A seeded sample, so that a smoke run of a file sorted by label still sees every label.
+    smoke_caps: ClassVar[dict[str, Any]] = {"limit": 64}
+
+    def apply_smoke(self) -> None:
+        super().apply_smoke()
+        if self.seed is None:
+            self.seed = 0
+
     @field_validator("path")
     @classmethod
     def _path_not_empty(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("path must not be empty")
+        if datasets.is_builtin(value):
+            try:
+                datasets.builtin_path(value)
+            except UnknownNameError as err:
+                raise ValueError(str(err)) from None
         return value
 
     @field_validator("encoding")
@@ -139,9 +154,12 @@ def load_split(
 
     Relative paths resolve against base_dir (the recipe's folder) when given, else the CWD.
     """
-    path = Path(config.path).expanduser()
-    if base_dir is not None and not path.is_absolute():
-        path = Path(base_dir) / path
+    if datasets.is_builtin(config.path):
+        path = datasets.builtin_path(config.path)
+    else:
+        path = Path(config.path).expanduser()
+        if base_dir is not None and not path.is_absolute():
+            path = Path(base_dir) / path
     if not path.exists():
         raise DataError(f"data.{name}.path: file not found: {path}")
     fmt = config.format or _infer_format(path, name)
@@ -166,12 +184,14 @@ def load_split(
 def _infer_format(path: Path, name: str) -> Format:
     if path.is_dir() or path.name.lower().endswith(_ARCHIVE_SUFFIXES):
         return "folder"
-    fmt = _SUFFIX_FORMATS.get(path.suffix.lower())
+    # A gzip-compressed file has the format of its name without ".gz" (train.tsv.gz: tsv).
+    plain = path.with_suffix("") if path.suffix.lower() == ".gz" else path
+    fmt = _SUFFIX_FORMATS.get(plain.suffix.lower())
     if fmt is None:
         known = ", ".join([*_SUFFIX_FORMATS, *_ARCHIVE_SUFFIXES])
         raise DataError(
             f"data.{name}.path: cannot tell the format of {path} from its suffix "
-            f"(known: {known}, or a folder); set data.{name}.format"
+            f"(known: {known}, each also as .gz, or a folder); set data.{name}.format"
         )
     return fmt
 
@@ -295,7 +315,7 @@ def _lines(handle: Iterable[str]) -> Iterator[str]:
 
 def _decode_error(path: Path, encoding: str, err: UnicodeDecodeError) -> DataError:
     """Say on which line the undecodable byte is; the decoder's offset is relative to a chunk."""
-    raw = path.read_bytes()
+    raw = gzip.decompress(path.read_bytes()) if _gzipped(path) else path.read_bytes()
     try:
         raw.decode(encoding)
     except UnicodeDecodeError as whole:
@@ -306,8 +326,14 @@ def _decode_error(path: Path, encoding: str, err: UnicodeDecodeError) -> DataErr
     return DataError(f"{path}: cannot decode as {encoding}: {err.reason}; set encoding")
 
 
+def _gzipped(path: Path) -> bool:
+    return path.name.lower().endswith(".gz") and not path.name.lower().endswith(_ARCHIVE_SUFFIXES)
+
+
 def _open_text(path: Path, encoding: str, newline: str | None = None):
     try:
+        if _gzipped(path) and path.is_file():
+            return gzip.open(path, "rt", encoding=encoding, newline=newline)
         return open(path, encoding=encoding, newline=newline)  # noqa: SIM115 - caller closes
     except IsADirectoryError:
         raise DataError(f"{path}: is a folder; this format needs a file") from None
@@ -373,6 +399,8 @@ def _read_delimited(
                     break
         except UnicodeDecodeError as err:
             raise _decode_error(path, config.encoding, err) from None
+        except (OSError, EOFError) as err:  # a damaged .gz file shows up while reading
+            raise DataError(f"{path}: cannot read: {err}") from None
 
 
 def _column_names(
@@ -455,6 +483,8 @@ def _read_jsonl(path: Path, config: DataSplitConfig, columns: Columns, rows: _Co
                     break
         except UnicodeDecodeError as err:
             raise _decode_error(path, config.encoding, err) from None
+        except (OSError, EOFError) as err:  # a damaged .gz file shows up while reading
+            raise DataError(f"{path}: cannot read: {err}") from None
 
 
 def _add_json_row(
@@ -526,6 +556,8 @@ def _read_conll(path: Path, config: DataSplitConfig, columns: Columns, rows: _Co
                     tags.append(fields[tag_col])
         except UnicodeDecodeError as err:
             raise _decode_error(path, config.encoding, err) from None
+        except (OSError, EOFError) as err:  # a damaged .gz file shows up while reading
+            raise DataError(f"{path}: cannot read: {err}") from None
     flush()
 
 

@@ -124,7 +124,7 @@ def _labels(manifest: dict[str, Any], final: Scorecard | None) -> list[str]:
 def model_card(report: Report, manifest: dict[str, Any]) -> str:
     """README.md for the saved model: Hub front matter and a human-readable body."""
     from lepton.evaluation.environment import describe
-    from lepton.report import table_rows
+    from lepton.report import smoke_note, table_rows
 
     final = report.variants[-1] if report.variants else None
     recipe = report.recipe or manifest.get("recipe") or {}
@@ -142,6 +142,8 @@ def model_card(report: Report, manifest: dict[str, Any]) -> str:
     lines = [f"---\n{front}---", "", f"# {_cell(name)}", "",
              f"A {what} model made with Lepton {_cell(report.lepton_version)} "
              f"from {origin}" + (f" (`{_cell(source)}`)" if base and base != source else "") + ".", ""]
+    if smoke_note(report):
+        lines += [f"**{_cell(smoke_note(report).capitalize())}: do not deploy this model.**", ""]
     labels = _labels(manifest, final)
     if labels:
         lines += [f"Labels ({len(labels)}): " + ", ".join(f"`{_cell(label)}`" for label in labels) + ".", ""]

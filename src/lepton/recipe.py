@@ -11,7 +11,7 @@ import os
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -43,6 +43,10 @@ class EvaluateConfig(StrictModel):
     split: Literal["dev", "test"] = "dev"
     baseline: bool = False  # also evaluate the starting model with its fresh task head
     batch_sizes: list[int] = Field(default_factory=lambda: [1, 32])
+    smoke_caps: ClassVar[dict[str, Any]] = {
+        "latency_items": 5, "warmup": 1, "throughput_batches": 1, "rounds": 1, "bootstrap": 100,
+        "memory": False}
+
     latency_items: int = Field(default=100, ge=5)  # batch-1 timings over this many real inputs
     fixed_length: int | None = Field(default=128, gt=1)  # also time batch 1 at this padded length
     warmup: int = Field(default=5, ge=0)
@@ -79,6 +83,13 @@ class Recipe(StrictModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     trust_remote_code: bool = False
+    smoke: bool = False  # cap every data source and training stage (lepton run --smoke)
+
+    @model_validator(mode="after")
+    def _smoke_caps(self) -> Recipe:
+        if self.smoke:
+            self.apply_smoke()  # every section declares what it caps (StrictModel.smoke_caps)
+        return self
 
     @model_validator(mode="after")
     def _training_follows_gradual_pruning(self) -> Recipe:

@@ -51,6 +51,13 @@ def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
+def smoke_note(report: Report) -> str | None:
+    """The warning a smoke run's report carries (None for a real run)."""
+    from lepton.config import SMOKE_NOTE
+
+    return SMOKE_NOTE if isinstance(report.recipe, dict) and report.recipe.get("smoke") else None
+
+
 def to_markdown(report: Report) -> str:
     from lepton.evaluation.environment import describe
 
@@ -58,6 +65,8 @@ def to_markdown(report: Report) -> str:
     lines = ["# Lepton report", "",
              f"Created {report.created} by Lepton {report.lepton_version}. "
              f"Machine: {describe(report.environment)}.", ""]
+    if smoke_note(report):
+        lines += [f"**{smoke_note(report).capitalize()}.**", ""]
     if report.baseline:
         lines += [f"Baseline for deltas: `{report.baseline}`. Δ marked * when its paired 95% CI excludes 0. "
                   "Timings interleave all variants over the same inputs; ratios under 5% are noise.", ""]
@@ -168,6 +177,11 @@ def print_table(report: Report) -> None:
     if not console.is_terminal:
         console = Console(width=200)  # piped or logged: do not squeeze the table to 80 columns
     console.print(table)
+    from lepton.evaluation.environment import describe
+
+    console.print(f"Machine: {describe(report.environment)}.", highlight=False)
+    if smoke_note(report):
+        console.print(f"[bold yellow]{smoke_note(report).capitalize()}.[/]", highlight=False)
 
 
 def load_report(path: str | os.PathLike[str]) -> Report:

@@ -31,6 +31,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; ma
 h1 { margin-bottom: .2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #dde1e6; }
 h3 { margin-top: 1.6rem; }
 .meta { color: #5f6b7a; margin: .2rem 0; }
+.smoke { background: #fff4ce; border-left: 4px solid #c19c00; padding: .4rem .8rem; }
 table { border-collapse: collapse; margin: .8rem 0; font-size: .92rem; }
 th, td { border: 1px solid #dde1e6; padding: .3rem .6rem; text-align: right; }
 th { background: #f3f5f7; } td:first-child, th:first-child { text-align: left; }
@@ -268,7 +269,7 @@ def _details(card: Scorecard) -> list[str]:
 def to_html(report: Report) -> str:
     """The whole report as one self-contained HTML page (needs matplotlib: ``lepton[report]``)."""
     from lepton.evaluation.environment import describe
-    from lepton.report import table_rows
+    from lepton.report import smoke_note, table_rows
 
     mpl = _require_matplotlib()
     name = report.recipe.get("name") if isinstance(report.recipe, dict) else None
@@ -284,6 +285,8 @@ def to_html(report: Report) -> str:
              f"<h1>{_e(title)}</h1>",
              f'<p class="meta">Created {_e(report.created)} by Lepton {_e(report.lepton_version)}.</p>',
              f'<p class="meta">Machine: {_e(describe(report.environment))}.</p>']
+    if smoke_note(report):
+        parts.append(f'<p class="smoke"><strong>{_e(smoke_note(report).capitalize())}.</strong></p>')
     if report.baseline:
         parts.append(f'<p class="meta">Baseline for deltas: <code>{_e(report.baseline)}</code>.</p>')
     parts += ["<h2>Variants side by side</h2>", _table(header, rows, classes),

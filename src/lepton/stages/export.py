@@ -58,6 +58,8 @@ class ExportConfig(StageConfig):
     parity_split: Literal["dev", "test", "train"] = "dev"
     parity_batch: int = Field(default=8, ge=1)
 
+    smoke_caps: ClassVar[dict[str, Any]] = {"parity_items": 16}
+
 
 # ------------------------------------------------------------------- parity
 

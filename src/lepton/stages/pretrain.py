@@ -63,6 +63,13 @@ class TextConfig(StrictModel):
     limit: int | None = Field(default=None, gt=0)  # keep at most this many documents
     seed: int | None = None  # with limit: a seeded random sample
 
+    smoke_caps: ClassVar[dict[str, Any]] = {"limit": 64}
+
+    def apply_smoke(self) -> None:
+        super().apply_smoke()
+        if self.seed is None:
+            self.seed = 0
+
 
 class PretrainConfig(TrainSettings):
     stage_kind: ClassVar[str] = "pretrain"
@@ -74,6 +81,9 @@ class PretrainConfig(TrainSettings):
     whole_word_mask: bool = False
     max_length: int | None = Field(default=None, ge=8, le=8192)  # default: the task's max_length
     pseudo_perplexity_sample: int = Field(default=4, ge=0)  # held-out pieces; 0: skip it
+
+    smoke_caps: ClassVar[dict[str, Any]] = {**TrainSettings.smoke_caps, "held_out_max": 16,
+                                            "pseudo_perplexity_sample": 1}
 
     @field_validator("metric")
     @classmethod

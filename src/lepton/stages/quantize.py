@@ -96,6 +96,13 @@ class QuantizeConfig(StageConfig):
     max_drop: float | None = Field(default=None, ge=0)  # dev-metric points; keep layers float until met
     sensitivity_items: int = Field(default=256, ge=8)  # labelled check_split examples used
 
+    smoke_caps: ClassVar[dict[str, Any]] = {"check_items": 16, "sensitivity_items": 8}
+
+    def apply_smoke(self) -> None:
+        super().apply_smoke()
+        if self.method == "static_int8":  # elsewhere the setting does not apply (and may not be set)
+            self.calibration_items = min(self.calibration_items, 16)
+
     @model_validator(mode="after")
     def _static_settings(self) -> QuantizeConfig:
         given = [k for k in _STATIC_ONLY if k in self.model_fields_set]

@@ -30,7 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -69,6 +69,8 @@ class TrainSettings(StageConfig):
     keep_best: bool = True
     early_stopping: int | None = Field(default=None, ge=1)  # evaluations without improvement
     checkpoint_every: int = Field(default=200, ge=1)  # optimizer steps between resume points
+
+    smoke_caps: ClassVar[dict[str, Any]] = {"epochs": 1, "max_steps": 20}
 
 
 @dataclass
