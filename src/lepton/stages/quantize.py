@@ -328,12 +328,18 @@ def _ort_convert(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, d
     # quantize_dynamic fails with "Unable to find data type for weight_name" (MEASURED.md).
     float_type = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     if config.method == "dynamic_int8":
-        excluded = [n.name for n in source.proto().graph.node
-                    if n.name in skip or any(p in n.name for p in config.exclude)] or None
+        from lepton.int8_embedding import scale_gathers
+
+        proto = source.proto()
+        excluded = [n.name for n in proto.graph.node
+                    if n.name in skip or any(p in n.name for p in config.exclude)]
+        scales = scale_gathers(proto)  # 8-bit tables' row scales stay float32 (per-row int8 already)
         quantize_dynamic(str(source.path), str(dest), per_channel=config.per_channel,
                          reduce_range=config.reduce_range, weight_type=QuantType.QInt8,
-                         nodes_to_exclude=excluded, extra_options=dict(float_type))
-        details["kept_float"] = len(excluded or [])
+                         nodes_to_exclude=(excluded + scales) or None, extra_options=dict(float_type))
+        details["kept_float"] = len(excluded)
+        if scales:
+            details["int8_embedding_tables"] = len(scales)
     elif config.method == "static_int8":
         unfused = source.info.get("unfused_path")
         src = Path(unfused) if unfused and Path(unfused).is_file() else source.path
