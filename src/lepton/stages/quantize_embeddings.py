@@ -1,7 +1,9 @@
 """``quantize_embeddings``: 8-bit embedding tables (int8 rows, one float32 scale per row).
 
 Runs on the PyTorch model (before ``export``): each ``nn.Embedding`` whose module name contains
-one of ``modules`` (default: the word embeddings) becomes a ``lepton.int8_embedding.Int8Embedding``.
+one of ``modules`` becomes a ``lepton.int8_embedding.Int8Embedding``. The default, ``[embeddings]``,
+takes every table of a BERT-style model (word, position and token-type embeddings), so no float
+table is left; ``[word_embeddings]`` takes the big one only.
 The artifact saves it int8 (``model-int8.safetensors``, loaded only through Lepton); ``export``
 traces it into a quantized Gather (int8 initializer + per-row scales), so a following
 ``quantize`` on ONNX Runtime leaves no float32 matrix in the graph. Order with the other stages:
@@ -32,8 +34,8 @@ class QuantizeEmbeddingsConfig(StageConfig):
     produces_runtime: ClassVar[str | None] = None
 
     kind: Literal["quantize_embeddings"] = "quantize_embeddings"
-    # Embedding module names (substrings) to store in 8 bits; "position_embeddings" adds those.
-    modules: list[str] = Field(default_factory=lambda: ["word_embeddings"])
+    # Embedding module names (substrings) to store in 8 bits.
+    modules: list[str] = Field(default_factory=lambda: ["embeddings"])
     check_items: int = Field(default=64, ge=1)
     check_split: Literal["dev", "test", "train"] = "dev"
 

@@ -2,9 +2,12 @@
 and the tokenizer with new, dense ids.
 
 Kept: every special and added token; every piece that occurs at least ``min_count`` times when
-the recipe's ``splits`` (default ``[train]``) are tokenized; with ``keep_characters`` (default)
-every single-character piece, with and without the ``##`` continuation prefix, so a word the
-model could spell before never becomes ``[UNK]``; with ``reference`` (a data file in the recipe's
+the recipe's ``splits`` (default ``[train]``) are tokenized; the single-character pieces, with
+and without the ``##`` continuation prefix, as a floor: ``keep_characters: all`` (default) keeps
+every one, so a word the model could spell before never becomes ``[UNK]``; ``seen`` keeps those
+of the characters that occur in ``splits`` (after the tokenizer's normalizer), so only a word
+with a character never seen there can become ``[UNK]``; ``none`` keeps no floor. With
+``reference`` (a data file in the recipe's
 columns) its ``reference_top`` most frequent pieces (all of them without ``reference_top``).
 Kept pieces keep their relative order; the model's input embedding rows (and an output layer of
 vocabulary size, tied or not, with its bias) are selected to match, and ``config.vocab_size``
@@ -56,7 +59,7 @@ class TrimVocabConfig(StageConfig):
     kind: Literal["trim_vocab"] = "trim_vocab"
     splits: list[SplitName] = Field(default_factory=lambda: ["train"])  # whose tokens are kept
     min_count: int = Field(default=1, ge=1)  # occurrences in ``splits`` a piece needs to stay
-    keep_characters: bool = True  # every single-character piece: no word becomes [UNK]
+    keep_characters: Literal["all", "seen", "none"] = "all"  # the single-character floor
     reference: DataSplitConfig | None = None  # more text, in the recipe's columns
     reference_top: int | None = Field(default=None, ge=1)  # its most frequent N pieces (None: all)
     report_split: SplitName = "dev"  # where the share of changed tokens is measured
@@ -97,10 +100,26 @@ def count_pieces(tokenizer: Any, split: Any) -> collections.Counter[int]:
     return counts
 
 
-def character_ids(vocab: dict[str, int], prefix: str) -> set[int]:
-    """Ids of the single-character pieces: ``x`` and ``##x``."""
-    return {i for piece, i in vocab.items()
-            if len(piece) == 1 or (piece.startswith(prefix) and len(piece) == len(prefix) + 1)}
+def character_ids(vocab: dict[str, int], prefix: str, chars: set[str] | None = None) -> set[int]:
+    """Ids of the single-character pieces ``x`` and ``##x`` (of the characters ``chars`` only,
+    when given)."""
+    out = set()
+    for piece, i in vocab.items():
+        char = piece[len(prefix):] if piece.startswith(prefix) else piece
+        if len(char) == 1 and (chars is None or char in chars):
+            out.add(i)
+    return out
+
+
+def seen_characters(tokenizer: Any, split: Any) -> set[str]:
+    """The characters of ``split``'s text as the tokenizer's normalizer leaves them."""
+    normalizer = tokenizer.backend_tokenizer.normalizer
+    chars: set[str] = set()
+    for texts in _texts(split):
+        for text in texts:
+            for part in (text if isinstance(text, list) else [text]):
+                chars.update(normalizer.normalize_str(part) if normalizer is not None else part)
+    return chars
 
 
 # ------------------------------------------------------------------- the tokenizer
@@ -268,9 +287,12 @@ def _kept_ids(bundle: ModelBundle, config: TrimVocabConfig, ctx: RunContext, whe
     special = set(tok.all_special_ids) | {int(i) for i in tok.added_tokens_decoder}
     keep |= special
     vocab = tok.get_vocab()
-    if config.keep_characters:
-        chars = character_ids(vocab, json.loads(tok.backend_tokenizer.to_str())["model"].get(
-            "continuing_subword_prefix") or "##")
+    if config.keep_characters != "none":
+        seen = None
+        if config.keep_characters == "seen":
+            seen = set().union(*(seen_characters(tok, ctx.split(name)) for name in config.splits))
+        prefix = json.loads(tok.backend_tokenizer.to_str())["model"].get("continuing_subword_prefix") or "##"
+        chars = character_ids(vocab, prefix, seen)
         info["characters"] = len(chars)
         keep |= chars
     if config.reference is not None:
