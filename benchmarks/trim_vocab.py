@@ -96,8 +96,9 @@ def targets(report: Any) -> list[str]:
         c = card.comparison
         ratio = base.efficiency.size_mb / card.efficiency.size_mb
         within = -c.delta * 100 <= 1.0 and not (c.significant and c.delta < 0)
+        met = "met" if ratio >= goal else "NOT met"
         lines.append(f"{name}: {card.efficiency.size_mb:.2f} MB, {ratio:.2f}x smaller than the baseline "
-                     f"({base.efficiency.size_mb:.1f} MB; target >= {goal:g}x: {'met' if ratio >= goal else 'NOT met'}); "
+                     f"({base.efficiency.size_mb:.1f} MB; target >= {goal:g}x: {met}); "
                      f"accuracy {100 * c.delta:+.2f} points [{100 * c.ci95_low:+.2f}, {100 * c.ci95_high:+.2f}], "
                      f"McNemar p {c.p_mcnemar if c.p_mcnemar is None else round(c.p_mcnemar, 3)} "
                      f"({c.verdict}; within 1 point and not significantly worse: {'yes' if within else 'NO'})")

@@ -81,8 +81,8 @@ def test_trimmed_tokenizer_splits_kept_words_as_before_and_loads_in_transformers
         assert new.decode(ids, skip_special_tokens=True) == old.decode(old(text)["input_ids"], skip_special_tokens=True)
     pair = new("good movie", "bad plot")
     assert pair["token_type_ids"].count(1) == 3 and pair["input_ids"][0] == new.cls_token_id
-    assert (new.pad_token_id, new.cls_token_id, new.sep_token_id) == (new_id[old.pad_token_id],
-                                                                      new_id[old.cls_token_id], new_id[old.sep_token_id])
+    specials = ("pad_token_id", "cls_token_id", "sep_token_id", "unk_token_id", "mask_token_id")
+    assert [getattr(new, s) for s in specials] == [new_id[getattr(old, s)] for s in specials]
     folder = save_artifact(bundle, tmp_path / "model")
     plain = AutoTokenizer.from_pretrained(folder)  # plain transformers, no Lepton code
     assert len(plain) == len(keep)
@@ -143,7 +143,8 @@ def test_trimmed_model_equals_untrimmed_on_kept_tokens_and_reloads(tiny_model_di
     after = logits_of(bundle.model, bundle.tokenizer, KEPT_TEXTS)
     assert torch.allclose(before, after, atol=1e-6)
     assert bundle.model.config.vocab_size == len(bundle.tokenizer) == ctx.stage_summary["vocab_after"]
-    assert ctx.stage_summary["params_after"] == ctx.stage_summary["params_before"] - 32 * (30522 - len(bundle.tokenizer))
+    removed = 32 * (30522 - len(bundle.tokenizer))  # hidden size 32
+    assert ctx.stage_summary["params_after"] == ctx.stage_summary["params_before"] - removed
     folder = save_artifact(bundle, tmp_path / "model")
     assert json.loads((folder / MANIFEST).read_text())["loads_in_transformers"] is True
     plain = AutoModelForSequenceClassification.from_pretrained(folder)
@@ -234,7 +235,8 @@ def test_quantize_embeddings_then_trim_then_torch_int8(tiny_model_dir, splits, t
     table = bundle.model.bert.embeddings.word_embeddings.dequantized()
     before = logits_of(bundle.model, bundle.tokenizer, KEPT_TEXTS)
     apply(bundle, ctx_for(tmp_path, splits, 1), kind="trim_vocab")
-    keep = [old_tok.convert_tokens_to_ids(t) for t in bundle.tokenizer.convert_ids_to_tokens(range(len(bundle.tokenizer)))]
+    pieces = bundle.tokenizer.convert_ids_to_tokens(range(len(bundle.tokenizer)))
+    keep = [old_tok.convert_tokens_to_ids(t) for t in pieces]
     assert torch.equal(bundle.model.bert.embeddings.word_embeddings.dequantized(), table[keep])
     assert torch.equal(logits_of(bundle.model, bundle.tokenizer, KEPT_TEXTS), before)
     int8 = apply(bundle, ctx_for(tmp_path, splits, 2), kind="quantize", method="dynamic_int8")

@@ -176,7 +176,9 @@ def trimmed_tokenizer(tokenizer: Any, keep: list[int]) -> Any:
         raise ValueError(f"the rebuilt tokenizer has {len(new)} tokens, not {len(keep)}")
     for name in ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token"):
         old_token = getattr(tokenizer, name, None)
-        if old_token is not None and new.convert_tokens_to_ids(old_token) != new_id[tokenizer.convert_tokens_to_ids(old_token)]:
+        if old_token is None:
+            continue
+        if new.convert_tokens_to_ids(old_token) != new_id[tokenizer.convert_tokens_to_ids(old_token)]:
             raise ValueError(f"{name} {old_token!r} did not keep its place")
     return new
 
@@ -275,7 +277,9 @@ def changed_tokens(old_tok: Any, new_tok: Any, split: Any) -> dict[str, Any]:
 # ------------------------------------------------------------------- the stage
 
 
-def _kept_ids(bundle: ModelBundle, config: TrimVocabConfig, ctx: RunContext, where: str) -> tuple[list[int], dict[str, Any]]:
+def _kept_ids(bundle: ModelBundle, config: TrimVocabConfig, ctx: RunContext,
+              where: str) -> tuple[list[int], dict[str, Any]]:
+    """(kept ids ascending, what each source contributed)."""
     from lepton.data import load_split
 
     tok = bundle.tokenizer
