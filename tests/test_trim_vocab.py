@@ -268,6 +268,9 @@ def test_through_export_and_ort_quantize_no_float_table_is_left(tiny_model_dir, 
     assert {i.data_type for i in tables.values()} == {onnx.TensorProto.INT8, onnx.TensorProto.FLOAT}
     float_tables = [list(i.dims) for i in tables.values() if i.data_type == onnx.TensorProto.FLOAT]
     assert float_tables == [[rows, 1]]  # the row scales, kept float32 (not re-quantized by ORT)
+    matrices = [(n, list(i.dims)) for n, i in inits.items()
+                if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2 and min(i.dims) > 1]
+    assert matrices == []  # no float32 matrix is left: tables, MatMuls and the pooler's Gemm are int8
     scale = next(numpy_helper.to_array(i) for i in tables.values() if i.data_type == onnx.TensorProto.FLOAT)
     assert np.allclose(scale.ravel(), bundle.model.bert.embeddings.word_embeddings.weight_row_scale.numpy().ravel())
     got = for_bundle(quantized).logits(batch_of(bundle.tokenizer, KEPT_TEXTS))
