@@ -22,8 +22,8 @@ from lepton.int8_embedding import Int8Embedding, int8_embeddings, quantize_rows
 from lepton.recipe import parse_recipe
 from lepton.runtimes import for_bundle
 from lepton.stages.trim_vocab import changed_tokens, trim_model
-from tests.conftest import tiny_recipe, write_sentiment_tsv
-from tests.test_artifact import logits_of, sequence_bundle
+from tests.conftest import tiny_recipe, write_conll, write_sentiment_tsv
+from tests.test_artifact import logits_of, sequence_bundle, token_bundle
 from tests.test_export import apply, batch_of, make_ctx
 
 KEPT_TEXTS = ["the movie was really good", "quite a dull plot , boring acting", "superb lovely nice"]
@@ -152,6 +152,26 @@ def test_trimmed_model_equals_untrimmed_on_kept_tokens_and_reloads(tiny_model_di
     loaded = lepton.load(folder)
     scores = [r["scores"]["pos"] for r in loaded.predict(KEPT_TEXTS)]
     assert np.allclose(scores, torch.softmax(before, -1)[:, 1].numpy(), atol=1e-6)
+
+
+def test_token_classification_trims_on_words(tiny_model_dir, tmp_path):
+    cols = Columns(text=0, label=-1)
+    splits = {name: load_split(DataSplitConfig(path=str(write_conll(tmp_path / f"{name}.txt", 12, seed=s)),
+                                               format="conll"), cols, name=name, kind="tokens")
+              for name, s in (("train", 1), ("dev", 2))}
+    bundle = token_bundle(tiny_model_dir)
+    words = [["Alice", "visited", "Rome", "."], ["Bob", "visited", "Paris", "."]]
+    old = bundle.tokenizer
+    before = bundle.model(**old(words, is_split_into_words=True, padding=True, return_tensors="pt")).logits
+    ctx = make_ctx(tmp_path, splits)
+    apply(bundle, ctx, kind="trim_vocab")
+    new = bundle.tokenizer
+    after = bundle.model(**new(words, is_split_into_words=True, padding=True, return_tensors="pt")).logits
+    assert torch.allclose(before, after, atol=1e-6)
+    assert ctx.stage_summary["changed"]["share_changed"] == 0.0 and ctx.stage_summary["changed"]["words"] > 0
+    got = changed_tokens(old, new, Split(name="dev", kind="tokens", texts=[["Alice", "Zanzibar"]], text_pairs=None,
+                                         labels=None, sources=["row 0"]))
+    assert got["words"] == 2 and got["words_changed"] == 1
 
 
 @pytest.mark.parametrize("tied", [True, False])
