@@ -7,8 +7,9 @@ safetensors cannot hold. Lepton saves the int8 values themselves: for each quant
 all), ``<name>.weight_zero_point`` (int64) and ``<name>.bias`` (float32), with every other weight
 as it is, in ``model-int8.safetensors``. Loading builds the float model from its config, quantizes
 the same Linears and puts the saved int8 weights back, so the reloaded model computes exactly what
-the saved one did. The file is int8 on disk (embeddings and LayerNorms stay float32) and loads only
-through Lepton: plain transformers finds no ``model.safetensors`` and says so.
+the saved one did. The file is int8 on disk (embeddings and LayerNorms stay float32, unless
+``quantize_embeddings`` made the tables int8: ``lepton.int8_embedding``, in this same file) and
+loads only through Lepton: plain transformers finds no ``model.safetensors`` and says so.
 
 ``torch.ao.quantization`` works in torch 2.13 but warns that it will be removed (torchao is its
 successor); the warnings are silenced here, the fact is in the stage summary.

@@ -15,9 +15,10 @@ much closer to float32 than one scale per tensor. ``exclude`` keeps layers in fl
 Static INT8 quantizes the MatMuls whose second input is a weight (QDQ pairs around them; ONNX
 Runtime fuses them into QLinearMatMul), and the Gemms with a weight (the pooler and classifier,
 Linears on 2-D inputs); attention's own activation x activation products stay float. Embedding
-tables stay float here: ``quantize_embeddings`` before ``export`` stores them in 8 bits. It works on the graph as exported, before the transformer optimizer's fusions: the fused
-Attention op has no QDQ form, and ONNX Runtime runs the int8 MatMuls of a fused graph as
-weight-only kernels (measured slower). ``calibration``: ``minmax`` (ranges as seen),
+tables stay float here: ``quantize_embeddings`` before ``export`` stores them in 8 bits. It works
+on the graph as exported, before the transformer optimizer's fusions: the fused Attention op has
+no QDQ form, and ONNX Runtime runs the int8 MatMuls of a fused graph as weight-only kernels
+(measured slower). ``calibration``: ``minmax`` (ranges as seen),
 ``percentile`` (clip at the ``percentile``-th percentile of |x|) or ``entropy`` (KL-divergence
 thresholds); the histogram methods stack every calibration activation, so their inputs are padded
 to one length. The calibration sample is ``calibration_items`` examples drawn with the run's seed.
