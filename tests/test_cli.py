@@ -375,3 +375,21 @@ def test_evaluate_with_a_deleted_file(capsys, model_copy, data):
 def test_debug_lets_the_exception_through(capsys, tmp_path):
     with pytest.raises(RecipeError, match="not found"):
         main(["--debug", "validate", str(tmp_path / "nope.yaml")])
+
+
+def test_a_run_folder_stands_for_its_model(capsys, trained):
+    """`lepton info OUT` / `compare OUT ...` given the run folder use OUT/model."""
+    code, out, err = cli(capsys, "info", trained["out"])
+    assert code == 0, err
+    assert f"{trained['out'] / 'model'}: Lepton model" in out
+
+
+def test_smoke_switch_caps_the_run_and_says_so(capsys, tiny_model_dir, data, tmp_path):
+    recipe = write_recipe(tmp_path / "r.yaml", tiny_recipe(tiny_model_dir, data["train"], data["dev"],
+                                                          tmp_path / "out", epochs=3))
+    code, out, err = cli(capsys, "run", recipe, "--smoke", "--no-progress")
+    assert code == 0, err
+    assert "Smoke run" in out
+    saved = yaml.safe_load((tmp_path / "out" / "recipe.yaml").read_text())
+    assert saved["smoke"] is True and saved["stages"][0]["epochs"] == 1
+    assert f"serve it: lepton serve {tmp_path / 'out'}/model" in out

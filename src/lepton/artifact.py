@@ -67,7 +67,8 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
             # model loads only through Lepton (transformers 5 has no pruned_heads any more).
             "structure": structure,
             # "safetensors": transformers weights; "onnx": model.onnx for plain onnxruntime;
-            # "torch-dynamic-int8": int8 Linears that only Lepton loads (see lepton.torch_int8).
+            # "torch-dynamic-int8": int8 Linears that only Lepton loads (see lepton.torch_int8);
+            # "torch-int8": float Linears with 8-bit embedding tables (lepton.int8_embedding).
             "format": weights_format,
             "loads_in_transformers": structure is None and weights_format == "safetensors",
             **extra,
@@ -85,6 +86,7 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
 def _save_weights(bundle: ModelBundle, folder: Path) -> tuple[str, dict[str, Any] | None, dict[str, Any]]:
     """Write the model's files; returns (format, per-layer structure, extra manifest entries)."""
     from lepton import torch_int8
+    from lepton.int8_embedding import has_int8_embeddings
     from lepton.structure import describe
 
     if bundle.runtime == "onnxruntime":
@@ -95,6 +97,10 @@ def _save_weights(bundle: ModelBundle, folder: Path) -> tuple[str, dict[str, Any
         bundle.model.config.save_pretrained(folder)
         torch_int8.save_int8(bundle.model, folder)
         return "torch-dynamic-int8", torch_int8.structure(bundle.model), {}
+    if has_int8_embeddings(bundle.model):  # float Linears, 8-bit embedding tables: same file
+        bundle.model.config.save_pretrained(folder)
+        torch_int8.save_int8(bundle.model, folder)
+        return "torch-int8", describe(bundle.model), {}
     bundle.model.save_pretrained(folder, safe_serialization=True)
     return "safetensors", describe(bundle.model), {}
 
@@ -154,7 +160,7 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, device: st
     try:
         if weights_format == "onnx":
             model = _load_onnx(folder, manifest)
-        elif weights_format == "torch-dynamic-int8":
+        elif weights_format in ("torch-dynamic-int8", "torch-int8"):
             model = _load_int8(folder, auto, structure)
         elif weights_format == "safetensors":
             model = auto.from_pretrained(folder) if structure is None else _load_restructured(folder, auto, structure)

@@ -7,8 +7,9 @@ safetensors cannot hold. Lepton saves the int8 values themselves: for each quant
 all), ``<name>.weight_zero_point`` (int64) and ``<name>.bias`` (float32), with every other weight
 as it is, in ``model-int8.safetensors``. Loading builds the float model from its config, quantizes
 the same Linears and puts the saved int8 weights back, so the reloaded model computes exactly what
-the saved one did. The file is int8 on disk (embeddings and LayerNorms stay float32) and loads only
-through Lepton: plain transformers finds no ``model.safetensors`` and says so.
+the saved one did. The file is int8 on disk (embeddings and LayerNorms stay float32, unless
+``quantize_embeddings`` made the tables int8: ``lepton.int8_embedding``, in this same file) and
+loads only through Lepton: plain transformers finds no ``model.safetensors`` and says so.
 
 ``torch.ao.quantization`` works in torch 2.13 but warns that it will be removed (torchao is its
 successor); the warnings are silenced here, the fact is in the stage summary.
@@ -132,6 +133,7 @@ def size_bytes(model: nn.Module) -> int:
 def counts(model: nn.Module) -> tuple[int, int]:
     """(total, non-zero) weights: float parameters plus each quantized Linear's int8 weight and bias."""
     tensors = [p.detach() for p in model.parameters()]
+    tensors += [getattr(m, "weight_q") for m in _int8_tables(model)]
     for module in quantized_linears(model).values():
         with _quiet():
             weight, bias = module._packed_params._weight_bias()
@@ -139,6 +141,12 @@ def counts(model: nn.Module) -> tuple[int, int]:
         if bias is not None:
             tensors.append(bias.detach())
     return sum(t.numel() for t in tensors), sum(int(torch.count_nonzero(t)) for t in tensors)
+
+
+def _int8_tables(model: nn.Module) -> list[nn.Module]:
+    from lepton.int8_embedding import int8_embeddings
+
+    return list(int8_embeddings(model).values())
 
 
 def load_int8(model: nn.Module, folder: Path) -> nn.Module:
@@ -151,6 +159,9 @@ def load_int8(model: nn.Module, folder: Path) -> nn.Module:
     unknown = [n for n in names if not isinstance(modules.get(n), nn.Linear)]
     if unknown:
         raise ValueError(f"{INT8_FILE}: {unknown[0]} is not a Linear layer of this model")
+    from lepton import int8_embedding
+
+    int8_embedding.restore(model, tensors)  # 8-bit embedding tables, so their tensors load below
     prefixes = tuple(n + "." for n in names)
     rest = {k: v for k, v in tensors.items() if not (k.startswith(prefixes) and k.endswith(_SUFFIXES))}
     missing, unexpected = model.load_state_dict(rest, strict=False)  # float parts, before quantizing
@@ -158,6 +169,8 @@ def load_int8(model: nn.Module, folder: Path) -> nn.Module:
     if missing or unexpected:
         raise ValueError(f"{INT8_FILE}: weights do not match the model (missing {missing[:3]}, "
                          f"unexpected {unexpected[:3]})")
+    if not names:  # only 8-bit embeddings
+        return model.eval()
     quantize_dynamic_int8(model, names, per_channel=False)  # the saved int8 weights replace these
     qlinears = quantized_linears(model)
     for name, module in qlinears.items():

@@ -30,7 +30,9 @@ class TorchEager:
 
         if torch_int8.is_dynamic_int8(self.model):
             return torch_int8.counts(self.model)
-        total = nonzero = 0
+        from lepton import int8_embedding
+
+        total, nonzero = int8_embedding.counts(self.model)  # 8-bit tables are buffers
         for p in self.model.parameters():
             total += p.numel()
             nonzero += int(torch.count_nonzero(p).item())

@@ -54,6 +54,8 @@ def _load_builtin_stages() -> None:
         pretrain,
         prune,
         quantize,
+        quantize_embeddings,
+        trim_vocab,
     )
 
 

@@ -13,10 +13,12 @@ much closer to float32 than one scale per tensor. ``exclude`` keeps layers in fl
 (PyTorch) or ONNX node names (ONNX Runtime) containing any of the given strings.
 
 Static INT8 quantizes the MatMuls whose second input is a weight (QDQ pairs around them; ONNX
-Runtime fuses them into QLinearMatMul); attention's own activation x activation products stay
-float. It works on the graph as exported, before the transformer optimizer's fusions: the fused
-Attention op has no QDQ form, and ONNX Runtime runs the int8 MatMuls of a fused graph as
-weight-only kernels (measured slower). ``calibration``: ``minmax`` (ranges as seen),
+Runtime fuses them into QLinearMatMul), and the Gemms with a weight (the pooler and classifier,
+Linears on 2-D inputs); attention's own activation x activation products stay float. Embedding
+tables stay float here: ``quantize_embeddings`` before ``export`` stores them in 8 bits. It works
+on the graph as exported, before the transformer optimizer's fusions: the fused Attention op has
+no QDQ form, and ONNX Runtime runs the int8 MatMuls of a fused graph as weight-only kernels
+(measured slower). ``calibration``: ``minmax`` (ranges as seen),
 ``percentile`` (clip at the ``percentile``-th percentile of |x|) or ``entropy`` (KL-divergence
 thresholds); the histogram methods stack every calibration activation, so their inputs are padded
 to one length. The calibration sample is ``calibration_items`` examples drawn with the run's seed.
@@ -191,6 +193,14 @@ def weight_matmuls(model_proto: Any, exclude: list[str]) -> list[str]:
             and not any(p in n.name for p in exclude)]
 
 
+def weight_gemms(model_proto: Any, exclude: list[str]) -> list[str]:
+    """Names of Gemm nodes whose second input is a weight (an initializer), minus ``exclude``."""
+    weights = {init.name for init in model_proto.graph.initializer}
+    return [n.name for n in model_proto.graph.node
+            if n.op_type == "Gemm" and len(n.input) > 1 and n.input[1] in weights
+            and not any(p in n.name for p in exclude)]
+
+
 def calibration_inputs(bundle: ModelBundle, ctx: RunContext, config: QuantizeConfig,
                        input_names: list[str]) -> list[dict[str, np.ndarray]]:
     """One input per example of a seeded sample of the calibration split, as numpy int64."""
@@ -335,12 +345,18 @@ def _ort_convert(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, d
     # quantize_dynamic fails with "Unable to find data type for weight_name" (MEASURED.md).
     float_type = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     if config.method == "dynamic_int8":
-        excluded = [n.name for n in source.proto().graph.node
-                    if n.name in skip or any(p in n.name for p in config.exclude)] or None
+        from lepton.int8_embedding import scale_gathers
+
+        proto = source.proto()
+        excluded = [n.name for n in proto.graph.node
+                    if n.name in skip or any(p in n.name for p in config.exclude)]
+        scales = scale_gathers(proto)  # 8-bit tables' row scales stay float32 (per-row int8 already)
         quantize_dynamic(str(source.path), str(dest), per_channel=config.per_channel,
                          reduce_range=config.reduce_range, weight_type=QuantType.QInt8,
-                         nodes_to_exclude=excluded, extra_options=dict(float_type))
-        details["kept_float"] = len(excluded or [])
+                         nodes_to_exclude=(excluded + scales) or None, extra_options=dict(float_type))
+        details["kept_float"] = len(excluded)
+        if scales:
+            details["int8_embedding_tables"] = len(scales)
     elif config.method == "static_int8":
         unfused = source.info.get("unfused_path")
         src = Path(unfused) if unfused and Path(unfused).is_file() else source.path
@@ -354,6 +370,9 @@ def _ort_convert(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, d
         nodes = [n for n in weight_matmuls(proto, config.exclude) if n not in skip]
         if not nodes:
             raise StageError(f"{where}: no MatMul with a weight left to quantize (exclude: {config.exclude})")
+        # Linears on 2-D inputs (the pooler, the classifier) trace to Gemm: int8 too, so no float
+        # weight matrix is left (ONNX Runtime fuses their QDQ pairs into QGemm).
+        gemms = [n for n in weight_gemms(proto, config.exclude) if n not in skip]
         inputs = calibration_inputs(bundle, ctx, config, [i.name for i in proto.graph.input])
         if config.smooth_quant:
             smoothed = dest.parent / "smoothed.onnx"
@@ -371,9 +390,11 @@ def _ort_convert(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, d
         quantize_static(str(src), str(dest), _Reader(inputs), quant_format=QuantFormat.QDQ,
                         per_channel=config.per_channel, reduce_range=config.reduce_range,
                         activation_type=QuantType.QUInt8 if config.activation_type == "uint8" else QuantType.QInt8,
-                        weight_type=QuantType.QInt8, nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"],
+                        weight_type=QuantType.QInt8, nodes_to_quantize=nodes + gemms,
+                        op_types_to_quantize=["MatMul", "Gemm"],
                         calibrate_method=method, extra_options=extra, calibration_cache_path=str(cache))
         details["quantized_matmuls"] = len(nodes)
+        details["quantized_gemms"] = len(gemms)
         details["calibration"] = {"method": config.calibration, "split": config.calibration_split,
                                   "items": len(inputs), "seed": ctx.seed}
         if config.calibration == "percentile":
