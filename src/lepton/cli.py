@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a recipe value, e.g. stages.0.epochs=1 (repeatable)")
     r.add_argument("-o", "--output", help="output folder (default: the recipe's output.dir)")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run in the same output folder")
+    r.add_argument("--force", action="store_true",
+                   help="replace a previous Lepton run in the output folder (a folder Lepton did not "
+                        "create is never written to)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--nproc", type=int, metavar="N",
                    help="train data-parallel in N local processes (DDP: gloo on CPU, nccl on GPU); "
@@ -116,7 +119,8 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
     argv += ["run", args.recipe]
     for override in args.overrides:
         argv += ["--set", override]
-    argv += (["-o", args.output] if args.output else []) + (["--resume"] if args.resume else [])
+    argv += (["-o", args.output] if args.output is not None else []) + (["--resume"] if args.resume else [])
+    argv += ["--force"] if args.force else []
     return argv + (["--no-progress"] if args.no_progress else [])
 
 
@@ -137,11 +141,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             load_recipe(args.recipe, args.overrides)  # a bad recipe fails here once, not N times
             return distributed.launch(_child_argv(args), args.nproc)
     report = run(args.recipe, overrides=args.overrides, out_dir=args.output, resume=args.resume,
-                 progress=not args.no_progress)
+                 force=args.force, progress=not args.no_progress)
     if report is None:
         return 0  # a rank other than 0 of a data-parallel run: rank 0 reports
     print_table(report)
-    out = args.output or report.recipe["output"]["dir"]
+    out = args.output if args.output is not None else report.recipe["output"]["dir"]
     print(f"model: {out}/model   report: {out}/report.md")
     return 0
 

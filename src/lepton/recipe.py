@@ -66,6 +66,13 @@ class EvaluateConfig(StrictModel):
 class OutputConfig(StrictModel):
     dir: str = "runs/lepton"
 
+    @field_validator("dir")
+    @classmethod
+    def _a_folder(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("give an output folder (an empty name would write into the current folder)")
+        return value
+
 
 class Recipe(StrictModel):
     schema_version: Literal[1] = 1
