@@ -314,12 +314,14 @@ def _data_config(data: DataSplitConfig | dict[str, Any] | str) -> DataSplitConfi
 
 def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | dict[str, Any] | str | None = None,
             *, text: Any = None, text_pair: Any = None, label: Any = None,
-            config: EvaluateConfig | None = None, seed: int = 0, task: str | None = None) -> Report:
+            config: EvaluateConfig | None = None, seed: int = 0, task: str | None = None,
+            public_key: str | os.PathLike[str] | None = None) -> Report:
     """Measure saved Lepton models side by side with the run harness; the first is the baseline.
 
     ``data`` defaults to the evaluation split of the first model's recipe. Columns default to
     those of the recipe the first model was trained with. ``task``: which task of multi-task
     models to measure (default: the main one); its data and columns default to that task's.
+    ``public_key``: refuse any model whose manifest that key's holder did not sign.
     """
     from lepton.heads import head_bundle, task_recipe
 
@@ -329,7 +331,7 @@ def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | di
     if not models:
         raise RecipeError("compare: give at least one model folder")
     paths = [Path(m) for m in models]
-    manifests = [read_manifest(p) for p in paths]  # verifies every checksum first
+    manifests = [read_manifest(p, public_key=public_key) for p in paths]  # verifies every checksum first
     recipe0 = manifests[0].get("recipe") or {}
     task0, data0 = task_recipe(recipe0, task)
     if data is None:
@@ -385,10 +387,11 @@ def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | di
 
 def evaluate(model: str | os.PathLike[str], data: DataSplitConfig | dict[str, Any] | str | None = None, *,
              text: Any = None, text_pair: Any = None, label: Any = None,
-             config: EvaluateConfig | None = None, seed: int = 0, task: str | None = None) -> Report:
+             config: EvaluateConfig | None = None, seed: int = 0, task: str | None = None,
+             public_key: str | os.PathLike[str] | None = None) -> Report:
     """Evaluate one saved Lepton model with the same harness as ``run`` (see ``compare``)."""
     return compare([model], data, text=text, text_pair=text_pair, label=label, config=config, seed=seed,
-                   task=task)
+                   task=task, public_key=public_key)
 
 
 __all__ = ["run", "evaluate", "compare", "LeptonError"]
