@@ -45,8 +45,23 @@ def load_splits(recipe: Recipe) -> dict[str, Split]:
         if split.skipped:
             log.warning("data.%s: skipped %d bad rows (first: %s)", name, len(split.skipped), split.skipped[0])
         log.info("data.%s: %d examples from %s", name, len(split), cfg.path)
+        if name == "train":
+            _warn_one_class(split, cfg.path)
         splits[name] = split
     return splits
+
+
+def _warn_one_class(split: Split, path: str) -> None:
+    """Training data whose labels are all one class teaches the model nothing but that class."""
+    if not split.labels:
+        return
+    seen: set[str] = set()
+    for label in split.labels:
+        seen.update(map(str, label) if isinstance(label, (list, tuple)) else [str(label)])
+        if len(seen) > 1:
+            return
+    log.warning("data.train (%s): every example has the label %r; the model can only learn to "
+                "predict that one class", path, next(iter(seen)))
 
 
 def _saved_lepton_model(location: str, task: TaskSpec, device: str) -> ModelBundle | None:
