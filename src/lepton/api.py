@@ -141,12 +141,13 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
     if recipe.trust_remote_code:
         log.warning("trust_remote_code: true: Python code shipped in the model folder %s will run "
                     "in this process; only use it with a model source you trust", recipe.model)
-    out = Path(out_dir if out_dir is not None else recipe.output.dir)
+    given = out_dir if out_dir is not None else recipe.output.dir
+    out = Path(given).expanduser()
     work = out / "work"
     device = distributed.setup(_device(recipe.device))  # joins the process group, if launched in one
     main = distributed.is_main()
     # Rank 0 alone checks and claims the folder; the others write only below work/rank-N.
-    claimed = outdir.claim(out, resume=resume, force=force) if main else None
+    claimed = outdir.claim(given, resume=resume, force=force) if main else None
     try:
         with atomic.io_errors(out / "run.log", "open the run log"):
             file_log = logging.FileHandler(out / "run.log", encoding="utf-8") if main else logging.NullHandler()
