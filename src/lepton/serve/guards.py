@@ -202,6 +202,13 @@ def _first_bad_string(value: Any, path: list[Any]) -> list[Any] | None:
     return None
 
 
+def _printable(part: Any) -> Any:
+    """A key with bad bytes, shown with U+FFFD in their place (the answer must be UTF-8 itself)."""
+    if isinstance(part, str):
+        return part.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return part
+
+
 class BodyError(HTTPException):
     """A request body that cannot be read as JSON; ``loc`` names where. An HTTPException, so
     FastAPI's body parsing lets it through (anything else there becomes a bare 400)."""
@@ -223,7 +230,8 @@ def parse_json_body(body: bytes) -> Any:
             where = _first_bad_string(json.loads(text), ["body"])
         except (ValueError, RecursionError):
             where = None
-        raise BodyError(where or ["body", err.start],
+        loc = [_printable(p) for p in where] if where else ["body", err.start]
+        raise BodyError(loc,
                         f"invalid UTF-8 (byte 0x{body[err.start]:02x} at offset {err.start}); "
                         "the body must be UTF-8 JSON", "utf8_invalid") from None
     try:
