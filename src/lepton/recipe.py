@@ -221,6 +221,8 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise RecipeError(f"--set {key}: value is not valid YAML: {err}") from None
+    except RecursionError:
+        raise RecipeError(f"--set {key}: value is nested too deeply") from None
     node: Any = tree
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
@@ -320,9 +322,12 @@ def parse_recipe(tree: Any, *, source: str = "<recipe>", overrides: typing.Seque
     """Validate a parsed YAML tree (after overrides and interpolation) into a Recipe."""
     if not isinstance(tree, dict):
         raise RecipeError(f"{source}: a recipe is a YAML mapping at the top level")
+    _check_size(tree, source)
     tree = copy.deepcopy(tree)  # overrides edit the tree in place; leave the caller's alone
     for assignment in overrides:
         apply_override(tree, assignment)
+    if overrides:
+        _check_size(tree, source)
     try:
         tree = interpolate(tree, os.environ if env is None else env)
     except RecipeError as e:
@@ -351,17 +356,21 @@ def load_recipe(path: str | os.PathLike[str], overrides: typing.Sequence[str] = 
         raise RecipeError(f"{p}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
     except UnicodeDecodeError:
         raise RecipeError(f"{p}: not a UTF-8 text file") from None
+    except RecursionError:
+        raise RecipeError(f"{p}: nested too deeply to be a recipe") from None
     except OSError as err:
         from lepton.atomic import describe
 
         raise RecipeError(f"{p}: cannot read the recipe ({describe(err)})") from None
-    size = expanded_size(tree, MAX_RECIPE_VALUES)
-    if size > MAX_RECIPE_VALUES:
-        raise RecipeError(f"{p}: expands to more than {MAX_RECIPE_VALUES:,} values (YAML aliases "
-                          "repeating a node many times?); write the recipe out plainly")
     recipe = parse_recipe(tree, source=str(p), overrides=overrides, env=env)
     check_layers(recipe, str(p))
     return recipe
+
+
+def _check_size(tree: Any, source: str) -> None:
+    if expanded_size(tree, MAX_RECIPE_VALUES) > MAX_RECIPE_VALUES:
+        raise RecipeError(f"{source}: expands to more than {MAX_RECIPE_VALUES:,} values or nests more "
+                          "than 200 deep (YAML aliases repeating a node?); write the recipe out plainly")
 
 
 def expanded_size(tree: Any, limit: int) -> int:

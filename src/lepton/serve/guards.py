@@ -238,6 +238,10 @@ def parse_json_body(body: bytes) -> Any:
         return json.loads(text)
     except RecursionError:
         raise BodyError(["body"], "JSON nested too deeply", "json_too_deep") from None
+    except json.JSONDecodeError:
+        raise  # FastAPI's own 422 with the position
+    except ValueError as err:  # e.g. an integer of more digits than Python converts
+        raise BodyError(["body"], f"invalid JSON: {str(err).splitlines()[0]}", "json_invalid") from None
 
 
 class _JSONRequest(Request):
