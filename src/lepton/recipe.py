@@ -220,7 +220,10 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise RecipeError(f"--set {key}: value is not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at column {mark.column + 1}" if mark is not None else ""
+        raise RecipeError(f"--set {key}: value {raw!r} is not valid YAML{where} "
+                          f"({getattr(err, 'problem', None) or 'parse error'})") from None
     except RecursionError:
         raise RecipeError(f"--set {key}: value is nested too deeply") from None
     node: Any = tree
@@ -363,8 +366,19 @@ def load_recipe(path: str | os.PathLike[str], overrides: typing.Sequence[str] = 
 
         raise RecipeError(f"{p}: cannot read the recipe ({describe(err)})") from None
     recipe = parse_recipe(tree, source=str(p), overrides=overrides, env=env)
+    check_model(recipe, str(p))
     check_layers(recipe, str(p))
     return recipe
+
+
+def check_model(recipe: Recipe, source: str) -> None:
+    """An unknown builtin or a local folder that is not there fails validation, not the run."""
+    from lepton.models import resolve_model
+
+    try:
+        resolve_model(recipe.model)
+    except LeptonError as err:
+        raise RecipeError(f"{source}: {err}") from None
 
 
 def _check_size(tree: Any, source: str) -> None:

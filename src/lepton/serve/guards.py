@@ -42,11 +42,31 @@ if HttpToolsProtocol is not None:
         first byte (or its opening) to the end of the headers."""
 
         header_timeout = 10.0  # set by lepton.serve.serve (and a worker's factory) from settings
+        max_header_bytes = 64 * 1024  # httptools itself takes headers of any size
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             self._header_timer: asyncio.TimerHandle | None = None
+            self._header_bytes = 0
             super().connection_made(transport)
             self._arm()
+
+        def on_message_begin(self) -> None:
+            self._header_bytes = 0
+            super().on_message_begin()
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value))
+            super().on_header(name, value)
+
+        def _count(self, n: int) -> None:
+            self._header_bytes += n
+            if self._header_bytes > self.max_header_bytes:
+                # Raised inside a parser callback: uvicorn answers 400 and closes the connection.
+                raise ValueError(f"request headers over {self.max_header_bytes} bytes")
 
         def data_received(self, data: bytes) -> None:
             if self._header_timer is None and (self.cycle is None or self.cycle.response_complete):
