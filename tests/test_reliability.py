@@ -411,3 +411,13 @@ def test_compare_gates_are_checked_before_measuring(capsys, finished, monkeypatc
     monkeypatch.setattr(api, "compare", lambda *a, **k: pytest.fail("measured before checking the gates"))
     model = finished / "model"
     assert_user_error(cli(capsys, "compare", model, model, *args), needle)
+
+
+@pytest.mark.parametrize(("model", "needle"), [("builtin:nope", "unknown builtin"), ("./no/such/folder", "not found")])
+def test_validate_resolves_the_model(capsys, recipe, model, needle):
+    # Found by the bad-input kit: these passed validate and failed only in `run`.
+    assert_user_error(cli(capsys, "validate", recipe, "--set", f"model={model}"), needle)
+
+
+def test_a_bad_yaml_override_is_one_line(capsys, recipe):
+    assert_user_error(cli(capsys, "validate", recipe, "--set", "stages.0.epochs=[1"), "not valid YAML")

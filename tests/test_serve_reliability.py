@@ -97,6 +97,11 @@ def test_docs_load_nothing_from_a_cdn(server):
     assert httpx.get(server.url + "/redoc").status_code == 404  # ReDoc would come from a CDN: off
 
 
+def test_oversized_headers_are_refused(server):
+    got, _ = raw(server, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n")
+    assert got.startswith(b"HTTP/1.1 400"), got[:80]
+    assert httpx.get(server.url + "/healthz").status_code == 200  # and the server carries on
+
 def test_sigterm_under_a_backlog_answers_every_request_200_or_503_and_exits_0(server):
     # Reported: 40 requests in flight at SIGTERM: 14 x 200, 26 x 500 with tracebacks once the
     # fixed 30 s drain ran out. Here 24 requests of 0.5 s each (12 s of work) meet a 3 s drain.
