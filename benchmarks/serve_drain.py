@@ -150,6 +150,7 @@ def main() -> None:
     parser.add_argument("--drain", type=float, default=30)
     args = parser.parse_args()
     texts = sentences()
+    load_before = os.getloadavg()[0]  # other jobs on the machine share the cores
     with tempfile.TemporaryDirectory() as tmp:
         model = Path(args.model) if args.model else untrained_minilm(Path(tmp) / "minilm" / "model")
         port = free_port()
@@ -168,7 +169,8 @@ def main() -> None:
         "# `lepton serve`: load and SIGTERM with a backlog", "",
         f"`python benchmarks/serve_drain.py` on {cpu}, {os.cpu_count()} cores shared by the server and the "
         f"clients; model: {'real all-MiniLM-L6-v2 with an untrained head' if not args.model else args.model}; "
-        "server defaults (max batch 32, max wait 5 ms, max queue 256).", "",
+        f"server defaults (max batch 32, max wait 5 ms, max queue 256); load average {load_before:.1f} "
+        "before the run (other jobs on the machine).", "",
         f"## {args.clients} concurrent clients for {args.seconds:.0f} s", "",
         "| answers | by status | 5xx other than 503 + Retry-After | throughput | p50 | p99 |", "|---|---|---|---|---|---|",
         f"| {sum(counts.values())} | {dict(counts)} | {bad(counts)} | {sum(counts.values()) / took:.1f} req/s | "
