@@ -198,6 +198,9 @@ BAD_VALUES: list[tuple[str, Any]] = [
 ]
 
 ACCEPTED_VALUES = {
+    ("model", "'./no/such/folder'"): ("accept", "validate checks the recipe, not the files it names (data "
+                                                "files neither); `run` refuses the missing folder in one line "
+                                                "before anything trains (see 'model folder without weights')"),
     ("task.text", "None"): ("accept", "null is the same as leaving the key out: the default text column "
                                       "('text', or 'sentence' as in this data) is used"),
 }

@@ -372,9 +372,12 @@ def load_recipe(path: str | os.PathLike[str], overrides: typing.Sequence[str] = 
 
 
 def check_model(recipe: Recipe, source: str) -> None:
-    """An unknown builtin or a local folder that is not there fails validation, not the run."""
+    """An unknown builtin name fails validation. (Files a recipe names, model folders and data,
+    need not exist to validate it: they are checked when the run starts, before any training.)"""
     from lepton.models import resolve_model
 
+    if not recipe.model.startswith("builtin:"):
+        return
     try:
         resolve_model(recipe.model)
     except LeptonError as err:
