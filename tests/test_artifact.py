@@ -17,7 +17,7 @@ import torch
 import lepton
 from lepton.artifact import MANIFEST, Predictor, load_bundle, read_manifest, save_artifact
 from lepton.bundle import ModelBundle, StageRecord
-from lepton.errors import ArtifactError, LeptonError
+from lepton.errors import ArtifactError, LeptonError, StorageError
 from lepton.models import load_for_task, load_tokenizer
 from lepton.tasks import TaskSpec, softmax
 
@@ -107,8 +107,8 @@ def test_manifest_lists_a_checksum_for_every_file(bundle, saved):
     on_disk = {p.relative_to(saved).as_posix() for p in saved.rglob("*") if p.is_file()}
     assert set(manifest["files"]) == on_disk - {MANIFEST}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= set(manifest["files"])
-    for name, digest in manifest["files"].items():
-        assert digest == hashlib.sha256((saved / name).read_bytes()).hexdigest(), name
+    for name, digest in manifest["files"].items():  # the algorithm is named with each digest
+        assert digest == {"sha256": hashlib.sha256((saved / name).read_bytes()).hexdigest()}, name
     assert manifest["schema_version"] == 1
     assert manifest["task"] == bundle.task.model_dump()
     assert manifest["recipe"] == {"name": "unit"}
@@ -184,10 +184,15 @@ def test_missing_folder(tmp_path):
         lepton.load(tmp_path / "absent")
 
 
-def _edit_manifest(folder: Path, edit) -> None:
+def _edit_manifest(folder: Path, edit, *, redigest: bool = True) -> None:
+    """Edit lepton.json; ``redigest``: as a careful forger would, recompute its own digest."""
+    from lepton.artifact import DIGEST_KEY, manifest_digest
+
     path = folder / MANIFEST
     manifest = json.loads(path.read_text())
     edit(manifest)
+    if redigest:
+        manifest[DIGEST_KEY] = manifest_digest(manifest)
     path.write_text(json.dumps(manifest))
 
 
@@ -241,7 +246,7 @@ def test_failed_save_keeps_the_previous_artifact(tiny_model_dir, saved, monkeypa
         raise OSError("disk full")
 
     monkeypatch.setattr(other.tokenizer, "save_pretrained", broken_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StorageError, match="disk full"):  # one line naming the folder
         save_artifact(other, saved)
     assert {p.name: p.read_bytes() for p in saved.iterdir()} == before
     assert lepton.load(saved).labels == ["neg", "pos"]

@@ -125,7 +125,7 @@ def test_finetune_drop_distill_and_the_teacher_cache(tiny_model_dir: Path, tmp_p
     assert [v.name for v in first.variants] == ["finetune", "drop_layers", "distill"]
 
     # The same run again: the fine-tuned teacher comes out bit-identical, so its outputs are reused.
-    again = lepton.run(parse_recipe(recipe, env={}), progress=False)
+    again = lepton.run(parse_recipe(recipe, env={}), progress=False, force=True)  # replaces the first
     cache2 = again.stages[2]["summary"]["teacher_cache"]
     assert cache2["status"] == "hit" and cache2["path"] == cache["path"]
     assert cache2["teacher_passes_avoided"] == 2.0

@@ -339,7 +339,8 @@ def test_gradual_end_past_training_still_ends_at_the_target(tiny4_dir, train_spl
 
 def _recipe_with(stage: dict) -> dict:
     return {"task": {"kind": "sequence_classification"},
-            "data": {"train": {"path": "train.tsv"}, "dev": {"path": "dev.tsv"}}, "stages": [stage]}
+            "data": {"train": {"path": "train.tsv"}, "dev": {"path": "dev.tsv"}},
+            "stages": [stage, {"kind": "finetune"}]}  # a recipe must train the task head somewhere
 
 
 @pytest.mark.parametrize("stage, message", [

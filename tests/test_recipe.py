@@ -85,11 +85,23 @@ def test_parse_leaves_the_callers_tree_alone():
     assert tree == before
 
 
-def test_recipe_without_stages_needs_no_train_data():
+def test_recipe_without_stages_needs_no_train_data(tmp_path):
+    # Only a saved Lepton model (its head trained already) may be run without a training stage.
+    (tmp_path / "lepton.json").write_text("{}")
     tree = valid_tree()
     del tree["stages"], tree["data"]["train"]
+    tree["model"] = str(tmp_path)
     recipe = parse(tree)
     assert recipe.stages == [] and recipe.data.train is None
+
+
+@pytest.mark.parametrize("stages", [[], [{"kind": "prune", "method": "magnitude", "sparsity": 0.5}]])
+def test_recipe_that_never_trains_the_head_is_refused(stages):
+    # `stages: []` on a plain encoder used to ship a model with a random task head.
+    tree = valid_tree()
+    tree["stages"] = stages
+    with pytest.raises(RecipeError, match="no stage trains the task head"):
+        parse(tree)
 
 
 # ------------------------------------------------------------------- unknown keys

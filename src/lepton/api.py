@@ -13,11 +13,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lepton import __version__, atomic, distributed
+from lepton import __version__, atomic, distributed, outdir
 from lepton.artifact import load_bundle, now_iso, read_manifest, save_artifact
 from lepton.bundle import ModelBundle, RunContext, StageRecord
 from lepton.data import DataSplitConfig, Split, load_split
-from lepton.errors import LeptonError, RecipeError, StageError
+from lepton.errors import LeptonError, RecipeError, StageError, StorageError
 from lepton.evaluation.scorecard import Report
 from lepton.recipe import EvaluateConfig, Recipe, TaskConfig, load_recipe
 from lepton.tasks import TaskSpec, build_task
@@ -45,8 +45,23 @@ def load_splits(recipe: Recipe) -> dict[str, Split]:
         if split.skipped:
             log.warning("data.%s: skipped %d bad rows (first: %s)", name, len(split.skipped), split.skipped[0])
         log.info("data.%s: %d examples from %s", name, len(split), cfg.path)
+        if name == "train":
+            _warn_one_class(split, cfg.path)
         splits[name] = split
     return splits
+
+
+def _warn_one_class(split: Split, path: str) -> None:
+    """Training data whose labels are all one class teaches the model nothing but that class."""
+    if not split.labels:
+        return
+    seen: set[str] = set()
+    for label in split.labels:
+        seen.update(map(str, label) if isinstance(label, (list, tuple)) else [str(label)])
+        if len(seen) > 1:
+            return
+    log.warning("data.train (%s): every example has the label %r; the model can only learn to "
+                "predict that one class", path, next(iter(seen)))
 
 
 def _saved_lepton_model(location: str, task: TaskSpec, device: str) -> ModelBundle | None:
@@ -72,9 +87,14 @@ def _prepare_work(work: Path, recipe: Recipe, resume: bool) -> bool:
     marker = work / "recipe.json"
     current = json.dumps(recipe.resolved_dict(), sort_keys=True)
     if resume and marker.is_file():
-        if marker.read_text() != current:
+        try:
+            saved = marker.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise StorageError(f"{marker}: cannot read the interrupted run's recipe "
+                               f"({atomic.describe(err)}); use --force to start over") from None
+        if saved != current:
             raise RecipeError(f"{marker}: the recipe changed since the interrupted run; "
-                              "run without --resume to start over")
+                              "use --force to start over")
         log.info("resuming the interrupted run in %s", work)
     else:
         if resume:
@@ -83,13 +103,14 @@ def _prepare_work(work: Path, recipe: Recipe, resume: bool) -> bool:
             log.info("found an earlier unfinished run in %s; starting over (use --resume to continue it)", work)
         shutil.rmtree(work, ignore_errors=True)
         resume = False
-    work.mkdir(parents=True, exist_ok=True)
+    with atomic.io_errors(work, "create the work folder"):
+        work.mkdir(parents=True, exist_ok=True)
     atomic.write_text(marker, current)
     return resume
 
 
 def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (),
-        out_dir: str | os.PathLike[str] | None = None, resume: bool = False,
+        out_dir: str | os.PathLike[str] | None = None, resume: bool = False, force: bool = False,
         progress: bool = True) -> Report | None:
     """Run a recipe: load data and model, apply every stage, evaluate, save the artifact and report.
 
@@ -98,6 +119,9 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
     (every stage before it too: pruning and layer dropping are deterministic, so all ranks hold
     the same model) and then return None; rank 0 alone evaluates, writes every file and returns
     the report. Their own side files (adapters, teacher caches) go to ``work/rank-N``.
+
+    The output folder must be new, empty, or a previous Lepton run's (``lepton.outdir``): an
+    interrupted one continues with ``resume``, any is started over with ``force``.
     """
     import torch
 
@@ -114,17 +138,28 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
         recipe = load_recipe(recipe, overrides)
     elif overrides:
         raise RecipeError("overrides apply to a recipe file; change the Recipe object instead")
-    out = Path(out_dir if out_dir is not None else recipe.output.dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if recipe.trust_remote_code:
+        log.warning("trust_remote_code: true: Python code shipped in the model folder %s will run "
+                    "in this process; only use it with a model source you trust", recipe.model)
+    given = out_dir if out_dir is not None else recipe.output.dir
+    out = Path(given).expanduser()
     work = out / "work"
     device = distributed.setup(_device(recipe.device))  # joins the process group, if launched in one
     main = distributed.is_main()
-    file_log = logging.FileHandler(out / "run.log", encoding="utf-8") if main else logging.NullHandler()
+    # Rank 0 alone checks and claims the folder; the others write only below work/rank-N.
+    claimed = outdir.claim(given, resume=resume, force=force) if main else None
+    try:
+        with atomic.io_errors(out / "run.log", "open the run log"):
+            file_log = logging.FileHandler(out / "run.log", encoding="utf-8") if main else logging.NullHandler()
+    except BaseException:
+        if claimed is not None:
+            claimed.release()
+        raise
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("lepton").addHandler(file_log)
     try:
         if main:
-            resume = _prepare_work(work, recipe, resume)
+            resume = _prepare_work(work, recipe, claimed.resume)
         resume = distributed.broadcast_object(resume)  # also waits until rank 0 has made work/ ready
         if distributed.world_size() > 1:
             log.info("data-parallel: %d processes (%s)", distributed.world_size(), distributed.backend())
@@ -152,11 +187,16 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
             cache = folder.parent / "quality.json"
             v = Variant(name=name, stage_path=path, bundle=b, folder=folder)
             if resume and cache.is_file():
-                saved = json.loads(cache.read_text())
-                v.predictions = saved["predictions"]
-                qualities[name] = (Quality.model_validate(saved["quality"]),
-                                   Robustness.model_validate(saved["robustness"]) if saved["robustness"] else None,
-                                   Calibration.model_validate(saved["calibration"]) if saved["calibration"] else None)
+                try:
+                    saved = json.loads(cache.read_text(encoding="utf-8"))
+                    v.predictions = saved["predictions"]
+                    qualities[name] = (
+                        Quality.model_validate(saved["quality"]),
+                        Robustness.model_validate(saved["robustness"]) if saved["robustness"] else None,
+                        Calibration.model_validate(saved["calibration"]) if saved["calibration"] else None)
+                except (OSError, ValueError, KeyError, TypeError) as err:
+                    raise StorageError(f"{cache}: the interrupted run's cached result is damaged "
+                                       f"({atomic.describe(err)}); use --force to start over") from None
             else:
                 log.info("evaluate %s: quality on %d %s examples", name, len(eval_split), eval_split.name)
                 q, r, c = measure_quality(v, eval_split, recipe.evaluate, recipe.seed)
@@ -227,7 +267,7 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
                 continue
             if bundle.train_hooks:
                 stage_dir.mkdir(parents=True, exist_ok=True)  # a stage that never trained made none
-                (stage_dir / "hooks").write_text(str(len(bundle.train_hooks)))
+                atomic.write_text(stage_dir / "hooks", str(len(bundle.train_hooks)))
             save_artifact(bundle, snapshot, recipe=recipe.resolved_dict())
             remember(name, [r.name for r in bundle.history], bundle, snapshot)
 
@@ -257,9 +297,13 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
         shutil.rmtree(work, ignore_errors=True)  # checkpoints are only for resuming
         log.info("wrote %s and %s", out / "model", out / "report.md")
         return report
+    except OSError as err:  # an I/O failure no narrower handler named: one line with path and cause
+        raise StorageError(f"{getattr(err, 'filename', None) or out}: {atomic.describe(err)}") from err
     finally:
         logging.getLogger("lepton").removeHandler(file_log)
         file_log.close()
+        if claimed is not None:
+            claimed.release()
         distributed.teardown()
 
 
@@ -286,12 +330,14 @@ def _data_config(data: DataSplitConfig | dict[str, Any] | str) -> DataSplitConfi
 
 def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | dict[str, Any] | str | None = None,
             *, text: Any = None, text_pair: Any = None, label: Any = None,
-            config: EvaluateConfig | None = None, seed: int = 0, task: str | None = None) -> Report:
+            config: EvaluateConfig | None = None, seed: int = 0, task: str | None = None,
+            public_key: str | os.PathLike[str] | None = None) -> Report:
     """Measure saved Lepton models side by side with the run harness; the first is the baseline.
 
     ``data`` defaults to the evaluation split of the first model's recipe. Columns default to
     those of the recipe the first model was trained with. ``task``: which task of multi-task
     models to measure (default: the main one); its data and columns default to that task's.
+    ``public_key``: refuse any model whose manifest that key's holder did not sign.
     """
     from lepton.heads import head_bundle, task_recipe
 
@@ -301,7 +347,7 @@ def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | di
     if not models:
         raise RecipeError("compare: give at least one model folder")
     paths = [Path(m) for m in models]
-    manifests = [read_manifest(p) for p in paths]  # verifies every checksum first
+    manifests = [read_manifest(p, public_key=public_key) for p in paths]  # verifies every checksum first
     recipe0 = manifests[0].get("recipe") or {}
     task0, data0 = task_recipe(recipe0, task)
     if data is None:
@@ -357,10 +403,11 @@ def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | di
 
 def evaluate(model: str | os.PathLike[str], data: DataSplitConfig | dict[str, Any] | str | None = None, *,
              text: Any = None, text_pair: Any = None, label: Any = None,
-             config: EvaluateConfig | None = None, seed: int = 0, task: str | None = None) -> Report:
+             config: EvaluateConfig | None = None, seed: int = 0, task: str | None = None,
+             public_key: str | os.PathLike[str] | None = None) -> Report:
     """Evaluate one saved Lepton model with the same harness as ``run`` (see ``compare``)."""
     return compare([model], data, text=text, text_pair=text_pair, label=label, config=config, seed=seed,
-                   task=task)
+                   task=task, public_key=public_key)
 
 
 __all__ = ["run", "evaluate", "compare", "LeptonError"]

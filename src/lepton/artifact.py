@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -21,8 +22,18 @@ from lepton.bundle import ModelBundle, StageRecord
 from lepton.errors import ArtifactError, LeptonError
 from lepton.tasks import TaskSpec, softmax, word_predictions
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "lepton.json"
 MANIFEST_SCHEMA_VERSION = 1
+DIGEST_KEY = "manifest_sha256"
+SIGNATURE = "lepton.json.sig"  # lepton.signing
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+# Files a loader (transformers, tokenizers, ONNX Runtime, Lepton) may pick up by name: one not
+# listed in the manifest is refused, as it would escape the checksums.
+_LOADABLE_SUFFIXES = {".json", ".safetensors", ".bin", ".onnx", ".data", ".txt", ".model", ".pt", ".pth",
+                      ".ckpt", ".msgpack", ".h5", ".jinja", ".py", ".pb", ".tiktoken", ".npz", ".pkl",
+                      ".pickle", ".gguf", ".onnx_data"}
 
 
 def sha256(path: Path) -> str:
@@ -52,7 +63,8 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
         bundle.tokenizer.save_pretrained(tmp)
         if model_card is not None:  # model card: before the checksums, so they cover it
             (tmp / "README.md").write_text(model_card, encoding="utf-8")
-        files = {p.relative_to(tmp).as_posix(): sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {p.relative_to(tmp).as_posix(): {"sha256": sha256(p)} for p in sorted(tmp.rglob("*"))
+                 if p.is_file()}
         manifest = {
             "schema_version": MANIFEST_SCHEMA_VERSION,
             "lepton_version": __version__,
@@ -75,7 +87,9 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
             "scorecards": scorecards or [],
             "files": files,
         }
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str))
+        manifest = json.loads(json.dumps(manifest, default=str))  # as it will read back
+        manifest[DIGEST_KEY] = manifest_digest(manifest)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         mode = (tmp / MANIFEST).stat().st_mode & 0o777  # what the umask gives a new file
         for name in files:  # safetensors writes its file 0600 whatever the umask
             os.chmod(tmp / name, mode)
@@ -105,7 +119,19 @@ def _save_weights(bundle: ModelBundle, folder: Path) -> tuple[str, dict[str, Any
     return "safetensors", describe(bundle.model), {}
 
 
-def read_manifest(path: str | os.PathLike[str], *, verify: bool = True) -> dict[str, Any]:
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON, without the digest itself: an edit of
+    ``lepton.json`` (a deleted file entry, a changed label) no longer matches it."""
+    body = {k: v for k, v in manifest.items() if k != DIGEST_KEY}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def read_manifest(path: str | os.PathLike[str], *, verify: bool = True,
+                  public_key: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """The manifest of a model folder. ``verify``: check the manifest's own digest, that it lists
+    every file the model needs and every file's sha256, and refuse files it does not list that a
+    loader would read. ``public_key``: also require a valid signature by that key's holder."""
     folder = Path(path)
     if not folder.is_dir():
         raise ArtifactError(f"{folder}: no such model folder")
@@ -114,9 +140,11 @@ def read_manifest(path: str | os.PathLike[str], *, verify: bool = True) -> dict[
         raise ArtifactError(f"{folder}: not a Lepton model (no {MANIFEST}); "
                             "plain transformers folders load with lepton.evaluate or as a recipe's model")
     try:
-        manifest = json.loads(mpath.read_text())
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ArtifactError(f"{mpath}: manifest is not valid JSON ({err})") from None
+    except OSError as err:
+        raise ArtifactError(f"{mpath}: cannot read the manifest ({atomic.describe(err)})") from None
     if not isinstance(manifest, dict):
         raise ArtifactError(f"{mpath}: manifest is not a JSON object")
     version = manifest.get("schema_version")
@@ -124,30 +152,113 @@ def read_manifest(path: str | os.PathLike[str], *, verify: bool = True) -> dict[
         raise ArtifactError(f"{mpath}: manifest schema_version {version!r} is not supported "
                             f"(this Lepton reads {MANIFEST_SCHEMA_VERSION})")
     if verify:
+        check_manifest(folder, manifest)
         verify_files(folder, manifest)
+    if public_key is not None:
+        from lepton import signing
+
+        signing.verify(folder, public_key)
     return manifest
 
 
-def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
+def check_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    """The manifest's own integrity: its digest (manifests written before it had one are read
+    as they are) and its files map."""
+    mpath = folder / MANIFEST
+    digest = manifest.get(DIGEST_KEY)
+    if digest is not None and digest != manifest_digest(manifest):
+        raise ArtifactError(f"{mpath}: the manifest was edited after it was saved (its {DIGEST_KEY} "
+                            "does not match its contents)")
+    file_digests(folder, manifest)
+
+
+def file_digests(folder: Path, manifest: dict[str, Any]) -> dict[str, str]:
+    """name -> sha256 from the manifest's files map: ``{"name": {"sha256": hex}}``, or the bare
+    hex of manifests written before the algorithm was named."""
+    mpath = folder / MANIFEST
     files = manifest.get("files")
     if not isinstance(files, dict) or not files:
-        raise ArtifactError(f"{folder / MANIFEST}: lists no files to verify")
-    for name, digest in files.items():
+        raise ArtifactError(f"{mpath}: lists no files to verify")
+    out = {}
+    for name, entry in files.items():
+        if not _safe_relative(name):
+            raise ArtifactError(f"{mpath}: files: {name!r} is not a path inside the model folder")
+        if isinstance(entry, str):
+            entry = {"sha256": entry}
+        if not isinstance(entry, dict) or set(entry) != {"sha256"} or not _HEX64.fullmatch(str(entry["sha256"])):
+            algos = ", ".join(entry) if isinstance(entry, dict) else type(entry).__name__
+            raise ArtifactError(f"{mpath}: files.{name}: expected {{\"sha256\": <64 hex digits>}} "
+                                f"(got {algos}; this Lepton checks sha256 only)")
+        out[name] = entry["sha256"]
+    return out
+
+
+def _safe_relative(name: Any) -> bool:
+    if not isinstance(name, str) or not name or "\\" in name or name.startswith("/"):
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def required_files(manifest: dict[str, Any]) -> list[str]:
+    """The files a model of this manifest's format cannot load without: they must be listed (so
+    deleting an entry cannot take a file out of the checks)."""
+    from lepton.torch_int8 import INT8_FILE
+
+    runtime = manifest.get("runtime", "torch")
+    weights_format = manifest.get("format") or ("onnx" if runtime == "onnxruntime" else "safetensors")
+    weights = {"safetensors": "model.safetensors", "onnx": "model.onnx",
+               "torch-dynamic-int8": INT8_FILE, "torch-int8": INT8_FILE}.get(weights_format)
+    needed = ["config.json", "tokenizer_config.json"] + ([weights] if weights else [])
+    heads = manifest.get("heads")
+    if isinstance(heads, dict):
+        needed += [h["file"] for h in heads.values() if isinstance(h, dict) and isinstance(h.get("file"), str)]
+    return needed
+
+
+def _loader_reads(name: str) -> bool:
+    return Path(name).suffix.lower() in _LOADABLE_SUFFIXES
+
+
+def unlisted_files(folder: Path, manifest: dict[str, Any]) -> list[str]:
+    """Files in the folder the manifest does not list (the manifest and its signature aside)."""
+    listed = set(manifest.get("files") or {})
+    found = [p.relative_to(folder).as_posix() for p in sorted(folder.rglob("*")) if p.is_file()]
+    return [n for n in found if n not in listed and n not in (MANIFEST, SIGNATURE)]
+
+
+def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
+    """Every listed file present with its sha256; every required file listed; no unlisted file a
+    loader would read (others are reported in the log)."""
+    digests = file_digests(folder, manifest)
+    missing = [n for n in required_files(manifest) if n not in digests]
+    if missing:
+        raise ArtifactError(f"{folder / MANIFEST}: does not list {missing[0]}, which this model needs; "
+                            "the manifest was edited or is incomplete")
+    for name, digest in digests.items():
         p = folder / name
         if not p.is_file():
             raise ArtifactError(f"{p}: listed in {MANIFEST} but missing")
         if sha256(p) != digest:
             raise ArtifactError(f"{p}: checksum mismatch (the file was changed after it was saved)")
+    extra = unlisted_files(folder, manifest)
+    readable = [n for n in extra if _loader_reads(n)]
+    if readable:
+        raise ArtifactError(f"{folder / readable[0]}: not listed in {MANIFEST}, and loading could read it; "
+                            "remove it (files added after saving are refused)")
+    if extra:
+        log.warning("%s: files not covered by %s (not loaded, not verified): %s", folder, MANIFEST,
+                    ", ".join(extra))
 
 
-def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, device: str = "cpu") -> ModelBundle:
+def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, device: str = "cpu",
+                public_key: str | os.PathLike[str] | None = None) -> ModelBundle:
     from safetensors import SafetensorError
     from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     from lepton.models import load_tokenizer
 
     folder = Path(path)
-    manifest = read_manifest(folder, verify=verify)
+    manifest = read_manifest(folder, verify=verify, public_key=public_key)
     try:
         task = TaskSpec.model_validate(manifest.get("task"))
     except ValidationError as err:
@@ -377,7 +488,9 @@ class Predictor:
         return results
 
 
-def load(path: str | os.PathLike[str], *, device: str = "cpu") -> Predictor:
-    """Load a saved Lepton model, verifying every file's checksum first."""
-    bundle = load_bundle(path, device=device)
+def load(path: str | os.PathLike[str], *, device: str = "cpu",
+         public_key: str | os.PathLike[str] | None = None) -> Predictor:
+    """Load a saved Lepton model, verifying the manifest and every file's checksum first;
+    ``public_key``: also require the manifest to be signed by that key's holder (``lepton sign``)."""
+    bundle = load_bundle(path, device=device, public_key=public_key)
     return Predictor(bundle, read_manifest(path, verify=False))

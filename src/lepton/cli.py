@@ -25,7 +25,11 @@ EPILOG = {
                "--max-drop accuracy=1.0 --min-speedup 1.5",
     "serve": "example: lepton serve runs/sst2-minilm/model --port 8000 --max-batch 32 --max-wait-ms 5",
     "data": "example: lepton data   (then in a recipe: data: {train: {path: builtin:sst2/train}})",
+    "keygen": "example: lepton keygen ~/.lepton/signing-key   (writes signing-key and signing-key.pub)",
+    "sign": "example: lepton sign runs/sst2-minilm/model --key ~/.lepton/signing-key",
 }
+SIGNATURE_HELP = ("refuse the model unless its manifest is signed by the holder of this Ed25519 public "
+                  "key (lepton keygen / lepton sign)")
 EXIT_GATE_FAILED = 1
 
 
@@ -48,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--smoke", action="store_true",
                    help="a quick check that the recipe works: caps every data source at 64 examples, every "
                         "training stage at 1 epoch, and the measurements (same as --set smoke=true)")
+    r.add_argument("--force", action="store_true",
+                   help="replace a previous Lepton run in the output folder (a folder Lepton did not "
+                        "create is never written to)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--nproc", type=int, metavar="N",
                    help="train data-parallel in N local processes (DDP: gloo on CPU, nccl on GPU); "
@@ -69,6 +76,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-sizes", default="1,32", help="comma-separated batch sizes to time")
     e.add_argument("--task", help="a multi-task model's task to measure (default: the main one)")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
+    e.add_argument("--require-signature", metavar="PUBLIC_KEY", help=SIGNATURE_HELP)
 
     c = add("compare", "measure saved models side by side (the first is the baseline); gate on the result")
     c.add_argument("models", nargs="+", help="Lepton model folders")
@@ -80,10 +88,19 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--min-speedup", type=float, help="fail when a variant's batch-1 speed-up is below this")
     c.add_argument("--task", help="the task of multi-task models to measure (default: the main one)")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.add_argument("--require-signature", metavar="PUBLIC_KEY", help=SIGNATURE_HELP)
 
     i = add("info", "show a saved model's task, stages, scorecards and file checks")
     i.add_argument("model")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.add_argument("--require-signature", metavar="PUBLIC_KEY", help=SIGNATURE_HELP)
+
+    k = add("keygen", "make an Ed25519 key pair for signing models (KEY private, KEY.pub public)")
+    k.add_argument("key", help="path of the private key to create (never overwritten)")
+
+    g = add("sign", "sign a saved model's manifest with your private key (lepton.json.sig)")
+    g.add_argument("model")
+    g.add_argument("--key", required=True, help="the private key from lepton keygen")
 
     s = add("serve", "serve a saved model over HTTP (POST /v1/predict), batching concurrent requests")
     s.add_argument("model", help="a Lepton model folder (OUT/model); its checksums are verified first")
@@ -105,6 +122,14 @@ def _parser() -> argparse.ArgumentParser:
                    help="largest request body; beyond it 413 (default: %(default)s)")
     s.add_argument("--name", help="model name in /v1/model and responses (default: the run folder's name)")
     s.add_argument("--access-log", action="store_true", help="log every request")
+    s.add_argument("--require-signature", metavar="PUBLIC_KEY", help=SIGNATURE_HELP)
+    s.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM, how long in-flight requests may take; those that cannot finish in "
+                        "time are answered 503 with Retry-After (default: %(default)s)")
+    s.add_argument("--header-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="close a connection whose request headers are not complete in time (default: %(default)s)")
+    s.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="answer 408 when a request body stalls this long (default: %(default)s)")
     add("data", "list the data sets built into Lepton (builtin:<set>/<split> in a recipe)")
     return p
 
@@ -133,7 +158,8 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
     argv += ["run", args.recipe] + (["--smoke"] if args.smoke else [])
     for override in args.overrides:
         argv += ["--set", override]
-    argv += (["-o", args.output] if args.output else []) + (["--resume"] if args.resume else [])
+    argv += (["-o", args.output] if args.output is not None else []) + (["--resume"] if args.resume else [])
+    argv += ["--force"] if args.force else []
     return argv + (["--no-progress"] if args.no_progress else [])
 
 
@@ -155,11 +181,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return distributed.launch(_child_argv(args), args.nproc)
     overrides = [*args.overrides, *(["smoke=true"] if args.smoke else [])]
     report = run(args.recipe, overrides=overrides, out_dir=args.output, resume=args.resume,
-                 progress=not args.no_progress)
+                 force=args.force, progress=not args.no_progress)
     if report is None:
         return 0  # a rank other than 0 of a data-parallel run: rank 0 reports
     print_table(report)
-    out = args.output or report.recipe["output"]["dir"]
+    out = args.output if args.output is not None else report.recipe["output"]["dir"]
     print(f"\nmodel: {out}/model\nreport: {out}/report.md (also .html and .json)\n"
           f"serve it: lepton serve {out}/model\n"
           f"measure it again on this machine: lepton evaluate {out}/model")
@@ -198,13 +224,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
     except ValueError:
         raise RecipeError(f"--batch-sizes {args.batch_sizes!r}: expected integers like 1,32") from None
+    if not sizes or any(b < 1 for b in sizes):
+        raise RecipeError(f"--batch-sizes {args.batch_sizes!r}: give positive batch sizes, e.g. 1,32")
+    _check_limit(args.limit)
     data = None
     if args.data:
         data = {"path": args.data, "format": args.format, "limit": args.limit, "header": not args.no_header}
         data = {k: v for k, v in data.items() if v is not None}
+    elif args.limit:  # the model recipe's own evaluation data, cut to --limit
+        data = _recipe_data(args.model, args.task, args.limit, args.require_signature)
     report = evaluate(args.model, data,
                       text=_column(args.text), text_pair=_column(args.text_pair), label=_column(args.label),
-                      config=EvaluateConfig(batch_sizes=sizes), task=args.task)
+                      config=EvaluateConfig(batch_sizes=sizes), task=args.task,
+                      public_key=args.require_signature)
     if args.json:
         print(report.model_dump_json(indent=2))
     else:
@@ -212,17 +244,53 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_limit(limit: int | None) -> None:
+    from lepton.errors import RecipeError
+
+    if limit is not None and limit < 1:
+        raise RecipeError(f"--limit {limit}: give a positive number of examples")
+
+
+def _recipe_data(model: str, task: str | None, limit: int, public_key: str | None) -> dict | None:
+    """The evaluation split of ``model``'s own recipe, limited to ``limit`` examples."""
+    from lepton.artifact import read_manifest
+    from lepton.heads import task_recipe
+
+    recipe = read_manifest(model, public_key=public_key).get("recipe") or {}
+    split = (recipe.get("evaluate") or {}).get("split", "dev")
+    data = task_recipe(recipe, task)[1]
+    chosen = data.get(split) or data.get("dev")
+    return dict(chosen, limit=limit) if chosen else None
+
+
+def _parse_gates(max_drop: list[str], min_speedup: float | None) -> list[tuple[str, float]]:
+    """Check the gate options before anything is measured; returns (metric, points) pairs."""
+    import math
+
+    from lepton.errors import RecipeError
+
+    gates = []
+    for spec in max_drop:
+        metric, sep, points = spec.partition("=")
+        try:
+            limit = float(points)
+        except ValueError:
+            limit = math.nan
+        if not sep or not metric.strip() or not math.isfinite(limit) or limit < 0:
+            raise RecipeError(f"--max-drop {spec!r}: expected METRIC=POINTS with POINTS >= 0, "
+                              "e.g. accuracy=1.0")
+        gates.append((metric.strip(), limit))
+    if min_speedup is not None and not (math.isfinite(min_speedup) and min_speedup > 0):
+        raise RecipeError(f"--min-speedup {min_speedup}: give a speed-up above 0, e.g. 1.5")
+    return gates
+
+
 def _gates(report, max_drop: list[str], min_speedup: float | None) -> list[str]:
     from lepton.errors import RecipeError
 
     failures = []
     base = next(v for v in report.variants if v.name == report.baseline)
-    for spec in max_drop:
-        metric, _, points = spec.partition("=")
-        try:
-            limit = float(points)
-        except ValueError:
-            raise RecipeError(f"--max-drop {spec!r}: expected METRIC=POINTS, e.g. accuracy=1.0") from None
+    for metric, limit in _parse_gates(max_drop, min_speedup):
         if metric not in base.quality.metrics:
             raise RecipeError(f"--max-drop: unknown metric {metric!r} "
                               f"(known: {', '.join(base.quality.metrics)})")
@@ -244,16 +312,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from lepton.api import compare
     from lepton.report import print_table
 
+    _parse_gates(args.max_drop, args.min_speedup)  # a bad gate fails now, not after measuring
+    _check_limit(args.limit)
+    _check_gate_metrics(args.models[0], args.max_drop, args.task)
     data = {"path": args.data, "limit": args.limit} if args.data else None
     if data is None and args.limit:
-        from lepton.artifact import read_manifest
-
-        from lepton.heads import task_recipe
-
-        recipe = read_manifest(args.models[0]).get("recipe") or {}
-        data = dict(task_recipe(recipe, args.task)[1].get("dev") or {}, limit=args.limit) or None
+        data = _recipe_data(args.models[0], args.task, args.limit, args.require_signature)
     report = compare(args.models, {k: v for k, v in data.items() if v is not None} if data else None,
-                     task=args.task)
+                     task=args.task, public_key=args.require_signature)
     if args.json:
         print(report.model_dump_json(indent=2))
     else:
@@ -264,10 +330,31 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return EXIT_GATE_FAILED if failures else 0
 
 
-def _cmd_info(args: argparse.Namespace) -> int:
+def _check_gate_metrics(model: str, max_drop: list[str], task: str | None) -> None:
+    """Unknown --max-drop metrics fail before measuring, where the model's scorecards name them."""
     from lepton.artifact import read_manifest
+    from lepton.errors import RecipeError
 
-    manifest = read_manifest(args.model)  # verifies checksums
+    if not max_drop:
+        return
+    manifest = read_manifest(model, verify=False)
+    cards = manifest.get("scorecards") or []
+    known = set()
+    if task is None or task == manifest.get("main_task", "main"):
+        for card in cards:
+            known |= set(((card.get("quality") or {}).get("metrics") or {}) if isinstance(card, dict) else {})
+    if not known:
+        return  # no scorecard to go by (or another task's): checked after measuring
+    for metric, _ in _parse_gates(max_drop, None):
+        if metric not in known:
+            raise RecipeError(f"--max-drop: unknown metric {metric!r} (known: {', '.join(sorted(known))})")
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from lepton.artifact import read_manifest, unlisted_files
+    from lepton.signing import read_signature
+
+    manifest = read_manifest(args.model, public_key=args.require_signature)  # verifies checksums
     if args.json:
         print(json.dumps(manifest, indent=2))
         return 0
@@ -283,7 +370,34 @@ def _cmd_info(args: argparse.Namespace) -> int:
         lat = c["efficiency"]["latency_ms"].get("b1_real", {})
         print(f"  {c['name']}: {q['headline']} {m['value']:.4f} [{m['ci95_low']:.4f}, {m['ci95_high']:.4f}]"
               f", b1 p50 {lat.get('p50', float('nan')):.2f} ms, {c['efficiency']['size_mb']:.1f} MB")
+    from pathlib import Path
+
     print(f"  files: {len(manifest['files'])} verified (sha256)")
+    extra = unlisted_files(Path(args.model), manifest)
+    if extra:
+        print(f"  not covered by the manifest (not loaded): {', '.join(extra)}")
+    signature = read_signature(Path(args.model))
+    if args.require_signature:
+        print(f"  signature: valid, key {signature['key_id']}")
+    elif signature is not None:
+        print(f"  signature: present (key {signature.get('key_id')}), not checked: "
+              "pass --require-signature PUBLIC_KEY")
+    return 0
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from lepton.signing import keygen
+
+    private, public, kid = keygen(args.key)
+    print(f"private key: {private} (keep it secret)\npublic key:  {public}\nkey id:      {kid}")
+    return 0
+
+
+def _cmd_sign(args: argparse.Namespace) -> int:
+    from lepton.signing import sign
+
+    path, kid = sign(args.model, args.key)
+    print(f"{path}: signed with key {kid}")
     return 0
 
 
@@ -295,7 +409,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         host=args.host, port=args.port, workers=args.workers, max_batch=args.max_batch,
         model_batch=args.model_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_inputs=args.max_inputs,
         max_chars=args.max_chars, max_body_bytes=args.max_body_bytes, name=args.name,
-        access_log=args.access_log, log_level=log_level)
+        access_log=args.access_log, log_level=log_level, require_signature=args.require_signature,
+        drain_timeout_s=args.drain_timeout, header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout)
     try:
         return serve(args.model, settings)
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it caught once it has shut down cleanly
@@ -322,13 +438,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     handlers = {"run": _cmd_run, "validate": _cmd_validate, "evaluate": _cmd_evaluate, "info": _cmd_info,
-                "compare": _cmd_compare, "serve": _cmd_serve, "data": _cmd_data}
+                "compare": _cmd_compare, "serve": _cmd_serve, "data": _cmd_data, "keygen": _cmd_keygen,
+                "sign": _cmd_sign}
     try:
         return handlers[args.command](args)
     except LeptonError as err:
         if args.debug:
             raise
         print(f"lepton: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as err:  # an I/O failure no narrower handler named: still one line, exit 2
+        if args.debug:
+            raise
+        from lepton.atomic import describe
+
+        print(f"lepton: error: {getattr(err, 'filename', None) or 'file system'}: {describe(err)}",
+              file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("lepton: interrupted (resume with --resume)", file=sys.stderr)

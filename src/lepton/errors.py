@@ -40,3 +40,15 @@ class MissingExtraError(LeptonError):
 
 class StageError(LeptonError):
     """A stage cannot run with the given settings or inputs."""
+
+
+class OutputFolderError(LeptonError):
+    """The output folder is not one Lepton may write into (not created by Lepton, a file ...)."""
+
+
+class StorageError(LeptonError):
+    """Reading or writing a file failed: disk full, read-only, permission, a damaged file."""
+
+
+class SignatureError(ArtifactError):
+    """A model's manifest signature is missing, invalid or made with another key."""

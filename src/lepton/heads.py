@@ -162,6 +162,8 @@ def load_heads(entry: Any, main: Any, folder: Path, runtime: str = "torch") -> d
                     raise KeyError(name)
                 heads[name] = Head(task=task, model=None)
                 continue
+            if not re.fullmatch(rf"{HEADS_DIR}/[A-Za-z0-9][A-Za-z0-9_.-]{{0,63}}\.safetensors", item["file"]):
+                raise KeyError(name)  # a head file lives in heads/, never elsewhere
             path = folder / item["file"]
         except (KeyError, TypeError, ValidationError):
             raise ArtifactError(f"{where}.{name} is malformed") from None

@@ -32,6 +32,8 @@ from lepton.stages import StageConfig
 from lepton.tasks import ColumnRef, TaskConfig  # noqa: F401  (re-exported: recipes' task section)
 
 SCHEMA_VERSION = 1
+HEAD_TRAINING = ("finetune", "distill", "multitask")  # stages that train the task head
+MAX_RECIPE_VALUES = 100_000  # a recipe is a page of settings; YAML aliases must not blow it up
 
 class DataConfig(StrictModel):
     train: DataSplitConfig | None = None
@@ -69,6 +71,13 @@ class EvaluateConfig(StrictModel):
 
 class OutputConfig(StrictModel):
     dir: str = "runs/lepton"
+
+    @field_validator("dir")
+    @classmethod
+    def _a_folder(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("give an output folder (an empty name would write into the current folder)")
+        return value
 
 
 class Recipe(StrictModel):
@@ -143,6 +152,41 @@ class Recipe(StrictModel):
             raise ValueError(f"data.{self.evaluate.split} is required for evaluation")
         return self
 
+    @model_validator(mode="after")
+    def _head_is_trained(self) -> Recipe:
+        # A new task head starts random: without a stage that trains it the run would ship noise.
+        if any(s.kind in HEAD_TRAINING for s in self.stages):
+            return self
+        if (Path(self.model).expanduser() / "lepton.json").is_file():
+            return self  # a saved Lepton model: its head is trained already
+        raise ValueError("no stage trains the task head (one of: " + ", ".join(HEAD_TRAINING) + "): the "
+                         f"model would ship with an untrained, random head; add a finetune stage, or "
+                         "start from a saved Lepton model (model: OUT/model)")
+
+    @model_validator(mode="after")
+    def _quantize_last(self) -> Recipe:
+        # What each stage needs, checked before anything trains: quantizing leaves a model that
+        # no later stage can take (export, training and pruning need a float PyTorch model, and
+        # a model is quantized once); static_int8 and weight_only run on ONNX Runtime only.
+        runtime, quantized = "torch", None
+        for i, stage in enumerate(self.stages):
+            if quantized is not None:
+                hint = ("; export first, then quantize (ONNX Runtime quantizes the exported graph)"
+                        if stage.kind == "export" else "; quantize once, as the last stage")
+                raise ValueError(f"stages.{i} ({stage.kind}) comes after stages.{quantized} (quantize), "
+                                 f"but needs an unquantized model{hint}")
+            if stage.kind == "quantize":
+                method = getattr(stage, "method", "")
+                if runtime == "torch" and method in ("static_int8", "weight_only"):
+                    raise ValueError(f"stages.{i}: {method} runs on ONNX Runtime; add an export stage "
+                                     "before it")
+                if runtime == "onnxruntime" and method == "bf16":
+                    raise ValueError(f"stages.{i}: bf16 is not available on ONNX Runtime's CPU "
+                                     "provider; quantize before export, or use fp16")
+                quantized = i
+            runtime = getattr(stage, "produces_runtime", None) or runtime
+        return self
+
     def resolved_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -187,7 +231,12 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise RecipeError(f"--set {key}: value is not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at column {mark.column + 1}" if mark is not None else ""
+        raise RecipeError(f"--set {key}: value {raw!r} is not valid YAML{where} "
+                          f"({getattr(err, 'problem', None) or 'parse error'})") from None
+    except RecursionError:
+        raise RecipeError(f"--set {key}: value is nested too deeply") from None
     node: Any = tree
     for depth, part in enumerate(parts):
         last = depth == len(parts) - 1
@@ -287,9 +336,12 @@ def parse_recipe(tree: Any, *, source: str = "<recipe>", overrides: typing.Seque
     """Validate a parsed YAML tree (after overrides and interpolation) into a Recipe."""
     if not isinstance(tree, dict):
         raise RecipeError(f"{source}: a recipe is a YAML mapping at the top level")
+    _check_size(tree, source)
     tree = copy.deepcopy(tree)  # overrides edit the tree in place; leave the caller's alone
     for assignment in overrides:
         apply_override(tree, assignment)
+    if overrides:
+        _check_size(tree, source)
     try:
         tree = interpolate(tree, os.environ if env is None else env)
     except RecipeError as e:
@@ -318,6 +370,99 @@ def load_recipe(path: str | os.PathLike[str], overrides: typing.Sequence[str] = 
         raise RecipeError(f"{p}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
     except UnicodeDecodeError:
         raise RecipeError(f"{p}: not a UTF-8 text file") from None
-    return parse_recipe(tree, source=str(p), overrides=overrides, env=env)
+    except RecursionError:
+        raise RecipeError(f"{p}: nested too deeply to be a recipe") from None
+    except OSError as err:
+        from lepton.atomic import describe
+
+        raise RecipeError(f"{p}: cannot read the recipe ({describe(err)})") from None
+    recipe = parse_recipe(tree, source=str(p), overrides=overrides, env=env)
+    check_model(recipe, str(p))
+    check_layers(recipe, str(p))
+    return recipe
+
+
+def check_model(recipe: Recipe, source: str) -> None:
+    """An unknown builtin name fails validation. (Files a recipe names, model folders and data,
+    need not exist to validate it: they are checked when the run starts, before any training.)"""
+    from lepton.models import resolve_model
+
+    if not recipe.model.startswith("builtin:"):
+        return
+    try:
+        resolve_model(recipe.model)
+    except LeptonError as err:
+        raise RecipeError(f"{source}: {err}") from None
+
+
+def _check_size(tree: Any, source: str) -> None:
+    if expanded_size(tree, MAX_RECIPE_VALUES) > MAX_RECIPE_VALUES:
+        raise RecipeError(f"{source}: expands to more than {MAX_RECIPE_VALUES:,} values or nests more "
+                          "than 200 deep (YAML aliases repeating a node?); write the recipe out plainly")
+
+
+def expanded_size(tree: Any, limit: int) -> int:
+    """How many values ``tree`` holds with every alias expanded (YAML aliases share one object,
+    so a 1 KB file can stand for 10^9 values), counted in time proportional to the distinct
+    nodes; stops early past ``limit``."""
+    memo: dict[int, int] = {}
+
+    def size(node: Any, depth: int) -> int:
+        if depth > 200:
+            return limit + 1  # nesting no recipe needs
+        if not isinstance(node, (dict, list)):
+            return 1
+        key = id(node)
+        if key not in memo:
+            memo[key] = limit + 1  # a cycle (a recursive alias) counts as too big
+            children = node.values() if isinstance(node, dict) else node
+            total = 1
+            for child in children:
+                total += size(child, depth + 1)
+                if total > limit:
+                    break
+            memo[key] = total
+        return memo[key]
+
+    return size(tree, 0)
+
+
+def _layer_count(model: str) -> int | None:
+    """The encoder's layer count from the model's config.json; None where it cannot be read
+    (a hub id, an unusual config): the stage checks again when it runs."""
+    import json
+
+    from lepton.models import resolve_model
+
+    try:
+        folder = Path(resolve_model(model))
+        value = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("num_hidden_layers")
+    except (LeptonError, OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def check_layers(recipe: Recipe, source: str) -> None:
+    """drop_layers settings against the model's layer count, before any stage runs."""
+    if not any(s.kind == "drop_layers" for s in recipe.stages):
+        return
+    total = _layer_count(recipe.model)
+    if total is None:
+        return
+    for i, stage in enumerate(recipe.stages):
+        if stage.kind != "drop_layers":
+            continue
+        keep, layers = getattr(stage, "keep", None), getattr(stage, "layers", None)
+        if keep is not None:
+            outside = [k for k in keep if k >= total]
+            if outside:
+                raise RecipeError(f"{source}: stages.{i}.keep: layer {outside[0]} is out of range; "
+                                  f"the model has {total} layers here (0-{total - 1})")
+            total = len(keep)
+        elif layers is not None:
+            if layers > total:
+                raise RecipeError(f"{source}: stages.{i}.layers: cannot keep {layers} layers of a "
+                                  f"{total}-layer model")
+            total = layers
 
 

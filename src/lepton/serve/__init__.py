@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import signal
 import socket
 from pathlib import Path
 from types import ModuleType
@@ -25,6 +26,7 @@ __all__ = ["ServeError", "ServeSettings", "serve"]
 # How `lepton serve --workers N` hands the model and settings to each worker process.
 ENV_MODEL = "LEPTON_SERVE_MODEL"
 ENV_SETTINGS = "LEPTON_SERVE_SETTINGS"
+DRAIN_GRACE_S = 5.0  # after the drain deadline, for answers still being written to slow clients
 
 
 class ServeError(LeptonError):
@@ -49,7 +51,12 @@ class ServeSettings(BaseModel):
     max_inputs: int = Field(64, ge=1)  # inputs in one request
     max_chars: int = Field(10_000, ge=1)  # characters in one input text
     max_body_bytes: int = Field(1 << 20, ge=1)  # request body size; beyond it: 413
-    drain_timeout_s: float = Field(30.0, ge=0)  # graceful shutdown: how long in-flight work may take
+    # Graceful shutdown: in-flight requests have this long after SIGTERM; what cannot finish
+    # in time is answered 503 with Retry-After.
+    drain_timeout_s: float = Field(30.0, ge=0, le=3600)
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)  # a request's headers must arrive in time
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)  # a body that stalls this long: 408
+    require_signature: str | None = None  # a public key file: serve only a model its holder signed
     access_log: bool = False
     log_level: str = "info"
 
@@ -60,7 +67,9 @@ class ServeSettings(BaseModel):
             return cls(**{k: v for k, v in values.items() if v is not None})
         except ValidationError as err:
             first = err.errors()[0]
-            option = "--" + str(first["loc"][0]).replace("_", "-") if first["loc"] else "settings"
+            field = str(first["loc"][0]) if first["loc"] else ""
+            field = field[:-2] if field.endswith("_s") else field  # drain_timeout_s: --drain-timeout
+            option = "--" + field.replace("_", "-") if field else "settings"
             raise ServeError(f"{option}: {first['msg']} (got {first.get('input')!r})") from None
 
 
@@ -93,19 +102,34 @@ def serve(model_path: str | os.PathLike[str], settings: ServeSettings | None = N
     require("fastapi")
     uvicorn = require("uvicorn")
     _check_port(settings.host, settings.port)
+    from lepton.serve.guards import TimedHttpToolsProtocol
+
     common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level,
               "access_log": settings.access_log, "lifespan": "on",
-              "timeout_graceful_shutdown": int(settings.drain_timeout_s) + 1}
+              # The app answers every request by the drain deadline (503 for what cannot finish);
+              # uvicorn's own limit comes later, for responses still being sent.
+              "timeout_graceful_shutdown": settings.drain_timeout_s + DRAIN_GRACE_S}
+    if TimedHttpToolsProtocol is not None:
+        TimedHttpToolsProtocol.header_timeout = settings.header_timeout_s
+        common["http"] = TimedHttpToolsProtocol
+    else:
+        log.warning("httptools is not installed: no header read timeout (pip install 'lepton[serve]')")
     if settings.workers == 1:
         from lepton.serve.app import create_app
 
         app = create_app(model_path, settings)  # loads and verifies: raises before listening
-        uvicorn.run(app, **common)
+        # uvicorn re-raises a SIGTERM it handled once it has shut down; a clean drain exits 0.
+        previous = signal.signal(signal.SIGTERM, lambda *_: None)
+        try:
+            uvicorn.run(app, **common)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
         return 0
 
     from lepton.artifact import read_manifest
 
-    read_manifest(model_path)  # verify checksums once here; each worker verifies again as it loads
+    # Verify once here (each worker verifies again as it loads).
+    read_manifest(model_path, public_key=settings.require_signature)
     os.environ[ENV_MODEL] = str(Path(model_path).resolve())
     os.environ[ENV_SETTINGS] = settings.model_dump_json()
     if "OMP_NUM_THREADS" not in os.environ:  # N processes x all cores each would oversubscribe

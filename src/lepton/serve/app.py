@@ -9,8 +9,11 @@ app, so the schema states this server's own limits and input shape (texts or tex
 # No `from __future__ import annotations` here: FastAPI reads the endpoint annotations at runtime,
 # and the request model they name is built inside create_app.
 
+import asyncio
 import logging
 import os
+import signal
+import threading
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,13 +28,18 @@ from lepton import __version__
 from lepton.errors import LeptonError
 from lepton.serve import ENV_MODEL, ENV_SETTINGS, ServeSettings
 from lepton.serve.batcher import MicroBatcher, QueueFullError, ShuttingDownError
+from lepton.serve.guards import (
+    RETRY_AFTER_S,
+    BodyGuardMiddleware,
+    DrainGuardMiddleware,
+    JSONBodyRoute,
+)
 from lepton.serve.metrics import MetricsMiddleware, ServeMetrics
 
 log = logging.getLogger(__name__)
 
 # Test-only: milliseconds every model call sleeps first, so tests can fill the queue on purpose.
 TEST_DELAY_ENV = "LEPTON_SERVE_TEST_DELAY_MS"
-RETRY_AFTER_S = "1"
 
 
 # ---------------------------------------------------------------------- response models
@@ -152,62 +160,6 @@ def _require_json(request: Request) -> None:
         raise HTTPException(415, f"Content-Type must be application/json (got {ctype or 'none'!r})")
 
 
-class BodyTooLarge(HTTPException):
-    def __init__(self, limit: int) -> None:
-        super().__init__(413, f"request body too large (limit {limit} bytes)")
-
-
-class BodyLimitMiddleware:
-    """413 for a body over the limit: from Content-Length before reading, else while reading
-    (chunked uploads), so an oversized body is never held in memory whole."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def _refuse(self, send: Any, status: int, detail: str) -> None:
-        await JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"})(
-            {"type": "http"}, None, send)
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if declared is not None:
-            try:
-                length = int(declared)
-            except ValueError:
-                await self._refuse(send, 400, "Content-Length is not a number")
-                return
-            if length > self.max_bytes:
-                await self._refuse(send, 413, BodyTooLarge(self.max_bytes).detail)
-                return
-        received = 0
-        started = False
-
-        async def limited_receive() -> dict:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)  # FastAPI turns it into the 413 response
-            return message
-
-        async def tracking_send(message: dict) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge as err:  # raised outside FastAPI's handling (a route reading raw)
-            if started:
-                raise
-            await self._refuse(send, 413, err.detail)
-
-
 # ---------------------------------------------------------------------- the app
 
 
@@ -255,7 +207,7 @@ def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | Non
     import lepton
 
     settings = settings or ServeSettings()
-    predictor = predictor if predictor is not None else lepton.load(model_path)
+    predictor = predictor if predictor is not None else lepton.load(model_path, public_key=settings.require_signature)
     manifest, task = predictor.manifest, predictor.task
     name = settings.name or model_name(Path(model_path))
     metrics = ServeMetrics()
@@ -287,21 +239,36 @@ def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | Non
         scorecards=scorecard_summaries(manifest), tasks=list(getattr(predictor, "tasks", [])),
         limits=Limits(**{**settings.model_dump(include=set(Limits.model_fields)), "model_batch": model_batch}))
 
+    queues = [batcher, *head_batchers.values()]
+
+    def begin_drain() -> None:
+        log.info("shutting down: in-flight requests have %.1f s to finish; later ones get 503",
+                 settings.drain_timeout_s)
+        for queue in queues:
+            queue.begin_drain(settings.drain_timeout_s)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        batcher.start()  # warms the model up in the background; /readyz says when it is done
-        for extra in head_batchers.values():
-            extra.start()
+        for queue in queues:
+            queue.start()  # warms the model up in the background; /readyz says when it is done
+        restore = _on_shutdown_signal(asyncio.get_running_loop(), begin_drain)
         log.info("serving %s (%s, labels %s)", name, task.kind, task.labels)
-        yield
-        # uvicorn has stopped listening and let in-flight requests finish; drain what is left.
-        await batcher.close(settings.drain_timeout_s)
-        for extra in head_batchers.values():
-            await extra.close(settings.drain_timeout_s)
+        try:
+            yield
+        finally:
+            restore()
+            # uvicorn has stopped listening and waited for in-flight requests; stop the queues.
+            for queue in queues:
+                queue.begin_drain(0.0)
+                await queue.close(1.0)
 
+    docs = _swagger_assets()
     app = FastAPI(title=f"Lepton model server: {name}", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # /docs below serves Swagger UI from local files
                   description=f"Predictions of the Lepton model {name!r} ({task.kind}). Requests "
                               "are batched with other concurrent requests on the server.")
+    app.router.route_class = JSONBodyRoute  # UTF-8 and nesting errors in a body: 422 naming the field
+    _add_docs(app, docs)
     app.state.batcher, app.state.metrics, app.state.predictor = batcher, metrics, predictor
     app.state.model_batch_tuning = tuning  # what the start-up measurement found (None: not measured)
 
@@ -382,10 +349,65 @@ def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | Non
             detail.append({"loc": list(e.get("loc", ())), "msg": msg, "type": e.get("type", "invalid")})
         return JSONResponse({"detail": detail}, status_code=422)
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=metrics,  # outermost: sees the 413s too
+    app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_s)
+    app.add_middleware(MetricsMiddleware, metrics=metrics,  # sees the 413s and 408s too
                        paths=frozenset(getattr(r, "path", "") for r in app.routes))
+    app.add_middleware(DrainGuardMiddleware)  # outermost: answers what uvicorn cancels at shutdown
     return app
+
+
+def _on_shutdown_signal(loop: asyncio.AbstractEventLoop, begin_drain: Any) -> Any:
+    """Call ``begin_drain`` on the loop when SIGTERM or SIGINT arrives, then whatever handled the
+    signal before (uvicorn's, which stops listening and waits for open requests). Returns a
+    function that puts the previous handlers back. Only the main thread can set signal handlers
+    (a TestClient runs the app in another): there it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {}
+
+    def handler(sig: int, frame: Any) -> None:
+        loop.call_soon_threadsafe(begin_drain)
+        before = previous.get(sig)
+        if callable(before):
+            before(sig, frame)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, before in previous.items():
+            signal.signal(sig, before)
+
+    return restore
+
+
+def _swagger_assets() -> Path | None:
+    """The folder of Swagger UI's files from the swagger-ui-bundle package, None if missing."""
+    try:
+        import swagger_ui_bundle
+    except ImportError:
+        return None
+    folder = Path(swagger_ui_bundle.swagger_ui_path)
+    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
+
+
+def _add_docs(app: FastAPI, assets: Path | None) -> None:
+    """/docs from local files: no page of this server loads anything from the internet. Without
+    swagger-ui-bundle, /docs is off (the schema stays at /openapi.json)."""
+    if assets is None:
+        log.info("/docs is off: swagger-ui-bundle is not installed (the schema is at /openapi.json)")
+        return
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger_ui() -> Any:
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title}: API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
 
 
 def factory() -> FastAPI:
@@ -395,4 +417,8 @@ def factory() -> FastAPI:
     if not model:
         raise RuntimeError(f"{ENV_MODEL} is not set; start workers with `lepton serve --workers N`")
     settings = ServeSettings.model_validate_json(os.environ.get(ENV_SETTINGS) or "{}")
+    from lepton.serve.guards import TimedHttpToolsProtocol
+
+    if TimedHttpToolsProtocol is not None:  # this worker's protocol class reads its timeout here
+        TimedHttpToolsProtocol.header_timeout = settings.header_timeout_s
     return create_app(model, settings)

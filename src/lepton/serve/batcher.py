@@ -64,6 +64,9 @@ class MicroBatcher:
         self._idle: asyncio.Event | None = None  # set when nothing waits and no batch runs
         self._worker: asyncio.Task | None = None
         self._closing = False
+        self._running: list[_Job] = []  # the batch the model is computing now
+        self._deadline: float | None = None  # loop time by which a draining server answers all
+        self._per_input: float | None = None  # smoothed seconds per input of recent batches
         self.state = "not started"  # "warming up", "ready", "warm-up failed", "shutting down"
         if metrics is not None:
             metrics.track_queue(self.depth, max_queue)
@@ -99,6 +102,52 @@ class MicroBatcher:
         self._idle.clear()
         self._wakeup.set()
         return await job.future
+
+    def begin_drain(self, seconds: float) -> None:
+        """Shutdown has begun (SIGTERM): refuse new work; answer everything waiting or running
+        within ``seconds``. What cannot finish by then is refused 503 (ShuttingDownError): at
+        once when the recent time per input says it cannot, else at the deadline."""
+        if self._deadline is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._closing = True
+        self.state = "shutting down"
+        if self._metrics is not None:
+            self._metrics.ready.set(0)
+        self._deadline = loop.time() + seconds
+        loop.call_at(self._deadline, self._expire)
+        self._shed()
+
+    def _refuse(self, job: _Job, why: str) -> None:
+        if not job.future.done():
+            job.future.set_exception(ShuttingDownError(why))
+
+    def _shed(self) -> None:
+        """Refuse now the waiting requests that the estimate says cannot finish by the deadline."""
+        if self._deadline is None or self._per_input is None:
+            return
+        loop = asyncio.get_running_loop()
+        ahead = sum(len(j.inputs) for j in self._running)  # the running batch finishes first
+        kept: deque[_Job] = deque()
+        for job in self._pending:
+            ahead += len(job.inputs)
+            if loop.time() + ahead * self._per_input > self._deadline:
+                ahead -= len(job.inputs)
+                self._refuse(job, "the server is shutting down and cannot run this request before "
+                                  "its drain deadline; retry it")
+            else:
+                kept.append(job)
+        self._pending = kept
+        if not self._pending and not self._running:
+            self._idle.set()
+
+    def _expire(self) -> None:
+        """The drain deadline: whatever is still waiting or running gets its 503 now."""
+        why = "the server shut down before this request finished (drain deadline reached); retry it"
+        for job in [*self._running, *self._pending]:
+            self._refuse(job, why)
+        self._pending.clear()
+        self._idle.set()
 
     async def close(self, timeout: float | None = None) -> None:
         """Refuse new work, let waiting and running batches finish (up to ``timeout`` s), stop."""
@@ -183,8 +232,15 @@ class MicroBatcher:
             return
         flat = [x for job in jobs for x in job.inputs]
         start = time.perf_counter()
+        self._running = jobs
         try:
-            results = await asyncio.to_thread(self._predict, flat)
+            try:
+                results = await asyncio.to_thread(self._predict, flat)
+            finally:
+                self._running = []
+                took = (time.perf_counter() - start) / max(1, len(flat))
+                self._per_input = took if self._per_input is None else 0.7 * self._per_input + 0.3 * took
+                self._shed()
             if len(results) != len(flat):
                 raise RuntimeError(f"the model returned {len(results)} results for {len(flat)} inputs")
         except Exception as err:

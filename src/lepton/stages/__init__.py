@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from lepton.config import StrictModel
+from lepton.config import PlainName, StrictModel
 from lepton.registry import Registry
 
 
@@ -17,7 +17,9 @@ class StageConfig(StrictModel):
     """Base of every stage's settings; ``kind`` is the name used in recipes."""
 
     kind: str
-    name: str | None = None  # a label for this stage's variant in reports; default "<index>-<kind>"
+    # A label for this stage's variant in reports (default: its kind); it also names files
+    # (e.g. the LoRA adapter folder), so it must be a plain name.
+    name: PlainName | None = None
 
     stage_kind: ClassVar[str] = ""
 

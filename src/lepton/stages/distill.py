@@ -140,7 +140,7 @@ def resolve_teacher(config: DistillConfig, bundle: ModelBundle, ctx: RunContext)
     """Find the teacher (an earlier stage by name, or a folder) and check it fits the student."""
     from transformers import AutoConfig
 
-    from lepton.artifact import MANIFEST, read_manifest
+    from lepton.artifact import MANIFEST, file_digests, read_manifest
 
     where = f"stages.{ctx.stage_index}.teacher"
     name = config.teacher
@@ -166,7 +166,7 @@ def resolve_teacher(config: DistillConfig, bundle: ModelBundle, ctx: RunContext)
         if kind != bundle.task.kind:
             raise StageError(f"{where}: the teacher ({described}) is a {kind} model, the student "
                              f"a {bundle.task.kind} model")
-        identity = manifest["files"].get("model.safetensors") or _weights_sha(folder)
+        identity = file_digests(folder, manifest).get("model.safetensors") or _weights_sha(folder)
         structure = manifest.get("structure")
         if isinstance(structure, dict):
             heads = [int(h) for h in structure.get("num_attention_heads", [])]

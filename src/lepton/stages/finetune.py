@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from lepton import atomic
+from lepton import atomic, outdir
 from lepton.bundle import ModelBundle, RunContext
 from lepton.config import StrictModel
 from lepton.errors import MissingExtraError, StageError
@@ -251,7 +251,7 @@ def _finetune_adapters(bundle: ModelBundle, config: FinetuneConfig, ctx: RunCont
     log.info("finetune (%s): %d of %d parameters trainable (%.2f%%)", config.method, trainable, total,
              100 * trainable / total)
     name = ctx.stage_name or f"{ctx.stage_index}-finetune"
-    adapter_dir = ctx.out_dir / "adapter" / name
+    adapter_dir = outdir.inside(ctx.out_dir, "adapter", name)  # names are plain; this double-checks
 
     def merge() -> None:
         save_adapter(peft_model, adapter_dir)

@@ -37,7 +37,7 @@ import torch
 from pydantic import Field, field_validator
 
 from lepton.bundle import ModelBundle, RunContext
-from lepton.config import StrictModel
+from lepton.config import PlainName, StrictModel
 from lepton.data import DataSplitConfig, load_split
 from lepton.errors import StageError
 from lepton.heads import Head, check_name, make_head
@@ -71,9 +71,9 @@ class ExtraTask(StrictModel):
 class MultitaskConfig(TrainSettings):
     stage_kind: ClassVar[str] = "multitask"
     kind: Literal["multitask"] = "multitask"
-    main: str = "main"  # the name of the recipe's own task among the heads
+    main: PlainName = "main"  # the name of the recipe's own task among the heads
     main_weight: float = Field(default=1.0, gt=0)
-    tasks: dict[str, ExtraTask]
+    tasks: dict[PlainName, ExtraTask]  # names become file names and URL paths
     sampling: Literal["proportional", "temperature", "uniform"] = "temperature"
     temperature: float = Field(default=2.0, ge=1)
 

@@ -20,10 +20,12 @@ weights are broadcast, so all ranks leave with the same model.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import time
@@ -36,7 +38,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from lepton import distributed
+from lepton import atomic, distributed
 from lepton.bundle import ModelBundle, RunContext
 from lepton.errors import StageError
 from lepton.progress import StepProgress
@@ -164,50 +166,78 @@ def dev_evaluator(model: torch.nn.Module, bundle: ModelBundle,
 def _save_checkpoint(stage_dir: Path, model: torch.nn.Module, extra: torch.nn.Module | None,
                      optimizer: Any, scheduler: Any, stateful: dict[str, Any], state: TrainState,
                      best: dict[str, torch.Tensor] | None, rng_ranks: list[Any] | None = None) -> None:
-    """Write a resume point atomically: a temp folder renamed into place, then a pointer file.
+    """Write a resume point atomically and durably: a temp folder (every file fsynced) renamed
+    into place, then a pointer file. A full disk or read-only folder is one StorageError line
+    and the previous checkpoint stays the resume point.
 
     ``rng_ranks``: every rank's (torch, cuda) RNG states when several processes train.
     """
     from safetensors.torch import save_file, save_model
 
     name = f"ckpt-{state.step:07d}"
-    tmp = stage_dir / f".tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    if extra is not None:
-        save_model(extra, str(tmp / "extra.safetensors"))
-    if best is not None:
-        save_file(best, str(tmp / "best.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng_torch": torch.get_rng_state(),
-                "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                "rng_ranks": rng_ranks or [],
-                "stateful": {k: obj.state_dict() for k, obj in stateful.items()}},
-               tmp / "trainer.pt")
-    (tmp / "state.json").write_text(json.dumps(asdict(state)))
-    final = stage_dir / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    pointer = stage_dir / ".latest.tmp"
-    pointer.write_text(name)
-    os.replace(pointer, stage_dir / "latest")
+
+    def fill(tmp: Path) -> None:
+        save_model(model, str(tmp / "model.safetensors"))
+        if extra is not None:
+            save_model(extra, str(tmp / "extra.safetensors"))
+        if best is not None:
+            save_file(best, str(tmp / "best.safetensors"))
+        # Serialized in memory and written by our own writer, so a full disk is an OSError
+        # (torch.save into a path reports it as a bare RuntimeError).
+        buffer = io.BytesIO()
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng_torch": torch.get_rng_state(),
+                    "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                    "rng_ranks": rng_ranks or [],
+                    "stateful": {k: obj.state_dict() for k, obj in stateful.items()}}, buffer)
+        (tmp / "trainer.pt").write_bytes(buffer.getvalue())
+        (tmp / "state.json").write_text(json.dumps(asdict(state)))
+
+    atomic.write_folder(stage_dir / name, fill)
+    atomic.write_text(stage_dir / "latest", name)
     for old in stage_dir.glob("ckpt-*"):
         if old.name != name:
             shutil.rmtree(old, ignore_errors=True)
 
 
+_CHECKPOINT_NAME = re.compile(r"ckpt-\d{7}")
+
+
 def _load_checkpoint(stage_dir: Path, model: torch.nn.Module, extra: torch.nn.Module | None,
                      optimizer: Any, scheduler: Any, stateful: dict[str, Any],
                      ) -> tuple[TrainState, dict[str, torch.Tensor] | None] | None:
-    from safetensors.torch import load_file, load_model
-
+    """The latest checkpoint, loaded into ``model`` and the optimizer; None when there is none.
+    A damaged one (truncated, wrong files, not a checkpoint) is one StageError line."""
     pointer = stage_dir / "latest"
     if not pointer.is_file():
         return None
-    ckpt = stage_dir / pointer.read_text().strip()
+    try:
+        name = pointer.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise StageError(f"{pointer}: checkpoint pointer is unreadable ({atomic.describe(err)}); "
+                         "use --force to start over") from None
+    if not _CHECKPOINT_NAME.fullmatch(name):
+        raise StageError(f"{pointer}: checkpoint pointer is damaged (names {name[:40]!r}); "
+                         "use --force to start over")
+    ckpt = stage_dir / name
     if not (ckpt / "state.json").is_file():
-        raise StageError(f"{ckpt}: checkpoint is incomplete; run without --resume to start over")
+        raise StageError(f"{ckpt}: checkpoint is incomplete; use --force to start over")
+    try:
+        return _read_checkpoint(ckpt, model, extra, optimizer, scheduler, stateful)
+    except StageError:
+        raise
+    except Exception as err:  # safetensors, torch.load, json: any of them says "damaged" here
+        cause = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+        raise StageError(f"{ckpt}: checkpoint is damaged ({type(err).__name__}: {cause}); "
+                         "use --force to start over") from None
+
+
+def _read_checkpoint(ckpt: Path, model: torch.nn.Module, extra: torch.nn.Module | None,
+                     optimizer: Any, scheduler: Any, stateful: dict[str, Any],
+                     ) -> tuple[TrainState, dict[str, torch.Tensor] | None]:
+    from safetensors.torch import load_file, load_model
+
+    state = TrainState(**json.loads((ckpt / "state.json").read_text(encoding="utf-8")))
     load_model(model, str(ckpt / "model.safetensors"))
     if extra is not None:
         load_model(extra, str(ckpt / "extra.safetensors"))
@@ -225,7 +255,6 @@ def _load_checkpoint(stage_dir: Path, model: torch.nn.Module, extra: torch.nn.Mo
         torch.set_rng_state(cpu)
         if cuda is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(cuda)
-    state = TrainState(**json.loads((ckpt / "state.json").read_text()))
     best = load_file(str(ckpt / "best.safetensors")) if (ckpt / "best.safetensors").is_file() else None
     return state, best
 
