@@ -59,7 +59,7 @@ class WindowTest:
         return self.baseline_negative / self.baseline_n if self.baseline_n else None
 
 
-def test_window(n: int, k: int, base_n: int, base_k: int, cfg: SurgeConfig) -> WindowTest:
+def judge_window(n: int, k: int, base_n: int, base_k: int, cfg: SurgeConfig) -> WindowTest:
     """Apply the surge rule to one window against its baseline."""
     if n < cfg.min_count or base_n < cfg.min_baseline:
         return WindowTest(n, k, base_n, base_k, None, False)
@@ -146,7 +146,7 @@ class TopicDetector:
         if closed is not None:
             events.append(closed)
         base_n, base_k = self.baseline_counts()
-        test = test_window(n, negative, base_n, base_k, self.cfg)
+        test = judge_window(n, negative, base_n, base_k, self.cfg)
         if self.episode is not None:
             if test.fired:
                 self.episode.add(start, test)
