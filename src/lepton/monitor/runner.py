@@ -61,7 +61,11 @@ def run_monitor(models: list[str], config: str | os.PathLike[str] | None = None,
         monitor.notifier.start()
     running = start_sources(monitor, specs, speed)
     stop = threading.Event()
-    server = None
+    # Our own SIGTERM/SIGINT handling (uvicorn runs in a thread, where it installs none): stop
+    # taking items, let the queued ones commit, then exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = thread = None
     try:
         if cfg.server.enabled:
             import uvicorn
@@ -71,17 +75,20 @@ def run_monitor(models: list[str], config: str | os.PathLike[str] | None = None,
             server = uvicorn.Server(uvicorn.Config(create_app(monitor), host=cfg.server.host,
                                                    port=cfg.server.port, log_level=log_level,
                                                    access_log=False, lifespan="off"))
-            if exit_when_done and running:
-                _exit_when(running, lambda: setattr(server, "should_exit", True))
+            thread = threading.Thread(target=server.run, name="lepton-monitor-http", daemon=True)
+            thread.start()
             log.info("dashboard: http://%s:%d/", cfg.server.host, cfg.server.port)
-            server.run()
-        else:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(sig, lambda *_: stop.set())
-            if exit_when_done:
-                _exit_when(running, stop.set)
-            stop.wait()
+        if exit_when_done and running:
+            _exit_when(running, stop.set)
+        while not stop.wait(0.5):
+            if thread is not None and not thread.is_alive():
+                from lepton.serve import ServeError
+
+                raise ServeError(f"the HTTP server on {cfg.server.host}:{cfg.server.port} stopped")
     finally:
+        if server is not None and thread is not None:
+            server.should_exit = True  # in-flight requests finish first
+            thread.join(30)
         for src in running:
             src.stop.set()
         monitor.stop()
