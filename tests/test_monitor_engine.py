@@ -26,11 +26,11 @@ pytestmark = pytest.mark.timeout(120)
 SURGE = ("business", 2400, 2700, 0.7)  # items 2400-2699: business goes from 15% to 70% negative
 
 
-def make_monitor(tmp_path: Path, classifier=None, **sections) -> Monitor:
+def make_monitor(tmp_path: Path, classifier=None, url: str | None = None, **sections) -> Monitor:
     tree = {"window": {"width_s": 60}, "surge": {"alpha": 0.001, "min_count": 10}, "output": str(tmp_path),
             **sections}
     cfg = parse_config(tree)
-    store = Store(f"sqlite:///{tmp_path / 'monitor.db'}")
+    store = Store(url or f"sqlite:///{tmp_path / 'monitor.db'}")
     notifier = None
     if cfg.alerts.webhook is not None:
         from lepton.monitor.alerts import WebhookNotifier
