@@ -37,6 +37,9 @@ class PredictConfig(StrictModel):
     topic: HeadRef = Field(default_factory=lambda: HeadRef(model=0, task="topic"))
     negative_label: str = "negative"  # the sentiment label that counts as negative
     batch_size: int = Field(32, ge=1, le=1024)  # inputs per model call
+    # Both tasks of one multi-task model from one encoder pass (lepton.monitor.onepass); false:
+    # one predict() call per task, the encoder running twice.
+    one_pass: bool = True
 
 
 class WindowConfig(StrictModel):

@@ -43,6 +43,8 @@ class ModelClassifier:
         if cfg.negative_label not in self._sentiment.labels:
             raise MonitorConfigError(f"predict.negative_label: {cfg.negative_label!r} is not a label of the "
                                      f"sentiment task (its labels: {', '.join(self._sentiment.labels)})")
+        same = cfg.sentiment.model == cfg.topic.model and cfg.one_pass
+        self._shared = models[cfg.sentiment.model] if same else None
         self.sentiment_labels = list(self._sentiment.labels)
         self.topic_labels = list(self._topic.labels)
 
@@ -59,8 +61,16 @@ class ModelClassifier:
 
     def classify(self, texts: list[str]) -> list[Prediction]:
         size = self.cfg.batch_size
-        sentiments = self._sentiment.predict(texts, batch_size=size)
-        topics = self._topic.predict(texts, batch_size=size)
+        if not texts:
+            return []
+        if self._shared is not None:  # one multi-task model: one encoder pass for both tasks
+            from lepton.monitor.onepass import predict_tasks
+
+            sentiments, topics = predict_tasks(self._shared, texts, [self.cfg.sentiment.task, self.cfg.topic.task],
+                                               batch_size=size)
+        else:
+            sentiments = self._sentiment.predict(texts, batch_size=size)
+            topics = self._topic.predict(texts, batch_size=size)
         out = []
         for s, t in zip(sentiments, topics):
             out.append(Prediction(topic=t["label"], topic_score=t["score"], sentiment=s["label"],
