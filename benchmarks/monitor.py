@@ -179,6 +179,7 @@ def main() -> int:
     p.add_argument("--chunk", type=int, default=2000, help="items per throughput round")
     p.add_argument("--rate", type=float, default=40.0, help="items/s of the paced latency run")
     p.add_argument("--latency-items", type=int, default=2400)
+    p.add_argument("--name", default="monitor", help="results file name (default: %(default)s)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("lepton.monitor.engine").setLevel(logging.ERROR)  # alert lines: in the results
@@ -195,7 +196,11 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="monitor-bench-"))
     models = {"fp32": lepton.load(args.model), "int8": lepton.load(args.int8)}
     texts = [json.loads(line)["text"] for line in lines[:64]]
+    import os
+
     results: dict[str, Any] = {"settings": vars(args), "threads": torch.get_num_threads(),
+                               "cpus_allowed": sorted(os.sched_getaffinity(0)),
+                               "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                                "environment": fingerprint(0).model_dump(mode="json"),
                                "stream": {k: truth[k] for k in ("items", "background", "surge_items", "pools")},
                                "models": {}}
@@ -243,11 +248,11 @@ def main() -> int:
         m.store.close()
         log.info("%s detection: %s", name, json.dumps(results["models"][name]["detection"])[:600])
     out.mkdir(parents=True, exist_ok=True)
-    shot = screenshot(work / "full-int8", config, models["int8"], out / "monitor_dashboard.png")
-    results["screenshot"] = "monitor_dashboard.png" if shot else None
-    (out / "monitor.json").write_text(json.dumps(results, indent=2, default=str))
-    (out / "monitor.md").write_text(render(results, platform.processor() or ""))
-    print((out / "monitor.md").read_text())
+    shot = screenshot(work / "full-int8", config, models["int8"], out / f"{args.name}_dashboard.png")
+    results["screenshot"] = f"{args.name}_dashboard.png" if shot else None
+    (out / f"{args.name}.json").write_text(json.dumps(results, indent=2, default=str))
+    (out / f"{args.name}.md").write_text(render(results, platform.processor() or ""))
+    print((out / f"{args.name}.md").read_text())
     shutil.rmtree(work, ignore_errors=True)
     return 0
 
@@ -256,7 +261,8 @@ def render(r: dict[str, Any], _: str) -> str:
     env = r["environment"]
     lines = ["# Monitor benchmark: news stream with injected negative surges", "",
              f"Machine: {env['cpu_model']} ({', '.join(env['cpu_flags'])}), {r['threads']} thread(s) for the models "
-             f"(run pinned with `taskset -c 1 env OMP_NUM_THREADS=1`), torch {env.get('packages', {}).get('torch', '?')}. "
+             f"(process allowed on CPU(s) {r['cpus_allowed']} of {env['cores_logical']}, OMP_NUM_THREADS="
+             f"{r['omp_num_threads']}), torch {env.get('packages', {}).get('torch', '?')}. "
              f"Stream: {r['stream']['items']:,} items ({r['stream']['background']:,} background, "
              f"{r['stream']['surge_items']} injected in 4 surges); built by `examples/monitor_news_stream.py`.", "",
              "| | PyTorch fp32 | ONNX Runtime INT8 |", "|---|---|---|"]

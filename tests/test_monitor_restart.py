@@ -28,8 +28,8 @@ from tests.monitor_fakes import T0, build_multitask_artifact
 
 pytestmark = pytest.mark.timeout(300)
 
-FILE_ITEMS = 4000
-HTTP_BATCHES = 250
+FILE_ITEMS = 2000
+HTTP_BATCHES = 150
 HTTP_BATCH = 8
 
 
