@@ -127,7 +127,7 @@ def test_follow_source_resumes_from_its_stored_offset(tmp_path: Path) -> None:
     src.done.wait(5)
     monitor.stop()
     assert monitor.store.count_items() == 301
-    assert monitor.metrics.bad_items.labels(source="follow")._value.get() == 2
+    assert monitor.metrics.bad_items.labels(channel="follow")._value.get() == 2
     offset = monitor.store.offset(src.name)
     assert offset is not None and offset.byte_offset == path.stat().st_size
     monitor.store.close()
@@ -168,7 +168,7 @@ def test_stdin_takes_json_and_plain_lines(tmp_path: Path) -> None:
     src.run()
     monitor.stop()
     assert src.error is None and monitor.store.count_items() == 2
-    assert monitor.metrics.bad_items.labels(source="stdin")._value.get() == 1
+    assert monitor.metrics.bad_items.labels(channel="stdin")._value.get() == 1
 
 
 def test_a_full_queue_refuses_instead_of_growing(tmp_path: Path) -> None:

@@ -93,8 +93,8 @@ def test_metrics_health_and_readiness(client) -> None:
     for name in ("lepton_monitor_items_total", "lepton_monitor_queue_depth", "lepton_monitor_inference_seconds",
                  "lepton_monitor_ingest_latency_seconds", "lepton_monitor_alert_events", "lepton_monitor_open_alerts"):
         assert name in text
-    assert 'lepton_monitor_items_total{source="http"} 1.0' in text
-    assert 'lepton_monitor_bad_items_total{source="http"} 1.0' in text
+    assert 'lepton_monitor_items_total{channel="http"} 1.0' in text
+    assert 'lepton_monitor_bad_items_total{channel="http"} 1.0' in text
     assert 'lepton_http_requests_total{path="/v1/ingest",status="422"} 1.0' in text
     client.app.state.monitor.ready = False
     assert client.get("/readyz").status_code == 503

@@ -131,7 +131,7 @@ def create_app(monitor: Monitor) -> FastAPI:
                 msg = f"invalid JSON: {(e.get('ctx') or {}).get('error', msg)}"
             detail.append({"loc": list(e.get("loc", ())), "field": ".".join(map(str, loc)) or "body",
                            "msg": msg, "type": e.get("type", "invalid")})
-        monitor.metrics.bad_items.labels(source="http").inc()
+        monitor.metrics.bad_items.labels(channel="http").inc()
         return JSONResponse({"detail": detail}, status_code=422)
 
     app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.ingest.max_body_bytes)

@@ -46,6 +46,9 @@ class RawItem:
     source: str = "http"
     key: str | None = None  # unique key; default from source and id (None without an id)
     received_at: float = field(default_factory=time.time)
+    # How it came in (http, replay, follow, stdin): the metrics' label. Never ``source``, which
+    # the sender chooses and which would let a client grow the label set without bound.
+    channel: str = "http"
 
 
 @dataclass
@@ -207,8 +210,8 @@ class Monitor:
         m.inference.observe(predicted - started)
         m.commit.observe(time.perf_counter() - predicted)
         m.batch_size.observe(len(items))
-        for it, fresh in zip(rows, new):
-            (m.items if fresh else m.duplicates).labels(source=it.source).inc()
+        for it, fresh in zip(items, new):
+            (m.items if fresh else m.duplicates).labels(channel=it.channel).inc()
             m.ingest_latency.observe(committed - it.received_at)
             self.latencies.append(committed - it.received_at)
         self.committed += sum(new)

@@ -16,11 +16,12 @@ class MonitorMetrics:
                                 ["path", "status"], registry=r)
         self.http_latency = Histogram("lepton_http_request_duration_seconds", "Time to answer, by route",
                                       ["path"], buckets=LATENCY_BUCKETS, registry=r)
-        self.items = Counter("lepton_monitor_items", "Items stored, by source", ["source"], registry=r)
+        self.items = Counter("lepton_monitor_items", "Items stored, by channel (http, replay, follow, stdin)",
+                             ["channel"], registry=r)
         self.duplicates = Counter("lepton_monitor_duplicate_items",
-                                  "Items whose key was stored before (not counted again)", ["source"], registry=r)
-        self.bad_items = Counter("lepton_monitor_bad_items", "Items refused or skipped as malformed",
-                                 ["source"], registry=r)
+                                  "Items whose key was stored before (not counted again)", ["channel"], registry=r)
+        self.bad_items = Counter("lepton_monitor_bad_items", "Items refused or skipped as malformed, by channel",
+                                 ["channel"], registry=r)
         self.queue_depth = Gauge("lepton_monitor_queue_depth", "Items waiting to be predicted and stored",
                                  registry=r)
         self.batch_size = Histogram("lepton_monitor_batch_size", "Items per model call and commit",

@@ -140,7 +140,7 @@ class FileSource:
                     item = parse_line(line, where, self._model)
                 except BadItemError as err:
                     log.warning("skipped: %s", err)
-                    self.monitor.metrics.bad_items.labels(source=self.name.split(":")[0]).inc()
+                    self.monitor.metrics.bad_items.labels(channel=self.name.split(":")[0]).inc()
                     end += len(line)
                     line_no = line_no + 1 if line_no else None
                     continue
@@ -156,7 +156,8 @@ class FileSource:
                 end += len(line)
                 line_no = line_no + 1 if line_no else None
                 source = item.source if item.source != "http" else self.name.split(":")[0]
-                items.append(RawItem(text=item.text, ts=item.timestamp, item_id=item.id, source=source, key=key))
+                items.append(RawItem(text=item.text, ts=item.timestamp, item_id=item.id, source=source, key=key,
+                                     channel=self.name.split(":")[0]))
             if end == offset:
                 return offset, line_no, clock, True
             # One job in flight: its offset is committed before the next is read, in order.
@@ -195,12 +196,13 @@ class StdinSource:
                         item = parse_line(line.encode(), f"<stdin>:{n}", self._model)
                     except BadItemError as err:
                         log.warning("skipped: %s", err)
-                        self.monitor.metrics.bad_items.labels(source="stdin").inc()
+                        self.monitor.metrics.bad_items.labels(channel="stdin").inc()
                         continue
                     raw = RawItem(text=item.text, ts=item.timestamp, item_id=item.id,
-                                  source=item.source if item.source != "http" else "stdin")
+                                  source=item.source if item.source != "http" else "stdin", channel="stdin")
                 else:
-                    raw = RawItem(text=line.rstrip("\n")[: self.monitor.cfg.ingest.max_chars], source="stdin")
+                    raw = RawItem(text=line.rstrip("\n")[: self.monitor.cfg.ingest.max_chars], source="stdin",
+                                  channel="stdin")
                 futures.append(self.monitor.submit([raw], block=True))
                 self.read += 1
                 futures = [f for f in futures if not f.done()]

@@ -377,9 +377,8 @@ def restore_detectors(store: Store, cfg: Any, width: float) -> dict[str, Any]:
     for topic in store.topics():
         rows = store.query("SELECT wstart, n, negative FROM windows WHERE topic = ? AND closed = 1 AND "
                            "alert_id IS NULL ORDER BY wstart DESC LIMIT ?", (topic, cfg.baseline_windows))
-        det = TopicDetector(topic, cfg, width, baseline=[(float(s), int(n), int(k)) for s, n, k in reversed(rows)])
-        det.baseline = type(det.baseline)(det.baseline, maxlen=cfg.baseline_windows)
-        detectors[topic] = det
+        detectors[topic] = TopicDetector(topic, cfg, width,
+                                         baseline=[(float(s), int(n), int(k)) for s, n, k in reversed(rows)])
     for a in store.alerts(limit=10_000):
         if a["status"] == "open" and a["topic"] in detectors:
             detectors[a["topic"]].episode = Episode(
