@@ -22,7 +22,7 @@ pytest.importorskip("scipy")
 from fastapi.testclient import TestClient
 
 from lepton.monitor.app import create_app
-from tests.monitor_fakes import T0, KeywordClassifier, synthetic_items
+from tests.monitor_fakes import T0, synthetic_items
 from tests.test_monitor_engine import SURGE, make_monitor
 
 pytestmark = pytest.mark.timeout(180)

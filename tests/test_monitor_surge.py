@@ -120,3 +120,20 @@ def test_config_is_strict_and_names_the_key(tmp_path) -> None:
     path.write_text("window: [\n")
     with pytest.raises(MonitorConfigError, match=r"m.yaml:\d+: not valid YAML"):
         load_config(path)
+
+
+def test_cli_reports_config_and_source_errors_in_one_line(tmp_path, capsys) -> None:
+    from lepton.cli import main
+
+    bad = tmp_path / "monitor.yaml"
+    bad.write_text("window: {widht_s: 60}\n")
+    assert main(["monitor", str(tmp_path / "no-model"), "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"lepton: error: {bad}: unknown key 'window.widht_s'; did you mean 'width_s'? "
+                   "(valid here: width_s, lateness_s)"]
+    assert main(["monitor", "m", "--source", "folow:x.jsonl"]) == 2
+    assert "unknown kind 'folow'; did you mean 'follow'?" in capsys.readouterr().err
+    assert main(["monitor", "m", "--source", f"replay:{tmp_path / 'none.jsonl'}"]) == 2
+    assert "is not a file" in capsys.readouterr().err
+    assert main(["monitor", "a", "b", "c"]) == 2
+    assert "one multi-task model or two models" in capsys.readouterr().err
