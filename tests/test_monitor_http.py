@@ -157,6 +157,7 @@ def test_dashboard_renders_charts_and_the_alert_in_chromium(tmp_path: Path, live
     assert done.returncode == 0, done.stderr[-2000:]
     dom = done.stdout
     assert 'data-loaded="1"' in dom  # the script ran and fetched the state
+    assert '<b id="stat-items">3200</b>' in dom
     charts = re.findall(r'<svg[^>]*class="topic-chart"[^>]*data-topic="([^"]+)"', dom)
     assert sorted(charts) == ["business", "sports"]
     assert len(re.findall(r'class="volume"', dom)) >= 2 * 50  # a bar per window and topic

@@ -52,7 +52,7 @@ def _dashboard_state(monitor: Monitor, since: float | None) -> dict[str, Any]:
     return {
         "name": cfg.name, "width_s": width, "alpha": cfg.surge.alpha, "now_ts": monitor.max_ts,
         "negative_label": cfg.predict.negative_label,
-        "items": monitor.committed, "pending": monitor.pending, "ready": monitor.ready,
+        "items": store.counted(), "pending": monitor.pending, "ready": monitor.ready,
         "windows": store.series(since=since, limit=5000),
         "alerts": store.alerts(limit=50),
     }

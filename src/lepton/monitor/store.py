@@ -271,6 +271,11 @@ class Store:
     def count_items(self) -> int:
         return int(self.query("SELECT COUNT(*) FROM items")[0][0])
 
+    def counted(self) -> int:
+        """Items counted in windows (every stored item, once): cheaper than counting the items."""
+        rows = self.query("SELECT SUM(n) FROM windows")
+        return int(rows[0][0] or 0)
+
     def topics(self) -> list[str]:
         return [r[0] for r in self.query("SELECT DISTINCT topic FROM windows ORDER BY topic")]
 
