@@ -180,7 +180,8 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--chunk", type=int, default=2000, help="items per throughput round")
     p.add_argument("--rate", type=float, default=15.0, help="items/s of the paced latency run")
-    p.add_argument("--detect", nargs="+", default=["int8"], choices=["fp32", "int8"],
+    p.add_argument("--no-latency", action="store_true", help="skip the paced latency runs")
+    p.add_argument("--detect", nargs="*", default=["int8"], choices=["fp32", "int8"],
                    help="models that replay the whole stream for detection (default: %(default)s)")
     p.add_argument("--latency-items", type=int, default=2400)
     p.add_argument("--name", default="monitor", help="results file name (default: %(default)s)")
@@ -233,6 +234,8 @@ def main() -> int:
     paced = work / "paced.jsonl"
     paced.write_text("".join(lines[:args.latency_items]), encoding="utf-8")
     for name, model in models.items():
+        if args.no_latency:
+            break
         run = replay(model, config, paced, work / f"lat-{name}", speed=speed)
         results["models"][name]["latency_at_rate"] = {"rate_items_s": args.rate,
                                                       "achieved_items_s": round(run["items_per_s"], 1),
@@ -254,7 +257,8 @@ def main() -> int:
         m.store.close()
         log.info("%s detection: %s", name, json.dumps(results["models"][name]["detection"])[:600])
     out.mkdir(parents=True, exist_ok=True)
-    shot = screenshot(work / "full-int8", config, models["int8"], out / f"{args.name}_dashboard.png")
+    shot = "int8" in args.detect and screenshot(work / "full-int8", config, models["int8"],
+                                                out / f"{args.name}_dashboard.png")
     results["screenshot"] = f"{args.name}_dashboard.png" if shot else None
     (out / f"{args.name}.json").write_text(json.dumps(results, indent=2, default=str))
     (out / f"{args.name}.md").write_text(render(results, platform.processor() or ""))
