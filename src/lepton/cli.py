@@ -27,6 +27,8 @@ EPILOG = {
     "data": "example: lepton data   (then in a recipe: data: {train: {path: builtin:sst2/train}})",
     "keygen": "example: lepton keygen ~/.lepton/signing-key   (writes signing-key and signing-key.pub)",
     "sign": "example: lepton sign runs/sst2-minilm/model --key ~/.lepton/signing-key",
+    "monitor": "example: lepton monitor runs/monitor-news/model --config examples/monitor-news-monitor.yaml "
+               "--source replay:runs/monitor-news/stream.jsonl --speed 600",
 }
 SIGNATURE_HELP = ("refuse the model unless its manifest is signed by the holder of this Ed25519 public "
                   "key (lepton keygen / lepton sign)")
@@ -131,6 +133,19 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="answer 408 when a request body stalls this long (default: %(default)s)")
     add("data", "list the data sets built into Lepton (builtin:<set>/<split> in a recipe)")
+
+    m = add("monitor", "watch a text stream: topic and sentiment per item, surge alerts, a live dashboard")
+    m.add_argument("models", nargs="+", metavar="MODEL", help="a multi-task model (sentiment + topic), "
+                   "or two models (MODEL MODEL2; the config says which gives which)")
+    m.add_argument("--config", help="monitor config YAML (default: every default)")
+    m.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. window.width_s=60 (repeatable)")
+    m.add_argument("--source", dest="sources", action="append", default=[], metavar="SOURCE",
+                   help="http (POST /v1/ingest; the default), replay:FILE.jsonl, follow:FILE.jsonl, stdin "
+                        "(repeatable)")
+    m.add_argument("--speed", type=float, default=0.0,
+                   help="replay this many times faster than the timestamps (0: as fast as possible)")
+    m.add_argument("--exit-when-done", action="store_true", help="stop once every file source has ended")
     return p
 
 
@@ -418,6 +433,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 130
 
 
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from lepton.monitor.runner import run_monitor
+
+    if len(args.models) > 2:
+        raise LeptonError(f"monitor: give one multi-task model or two models (got {len(args.models)})")
+    log_level = "debug" if args.debug else "warning" if args.quiet else "info"
+    return run_monitor(args.models, args.config, sources=args.sources, speed=args.speed,
+                       overrides=args.overrides, exit_when_done=args.exit_when_done, log_level=log_level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from lepton.distributed import env_rank
 
@@ -439,7 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     handlers = {"run": _cmd_run, "validate": _cmd_validate, "evaluate": _cmd_evaluate, "info": _cmd_info,
                 "compare": _cmd_compare, "serve": _cmd_serve, "data": _cmd_data, "keygen": _cmd_keygen,
-                "sign": _cmd_sign}
+                "sign": _cmd_sign, "monitor": _cmd_monitor}
     try:
         return handlers[args.command](args)
     except LeptonError as err:

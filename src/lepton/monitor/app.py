@@ -1,0 +1,140 @@
+"""The monitor's HTTP side: ``POST /v1/ingest``, the dashboard, its JSON, metrics and health.
+
+``POST /v1/ingest`` answers only after its items are committed (200 with how many were new);
+a full queue gets 503 with Retry-After, a malformed body 4xx naming the field (the server's
+rules: 413 over the body limit, 415 for a non-JSON body, 422 for bad fields).
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime.
+
+import asyncio
+import logging
+from importlib import resources
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from lepton import __version__
+from lepton.monitor.engine import Monitor, QueueFullError, RawItem, StoppedError
+from lepton.monitor.items import item_model
+from lepton.serve.app import BodyLimitMiddleware, _require_json
+from lepton.serve.metrics import MetricsMiddleware
+
+log = logging.getLogger(__name__)
+RETRY_AFTER_S = "1"
+
+
+class IngestResponse(BaseModel):
+    accepted: int = Field(description="items stored now")
+    duplicates: int = Field(description="items whose id was stored before (not counted again)")
+
+
+class Status(BaseModel):
+    status: str
+
+
+def _ingest_request(monitor: Monitor) -> type[BaseModel]:
+    limits = monitor.cfg.ingest
+    Item = item_model(limits.max_chars)
+    items = Annotated[list[Item], Field(min_length=1, max_length=limits.max_items,
+                                        description=f"1 to {limits.max_items} items")]
+    return create_model("IngestRequest", __config__=ConfigDict(extra="forbid"), items=(items, ...))
+
+
+def _dashboard_state(monitor: Monitor, since: float | None) -> dict[str, Any]:
+    store, cfg = monitor.store, monitor.cfg
+    width = cfg.window.width_s
+    if since is None and monitor.max_ts is not None:
+        since = monitor.max_ts - 96 * width  # the last 96 windows by default
+    return {
+        "name": cfg.name, "width_s": width, "alpha": cfg.surge.alpha, "now_ts": monitor.max_ts,
+        "negative_label": cfg.predict.negative_label,
+        "items": store.counted(), "pending": monitor.pending, "ready": monitor.ready,
+        "windows": store.series(since=since, limit=5000),
+        "alerts": store.alerts(limit=50),
+    }
+
+
+def create_app(monitor: Monitor) -> FastAPI:
+    cfg = monitor.cfg
+    app = FastAPI(title=f"Lepton monitor: {cfg.name}", version=__version__,
+                  description="Topic and sentiment over a text stream, surge alerts per topic.")
+    app.state.monitor = monitor
+    IngestRequest = _ingest_request(monitor)
+    page = resources.files("lepton.monitor").joinpath("dashboard.html").read_text(encoding="utf-8")
+    page = page.replace("__REFRESH_MS__", str(int(cfg.server.refresh_s * 1000))).replace(
+        "__TITLE__", cfg.name.replace("<", "&lt;"))
+
+    @app.post("/v1/ingest", response_model=IngestResponse, dependencies=[Depends(_require_json)],
+              summary="Store items with their predictions (answers after the commit)",
+              responses={503: {"description": "queue full or not ready; see Retry-After"}})
+    async def ingest(body: IngestRequest) -> Any:  # type: ignore[valid-type]
+        if not monitor.ready:
+            raise HTTPException(503, "not ready", headers={"Retry-After": RETRY_AFTER_S})
+        raws = [RawItem(text=i.text, ts=i.timestamp, item_id=i.id, source=i.source) for i in body.items]
+        try:
+            future = monitor.submit(raws)
+        except (QueueFullError, StoppedError) as err:
+            raise HTTPException(503, f"{err}; retry later", headers={"Retry-After": RETRY_AFTER_S}) from None
+        try:
+            result = await asyncio.wrap_future(future)
+        except Exception:  # noqa: BLE001 - logged by the engine; nothing of this request is stored
+            raise HTTPException(500, "storing the items failed; nothing was stored; the log has details") from None
+        return IngestResponse(accepted=result.accepted, duplicates=result.duplicates)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def dashboard() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/v1/dashboard", summary="Windows per topic and alerts, as the dashboard draws them")
+    def dashboard_state(since: float | None = Query(None, description="Unix seconds")) -> Any:
+        return _dashboard_state(monitor, since)
+
+    @app.get("/v1/alerts", summary="Alert episodes, newest first")
+    def alerts(limit: int = Query(50, ge=1, le=1000)) -> Any:
+        return monitor.store.alerts(limit=limit)
+
+    @app.get("/v1/alerts/{alert_id}", summary="One alert and the most negative items that drove it")
+    def alert(alert_id: int) -> Any:
+        found = monitor.store.alert(alert_id)
+        if found is None:
+            raise HTTPException(404, f"alert {alert_id}: no such alert")
+        return {**found, "items": monitor.store.alert_items(alert_id, cfg.alerts.top_items)}
+
+    @app.get("/healthz", response_model=Status)
+    async def healthz() -> Status:
+        return Status(status="ok")
+
+    @app.get("/readyz", response_model=Status, responses={503: {"model": Status}})
+    async def readyz() -> Any:
+        if monitor.ready:
+            return Status(status="ready")
+        return JSONResponse({"status": "starting or stopping"}, status_code=503,
+                            headers={"Retry-After": RETRY_AFTER_S})
+
+    @app.get("/metrics", response_class=Response, summary="Prometheus metrics")
+    async def metrics() -> Response:
+        body, content_type = monitor.metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Name the field in one line too ("items.3.text: ..."), and never echo the input back.
+        detail = []
+        for e in exc.errors():
+            loc = [p for p in e.get("loc", ()) if p != "body"]
+            msg = e.get("msg", "invalid")
+            if e.get("type") == "json_invalid":
+                msg = f"invalid JSON: {(e.get('ctx') or {}).get('error', msg)}"
+            detail.append({"loc": list(e.get("loc", ())), "field": ".".join(map(str, loc)) or "body",
+                           "msg": msg, "type": e.get("type", "invalid")})
+        monitor.metrics.bad_items.labels(channel="http").inc()
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.ingest.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=monitor.metrics,
+                       paths=frozenset(getattr(r, "path", "") for r in app.routes))
+    return app

@@ -1,0 +1,166 @@
+"""The monitor config: one YAML file, validated as strictly as a recipe.
+
+Loading goes YAML -> ``--set`` overrides -> ``${VAR}`` interpolation -> validation; an unknown key
+is an error naming its path and the closest valid key (the recipe's own machinery).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from lepton.config import StrictModel
+from lepton.errors import LeptonError
+
+SCHEMA_VERSION = 1
+
+
+class MonitorConfigError(LeptonError):
+    """The monitor config is malformed (the message names the file and key)."""
+
+
+class HeadRef(StrictModel):
+    """Where one label set comes from: which MODEL argument, and which task of it."""
+
+    model: int = Field(0, ge=0, le=1)  # 0: the first MODEL argument, 1: MODEL2
+    task: str | None = None  # a multi-task model's task; None: its main task
+
+
+class PredictConfig(StrictModel):
+    sentiment: HeadRef = Field(default_factory=HeadRef)
+    topic: HeadRef = Field(default_factory=lambda: HeadRef(model=0, task="topic"))
+    negative_label: str = "negative"  # the sentiment label that counts as negative
+    batch_size: int = Field(32, ge=1, le=1024)  # inputs per model call
+    # Both tasks of one multi-task model from one encoder pass (lepton.monitor.onepass); false:
+    # one predict() call per task, the encoder running twice.
+    one_pass: bool = True
+
+
+class WindowConfig(StrictModel):
+    width_s: float = Field(300.0, gt=0)  # tumbling windows per topic, aligned to the Unix epoch
+    # A window closes (and is tested) once an item stamped this long after its end has arrived;
+    # items for a window already closed are stored and counted, but the window is not re-tested.
+    lateness_s: float = Field(0.0, ge=0)
+
+
+class SurgeConfig(StrictModel):
+    """The surge rule, per topic and closed window: one-sided Fisher exact test of the window's
+    negative share against the topic's baseline (its last ``baseline_windows`` closed windows
+    outside any alert episode). Fires when p <= alpha and the minimum counts are met."""
+
+    method: Literal["fisher"] = "fisher"
+    alpha: float = Field(0.001, gt=0, lt=0.5)  # false-alarm rate per topic and window, at most
+    min_count: int = Field(10, ge=1)  # items of the topic in the window
+    min_negative: int = Field(3, ge=1)  # negative items in the window
+    min_lift: float = Field(0.0, ge=0, le=1)  # window share minus baseline share, at least
+    baseline_windows: int = Field(12, ge=1)
+    min_baseline: int = Field(30, ge=1)  # items in the baseline before the rule may fire
+    close_after: int = Field(2, ge=1)  # windows without a firing that end an episode
+
+
+class WebhookConfig(StrictModel):
+    url: str
+    timeout_s: float = Field(5.0, gt=0)
+    max_attempts: int = Field(8, ge=1)
+    backoff_s: float = Field(0.5, gt=0)  # first retry after this, doubling each time
+    backoff_max_s: float = Field(60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _http_url(self) -> WebhookConfig:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url must start with http:// or https:// (got {self.url!r})")
+        return self
+
+
+class AlertsConfig(StrictModel):
+    log: bool = True  # every alert event as a WARNING log line
+    webhook: WebhookConfig | None = None
+    top_items: int = Field(10, ge=1, le=1000)  # the most negative items shown per alert
+
+
+class StoreConfig(StrictModel):
+    # None: SQLite (WAL) at OUTPUT/monitor.db; "sqlite:///path.db" or "postgresql://..." otherwise.
+    url: str | None = None
+
+    @model_validator(mode="after")
+    def _known_scheme(self) -> StoreConfig:
+        if self.url is not None and not self.url.startswith(("sqlite:///", "postgresql://", "postgres://")):
+            raise ValueError("url must start with sqlite:/// or postgresql:// "
+                             f"(got {self.url.split('://')[0] + '://' if '://' in self.url else self.url!r})")
+        return self
+
+
+class IngestConfig(StrictModel):
+    max_batch: int = Field(64, ge=1, le=4096)  # items per model call + commit
+    max_wait_ms: float = Field(20.0, ge=0)  # how long a batch waits for more items
+    max_queue: int = Field(10_000, ge=1)  # items waiting; beyond it POST /v1/ingest gets 503
+    max_items: int = Field(256, ge=1)  # items per POST /v1/ingest
+    max_chars: int = Field(10_000, ge=1)  # characters per text
+    max_body_bytes: int = Field(4 << 20, ge=1)
+
+
+class ServerConfig(StrictModel):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(8100, ge=0, le=65535)
+    refresh_s: float = Field(2.0, gt=0)  # how often the dashboard polls
+
+
+class MonitorConfig(StrictModel):
+    schema_version: Literal[1] = 1
+    name: str = "monitor"
+    predict: PredictConfig = Field(default_factory=PredictConfig)
+    window: WindowConfig = Field(default_factory=WindowConfig)
+    surge: SurgeConfig = Field(default_factory=SurgeConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    output: str = "runs/monitor"
+
+
+def parse_config(tree: Any, *, source: str = "<monitor config>", overrides: Sequence[str] = (),
+                 env: Mapping[str, str] | None = None) -> MonitorConfig:
+    from lepton.errors import RecipeError
+    from lepton.recipe import _format_errors, apply_override, interpolate
+
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise MonitorConfigError(f"{source}: a monitor config is a YAML mapping at the top level")
+    tree = copy.deepcopy(tree)
+    try:
+        for assignment in overrides:
+            apply_override(tree, assignment)
+        tree = interpolate(tree, os.environ if env is None else env)
+    except RecipeError as err:
+        raise MonitorConfigError(f"{source}: {err}") from None
+    try:
+        return MonitorConfig.model_validate(tree)
+    except ValidationError as err:
+        raise MonitorConfigError(_format_errors(err, MonitorConfig, "", source)) from None
+
+
+def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = (),
+                env: Mapping[str, str] | None = None) -> MonitorConfig:
+    """The config at ``path`` (None: every default) with ``overrides`` applied."""
+    if path is None:
+        return parse_config({}, overrides=overrides, env=env)
+    p = Path(path)
+    if not p.is_file():
+        raise MonitorConfigError(f"{p}: monitor config file not found")
+    try:
+        tree = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise MonitorConfigError(f"{p}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    except UnicodeDecodeError:
+        raise MonitorConfigError(f"{p}: not a UTF-8 text file") from None
+    return parse_config(tree, source=str(p), overrides=overrides, env=env)

@@ -1,0 +1,88 @@
+"""Topic and sentiment for a batch of texts, from one multi-task Lepton model or two models."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from lepton.monitor.config import MonitorConfigError, PredictConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prediction:
+    topic: str
+    topic_score: float
+    sentiment: str
+    sentiment_score: float
+    negative_score: float  # probability of the negative label
+    scores: dict[str, float]  # every sentiment label's probability
+
+
+class Classifier(Protocol):
+    negative_label: str
+
+    def classify(self, texts: list[str]) -> list[Prediction]:
+        """One prediction per text, in order."""
+
+
+class ModelClassifier:
+    """Predictions through ``lepton.load(model).predict(texts, task=...)``: the sentiment and the
+    topic each come from a task of one of the given models (see ``PredictConfig``)."""
+
+    def __init__(self, models: list[Any], cfg: PredictConfig) -> None:
+        """``models``: loaded ``lepton.load`` predictors, in the CLI's MODEL [MODEL2] order."""
+        self.cfg = cfg
+        self.negative_label = cfg.negative_label
+        self._sentiment = self._head(models, "sentiment")
+        self._topic = self._head(models, "topic")
+        if self._sentiment.task.kind != "sequence_classification" or self._topic.task.kind != "sequence_classification":
+            raise MonitorConfigError("predict: sentiment and topic must be sentence-classification tasks")
+        if cfg.negative_label not in self._sentiment.labels:
+            raise MonitorConfigError(f"predict.negative_label: {cfg.negative_label!r} is not a label of the "
+                                     f"sentiment task (its labels: {', '.join(self._sentiment.labels)})")
+        same = cfg.sentiment.model == cfg.topic.model and cfg.one_pass
+        self._shared = models[cfg.sentiment.model] if same else None
+        self.sentiment_labels = list(self._sentiment.labels)
+        self.topic_labels = list(self._topic.labels)
+
+    def _head(self, models: list[Any], what: str) -> Any:
+        ref = getattr(self.cfg, what)
+        if ref.model >= len(models):
+            raise MonitorConfigError(f"predict.{what}.model: {ref.model} names MODEL{ref.model + 1}, but "
+                                     f"{len(models)} model{'s were' if len(models) > 1 else ' was'} given")
+        model = models[ref.model]
+        if ref.task is not None and ref.task not in model.tasks:
+            raise MonitorConfigError(f"predict.{what}.task: {ref.task!r} is not a task of the model "
+                                     f"(its tasks: {', '.join(model.tasks)})")
+        return model.head(ref.task)
+
+    def classify(self, texts: list[str]) -> list[Prediction]:
+        size = self.cfg.batch_size
+        if not texts:
+            return []
+        if self._shared is not None:  # one multi-task model: one encoder pass for both tasks
+            from lepton.monitor.onepass import predict_tasks
+
+            sentiments, topics = predict_tasks(self._shared, texts, [self.cfg.sentiment.task, self.cfg.topic.task],
+                                               batch_size=size)
+        else:
+            sentiments = self._sentiment.predict(texts, batch_size=size)
+            topics = self._topic.predict(texts, batch_size=size)
+        out = []
+        for s, t in zip(sentiments, topics):
+            out.append(Prediction(topic=t["label"], topic_score=t["score"], sentiment=s["label"],
+                                  sentiment_score=s["score"], negative_score=s["scores"][self.negative_label],
+                                  scores=s["scores"]))
+        return out
+
+
+def load_classifier(model_paths: list[str], cfg: PredictConfig) -> ModelClassifier:
+    """Load (and verify) one or two Lepton models and bind the configured tasks."""
+    import lepton
+
+    if not 1 <= len(model_paths) <= 2:
+        raise MonitorConfigError(f"give one multi-task model or two models (got {len(model_paths)})")
+    return ModelClassifier([lepton.load(p) for p in model_paths], cfg)
