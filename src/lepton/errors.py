@@ -40,3 +40,7 @@ class MissingExtraError(LeptonError):
 
 class StageError(LeptonError):
     """A stage cannot run with the given settings or inputs."""
+
+
+class SearchError(LeptonError):
+    """A search cannot start or continue: its storage, its study or its settings."""
