@@ -118,7 +118,7 @@ def _optimize(study: Any, worker: Any, cfg: SearchSettings, seconds: float | Non
             keep = {r["trial"] for r in data["front"]} | {t.number for t in study.get_trials(
                 deepcopy=False, states=(TrialState.RUNNING,))}
             output.prune_trial_models(out, keep)
-            output.write_front(out, data)
+            output.write_front(out, data, plot=False)
             best = next((r for r in data["front"] if r["trial"] == data["best"]), None)
             mean = sum(worker.done_seconds) / max(len(worker.done_seconds), 1)
             left = mean * max(cfg.trials - runner.finished(study), 0)

@@ -98,10 +98,12 @@ def prune_trial_models(out_dir: Path, keep: set[int]) -> None:
             shutil.rmtree(folder.parent, ignore_errors=True)
 
 
-def write_front(out_dir: Path, data: dict[str, Any]) -> None:
+def write_front(out_dir: Path, data: dict[str, Any], *, plot: bool = True) -> None:
+    """``plot=False`` after each trial: the plot (about a second) is drawn once, at the end."""
     atomic.write_text(out_dir / "pareto.json", json.dumps(data, indent=2, default=str))
     atomic.write_text(out_dir / "pareto.md", to_markdown(data))
-    atomic.write_text(out_dir / "pareto.html", to_html(data))
+    if plot:
+        atomic.write_text(out_dir / "pareto.html", to_html(data))
 
 
 def _settings(s: dict[str, Any]) -> str:
@@ -124,7 +126,7 @@ def to_markdown(data: dict[str, Any]) -> str:
              "| trial | settings | change (points) | paired test | speed-up b1 | size MB (x smaller) | best |",
              "|---|---|---|---|---|---|---|"]
     for r in data["front"]:
-        drop = ", ".join(f"{m} {-d:+.2f}" for m, d in r["drop_points"].items())
+        drop = ", ".join(f"{m} {-d + 0.0:+.2f}" for m, d in r["drop_points"].items())
         lines.append(f"| {r['trial']} | {_settings(r['settings'])} | {drop} | {r['paired']['verdict']} | "
                      f"{r['speedup_b1']:.2f}x | {r['size_mb']:.1f} ({r['size_ratio']:.2f}x) | "
                      f"{'yes' if r['trial'] == data['best'] else ''} |")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import socket
 import time
@@ -58,11 +59,12 @@ def build_baseline(space: SearchSpace, ws: Workspace, recipe: Recipe, eval_confi
 
     k = _finetune_prefix(space, recipe)
     base_recipe = recipe.model_copy(update={"stages": recipe.stages[:k]})
+    work = ws.out_dir / "trials" / f"baseline-{os.getpid()}"
     if k:
-        run_stages(ws, base_recipe, ws.out_dir / "trials" / "baseline", shareable=k, cache_last=True)
+        run_stages(ws, base_recipe, work, shareable=k, cache_last=True)
     key = ws.prefix_key(base_recipe, k)
     folder = ws.cached(key) or _save_into_cache(ws, ws.starting_bundle(base_recipe), key, base_recipe, 0)
-    shutil.rmtree(ws.out_dir / "trials" / "baseline", ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     name = recipe.stage_names()[k - 1] if k else "pretrained"
     variant = Variant(name=name, stage_path=recipe.stage_names()[:k],
                       bundle=load_bundle(folder, verify=False, device=ws.device), folder=folder)
@@ -129,7 +131,7 @@ class Worker:
         started = time.perf_counter()
         values = self.suggest(trial)
         trial.set_user_attr("settings", values)
-        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         same = self._same_settings_done(trial)
         if same is not None:
             return self._copy(trial, same)
@@ -164,7 +166,7 @@ class Worker:
 
     def _copy(self, trial: Any, same: Any) -> tuple[float, ...]:
         for key, value in same.user_attrs.items():
-            if key not in ("settings", "host"):
+            if key not in ("settings", "worker"):
                 trial.set_user_attr(key, value)
         trial.set_user_attr("same_as", same.number)
         log.info("trial %d: the same settings as trial %d, results reused", trial.number, same.number)
@@ -219,8 +221,7 @@ class Worker:
 
 def describe(values: dict[str, Any], attrs: dict[str, Any]) -> str:
     settings = ", ".join(f"{k}={_short(v)}" for k, v in values.items())
-    drops = ", ".join(f"{m} -{d:.2f} pts" if d >= 0 else f"{m} +{-d:.2f} pts"
-                      for m, d in attrs["drop_points"].items())
+    drops = ", ".join(f"{m} {-d + 0.0:+.2f} points" for m, d in attrs["drop_points"].items())
     return (f"{settings or 'no settings'} -> {drops}, {attrs['speedup_b1']:.2f}x faster at batch 1, "
             f"{attrs['size_ratio']:.2f}x smaller ({attrs['stages_reused']} stages reused)")
 

@@ -31,7 +31,9 @@ def require_optuna() -> Any:
     except ImportError as err:
         raise MissingExtraError("optuna is needed for lepton search: pip install 'lepton[search]'") from err
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    optuna.logging.get_logger("optuna").addFilter(_no_traceback_for_recorded_failures)
+    for handler in logging.getLogger("optuna").handlers:  # a handler's filter sees its children's records
+        if _no_traceback_for_recorded_failures not in handler.filters:
+            handler.addFilter(_no_traceback_for_recorded_failures)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
 
