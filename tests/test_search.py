@@ -298,11 +298,15 @@ def postgres_url(tmp_path_factory):
         return
     pytest.importorskip("psycopg", reason="psycopg (lepton[search]) is not installed")
     bins = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    initdb = Path(shutil.which("initdb") or (bins[-1] if bins else "initdb"))
+    # Debian keeps the server tools out of PATH, in /usr/lib/postgresql/<version>/bin.
+    initdb = bins[-1] if bins else Path(shutil.which("initdb") or "initdb").resolve()
     if not initdb.is_file():
         pytest.skip("no PostgreSQL server binaries (Debian: apt-get install postgresql), and "
                     "LEPTON_TEST_POSTGRES_URL is not set")
-    folder = tmp_path_factory.mktemp("pg")
+    # Not under pytest's temp folder: that one is private to this user, and the server runs as postgres.
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="lepton-pg-"))
     data, port = folder / "data", _free_port()
     as_user: list[str] = []
     if os.geteuid() == 0:  # initdb refuses to run as root
@@ -325,6 +329,7 @@ def postgres_url(tmp_path_factory):
         yield f"postgresql://lepton@127.0.0.1:{port}/search"
     finally:
         run(initdb.parent / "pg_ctl", "-D", data, "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_two_workers_fill_one_study_in_postgresql(tmp_path, tiny_model_dir, postgres_url):
