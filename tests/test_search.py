@@ -357,3 +357,37 @@ def test_an_unreachable_database_is_one_clear_error(tmp_path, tiny_model_dir):
     assert r.returncode == 2
     assert r.stderr.startswith("lepton: error: --storage postgresql://u:***@127.0.0.1")
     assert "secret" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_study_refuses_trials_of_another_search_space(tmp_path, tiny_model_dir):
+    from lepton.errors import SearchError
+
+    search(_recipe(tmp_path, tiny_model_dir, trials=1), out_dir=tmp_path / "out", progress=False)
+    other = _recipe(tmp_path, tiny_model_dir,
+                    {"kind": "drop_layers", "strategy": "top", "layers": {"choices": [1]}}, trials=2)
+    with pytest.raises(SearchError, match="was made for a different search space"):
+        search(other, out_dir=tmp_path / "out", progress=False)
+    with pytest.raises(SearchError, match="unknown objective 'latncy'; did you mean 'latency'"):
+        search(other, out_dir=tmp_path / "other", objectives=["accuracy", "latncy"], progress=False)
+
+
+def test_cli_search_help_and_bad_flags(tmp_path):
+    help_ = subprocess.run(_cli("search", "--help"), env=_env(), capture_output=True, text=True, timeout=60)
+    assert help_.returncode == 0 and "--max-drop" in help_.stdout and "example: lepton search" in help_.stdout
+    tree = _space_tree(tmp_path, {"kind": "drop_layers", "strategy": "top", "layers": {"choises": [1]}})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(tree))
+    bad = subprocess.run(_cli("search", str(tmp_path / "s.yaml")), env=_env(), capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == 2 and "did you mean 'choices'" in bad.stderr and "Traceback" not in bad.stderr
+    bad = subprocess.run(_cli("search", str(tmp_path / "s.yaml"), "--max-drop", "accuracy"), env=_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "expected METRIC=POINTS" in bad.stderr
+
+
+def test_durations_parse():
+    from lepton.errors import SearchError
+    from lepton.search.study import parse_duration
+
+    assert [parse_duration(t) for t in ("2h", "90m", "1h30m", "45s", "3600")] == [7200, 5400, 5400, 45, 3600]
+    with pytest.raises(SearchError, match="expected a duration like 2h"):
+        parse_duration("two hours")
