@@ -178,7 +178,7 @@ def to_html(data: dict[str, Any]) -> str:
     md = to_markdown(data)
     return ("<!doctype html><html><head><meta charset='utf-8'><title>"
             f"{html.escape(str(data['study']))}: Pareto front</title></head><body>"
-            f"{_plot_svg(data)}<pre>{html.escape(md)}</pre></body></html>")
+            f"{_plot_svg(data)}<pre style='white-space: pre-wrap'>{html.escape(md)}</pre></body></html>")
 
 
 def plain_recipe_text(space: Any, settings: dict[str, Any], trial: int, out_dir: Path) -> str:
