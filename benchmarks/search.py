@@ -94,6 +94,7 @@ def main() -> None:
     p.add_argument("--out", default="runs/search-bench")
     p.add_argument("--optimum-python", default="/tmp/optimum-venv/bin/python")
     p.add_argument("--results", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--name", default="search", help="results file names: NAME.md, NAME.json, NAME_front.json")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = Path(args.out)
@@ -118,7 +119,10 @@ def main() -> None:
                                                   {"kind": "quantize", "method": "dynamic_int8", "name": "quantize"}]})
     lepton_int8 = build(int8, out, compare_dir / "lepton-ort-dyn-int8")
     base_folder = _baseline_folder(out, space)
-    models = [base_folder]
+    named = compare_dir / "finetune-baseline"  # lepton.compare names a model by its folder
+    if not (named / "lepton.json").is_file():
+        shutil.copytree(base_folder, named, dirs_exist_ok=True)
+    models = [named]
     peer_name = None
     from quantization import optimum_peer, wrap_onnx
 
@@ -151,8 +155,8 @@ def main() -> None:
              "## One interleaved run (lepton.compare, all of SST-2 dev)", "", to_markdown(report), "",
              "## The search's front", "", (out / "pareto.md").read_text()]
     results = Path(args.results)
-    save_results(report, results, "search", "\n".join(lines) + "\n")
-    (results / "search_front.json").write_text(json.dumps(data, indent=2, default=str))
+    save_results(report, results, args.name, "\n".join(lines) + "\n")
+    (results / f"{args.name}_front.json").write_text(json.dumps(data, indent=2, default=str))
 
 
 def load_space_from(tree: dict):
