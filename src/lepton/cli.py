@@ -120,9 +120,9 @@ def _search_parser(s: argparse.ArgumentParser) -> None:
                                               "search.trials, else 20)")
     s.add_argument("--max-drop", action="append", default=[], metavar="METRIC=POINTS",
                    help="the budget: at most POINTS below the fine-tuned baseline, e.g. accuracy=1.0 "
-                        "(repeatable; default accuracy=1.0)")
+                        "(repeatable; default: the task's headline metric, e.g. accuracy, at 1.0)")
     s.add_argument("--objectives", help="comma-separated, from a quality metric (accuracy), latency, size, "
-                                        "throughput (default: accuracy,latency,size)")
+                                        "throughput (default: the headline metric,latency,size)")
     s.add_argument("--timeout", help="start no new trial after this long, e.g. 2h, 90m, 3600")
     s.add_argument("--storage", help="Optuna storage: a database URL (postgresql://user:pw@host/db) that several "
                                      "workers share, or a journal file (default: OUT/study.journal)")

@@ -65,6 +65,9 @@ def search(recipe: str | os.PathLike[str] | SearchSpace, *, out_dir: str | os.Pa
         storage_obj = st.open_storage(cfg.storage, out)
         ws = Workspace.open(first, out, progress=False)
         baseline = runner.build_baseline(space, ws, first, eval_config)
+        cfg = cfg.model_copy(update={
+            "max_drop": cfg.max_drop if cfg.max_drop is not None else {baseline.headline: 1.0},
+            "objectives": cfg.objectives or [baseline.headline, "latency", "size"]})
         for metric in cfg.max_drop:
             if metric not in baseline.metrics:
                 raise SearchError(f"--max-drop {metric}: not a metric of this task "
@@ -75,8 +78,9 @@ def search(recipe: str | os.PathLike[str] | SearchSpace, *, out_dir: str | os.Pa
                                       startup=cfg.startup_trials, trials=cfg.trials, constrained=bool(cfg.max_drop))
         study = optuna.create_study(storage=storage_obj, study_name=name, directions=dirs,
                                     sampler=sampler_obj, load_if_exists=True)
-        runner.check_study(study, space, cfg.objectives, cfg.max_drop, str(cfg.storage or out / st.JOURNAL))
-        worker = runner.Worker(space=space, ws=ws, recipe=first, baseline=baseline, objectives=cfg.objectives,
+        runner.check_study(study, space, cfg.objectives, cfg.max_drop,
+                           st.redact(cfg.storage) if cfg.storage else str(out / st.JOURNAL))
+        worker = runner.Worker(space=space, ws=ws, baseline=baseline, objectives=cfg.objectives,
                                max_drop=cfg.max_drop, eval_config=eval_config)
         interrupted = _optimize(study, worker, cfg, seconds, out, progress)
         data = output.summary(study, space, baseline, cfg.objectives, cfg.max_drop, cfg.trials)

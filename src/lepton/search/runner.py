@@ -93,7 +93,6 @@ def _kind_of_failure(err: BaseException) -> str:
 class Worker:
     space: SearchSpace
     ws: Workspace
-    recipe: Recipe  # the plain recipe of the space's first point (model, data, evaluate, seed)
     baseline: Baseline
     objectives: list[str]
     max_drop: dict[str, float]

@@ -43,8 +43,9 @@ class SearchSettings(StrictModel):
     """The ``search:`` section of a search recipe; ``lepton search`` flags override each key."""
 
     trials: int = Field(default=20, ge=1)  # finished trials (complete or failed) in the whole study
-    max_drop: dict[str, float] = Field(default_factory=lambda: {"accuracy": 1.0})  # metric -> points
-    objectives: list[str] = Field(default_factory=lambda: ["accuracy", "latency", "size"])
+    # metric -> points below the baseline; None: the task's headline metric (accuracy, entity_f1) at 1.0
+    max_drop: dict[str, float] | None = None
+    objectives: list[str] | None = None  # None: the headline metric, latency, size
     timeout: str | None = None  # e.g. "2h", "90m", "1h30m", "3600" (seconds)
     storage: str | None = None  # a database URL, or a journal file; default OUT/study.journal
     study_name: str | None = None  # default: the recipe's name

@@ -103,11 +103,11 @@ def open_storage(storage: str | None, out_dir: Path) -> Any:
                 # A worker that died mid-trial: its trial is failed and its settings tried again once.
                 failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
         except ImportError as err:
-            raise MissingExtraError(f"--storage {_redact(storage)}: the database driver is missing "
+            raise MissingExtraError(f"--storage {redact(storage)}: the database driver is missing "
                                     f"({err}); pip install 'lepton[search]'") from None
         except Exception as err:  # SQLAlchemy's errors: no server, bad login, no database
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise SearchError(f"--storage {_redact(storage)}: cannot open the study database ({first})") from None
+            raise SearchError(f"--storage {redact(storage)}: cannot open the study database ({first})") from None
     path = Path(storage) if storage else out_dir / JOURNAL
     path.parent.mkdir(parents=True, exist_ok=True)
     from optuna.storages.journal import JournalFileBackend
@@ -115,7 +115,7 @@ def open_storage(storage: str | None, out_dir: Path) -> Any:
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)  # never print a password
 
 
