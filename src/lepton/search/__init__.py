@@ -75,7 +75,7 @@ def search(recipe: str | os.PathLike[str] | SearchSpace, *, out_dir: str | os.Pa
         dirs = st.directions(cfg.objectives, list(baseline.metrics))
         name = cfg.study_name or first.name or "lepton-search"
         sampler_obj = st.make_sampler(cfg.sampler, seed=st.worker_seed(cfg.sampler_seed, first.seed),
-                                      startup=cfg.startup_trials, trials=cfg.trials, constrained=bool(cfg.max_drop))
+                                      startup=cfg.startup_trials, trials=cfg.trials)
         study = optuna.create_study(storage=storage_obj, study_name=name, directions=dirs,
                                     sampler=sampler_obj, load_if_exists=True)
         runner.check_study(study, space, cfg.objectives, cfg.max_drop,

@@ -164,9 +164,7 @@ class Worker:
         return None
 
     def _copy(self, trial: Any, same: Any) -> tuple[float, ...]:
-        for key, value in same.user_attrs.items():
-            if key not in ("settings", "worker"):
-                trial.set_user_attr(key, value)
+        self._record(trial, {k: v for k, v in same.user_attrs.items() if k not in ("settings", "worker")})
         trial.set_user_attr("same_as", same.number)
         log.info("trial %d: the same settings as trial %d, results reused", trial.number, same.number)
         return tuple(same.values)
@@ -186,10 +184,16 @@ class Worker:
             [self.baseline.variant, variant], split, self.eval_config, seed=recipe.seed,
             baseline=self.baseline.name, qualities={self.baseline.name: self.baseline.quality}, memory=False)
         attrs = self._attrs(base, card, result, model_dir)
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
+        self._record(trial, attrs)
         log.info("trial %d: %s", trial.number, describe(values, attrs))
         return tuple(self._value(name, attrs) for name in self.objectives)
+
+    def _record(self, trial: Any, attrs: dict[str, Any]) -> None:
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        for metric, limit in self.max_drop.items():  # the budget, as the samplers' constraint
+            if metric in attrs["drop_points"]:  # (a copied trial measured under another budget may lack it)
+                trial.set_constraint(f"max_drop_{metric}", attrs["drop_points"][metric] - limit)
 
     def _attrs(self, base: Any, card: Any, result: Any, model_dir: Path) -> dict[str, Any]:
         c = card.comparison
@@ -197,7 +201,7 @@ class Worker:
         drop = {m: round((self.baseline.metrics[m] - metrics[m]) * 100, 4) for m in self.max_drop}
         lat_b, lat_t = base.efficiency.latency_ms["b1_real"].p50, card.efficiency.latency_ms["b1_real"].p50
         return {
-            "metrics": metrics, "drop_points": drop, "constraints": [drop[m] - lim for m, lim in self.max_drop.items()],
+            "metrics": metrics, "drop_points": drop,
             "paired": {"metric": c.metric, "delta": c.delta, "ci95": [c.ci95_low, c.ci95_high],
                        "p_bootstrap": c.p_bootstrap, "significant": c.significant, "verdict": c.verdict},
             "latency_ms": lat_t, "baseline_latency_ms": lat_b, "speedup_b1": lat_b / lat_t,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -97,17 +98,24 @@ def open_storage(storage: str | None, out_dir: Path) -> Any:
     optuna = require_optuna()
     if storage and "://" in storage:
         url = database_url(storage)
-        try:
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=30, grace_period=120,
-                # A worker that died mid-trial: its trial is failed and its settings tried again once.
-                failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
-        except ImportError as err:
-            raise MissingExtraError(f"--storage {redact(storage)}: the database driver is missing "
-                                    f"({err}); pip install 'lepton[search]'") from None
-        except Exception as err:  # SQLAlchemy's errors: no server, bad login, no database
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            raise SearchError(f"--storage {redact(storage)}: cannot open the study database ({first})") from None
+        for attempt in range(3):
+            try:
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=30, grace_period=120,
+                    # A worker that died mid-trial: its trial is failed and its settings tried again once.
+                    failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+            except ImportError as err:
+                raise MissingExtraError(f"--storage {redact(storage)}: the database driver is missing "
+                                        f"({err}); pip install 'lepton[search]'") from None
+            except Exception as err:  # SQLAlchemy's errors: no server, bad login, no database
+                # Workers starting together race to create the tables; the loser finds them made.
+                if attempt < 2 and ("already exists" in str(err) or "UniqueViolation" in str(err)):
+                    time.sleep(1.0 + attempt)
+                    continue
+                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise SearchError(f"--storage {redact(storage)}: cannot open the study database "
+                                  f"({first})") from None
+        raise AssertionError("unreachable")  # the loop returns or raises
     path = Path(storage) if storage else out_dir / JOURNAL
     path.parent.mkdir(parents=True, exist_ok=True)
     from optuna.storages.journal import JournalFileBackend
@@ -119,22 +127,16 @@ def redact(url: str) -> str:
     return re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)  # never print a password
 
 
-def make_sampler(kind: str, *, seed: int | None, startup: int, trials: int, constrained: bool) -> Any:
+def make_sampler(kind: str, *, seed: int | None, startup: int, trials: int) -> Any:
+    """The budget reaches the samplers through each trial's constraints (``Trial.set_constraint``,
+    <= 0: within the budget), which TPE and NSGA-II weigh; the random sampler ignores them."""
     optuna = require_optuna()
-    constraints = constraints_of if constrained else None
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if kind == "nsga2":
         # The default population (50) would make a small search random; a generation ~ a quarter.
-        return optuna.samplers.NSGAIISampler(seed=seed, constraints_func=constraints,
-                                             population_size=max(4, min(50, trials // 4)))
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True,
-                                      constraints_func=constraints)
-
-
-def constraints_of(trial: Any) -> list[float]:
-    """Optuna's constraint values (<= 0: within the budget), set by the objective."""
-    return list(trial.user_attrs.get("constraints", []))
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 4)))
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup, multivariate=True, group=True)
 
 
 def worker_seed(seed: int | None, base: int) -> int:
