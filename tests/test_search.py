@@ -235,8 +235,9 @@ def test_ctrl_c_keeps_finished_trials_and_a_second_run_continues_without_redoing
     assert again.returncode == 0, again.stderr
     study = optuna.load_study(study_name="lepton-search", storage=optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))))
-    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "FAIL")]
-    assert len(finished) == 4 + sum(1 for t in finished if t.user_attrs.get("failure_kind") == "interrupted")
+    finished = [t for t in study.trials if t.state.name in ("COMPLETE", "FAIL")
+                and t.user_attrs.get("failure_kind") != "interrupted"]  # one Ctrl-C cut short does not count
+    assert len(finished) == 4
     for number, (params, values) in done.items():  # kept as they were, not run again
         assert (study.trials[number].params, study.trials[number].values) == (params, values)
     log = (out / "search.log").read_text()

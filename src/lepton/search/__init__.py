@@ -102,7 +102,6 @@ def search(recipe: str | os.PathLike[str] | SearchSpace, *, out_dir: str | os.Pa
 def _optimize(study: Any, worker: Any, cfg: SearchSettings, seconds: float | None, out: Path,
               progress: bool) -> bool:
     """Trials until the study has ``cfg.trials`` finished ones; True when Ctrl-C stopped it."""
-    from optuna.study import MaxTrialsCallback
     from optuna.trial import TrialState
 
     from lepton.progress import StepProgress
@@ -118,6 +117,8 @@ def _optimize(study: Any, worker: Any, cfg: SearchSettings, seconds: float | Non
     started = time.monotonic()
     with StepProgress("search", cfg.trials, completed=done, enabled=progress, log_every_s=0.0) as bar:
         def after_trial(study: Any, trial: Any) -> None:
+            if runner.finished(study) >= cfg.trials:
+                study.stop()  # (not MaxTrialsCallback: a trial Ctrl-C cut short does not count)
             data = output.summary(study, worker.space, worker.baseline, cfg.objectives, cfg.max_drop, cfg.trials)
             keep = {r["trial"] for r in data["front"]} | {t.number for t in study.get_trials(
                 deepcopy=False, states=(TrialState.RUNNING,))}
@@ -134,8 +135,7 @@ def _optimize(study: Any, worker: Any, cfg: SearchSettings, seconds: float | Non
 
         try:
             study.optimize(worker.objective, timeout=seconds, catch=(st.TrialFailed,), gc_after_trial=True,
-                           callbacks=[MaxTrialsCallback(cfg.trials, states=(TrialState.COMPLETE, TrialState.FAIL)),
-                                      after_trial])
+                           callbacks=[after_trial])
         except KeyboardInterrupt:
             log.warning("interrupted: the finished trials are kept in the study; run the same command "
                         "again to go on")

@@ -32,6 +32,8 @@ def rows_of(study: Any, max_drop: dict[str, float], objectives: list[str]) -> tu
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)):
         a = t.user_attrs
         if t.state == TrialState.FAIL:
+            if a.get("failure_kind") == "interrupted":
+                continue  # cut short by Ctrl-C: not a result, and not counted
             failed.append({"trial": t.number, "settings": a.get("settings", t.params),
                            "kind": a.get("failure_kind", "error"),
                            "reason": a.get("failure", "no reason recorded (the worker stopped)")})

@@ -234,9 +234,11 @@ def _short(v: Any) -> str:
 
 
 def finished(study: Any) -> int:
+    """Trials that count towards ``--trials``: complete or failed, not those Ctrl-C cut short."""
     from optuna.trial import TrialState
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL)))
+    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+               if t.user_attrs.get("failure_kind") != "interrupted")
 
 
 def check_study(study: Any, space: SearchSpace, objectives: list[str], max_drop: dict[str, float],
