@@ -29,6 +29,8 @@ EPILOG = {
     "sign": "example: lepton sign runs/sst2-minilm/model --key ~/.lepton/signing-key",
     "monitor": "example: lepton monitor runs/monitor-news/model --config examples/monitor-news-monitor.yaml "
                "--source replay:runs/monitor-news/stream.jsonl --speed 600",
+    "search": "example: lepton search examples/sst2-minilm-search.yaml --trials 40 --max-drop accuracy=1.0 "
+              "--timeout 2h   (run it again to continue; more workers: the same command in more shells)",
 }
 SIGNATURE_HELP = ("refuse the model unless its manifest is signed by the holder of this Ed25519 public "
                   "key (lepton keygen / lepton sign)")
@@ -146,7 +148,32 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--speed", type=float, default=0.0,
                    help="replay this many times faster than the timestamps (0: as fast as possible)")
     m.add_argument("--exit-when-done", action="store_true", help="stop once every file source has ended")
+    _search_parser(add("search", "search the recipe's searchable settings for the fastest, smallest model "
+                                 "within an accuracy budget (Optuna; Pareto front, best model, its recipe)"))
     return p
+
+
+def _search_parser(s: argparse.ArgumentParser) -> None:
+    s.add_argument("recipe", help="recipe YAML with searchable settings ({choices: [...]}, {low:, high:}, "
+                                  "optional: true on a stage)")
+    s.add_argument("--trials", type=int, help="finished trials the study should hold (default: the recipe's "
+                                              "search.trials, else 20)")
+    s.add_argument("--max-drop", action="append", default=[], metavar="METRIC=POINTS",
+                   help="the budget: at most POINTS below the fine-tuned baseline, e.g. accuracy=1.0 "
+                        "(repeatable; default: the task's headline metric, e.g. accuracy, at 1.0)")
+    s.add_argument("--objectives", help="comma-separated, from a quality metric (accuracy), latency, size, "
+                                        "throughput (default: the headline metric,latency,size)")
+    s.add_argument("--timeout", help="start no new trial after this long, e.g. 2h, 90m, 3600")
+    s.add_argument("--storage", help="Optuna storage: a database URL (postgresql://user:pw@host/db) that several "
+                                     "workers share, or a journal file (default: OUT/study.journal)")
+    s.add_argument("--study-name", help="default: the recipe's name")
+    s.add_argument("--sampler", choices=["tpe", "nsga2", "random"], help="default: tpe (multi-objective, "
+                                                                         "with the budget as a constraint)")
+    s.add_argument("-o", "--output", help="output folder (default: the recipe's output.dir)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. data.train.limit=2000 (repeatable)")
+    s.add_argument("--smoke", action="store_true", help="cap data, training and measurements (smoke=true)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _model_folder(path: str) -> str:
@@ -205,6 +232,35 @@ def _cmd_run(args: argparse.Namespace) -> int:
           f"serve it: lepton serve {out}/model\n"
           f"measure it again on this machine: lepton evaluate {out}/model")
     return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from lepton.errors import RecipeError
+    from lepton.search import search
+
+    max_drop = None
+    if args.max_drop:
+        max_drop = {}
+        for spec in args.max_drop:
+            metric, _, points = spec.partition("=")
+            try:
+                max_drop[metric.strip()] = float(points)
+            except ValueError:
+                raise RecipeError(f"--max-drop {spec!r}: expected METRIC=POINTS, e.g. accuracy=1.0") from None
+    objectives = [o.strip() for o in args.objectives.split(",") if o.strip()] if args.objectives else None
+    result = search(args.recipe, out_dir=args.output, overrides=[*args.overrides, *(["smoke=true"] if args.smoke else [])],
+                    trials=args.trials, max_drop=max_drop, objectives=objectives, timeout=args.timeout,
+                    storage=args.storage, study_name=args.study_name, sampler=args.sampler,
+                    progress=not args.no_progress)
+    print((result.out_dir / "pareto.md").read_text())
+    print(f"front: {result.out_dir}/pareto.json (plot: pareto.html)")
+    if result.best_dir is not None:
+        print(f"best model within the budget: {result.best_dir}/model (report: {result.best_dir}/report.md)\n"
+              f"reproduce it without search: lepton run {result.best_dir}/recipe.yaml")
+    if result.interrupted:
+        print("lepton: interrupted; run the same command again to continue the study", file=sys.stderr)
+        return 130
+    return 0 if result.best_dir is not None else EXIT_GATE_FAILED
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
@@ -464,7 +520,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     handlers = {"run": _cmd_run, "validate": _cmd_validate, "evaluate": _cmd_evaluate, "info": _cmd_info,
                 "compare": _cmd_compare, "serve": _cmd_serve, "data": _cmd_data, "keygen": _cmd_keygen,
-                "sign": _cmd_sign, "monitor": _cmd_monitor}
+                "sign": _cmd_sign, "monitor": _cmd_monitor, "search": _cmd_search}
     try:
         return handlers[args.command](args)
     except LeptonError as err:

@@ -52,3 +52,7 @@ class StorageError(LeptonError):
 
 class SignatureError(ArtifactError):
     """A model's manifest signature is missing, invalid or made with another key."""
+
+
+class SearchError(LeptonError):
+    """A search cannot start or continue: its storage, its study or its settings."""

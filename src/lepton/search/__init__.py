@@ -1,0 +1,143 @@
+"""Search: the fastest and smallest model within an accuracy budget, across every technique.
+
+``lepton.search.search(recipe)`` runs one worker of a multi-objective Optuna study over the
+settings a recipe marks as searchable (see ``lepton.search.space``). Start more workers on the same
+output folder (journal file) or the same ``--storage`` database URL and they fill one study.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lepton.errors import SearchError
+from lepton.search.space import SearchSettings, SearchSpace, load_space, parse_space
+
+log = logging.getLogger(__name__)
+
+__all__ = ["search", "SearchResult", "SearchSettings", "SearchSpace", "load_space", "parse_space"]
+
+
+@dataclass
+class SearchResult:
+    out_dir: Path
+    study_name: str
+    summary: dict[str, Any]  # what OUT/pareto.json holds
+    best_dir: Path | None  # OUT/best, or None when no trial is within the budget
+    interrupted: bool = False
+
+
+def _settings(space: SearchSpace, **flags: Any) -> SearchSettings:
+    given = {k: v for k, v in flags.items() if v is not None}
+    return space.settings.model_copy(update=given) if given else space.settings
+
+
+def search(recipe: str | os.PathLike[str] | SearchSpace, *, out_dir: str | os.PathLike[str] | None = None,
+           overrides: Sequence[str] = (), trials: int | None = None, max_drop: dict[str, float] | None = None,
+           objectives: list[str] | None = None, timeout: str | None = None, storage: str | None = None,
+           study_name: str | None = None, sampler: str | None = None, progress: bool = True) -> SearchResult:
+    """Run trials until the study holds ``trials`` finished ones (or ``timeout`` passes, or Ctrl-C),
+    then write the front, the best model within the budget and its plain recipe to ``out_dir``.
+
+    Arguments left None come from the recipe's ``search:`` section, then the defaults."""
+    from lepton.search import output, runner
+    from lepton.search import study as st
+    from lepton.search.prefix import Workspace
+
+    optuna = st.require_optuna()
+    space = recipe if isinstance(recipe, SearchSpace) else load_space(recipe, tuple(overrides))
+    cfg = _settings(space, trials=trials, max_drop=max_drop, objectives=objectives, timeout=timeout,
+                    storage=storage, study_name=study_name, sampler=sampler)
+    first = space.plain_recipe({})
+    out = Path(out_dir if out_dir is not None else first.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds = st.parse_duration(cfg.timeout)
+    eval_config = first.evaluate.model_copy(update={"robustness": cfg.trial_robustness, "memory": False})
+    file_log = logging.FileHandler(out / "search.log", encoding="utf-8")
+    file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("lepton").addHandler(file_log)
+    try:
+        storage_obj = st.open_storage(cfg.storage, out)
+        ws = Workspace.open(first, out, progress=False)
+        baseline = runner.build_baseline(space, ws, first, eval_config)
+        cfg = cfg.model_copy(update={
+            "max_drop": cfg.max_drop if cfg.max_drop is not None else {baseline.headline: 1.0},
+            "objectives": cfg.objectives or [baseline.headline, "latency", "size"]})
+        for metric in cfg.max_drop:
+            if metric not in baseline.metrics:
+                raise SearchError(f"--max-drop {metric}: not a metric of this task "
+                                  f"(known: {', '.join(baseline.metrics)})")
+        dirs = st.directions(cfg.objectives, list(baseline.metrics))
+        name = cfg.study_name or first.name or "lepton-search"
+        sampler_obj = st.make_sampler(cfg.sampler, seed=st.worker_seed(cfg.sampler_seed, first.seed),
+                                      startup=cfg.startup_trials, trials=cfg.trials)
+        study = optuna.create_study(storage=storage_obj, study_name=name, directions=dirs,
+                                    sampler=sampler_obj, load_if_exists=True)
+        runner.check_study(study, space, cfg.objectives, cfg.max_drop,
+                           st.redact(cfg.storage) if cfg.storage else str(out / st.JOURNAL))
+        worker = runner.Worker(space=space, ws=ws, baseline=baseline, objectives=cfg.objectives,
+                               max_drop=cfg.max_drop, eval_config=eval_config)
+        interrupted = _optimize(study, worker, cfg, seconds, out, progress)
+        data = output.summary(study, space, baseline, cfg.objectives, cfg.max_drop, cfg.trials)
+        output.write_front(out, data)
+        best_dir = None
+        if data["best"] is not None:
+            row = next(r for r in data["front"] if r["trial"] == data["best"])
+            best_dir = output.write_best(worker, row, out)
+            log.info("best within the budget: trial %d -> %s", row["trial"], best_dir)
+        else:
+            log.warning("no trial is within the budget (%s) yet", cfg.max_drop)
+        return SearchResult(out_dir=out, study_name=name, summary=data, best_dir=best_dir,
+                            interrupted=interrupted)
+    finally:
+        logging.getLogger("lepton").removeHandler(file_log)
+        file_log.close()
+
+
+def _optimize(study: Any, worker: Any, cfg: SearchSettings, seconds: float | None, out: Path,
+              progress: bool) -> bool:
+    """Trials until the study has ``cfg.trials`` finished ones; True when Ctrl-C stopped it."""
+    from optuna.trial import TrialState
+
+    from lepton.progress import StepProgress
+    from lepton.search import output, runner
+    from lepton.search import study as st
+
+    done = runner.finished(study)
+    if done >= cfg.trials:
+        log.info("the study already has %d finished trials (asked: %d): nothing to run", done, cfg.trials)
+        return False
+    log.info("search: %d of %d trials done; this worker runs trials until the study has %d", done,
+             cfg.trials, cfg.trials)
+    started = time.monotonic()
+    with StepProgress("search", cfg.trials, completed=done, enabled=progress, log_every_s=0.0) as bar:
+        def after_trial(study: Any, trial: Any) -> None:
+            if runner.finished(study) >= cfg.trials:
+                study.stop()  # (not MaxTrialsCallback: a trial Ctrl-C cut short does not count)
+            data = output.summary(study, worker.space, worker.baseline, cfg.objectives, cfg.max_drop, cfg.trials)
+            keep = {r["trial"] for r in data["front"]} | {t.number for t in study.get_trials(
+                deepcopy=False, states=(TrialState.RUNNING,))}
+            output.prune_trial_models(out, keep)
+            output.write_front(out, data, plot=False)
+            best = next((r for r in data["front"] if r["trial"] == data["best"]), None)
+            mean = sum(worker.done_seconds) / max(len(worker.done_seconds), 1)
+            left = mean * max(cfg.trials - runner.finished(study), 0)
+            if seconds is not None:
+                left = min(left, max(seconds - (time.monotonic() - started), 0.0))
+            bar.advance(runner.finished(study) - bar.completed,
+                        best=(f"trial {best['trial']} {best['speedup_b1']:.2f}x" if best else "none yet"),
+                        front=len(data["front"]), failed=data["trials_failed"], left=f"{left / 60:.0f} min")
+
+        try:
+            study.optimize(worker.objective, timeout=seconds, catch=(st.TrialFailed,), gc_after_trial=True,
+                           callbacks=[after_trial])
+        except KeyboardInterrupt:
+            log.warning("interrupted: the finished trials are kept in the study; run the same command "
+                        "again to go on")
+            return True
+    return False

@@ -1,0 +1,219 @@
+"""Run a plain recipe's stages, reusing every prefix of stages an earlier trial already ran.
+
+A prefix (the first k stages) is identified by a content hash of the starting model's files, the
+loaded data, the task, the seed and the settings of those k stages. Its result is saved as a
+normal Lepton snapshot under ``OUT/cache/prefix/<hash>``; the next trial whose recipe starts with
+the same k stages loads it instead of running them. Only prefixes that several trials can share
+are kept: those with no continuous (float) search setting in them, since a float is drawn anew
+for every trial. The stages run through the registry (``lepton.stages.handler_for``), exactly as
+``lepton.run`` runs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lepton.bundle import ModelBundle, RunContext, StageRecord
+from lepton.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT = "snapshot"
+
+
+def _hash_files(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file() and not p.name.startswith("."):
+            h.update(p.relative_to(folder).as_posix().encode())
+            with p.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def _hash_splits(splits: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(splits):
+        s = splits[name]
+        h.update(json.dumps([name, list(s.texts), s.text_pairs, s.labels], default=str).encode())
+    return h.hexdigest()
+
+
+@dataclass
+class Workspace:
+    """What every trial of one search process shares: data, device, the cache folder."""
+
+    recipe: Recipe  # any plain recipe of the space: model, task, data and seed are the same in all
+    splits: dict[str, Any]
+    device: str
+    out_dir: Path
+    progress: bool = False
+    base_key: str = ""
+    _model: ModelBundle | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, recipe: Recipe, out_dir: Path, *, progress: bool = False) -> Workspace:
+        from lepton.api import _device, load_splits
+        from lepton.models import resolve_model
+
+        splits = load_splits(recipe)  # tokenized once per variant by the harness; loaded once here
+        location = Path(resolve_model(recipe.model))
+        model_id = _hash_files(location) if location.is_dir() else recipe.model
+        base = json.dumps({"model": model_id, "task": recipe.task.model_dump(mode="json"),
+                           "data": _hash_splits(splits), "seed": recipe.seed,
+                           "trust_remote_code": recipe.trust_remote_code}, sort_keys=True)
+        return cls(recipe=recipe, splits=splits, device=_device(recipe.device), out_dir=out_dir,
+                   progress=progress, base_key=hashlib.sha256(base.encode()).hexdigest())
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.out_dir / "cache" / "prefix"
+
+    def prefix_key(self, recipe: Recipe, k: int) -> str:
+        """The content hash of the first ``k`` stages of ``recipe`` (0: the starting model)."""
+        settings = [s.model_dump(mode="json") for s in recipe.stages[:k]]
+        text = json.dumps({"base": self.base_key, "stages": settings}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def cached(self, key: str) -> Path | None:
+        folder = self.cache_dir / key / SNAPSHOT
+        return folder if (folder / "lepton.json").is_file() else None
+
+    def starting_bundle(self, recipe: Recipe) -> ModelBundle:
+        """The recipe's model with a fresh task head, as ``lepton.run`` builds it."""
+        import torch
+
+        from lepton.api import _saved_lepton_model
+        from lepton.models import load_for_task, load_tokenizer, resolve_model
+        from lepton.tasks import build_task
+
+        task = build_task(recipe.task, self.splits.get("train"))
+        location = resolve_model(recipe.model)
+        torch.manual_seed(recipe.seed)  # the new task head's initial weights, as in lepton.run
+        saved = _saved_lepton_model(location, task, self.device)
+        if saved is not None:
+            return ModelBundle(model=saved.model, tokenizer=saved.tokenizer, task=task, source=recipe.model,
+                               heads=saved.heads, main_task=saved.main_task)
+        tokenizer = load_tokenizer(location, trust_remote_code=recipe.trust_remote_code)
+        model = load_for_task(location, kind=task.kind, labels=task.labels,
+                              trust_remote_code=recipe.trust_remote_code).to(self.device)
+        return ModelBundle(model=model, tokenizer=tokenizer, task=task, source=recipe.model)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` across processes (two workers never build one prefix twice)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock, at worst work done twice
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _save_into_cache(ws: Workspace, bundle: ModelBundle, key: str, recipe: Recipe, k: int) -> Path:
+    from lepton.artifact import save_artifact
+
+    folder = ws.cache_dir / key
+    tmp = ws.cache_dir / f".{key}.tmp-{uuid.uuid4().hex[:8]}"
+    save_artifact(bundle, tmp / SNAPSHOT, recipe=recipe.resolved_dict())
+    (tmp / "prefix.json").write_text(json.dumps(
+        {"stages": [s.model_dump(mode="json") for s in recipe.stages[:k]], "model": recipe.model},
+        indent=2))
+    try:
+        os.rename(tmp, folder)  # fails if another worker got there first: keep theirs
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder / SNAPSHOT
+
+
+@dataclass
+class PipelineResult:
+    bundle: ModelBundle
+    reused: int  # stages loaded from the cache
+    ran: int  # stages run in this trial
+    seconds: float
+
+
+def cacheable_stages(recipe_stage_count: int, float_stages: set[int]) -> int:
+    """How many leading stages may be cached: up to (not including) the first with a float setting."""
+    return min([recipe_stage_count, *float_stages])
+
+
+def run_stages(ws: Workspace, recipe: Recipe, work: Path, *, shareable: int,
+               cache_last: bool = False) -> PipelineResult:
+    """Run ``recipe``'s stages into a bundle, loading the longest cached prefix first and caching
+    each new prefix of the first ``shareable`` stages (the last one only with ``cache_last``: a
+    trial's own last stage is seldom shared; the baseline's always is)."""
+    from lepton.artifact import load_bundle, now_iso, save_artifact
+    from lepton.stages import handler_for
+
+    started_all = time.perf_counter()
+    names = recipe.stage_names()
+    n = len(recipe.stages)
+    limit = min(shareable, n if cache_last else n - 1)
+    keys = [ws.prefix_key(recipe, k) for k in range(n + 1)]
+    teachers = {getattr(s, "teacher", None) for s in recipe.stages}
+    snapshots: dict[str, Path] = {}
+    start, bundle = 0, None
+    for k in range(limit, 0, -1):  # the longest prefix already in the cache
+        found = ws.cached(keys[k])
+        if found is not None:
+            bundle = load_bundle(found, verify=False, device=ws.device)
+            start = k
+            break
+    for j in range(start):  # earlier cached stages stay available as teachers
+        found = ws.cached(keys[j + 1])
+        if found is not None:
+            snapshots[names[j]] = found
+    if bundle is None:
+        bundle = ws.starting_bundle(recipe)
+    i = start
+    while i < n:
+        stage, name = recipe.stages[i], names[i]
+        share = i < limit and not bundle.train_hooks
+        lock = _locked(ws.cache_dir / f"{keys[i + 1]}.lock") if share else contextlib.nullcontext()
+        with lock:
+            found = ws.cached(keys[i + 1]) if share else None
+            if found is not None:  # another worker built it while this one waited
+                bundle = load_bundle(found, verify=False, device=ws.device)
+            else:
+                ctx = RunContext(splits=ws.splits, seed=recipe.seed, device=ws.device, out_dir=ws.out_dir,
+                                 work_dir=work, progress=ws.progress, stage_dir=work / f"stage-{i}-{stage.kind}",
+                                 stage_index=i, stage_name=name, snapshots=dict(snapshots),
+                                 columns=recipe.task.columns())
+                log.info("stage %d (%s) starts", i, name)
+                started, t0 = now_iso(), time.perf_counter()
+                bundle = handler_for(stage)(bundle, stage, ctx)
+                bundle.history.append(StageRecord(
+                    index=i, kind=stage.kind, name=name, settings=stage.model_dump(mode="json"),
+                    started=started, seconds=round(time.perf_counter() - t0, 2), summary=ctx.stage_summary))
+                log.info("stage %d (%s) done in %.1f s", i, name, bundle.history[-1].seconds)
+                if share and not bundle.train_hooks:
+                    found = _save_into_cache(ws, bundle, keys[i + 1], recipe, i + 1)
+                elif name in teachers:  # a later distill reads it from disk
+                    found = save_artifact(bundle, work / f"stage-{i}-{stage.kind}" / SNAPSHOT,
+                                          recipe=recipe.resolved_dict())
+        if found is not None:
+            snapshots[name] = found
+        i += 1
+    return PipelineResult(bundle=bundle, reused=start, ran=n - start,
+                          seconds=time.perf_counter() - started_all)
