@@ -32,7 +32,7 @@ def _needs_data(path: Path) -> None:
         pytest.skip(f"{path.name} reads {missing[0]} from LEPTON_DATA={data_root()}, which is not there")
 
 
-def _check(report: Report, out: Path) -> None:
+def _check_smoke_report(report: Report, out: Path) -> None:
     assert report.recipe["smoke"] is True
     assert report.variants, "no variant was measured"
     for card in report.variants:
@@ -52,7 +52,7 @@ def test_example_runs_as_a_smoke_run(path: Path, tmp_path: Path, monkeypatch) ->
     if "search" in (yaml.safe_load(path.read_text()) or {}):
         return _search_smoke(path, tmp_path)
     report = lepton.run(path, overrides=["smoke=true"], out_dir=tmp_path / "out", progress=False)
-    _check(report, tmp_path / "out")
+    _check_smoke_report(report, tmp_path / "out")
 
 
 def _search_smoke(path: Path, tmp_path: Path) -> None:
@@ -85,9 +85,9 @@ def test_monitor_example_chain_runs_as_smoke_runs(tmp_path: Path, monkeypatch) -
     monkeypatch.setenv("MONITOR_DATA", str(tmp_path / "news" / "data"))
     report = lepton.run(examples / MONITOR[0], overrides=["smoke=true"], out_dir=tmp_path / "fp32",
                         progress=False)
-    _check(report, tmp_path / "fp32")
+    _check_smoke_report(report, tmp_path / "fp32")
     report = lepton.run(examples / MONITOR[1], overrides=["smoke=true", f"model={tmp_path / 'fp32' / 'model'}"],
                         out_dir=tmp_path / "int8", progress=False)
-    _check(report, tmp_path / "int8")
+    _check_smoke_report(report, tmp_path / "int8")
     config = load_config(examples / MONITOR[2])
     assert config.predict.topic.task == "agnews"
