@@ -357,25 +357,33 @@ def parse_recipe(tree: Any, *, source: str = "<recipe>", overrides: typing.Seque
         raise RecipeError(_format_errors(e, Recipe, "", source)) from None
 
 
-def load_recipe(path: str | os.PathLike[str], overrides: typing.Sequence[str] = (),
-                env: typing.Mapping[str, str] | None = None) -> Recipe:
+def read_yaml(path: str | os.PathLike[str], what: str = "recipe",
+              error: type[LeptonError] = RecipeError) -> Any:
+    """A YAML file's tree; a missing, unreadable or malformed file is one ``error`` naming it (and
+    the line, for bad YAML). Recipes, monitor configs and search spaces are all read here."""
     p = Path(path)
     if not p.is_file():
-        raise RecipeError(f"{p}: recipe file not found")
+        raise error(f"{p}: {what} file not found")
     try:
-        tree = yaml.safe_load(p.read_text(encoding="utf-8"))
+        return yaml.safe_load(p.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
-        raise RecipeError(f"{p}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
+        raise error(f"{p}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
     except UnicodeDecodeError:
-        raise RecipeError(f"{p}: not a UTF-8 text file") from None
+        raise error(f"{p}: not a UTF-8 text file") from None
     except RecursionError:
-        raise RecipeError(f"{p}: nested too deeply to be a recipe") from None
+        raise error(f"{p}: nested too deeply to be a {what}") from None
     except OSError as err:
         from lepton.atomic import describe
 
-        raise RecipeError(f"{p}: cannot read the recipe ({describe(err)})") from None
+        raise error(f"{p}: cannot read the {what} ({describe(err)})") from None
+
+
+def load_recipe(path: str | os.PathLike[str], overrides: typing.Sequence[str] = (),
+                env: typing.Mapping[str, str] | None = None) -> Recipe:
+    p = Path(path)
+    tree = read_yaml(p)
     recipe = parse_recipe(tree, source=str(p), overrides=overrides, env=env)
     check_model(recipe, str(p))
     check_layers(recipe, str(p))

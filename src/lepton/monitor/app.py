@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from lepton import __version__
 from lepton.monitor.engine import Monitor, QueueFullError, RawItem, StoppedError
 from lepton.monitor.items import item_model
-from lepton.serve.app import BodyLimitMiddleware, _require_json
+from lepton.serve.app import _require_json
+from lepton.serve.guards import BodyGuardMiddleware
 from lepton.serve.metrics import MetricsMiddleware
 
 log = logging.getLogger(__name__)
@@ -134,7 +135,7 @@ def create_app(monitor: Monitor) -> FastAPI:
         monitor.metrics.bad_items.labels(channel="http").inc()
         return JSONResponse({"detail": detail}, status_code=422)
 
-    app.add_middleware(BodyLimitMiddleware, max_bytes=cfg.ingest.max_body_bytes)
+    app.add_middleware(BodyGuardMiddleware, max_bytes=cfg.ingest.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=monitor.metrics,
                        paths=frozenset(getattr(r, "path", "") for r in app.routes))
     return app

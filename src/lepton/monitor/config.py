@@ -9,10 +9,8 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
 from lepton.config import StrictModel
@@ -152,15 +150,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
     """The config at ``path`` (None: every default) with ``overrides`` applied."""
     if path is None:
         return parse_config({}, overrides=overrides, env=env)
-    p = Path(path)
-    if not p.is_file():
-        raise MonitorConfigError(f"{p}: monitor config file not found")
-    try:
-        tree = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise MonitorConfigError(f"{p}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
-    except UnicodeDecodeError:
-        raise MonitorConfigError(f"{p}: not a UTF-8 text file") from None
-    return parse_config(tree, source=str(p), overrides=overrides, env=env)
+    from lepton.recipe import read_yaml
+
+    tree = read_yaml(path, "monitor config", MonitorConfigError)
+    return parse_config(tree, source=str(path), overrides=overrides, env=env)

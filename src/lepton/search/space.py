@@ -20,11 +20,10 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError
 
 from lepton.config import StrictModel
@@ -300,14 +299,7 @@ def _check_corners(space: SearchSpace) -> None:
                 raise RecipeError(f"{err} [search space {p.name} = {value!r}]") from None
 
 
-def load_space(path: str | Path, overrides: tuple[str, ...] = ()) -> SearchSpace:
-    p = Path(path)
-    if not p.is_file():
-        raise RecipeError(f"{p}: recipe file not found")
-    try:
-        tree = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise RecipeError(f"{p}{where}: not valid YAML ({getattr(err, 'problem', err)})") from None
-    return parse_space(tree, source=str(p), overrides=overrides)
+def load_space(path: str | os.PathLike[str], overrides: tuple[str, ...] = ()) -> SearchSpace:
+    from lepton.recipe import read_yaml
+
+    return parse_space(read_yaml(path), source=str(path), overrides=overrides)
