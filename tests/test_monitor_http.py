@@ -4,10 +4,8 @@ alert (checked in the DOM and a screenshot)."""
 
 from __future__ import annotations
 
-import shutil
 import socket
 import struct
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -22,15 +20,11 @@ pytest.importorskip("scipy")
 from fastapi.testclient import TestClient
 
 from lepton.monitor.app import create_app
+from tests.conftest import chromium, needs_chromium
 from tests.monitor_fakes import T0, synthetic_items
 from tests.test_monitor_engine import SURGE, make_monitor
 
 pytestmark = pytest.mark.timeout(180)
-
-CHROMIUM = shutil.which("chromium")
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium is not on PATH (Debian: apt-get install -y chromium)")
-
 
 @pytest.fixture()
 def client(tmp_path: Path):
@@ -137,23 +131,13 @@ def live_dashboard(tmp_path: Path):
     monitor.stop()
 
 
-def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    profile = tmp_path / "profile"
-    profile.mkdir(exist_ok=True)
-    return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", "--virtual-time-budget=4000", *args],
-        capture_output=True, text=True, timeout=120)
-
-
 @needs_chromium
 def test_dashboard_renders_charts_and_the_alert_in_chromium(tmp_path: Path, live_dashboard) -> None:
     import re
 
     url, monitor = live_dashboard
     alert = monitor.store.alerts()[0]
-    done = chromium(tmp_path, "--dump-dom", url)
+    done = chromium(tmp_path, "--virtual-time-budget=4000", "--dump-dom", url)
     assert done.returncode == 0, done.stderr[-2000:]
     dom = done.stdout
     assert 'data-loaded="1"' in dom  # the script ran and fetched the state
@@ -177,7 +161,7 @@ def test_dashboard_renders_charts_and_the_alert_in_chromium(tmp_path: Path, live
 def test_dashboard_screenshot_is_not_blank(tmp_path: Path, live_dashboard) -> None:
     url, _ = live_dashboard
     shot = tmp_path / "dashboard.png"
-    done = chromium(tmp_path, f"--screenshot={shot}", "--window-size=1400,900", url)
+    done = chromium(tmp_path, "--virtual-time-budget=4000", f"--screenshot={shot}", "--window-size=1400,900", url)
     assert done.returncode == 0, done.stderr[-2000:]
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"

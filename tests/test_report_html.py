@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import struct
-import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from lepton.evaluation.scorecard import (Calibration, Comparison, Efficiency, La
 
 from lepton import report as report_module
 from lepton.report_html import pareto_front, to_html
+from tests.conftest import chromium, needs_chromium
 
 try:
     import matplotlib  # noqa: F401
@@ -218,21 +217,6 @@ def test_write_report_writes_html(tmp_path) -> None:
 
 
 # -------------------------------------------------------------------------------- Chromium
-
-CHROMIUM = shutil.which("chromium")
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="chromium is not on PATH (Debian: apt-get install -y chromium)")
-
-
-def chromium(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
-    profile = tmp_path / "profile"
-    profile.mkdir(exist_ok=True)
-    return subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={profile}", *args],
-        capture_output=True, text=True, timeout=120)
-
 
 @pytest.fixture(scope="module")
 def html_file(tmp_path_factory, page: str) -> Path:
