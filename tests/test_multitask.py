@@ -310,3 +310,20 @@ def test_multitask_resume_after_sigkill_matches_an_uninterrupted_run(tiny_model_
     for rel in ("model/model.safetensors", "model/heads/topic.safetensors"):
         a, b = load_file(str(tmp_path / "clean" / rel)), load_file(str(tmp_path / "resumed" / rel))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), rel
+
+
+def test_gradual_pruning_runs_during_a_following_multitask_stage(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """multitask trains through the shared loop, so it applies gradual pruning's masks; the recipe
+    check asks the stage (``trains``), not a list of kind names, and lets the pair through."""
+    tree = multitask_recipe(tiny_model_dir, tmp_path, epochs=2)
+    tree["stages"].insert(0, {"kind": "prune", "method": "magnitude", "sparsity": 0.5,
+                              "schedule": "gradual", "start_step": 1, "end_step": 6, "update_every": 1})
+    report = lepton.run(parse_recipe(tree), progress=False)
+    multitask = next(s for s in report.stages if s["kind"] == "multitask")
+    hooks = multitask["summary"]["train_hooks"]
+    assert hooks[0]["hook"] == "prune" and hooks[0]["schedule"] == "gradual"
+    assert hooks[0]["pruned_weight_sparsity"] == pytest.approx(0.5, abs=0.01)
+    model = lepton.load(tmp_path / "out" / "model")
+    layer = model.bundle.model.bert.encoder.layer[0].intermediate.dense.weight
+    assert 0.4 < float((layer == 0).float().mean()) < 0.6  # the saved weights carry the zeros
+    assert len(model.predict(["goal match"], task="topic")) == 1

@@ -32,7 +32,6 @@ from lepton.stages import StageConfig
 from lepton.tasks import ColumnRef, TaskConfig  # noqa: F401  (re-exported: recipes' task section)
 
 SCHEMA_VERSION = 1
-HEAD_TRAINING = ("finetune", "distill", "multitask")  # stages that train the task head
 MAX_RECIPE_VALUES = 100_000  # a recipe is a page of settings; YAML aliases must not blow it up
 
 class DataConfig(StrictModel):
@@ -104,9 +103,10 @@ class Recipe(StrictModel):
     def _training_follows_gradual_pruning(self) -> Recipe:
         for i, stage in enumerate(self.stages):
             if getattr(stage, "schedule", None) == "gradual" and not any(
-                    s.kind in ("finetune", "distill", "pretrain") for s in self.stages[i + 1:]):
+                    s.trains for s in self.stages[i + 1:]):
+                trainers = [n for n in stages.configs.names() if stages.configs.get(n).trains]
                 raise ValueError(f"stages.{i}: gradual pruning happens during training; "
-                                 "add a finetune (or distill) stage after it")
+                                 f"add a training stage after it ({', '.join(trainers)})")
         return self
 
     @model_validator(mode="after")
@@ -155,11 +155,12 @@ class Recipe(StrictModel):
     @model_validator(mode="after")
     def _head_is_trained(self) -> Recipe:
         # A new task head starts random: without a stage that trains it the run would ship noise.
-        if any(s.kind in HEAD_TRAINING for s in self.stages):
+        if any(s.trains_head for s in self.stages):
             return self
         if (Path(self.model).expanduser() / "lepton.json").is_file():
             return self  # a saved Lepton model: its head is trained already
-        raise ValueError("no stage trains the task head (one of: " + ", ".join(HEAD_TRAINING) + "): the "
+        head_trainers = [n for n in stages.configs.names() if stages.configs.get(n).trains_head]
+        raise ValueError("no stage trains the task head (one of: " + ", ".join(head_trainers) + "): the "
                          f"model would ship with an untrained, random head; add a finetune stage, or "
                          "start from a saved Lepton model (model: OUT/model)")
 

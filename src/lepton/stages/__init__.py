@@ -22,6 +22,11 @@ class StageConfig(StrictModel):
     name: PlainName | None = None
 
     stage_kind: ClassVar[str] = ""
+    # What the stage is, declared here so that nothing else checks kind names: it runs the shared
+    # training loop (and so applies training hooks, such as gradual pruning's masks), and it
+    # trains the task head (a recipe needs one such stage, or a saved Lepton model to start from).
+    trains: ClassVar[bool] = False
+    trains_head: ClassVar[bool] = False
 
 
 StageFn = Callable[..., Any]  # (ModelBundle, StageConfig, RunContext) -> ModelBundle

@@ -69,6 +69,7 @@ CACHE_FORMAT = 1
 
 class DistillConfig(TrainSettings):
     stage_kind: ClassVar[str] = "distill"
+    trains_head: ClassVar[bool] = True
     kind: Literal["distill"] = "distill"
     teacher: str  # an earlier stage's name in this recipe, or a model folder
     temperature: float = Field(default=2.0, gt=0)

@@ -73,6 +73,7 @@ class AdaLoraSettings(AdapterSettings):
 
 class FinetuneConfig(TrainSettings):
     stage_kind: ClassVar[str] = "finetune"
+    trains_head: ClassVar[bool] = True
     kind: Literal["finetune"] = "finetune"
     method: Literal["full", "lora", "adalora"] = "full"
     lora: LoraSettings | None = None  # method lora; defaults filled in

@@ -70,6 +70,7 @@ class ExtraTask(StrictModel):
 
 class MultitaskConfig(TrainSettings):
     stage_kind: ClassVar[str] = "multitask"
+    trains_head: ClassVar[bool] = True
     kind: Literal["multitask"] = "multitask"
     main: PlainName = "main"  # the name of the recipe's own task among the heads
     main_weight: float = Field(default=1.0, gt=0)

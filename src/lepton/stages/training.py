@@ -57,6 +57,8 @@ LossFn = Callable[[torch.nn.Module, Batch, list[int]], torch.Tensor]  # (model, 
 class TrainSettings(StageConfig):
     """Settings of every stage that trains; finetune, distill and pretrain add their own."""
 
+    trains: ClassVar[bool] = True
+
     epochs: int = Field(default=3, ge=1)
     max_steps: int | None = Field(default=None, ge=1)  # stop after this many optimizer steps
     lr: float = Field(default=5e-5, gt=0, lt=1)
