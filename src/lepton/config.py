@@ -32,6 +32,8 @@ class StrictModel(BaseModel):
     # caps the field (a None, "no limit", becomes the cap); anything else replaces it. A section
     # declares its own caps, so a new data source or stage is capped by declaring them here.
     smoke_caps: ClassVar[dict[str, Any]] = {}
+    # Fields a smoke run sets only where the recipe left them unset (None), e.g. a sample's seed.
+    smoke_defaults: ClassVar[dict[str, Any]] = {}
 
     @field_validator("*", mode="before")
     @classmethod
@@ -51,6 +53,9 @@ class StrictModel(BaseModel):
             new = (cap if value is None else min(value, cap)) if numeric else cap
             if new != value:
                 setattr(self, field, new)
+        for field, default in type(self).smoke_defaults.items():
+            if getattr(self, field) is None:
+                setattr(self, field, default)
         for name in type(self).model_fields:
             for child in _sections(getattr(self, name)):
                 child.apply_smoke()

@@ -74,11 +74,7 @@ class DataSplitConfig(StrictModel):
 
     # A seeded sample, so that a smoke run of a file sorted by label still sees every label.
     smoke_caps: ClassVar[dict[str, Any]] = {"limit": 64}
-
-    def apply_smoke(self) -> None:
-        super().apply_smoke()
-        if self.seed is None:
-            self.seed = 0
+    smoke_defaults: ClassVar[dict[str, Any]] = {"seed": 0}
 
     @field_validator("path")
     @classmethod
