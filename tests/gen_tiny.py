@@ -1,0 +1,77 @@
+"""Tiny generative models for tests: a Llama-style decoder and a T5 encoder-decoder, random
+weights, with a small BPE tokenizer trained here (no hub)."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+WORDS_EN = ["a", "man", "woman", "dog", "cat", "is", "runs", "sits", "on", "the", "red", "blue", "grass",
+            "street", "two", "children", "play", "with", "ball", "in", "park"]
+WORDS_DE = ["ein", "mann", "frau", "hund", "katze", "ist", "rennt", "sitzt", "auf", "der", "rot", "blau",
+            "gras", "strasse", "zwei", "kinder", "spielen", "mit", "ball", "im", "park"]
+TRANSLATE = dict(zip(WORDS_EN, WORDS_DE))
+
+
+def toy_pairs(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    """A word-for-word toy 'translation' task: learnable by a tiny model."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words = rng.sample(WORDS_EN, rng.randint(2, 5))
+        out.append((" ".join(words), " ".join(TRANSLATE[w] for w in words)))
+    return out
+
+
+def tiny_tokenizer(*, seq2seq: bool):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [" ".join(WORDS_EN + WORDS_DE), "Translate: German English text ."] + [
+        f"{a} {b}" for a, b in toy_pairs(200)]
+    trainer = trainers.BpeTrainer(vocab_size=320, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(corpus, trainer)
+    if seq2seq:  # T5 style: "... </s>"
+        tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 2)])
+    else:  # Llama style: "<s> ..."
+        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>")
+
+
+def save_tiny_llama(folder: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tiny_tokenizer(seq2seq=False)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                         tie_word_embeddings=False)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def save_tiny_t5(folder: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration
+
+    tokenizer = tiny_tokenizer(seq2seq=True)
+    config = T5Config(vocab_size=len(tokenizer), d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                      num_decoder_layers=2, num_heads=4, pad_token_id=0, eos_token_id=2,
+                      decoder_start_token_id=0)
+    torch.manual_seed(seed)
+    model = T5ForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(decoder_start_token_id=0, eos_token_id=2, pad_token_id=0)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
