@@ -44,7 +44,7 @@ class GenEncoded:
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    def lengths(self, *, seq2seq: bool) -> list[int]:
+    def token_lengths(self, *, seq2seq: bool) -> list[int]:
         """Tokens per example (for length-grouped batches)."""
         if seq2seq:
             return [len(a) + len(b) for a, b in zip(self.input_ids, self.labels)]
