@@ -56,6 +56,13 @@ POSITIVE = ["good", "great", "fine", "lovely", "superb", "nice"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "weak"]
 
 
+def spec_for(kind: str, labels: list[str]):
+    """A resolved task of ``kind`` over ``labels`` (raw values = names)."""
+    from lepton.tasks import TaskSpec
+
+    return TaskSpec(kind=kind, labels=list(labels), raw_labels=list(labels))
+
+
 def write_sentiment_tsv(path: Path, n: int, seed: int = 0) -> Path:
     """A learnable toy sentiment set: the label is decided by which word list the sentence uses."""
     import random

@@ -15,11 +15,13 @@ import pytest
 import torch
 
 import lepton
-from lepton.artifact import MANIFEST, Predictor, load_bundle, read_manifest, save_artifact
+from lepton.artifact import MANIFEST, load_bundle, read_manifest, save_artifact
+from lepton.predictor import Predictor
 from lepton.bundle import ModelBundle, StageRecord
 from lepton.errors import ArtifactError, LeptonError, StorageError
 from lepton.models import load_for_task, load_tokenizer
 from lepton.tasks import TaskSpec, softmax
+from tests.conftest import spec_for
 
 TEXTS = ["a great and lovely film", "dull, boring and weak.", "ok",
          "the plot was quite superb really"]
@@ -30,7 +32,7 @@ def sequence_bundle(model_dir: Path, labels: list[str] = ("neg", "pos"), *, seed
                     pair: bool = False) -> ModelBundle:
     torch.manual_seed(seed)  # the fresh classification head
     labels = list(labels)
-    model = load_for_task(str(model_dir), kind="sequence_classification", labels=labels)
+    model = load_for_task(str(model_dir), spec_for("sequence_classification", labels))
     task = TaskSpec(kind="sequence_classification", labels=labels,
                     raw_labels=[str(i) for i in range(len(labels))], pair=pair)
     return ModelBundle(model=model, tokenizer=load_tokenizer(str(model_dir)), task=task,
@@ -39,7 +41,7 @@ def sequence_bundle(model_dir: Path, labels: list[str] = ("neg", "pos"), *, seed
 
 def token_bundle(model_dir: Path, *, max_length: int = 128) -> ModelBundle:
     torch.manual_seed(0)
-    model = load_for_task(str(model_dir), kind="token_classification", labels=NER_LABELS)
+    model = load_for_task(str(model_dir), spec_for("token_classification", NER_LABELS))
     task = TaskSpec(kind="token_classification", labels=NER_LABELS, raw_labels=NER_LABELS,
                     max_length=max_length)
     return ModelBundle(model=model, tokenizer=load_tokenizer(str(model_dir)), task=task)

@@ -25,7 +25,7 @@ def _bundle(model_dir: Path, train: Path) -> tuple[ModelBundle, object]:
     split = load_split(DataSplitConfig(path=str(train)), Columns(text="sentence", label="label"), name="train")
     task = build_task(TaskConfig(kind="sequence_classification", text="sentence", label="label"), split)
     torch.manual_seed(0)
-    model = load_for_task(str(model_dir), kind=task.kind, labels=task.labels)
+    model = load_for_task(str(model_dir), task)
     return ModelBundle(model=model, tokenizer=load_tokenizer(str(model_dir)), task=task), split
 
 
@@ -156,7 +156,7 @@ def test_cached_token_logits_match_the_live_teacher(tiny_model_dir: Path, tmp_pa
     split = load_split(DataSplitConfig(path=str(write_conll(tmp_path / "t.txt", 10))), Columns(text=0, label=-1),
                        name="train", kind="tokens")
     task = build_task(TaskConfig(kind="token_classification"), split)
-    model = load_for_task(str(tiny_model_dir), kind=task.kind, labels=task.labels).eval()
+    model = load_for_task(str(tiny_model_dir), task).eval()
     tok = load_tokenizer(str(tiny_model_dir))
     enc = encode(split, task, tok)
     cache = TeacherCache.build(model, enc, 0, "cpu", True, hidden=[1], attention=[])

@@ -16,7 +16,7 @@ from lepton.recipe import TaskConfig, parse_recipe
 from lepton.stages.finetune import FinetuneConfig, LoraSettings, adapter_config, wrap_with_adapters
 from lepton.stages.training import train
 from lepton.tasks import build_task, collate, encode
-from tests.conftest import tiny_recipe, write_sentiment_tsv
+from tests.conftest import spec_for, tiny_recipe, write_sentiment_tsv
 
 pytest.importorskip("peft")
 
@@ -35,7 +35,7 @@ def test_lora_freezes_the_base_until_merge_and_merge_keeps_outputs(tiny_model_di
     split = load_split(DataSplitConfig(path=str(toy[0])), Columns(text="sentence", label="label"), name="train")
     task = build_task(TaskConfig(kind="sequence_classification", text="sentence", label="label"), split)
     torch.manual_seed(0)
-    model = load_for_task(str(tiny_model_dir), kind=task.kind, labels=task.labels)
+    model = load_for_task(str(tiny_model_dir), task)
     bundle = ModelBundle(model=model, tokenizer=load_tokenizer(str(tiny_model_dir)), task=task)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     config = FinetuneConfig(method="lora", lora={"r": 4}, epochs=1, lr=1e-2, batch_size=16)
@@ -99,7 +99,7 @@ def test_lora_stage_merges_saves_the_adapter_and_reports_the_share(tiny_model_di
 
     # The saved adapter on the starting model reproduces the merged artifact.
     predictor = lepton.load(tmp_path / "out" / "model")
-    base = load_for_task(str(tiny_model_dir), kind="sequence_classification", labels=predictor.labels)
+    base = load_for_task(str(tiny_model_dir), spec_for("sequence_classification", predictor.labels))
     restored = PeftModel.from_pretrained(base, str(adapter)).eval()
     enc = predictor.bundle.tokenizer(["good movie", "awful plot really"], padding=True, return_tensors="pt")
     with torch.no_grad():

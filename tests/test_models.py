@@ -9,6 +9,7 @@ import pytest
 
 from lepton.errors import LeptonError, ModelLoadError, UnknownNameError
 from lepton.models import WEIGHT_FILES, load_for_task, load_tokenizer, resolve_model
+from tests.conftest import spec_for
 
 
 def test_builtin_minilm_resolves_to_a_model_folder():
@@ -96,12 +97,11 @@ def test_hub_ids_pass_through_unchanged(tmp_path, monkeypatch):
 
 
 def test_load_for_task_sizes_the_head(tiny_model_dir):
-    model = load_for_task(str(tiny_model_dir), kind="sequence_classification",
-                          labels=["a", "b", "c"])
+    model = load_for_task(str(tiny_model_dir), spec_for("sequence_classification", ["a", "b", "c"]))
     assert model.config.num_labels == 3
     assert model.config.id2label == {0: "a", 1: "b", 2: "c"}
     assert model.config.label2id == {"a": 0, "b": 1, "c": 2}
-    tagger = load_for_task(str(tiny_model_dir), kind="token_classification", labels=["O", "B-X"])
+    tagger = load_for_task(str(tiny_model_dir), spec_for("token_classification", ["O", "B-X"]))
     assert type(tagger).__name__.endswith("ForTokenClassification")
     assert tagger.config.num_labels == 2
 
@@ -112,7 +112,7 @@ def test_damaged_weights_are_a_model_load_error(tiny_model_dir, tmp_path, weight
     (folder / weights).write_bytes(b"\x00garbage, not a weights file" * 8)
     resolve_model(str(folder))  # present, so the folder check passes; loading finds the damage
     with pytest.raises(ModelLoadError) as info:
-        load_for_task(str(folder), kind="sequence_classification", labels=["a", "b"])
+        load_for_task(str(folder), spec_for("sequence_classification", ["a", "b"]))
     assert str(folder) in str(info.value)
     assert "\n" not in str(info.value)
 

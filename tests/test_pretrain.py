@@ -33,7 +33,7 @@ def _corpus(path: Path, n: int = 120) -> Path:
 def _bundle(model_dir: Path, source: str = "") -> ModelBundle:
     task = TaskSpec(kind="sequence_classification", labels=["0", "1"], raw_labels=["0", "1"], max_length=32)
     torch.manual_seed(0)
-    model = load_for_task(str(model_dir), kind=task.kind, labels=task.labels)
+    model = load_for_task(str(model_dir), task)
     return ModelBundle(model=model, tokenizer=load_tokenizer(str(model_dir)), task=task, source=source)
 
 

@@ -21,7 +21,7 @@ def __getattr__(name: str) -> Any:
 
         return getattr(api, name)
     if name == "load":
-        from lepton.artifact import load
+        from lepton.predictor import load
 
         return load
     if name == "load_recipe":

@@ -174,8 +174,7 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
                                  heads=saved.heads, main_task=saved.main_task)
         else:
             tokenizer = load_tokenizer(location, trust_remote_code=recipe.trust_remote_code)
-            model = load_for_task(location, kind=task.kind, labels=task.labels,
-                                  trust_remote_code=recipe.trust_remote_code).to(device)
+            model = load_for_task(location, task, trust_remote_code=recipe.trust_remote_code).to(device)
             bundle = ModelBundle(model=model, tokenizer=tokenizer, task=task, source=recipe.model)
         log.info("model %s on %s: %d labels %s", recipe.model, device, task.num_labels, task.labels)
 

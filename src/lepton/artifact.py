@@ -14,13 +14,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydantic import ValidationError
 
 from lepton import __version__, atomic
 from lepton.bundle import ModelBundle, StageRecord
-from lepton.errors import ArtifactError, LeptonError
-from lepton.tasks import TaskSpec, softmax, word_predictions
+from lepton.errors import ArtifactError
+from lepton.tasks import TaskSpec, kind_of
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +252,6 @@ def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
 def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, device: str = "cpu",
                 public_key: str | os.PathLike[str] | None = None) -> ModelBundle:
     from safetensors import SafetensorError
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     from lepton.models import load_tokenizer
 
@@ -263,8 +261,7 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, device: st
         task = TaskSpec.model_validate(manifest.get("task"))
     except ValidationError as err:
         raise ArtifactError(f"{folder / MANIFEST}: task is malformed ({err.errors()[0]['msg']})") from None
-    auto = (AutoModelForSequenceClassification if task.kind == "sequence_classification"
-            else AutoModelForTokenClassification)
+    auto = kind_of(task).auto_model()
     structure = manifest.get("structure")
     runtime = manifest.get("runtime", "torch")
     weights_format = manifest.get("format") or ("onnx" if runtime == "onnxruntime" else "safetensors")
@@ -340,157 +337,3 @@ def _load_restructured(folder: Path, auto: Any, structure: Any) -> Any:
     # assign=True keeps the saved dtypes; shapes and key sets are still checked (strict).
     model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True, assign=True)
     return model
-
-
-_WORD = re.compile(r"\S+")
-
-
-def _approx_length(item: Any) -> int:
-    if isinstance(item, str):
-        return len(item)
-    if isinstance(item, (list, tuple)):
-        return sum(len(x) if isinstance(x, str) else 1 for x in item)
-    return 0
-
-
-class Predictor:
-    """A loaded model that predicts on raw text. Returned by ``lepton.load``."""
-
-    def __init__(self, bundle: ModelBundle, manifest: dict[str, Any]) -> None:
-        self.bundle = bundle
-        self.manifest = manifest
-        self._runtime: Any = None
-        self._heads: dict[str, Predictor] = {}
-
-    @property
-    def tasks(self) -> list[str]:
-        """The tasks this model predicts: the main one first, then any extra heads."""
-        return [self.bundle.main_task, *self.bundle.heads]
-
-    def head(self, task: str | None) -> Predictor:
-        """The predictor of one task of a multi-task model (None: the main task)."""
-        from lepton.heads import head_bundle
-
-        if task is None or task == self.bundle.main_task:
-            return self
-        if task not in self._heads:
-            self._heads[task] = Predictor(head_bundle(self.bundle, task), self.manifest)
-        return self._heads[task]
-
-    @property
-    def task(self) -> TaskSpec:
-        return self.bundle.task
-
-    @property
-    def labels(self) -> list[str]:
-        return self.bundle.task.labels
-
-    def predict(self, inputs: Any, *, batch_size: int = 16, task: str | None = None) -> list[dict[str, Any]]:
-        """Sequence classification: a text, a list of texts, or a list of (text, pair) tuples ->
-        ``{"label", "score", "scores"}`` each. Token classification: a text or list of texts
-        (split on whitespace) or a list of token lists -> ``{"tokens", "tags", "entities"}`` each,
-        entities carrying character offsets into the text. ``task``: which head of a multi-task
-        model (default: the main task)."""
-        if task is not None and task != self.bundle.main_task:
-            return self.head(task).predict(inputs, batch_size=batch_size)
-        single = isinstance(inputs, str) or (self.task.pair and isinstance(inputs, tuple))
-        items = [inputs] if single else list(inputs)
-        if not items:
-            return []
-        tok = self.bundle.tokenizer
-        # Similar lengths share a batch, so little compute goes to padding (what a server's
-        # micro-batches of mixed requests need most); results come back in input order.
-        order = sorted(range(len(items)), key=lambda i: _approx_length(items[i]))
-        results: list[Any] = [None] * len(items)
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            chunk = [items[i] for i in idx]
-            out = (self._classify(chunk, tok) if self.task.kind == "sequence_classification"
-                   else self._tag(chunk, tok))
-            for i, r in zip(idx, out):
-                results[i] = r
-        return results  # always a list, one result per input (a single input gives a list of one)
-
-    @property
-    def runtime(self) -> Any:
-        """The bundle's runtime (PyTorch eager, ONNX Runtime ...), made on first use."""
-        if self._runtime is None:
-            from lepton.runtimes import for_bundle
-
-            self._runtime = for_bundle(self.bundle)
-        return self._runtime
-
-    def _logits(self, enc: Any) -> np.ndarray:
-        return self.runtime.logits(dict(enc))
-
-    def _classify(self, chunk: list[Any], tok: Any) -> list[dict[str, Any]]:
-        if self.task.pair:
-            if not all(isinstance(x, (tuple, list)) and len(x) == 2 for x in chunk):
-                raise LeptonError("this model classifies sentence pairs: pass (text, text_pair) tuples")
-            firsts, seconds = [str(a) for a, _ in chunk], [str(b) for _, b in chunk]
-        else:
-            if not all(isinstance(x, str) for x in chunk):
-                raise LeptonError("pass a text or a list of texts")
-            firsts, seconds = list(chunk), None
-        enc = tok(firsts, seconds, truncation=True, max_length=self.task.max_length, padding=True,
-                  return_tensors="pt")
-        logits = self._logits(enc)
-        probs = softmax(logits)
-        out = []
-        for row in probs:
-            best = int(np.argmax(row))
-            out.append({"label": self.labels[best], "score": float(row[best]),
-                        "scores": {lab: float(p) for lab, p in zip(self.labels, row)}})
-        return out
-
-    def _tag(self, chunk: list[Any], tok: Any) -> list[dict[str, Any]]:
-        from seqeval.metrics.sequence_labeling import get_entities
-
-        words, spans, texts = [], [], []
-        for item in chunk:
-            if isinstance(item, str):
-                found = list(_WORD.finditer(item))
-                words.append([m.group() for m in found])
-                spans.append([(m.start(), m.end()) for m in found])
-                texts.append(item)
-            elif isinstance(item, (list, tuple)) and all(isinstance(w, str) for w in item):
-                words.append(list(item))
-                spans.append(None)
-                texts.append(None)
-            else:
-                raise LeptonError("pass a text, a list of texts, or a list of token lists")
-        results = [{"tokens": [], "tags": [], "entities": []} for _ in chunk]
-        nonempty = [i for i, w in enumerate(words) if w]
-        if not nonempty:
-            return results
-        enc = tok([words[i] for i in nonempty], is_split_into_words=True, truncation=True,
-                  max_length=self.task.max_length, padding=True, return_tensors="pt")
-        logits = self._logits(enc)
-        probs = softmax(logits)
-        for row, i in enumerate(nonempty):
-            ids = word_predictions(logits[row], enc.word_ids(row), len(words[i]))
-            first_pos = {}
-            for pos, w in enumerate(enc.word_ids(row)):
-                if w is not None and w not in first_pos:
-                    first_pos[w] = pos
-            tags = [self.labels[t] if t >= 0 else "O" for t in ids]
-            entities = []
-            for etype, a, b in get_entities(tags):
-                score = float(np.mean([probs[row, first_pos[w], ids[w]] for w in range(a, b + 1)
-                                       if w in first_pos]))
-                ent: dict[str, Any] = {"entity": etype, "words": [a, b + 1], "score": score,
-                                       "text": " ".join(words[i][a:b + 1])}
-                if spans[i] is not None:
-                    ent["start"], ent["end"] = spans[i][a][0], spans[i][b][1]
-                    ent["text"] = texts[i][ent["start"]:ent["end"]]
-                entities.append(ent)
-            results[i] = {"tokens": words[i], "tags": tags, "entities": entities}
-        return results
-
-
-def load(path: str | os.PathLike[str], *, device: str = "cpu",
-         public_key: str | os.PathLike[str] | None = None) -> Predictor:
-    """Load a saved Lepton model, verifying the manifest and every file's checksum first;
-    ``public_key``: also require the manifest to be signed by that key's holder (``lepton sign``)."""
-    bundle = load_bundle(path, device=device, public_key=public_key)
-    return Predictor(bundle, read_manifest(path, verify=False))

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lepton.errors import ArtifactError, StageError
-from lepton.tasks import TaskSpec
+from lepton.tasks import TaskSpec, kind_of
 
 HEADS_DIR = "heads"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -77,13 +77,6 @@ def check_name(name: str, where: str) -> None:
                          "starting with a letter or digit")
 
 
-def _auto_for(kind: str) -> Any:
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
-
-    return (AutoModelForSequenceClassification if kind == "sequence_classification"
-            else AutoModelForTokenClassification)
-
-
 def encoder_of(model: Any) -> Any:
     prefix = getattr(model, "base_model_prefix", "")
     encoder = getattr(model, prefix, None) if prefix else None
@@ -101,16 +94,16 @@ def bind(head: Any, main: Any) -> Any:
 
 def make_head(main: Any, task: TaskSpec, where: str) -> Any:
     """A new task model for ``task`` sharing ``main``'s encoder; its head weights start fresh."""
+    kind = kind_of(task)
     config = copy.deepcopy(main.config)
-    config.num_labels = task.num_labels
-    config.id2label = dict(enumerate(task.labels))
-    config.label2id = {v: k for k, v in config.id2label.items()}
-    if task.kind == "sequence_classification" and getattr(encoder_of(main), "pooler", True) is None:
-        raise StageError(f"{where}: the main model's encoder has no pooler (it was loaded for token "
-                         "classification), so a sentence-level head cannot share it; make the "
-                         "sentence-classification task the recipe's main task")
+    for key, value in kind.model_kwargs(task).items():
+        setattr(config, key, value)
+    if kind.pools and getattr(encoder_of(main), "pooler", True) is None:
+        raise StageError(f"{where}: the main model's encoder has no pooler (it was loaded for a task "
+                         f"that does not pool), so a {kind.title} head cannot share it; make the "
+                         f"{kind.title} task the recipe's main task")
     try:
-        head = _auto_for(task.kind).from_config(config)
+        head = kind.auto_model().from_config(config)
     except ValueError as err:
         raise StageError(f"{where}: {type(main).__name__} has no {task.kind} head ({err})") from None
     head.to(next(main.parameters()).device)

@@ -15,14 +15,11 @@ from typing import Any
 import yaml
 
 from lepton.evaluation.scorecard import Report, Scorecard
+from lepton.tasks import TaskKind, kind_of, task_kinds
 
 # builtin model -> the hub id its weights come from
 BUILTIN_HUB_IDS = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2"}
 
-_PIPELINE = {"sequence_classification": "text-classification",
-             "token_classification": "token-classification"}
-_TASK_NAME = {"text-classification": "Text Classification",
-              "token-classification": "Token Classification"}
 # Lepton metric -> (model-index metric type, display name, args)
 _METRICS: dict[str, tuple[str, str, dict[str, str] | None]] = {
     "accuracy": ("accuracy", "Accuracy", None),
@@ -75,7 +72,8 @@ def _model_name(report: Report, manifest: dict[str, Any], final: Scorecard | Non
 
 
 def _front_matter(report: Report, manifest: dict[str, Any], final: Scorecard | None,
-                  pipeline: str, name: str) -> dict[str, Any]:
+                  task_kind: TaskKind, name: str) -> dict[str, Any]:
+    pipeline = task_kind.pipeline_tag
     meta: dict[str, Any] = {"library_name": "transformers", "tags": ["lepton", pipeline],
                             "pipeline_tag": pipeline}
     base = hub_id(str(manifest.get("source_model") or ""))
@@ -92,7 +90,7 @@ def _front_matter(report: Report, manifest: dict[str, Any], final: Scorecard | N
                 entry["args"] = args
             metrics.append(entry)
         meta["model-index"] = [{"name": name, "results": [{
-            "task": {"type": pipeline, "name": _TASK_NAME[pipeline]},
+            "task": {"type": pipeline, "name": task_kind.hub_task_name},
             "dataset": {"name": dataset, "type": dataset, "split": final.split},
             "metrics": metrics,
         }]}]
@@ -129,15 +127,15 @@ def model_card(report: Report, manifest: dict[str, Any]) -> str:
     final = report.variants[-1] if report.variants else None
     recipe = report.recipe or manifest.get("recipe") or {}
     kind = (final.quality.task if final else None) or (recipe.get("task") or {}).get("kind")
-    pipeline = _PIPELINE.get(kind or "", "text-classification")
+    task_kind = kind_of(kind if kind in task_kinds else "sequence_classification")
+    pipeline = task_kind.pipeline_tag
     name = _model_name(report, manifest, final)
     source = str(manifest.get("source_model") or "an unknown model")
     base = hub_id(source)
-    front = yaml.safe_dump(_front_matter(report, manifest, final, pipeline, name),
+    front = yaml.safe_dump(_front_matter(report, manifest, final, task_kind, name),
                            sort_keys=False, allow_unicode=True)
 
-    what = "sequence (text) classification" if pipeline == "text-classification" else \
-        "token classification (named entities, IOB2 tags)"
+    what = task_kind.card_what
     origin = f"[{base}](https://huggingface.co/{base})" if base else f"`{_cell(source)}`"
     lines = [f"---\n{front}---", "", f"# {_cell(name)}", "",
              f"A {what} model made with Lepton {_cell(report.lepton_version)} "
@@ -158,14 +156,14 @@ def model_card(report: Report, manifest: dict[str, Any]) -> str:
         lines += ["## Tasks", "", "One shared encoder with a head per task. Dev scores were measured right after "
                   "multi-task training, each on the task's own dev set.", "",
                   "| task | kind | labels | headline on its dev set [95% CI] |", "|---|---|---|---|"]
-        for task_name, task_kind, task_labels in [(main, kind, labels), *(
+        for task_name, head_kind, task_labels in [(main, kind, labels), *(
                 (n, (h.get("task") or {}).get("kind"), (h.get("task") or {}).get("labels") or [])
                 for n, h in heads.items())]:
             got = scores.get(task_name) or {}
-            head_metric = "accuracy" if task_kind == "sequence_classification" else "entity_f1"
+            head_metric = kind_of(head_kind).headline if head_kind in task_kinds else "-"
             m = got.get(head_metric)
             shown = f"{head_metric} {m['value']:.4f} [{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}]" if m else "-"
-            lines.append(f"| `{_cell(task_name)}`{' (main)' if task_name == main else ''} | {_cell(task_kind)} | "
+            lines.append(f"| `{_cell(task_name)}`{' (main)' if task_name == main else ''} | {_cell(head_kind)} | "
                          f"{_cell(', '.join(task_labels or []))} | {shown} |")
         lines.append("")
 
@@ -206,18 +204,15 @@ def model_card(report: Report, manifest: dict[str, Any]) -> str:
 
     lines += ["## How to use", "", "With Lepton (verifies every file's checksum first):", "",
               "```python", "import lepton", "", 'model = lepton.load("path/to/model")',
-              'print(model.predict("' + ("A delightful, sharp film." if pipeline == "text-classification"
-                                         else "Angela Merkel visited Paris.") + '"))', "```", ""]
+              f'print(model.predict("{task_kind.example_input}"))', "```", ""]
     if heads:
         first = next(iter(heads))
         lines += [f'Another task: `model.predict(texts, task="{_cell(first)}")`; `lepton serve` answers it at '
                   f"`POST /v1/tasks/{_cell(first)}/predict`. Plain transformers loads the main task only.", ""]
     if manifest.get("loads_in_transformers", True):
         lines += ["With plain transformers:", "", "```python", "from transformers import pipeline", "",
-                  f'clf = pipeline("{pipeline}", model="path/to/model"'
-                  + (', aggregation_strategy="simple")' if pipeline == "token-classification" else ")"),
-                  'print(clf("' + ("A delightful, sharp film." if pipeline == "text-classification"
-                                   else "Angela Merkel visited Paris.") + '"))', "```", ""]
+                  f'clf = pipeline("{pipeline}", model="path/to/model"{task_kind.pipeline_args})',
+                  f'print(clf("{task_kind.example_input}"))', "```", ""]
     else:
         lines += ["Pruning left layers of different sizes, which a transformers config cannot describe: "
                   "this model loads only through `lepton.load`.", ""]

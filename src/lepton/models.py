@@ -10,6 +10,7 @@ from typing import Any
 
 from lepton.errors import ModelLoadError, UnknownNameError
 from lepton.registry import suggest
+from lepton.tasks import TaskSpec, kind_of
 
 log = logging.getLogger(__name__)
 
@@ -85,20 +86,15 @@ def load_tokenizer(location: str, *, trust_remote_code: bool = False) -> Any:
     return tok
 
 
-def load_for_task(location: str, *, kind: str, labels: list[str],
-                  trust_remote_code: bool = False) -> Any:
-    """Load a transformers model with a task head sized for ``labels`` (a new head if needed)."""
+def load_for_task(location: str, task: TaskSpec, *, trust_remote_code: bool = False) -> Any:
+    """Load a transformers model with ``task``'s head (a classifier sized for its labels, new if
+    the checkpoint has none), as the task's kind declares it."""
     from safetensors import SafetensorError
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
-    auto = (AutoModelForSequenceClassification if kind == "sequence_classification"
-            else AutoModelForTokenClassification)
-    id2label = dict(enumerate(labels))
+    kind = kind_of(task)
     try:
-        model = auto.from_pretrained(
-            location, num_labels=len(labels), id2label=id2label,
-            label2id={v: k for k, v in id2label.items()}, trust_remote_code=trust_remote_code,
-        )
+        model = kind.auto_model().from_pretrained(location, trust_remote_code=trust_remote_code,
+                                                  **kind.model_kwargs(task))
     except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as err:
         # SafetensorError, UnpicklingError: a damaged model.safetensors or pytorch_model.bin
         raise ModelLoadError(f"model: cannot load {location}: {_first_line(err)}") from None

@@ -17,13 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from lepton.evaluation.metrics import predicted_ids, tags_of
-from lepton.evaluation.quality import (Quality, expected_calibration_error, paired_bootstrap,
-                                       paired_entity_f1, sequence_quality, token_quality)
+from lepton.evaluation.quality import Quality, expected_calibration_error
 from lepton.evaluation.scorecard import (Calibration, Comparison, Efficiency, LatencyStats,
                                          Robustness, Scorecard)
 from lepton.runtimes import Runtime, for_bundle
-from lepton.tasks import Encoded, collate, encode, label_ids, softmax, sorted_batches
+from lepton.tasks import Encoded, collate, encode, kind_of, label_ids, softmax, sorted_batches
 
 log = logging.getLogger(__name__)
 
@@ -56,49 +54,62 @@ def predict_logits(runtime: Runtime, enc: Encoded, pad_id: int, batch_size: int 
     return out
 
 
-def _quality_of(task: Any, gold: Any, pred: Any, *, resamples: int, seed: int) -> Quality:
-    if task.kind == "sequence_classification":
-        return sequence_quality(gold, pred, task.labels, resamples=resamples, seed=seed)
-    true_tags = [[task.labels[i] for i in sent] for sent in gold]
-    return token_quality(true_tags, tags_of(pred, task), resamples=resamples, seed=seed)
+def quality_of(task: Any, gold: Any, pred: Any, *, resamples: int, seed: int) -> Quality:
+    """Quality with bootstrap CIs of predictions ``pred`` against ``gold``, as the task's kind scores it."""
+    return kind_of(task).quality(task, gold, pred, resamples=resamples, seed=seed)
 
 
 def measure_quality(variant: Variant, split: Any, config: Any, seed: int) -> tuple[Quality, Robustness | None,
                                                                                    Calibration | None]:
-    """Quality with CIs on ``split``; robustness and calibration for sequence classification."""
+    """Quality with CIs on ``split`` (and robustness and calibration where they apply), as the
+    variant's task kind measures it."""
+    return kind_of(variant.bundle.task).measure_quality(variant, split, config, seed)
+
+
+def measure_label_quality(variant: Variant, split: Any, config: Any,
+                          seed: int) -> tuple[Quality, Robustness | None, Calibration | None]:
+    """The classifiers' measurement: one prediction pass over ``split``, quality with CIs;
+    robustness and calibration where the kind gives one label per text."""
     bundle, task = variant.bundle, variant.bundle.task
+    kind = kind_of(task)
     runtime = for_bundle(bundle)
     pad = bundle.tokenizer.pad_token_id or 0
     enc = variant.encoded(split)
     gold = label_ids(split, task)
     logits = predict_logits(runtime, enc, pad)
-    pred = predicted_ids(logits, enc, task)
+    pred = kind.predictions(logits, enc, task)
     variant.predictions = pred
-    quality = _quality_of(task, gold, pred, resamples=config.bootstrap, seed=seed)
-    if task.kind != "sequence_classification":
-        return quality, None, None  # perturbing tokens would break the tag alignment
+    quality = quality_of(task, gold, pred, resamples=config.bootstrap, seed=seed)
+    if not kind.labels_per_text:
+        return quality, None, None  # e.g. tags: perturbing tokens would break the tag alignment
 
     probs = softmax(np.stack(logits))
     ece, bins = expected_calibration_error(probs, np.asarray(gold), bins=config.calibration_bins)
     calibration = Calibration(ece=ece, bins=bins)
-    robustness = None
-    if config.robustness:
-        from lepton.evaluation.perturb import PERTURBATIONS, perturb
-
-        clean = float(np.mean(np.asarray(pred) == np.asarray(gold)))
-        perturbed = {}
-        for kind in PERTURBATIONS:
-            noisy = type(split)(name=split.name, kind=split.kind,
-                                texts=perturb(list(split.texts), kind, seed=seed, rate=config.perturb_rate),
-                                text_pairs=(perturb(split.text_pairs, kind, seed=seed + 1, rate=config.perturb_rate)
-                                            if split.text_pairs is not None else None),
-                                labels=split.labels, sources=split.sources)
-            noisy_enc = encode(noisy, task, bundle.tokenizer)
-            noisy_pred = predicted_ids(predict_logits(runtime, noisy_enc, pad), noisy_enc, task)
-            perturbed[kind] = float(np.mean(np.asarray(noisy_pred) == np.asarray(gold)))
-        robustness = Robustness(seed=seed, rate=config.perturb_rate, metric="accuracy", clean=clean,
-                                perturbed=perturbed, drop={k: clean - v for k, v in perturbed.items()})
+    robustness = _robustness(variant, split, config, seed, runtime, pred, gold) if config.robustness else None
     return quality, robustness, calibration
+
+
+def _robustness(variant: Variant, split: Any, config: Any, seed: int, runtime: Runtime, pred: list[int],
+                gold: list[int]) -> Robustness:
+    """Accuracy on copies of ``split`` with seeded typos and casing noise, against the clean one."""
+    from lepton.evaluation.perturb import PERTURBATIONS, perturb
+
+    bundle, task = variant.bundle, variant.bundle.task
+    pad = bundle.tokenizer.pad_token_id or 0
+    clean = float(np.mean(np.asarray(pred) == np.asarray(gold)))
+    perturbed = {}
+    for noise in PERTURBATIONS:
+        noisy = type(split)(name=split.name, kind=split.kind,
+                            texts=perturb(list(split.texts), noise, seed=seed, rate=config.perturb_rate),
+                            text_pairs=(perturb(split.text_pairs, noise, seed=seed + 1, rate=config.perturb_rate)
+                                        if split.text_pairs is not None else None),
+                            labels=split.labels, sources=split.sources)
+        noisy_enc = encode(noisy, task, bundle.tokenizer)
+        noisy_pred = kind_of(task).predictions(predict_logits(runtime, noisy_enc, pad), noisy_enc, task)
+        perturbed[noise] = float(np.mean(np.asarray(noisy_pred) == np.asarray(gold)))
+    return Robustness(seed=seed, rate=config.perturb_rate, metric="accuracy", clean=clean,
+                      perturbed=perturbed, drop={k: clean - v for k, v in perturbed.items()})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,19 +259,12 @@ def _label(speedup: float | None, smaller: float | None, smaller_compressed: flo
 def compare(base: Variant, base_card: Scorecard, other: Variant, card: Scorecard, split: Any,
             *, seed: int, resamples: int) -> Comparison:
     task = base.bundle.task
-    gold = label_ids(split, task)
-    if task.kind == "sequence_classification":
-        g = np.asarray(gold)
-        test = paired_bootstrap(np.asarray(base.predictions) == g, np.asarray(other.predictions) == g,
-                                resamples=resamples, seed=seed)
-        metric = "accuracy"
-    else:
-        true_tags = [[task.labels[i] for i in sent] for sent in gold]
-        test = paired_entity_f1(true_tags, tags_of(base.predictions, task), tags_of(other.predictions, task),
-                                resamples=resamples, seed=seed)
-        metric = "entity_f1"
-    verdict = ("no significant change" if not test["significant"]
-               else "significantly better" if test["delta"] > 0 else "significantly worse")
+    kind = kind_of(task)
+    test = kind.paired(task, label_ids(split, task), base.predictions, other.predictions,
+                       resamples=resamples, seed=seed)
+    better = test.delta > 0 if kind.higher_is_better(test.metric) else test.delta < 0
+    verdict = ("no significant change" if not test.significant
+               else "significantly better" if better else "significantly worse")
     b_eff, o_eff = base_card.efficiency, card.efficiency
     speedup = None
     if "b1_real" in b_eff.latency_ms and "b1_real" in o_eff.latency_ms:
@@ -273,9 +277,9 @@ def compare(base: Variant, base_card: Scorecard, other: Variant, card: Scorecard
     smaller = b_eff.size_mb / o_eff.size_mb if o_eff.size_mb else None
     smaller_c = (b_eff.size_compressed_mb / o_eff.size_compressed_mb
                  if b_eff.size_compressed_mb and o_eff.size_compressed_mb else None)
-    return Comparison(baseline=base.name, metric=metric, delta=test["delta"], ci95_low=test["ci95_low"],
-                      ci95_high=test["ci95_high"], p_bootstrap=test["p_bootstrap"],
-                      p_mcnemar=test["p_mcnemar"], significant=test["significant"], verdict=verdict,
+    return Comparison(baseline=base.name, metric=test.metric, delta=test.delta, ci95_low=test.ci95_low,
+                      ci95_high=test.ci95_high, p_bootstrap=test.p_bootstrap,
+                      p_mcnemar=test.p_mcnemar, significant=test.significant, verdict=verdict,
                       speedup_b1=speedup, speedup_throughput=speed_thr, smaller=smaller,
                       smaller_compressed=smaller_c, label=_label(speedup, smaller, smaller_c))
 
@@ -290,7 +294,7 @@ def evaluate_variants(variants: list[Variant], split: Any, config: Any, *, seed:
             log.info("evaluate %s: quality on %d %s examples", v.name, len(split), split.name)
             qualities[v.name] = measure_quality(v, split, config, seed)
     log.info("evaluate: efficiency of %d variant(s), %d interleaved rounds", len(variants), config.rounds)
-    effs = measure_efficiency(variants, split, config, memory=memory)
+    effs = kind_of(variants[0].bundle.task).measure_efficiency(variants, split, config, memory=memory)
     cards = []
     for v, eff in zip(variants, effs):
         quality, robustness, calibration = qualities[v.name]
@@ -308,12 +312,4 @@ def evaluate_variants(variants: list[Variant], split: Any, config: Any, *, seed:
 
 
 def _notes(v: Variant, split: Any) -> list[str]:
-    notes = []
-    bundle = v.bundle
-    if bundle.task.kind == "token_classification":
-        enc = v.encoded(split)
-        cut = sum(1 for w, nw in zip(enc.word_ids or [], enc.n_words or [])
-                  if nw and (max((x for x in w if x is not None), default=-1) + 1) < nw)
-        if cut:
-            notes.append(f"{cut} sentences were longer than max_length; their cut-off words count as 'O'")
-    return notes
+    return kind_of(v.bundle.task).notes(v.encoded(split))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel
@@ -45,7 +44,7 @@ class ClassRow(BaseModel):
 
 
 class Quality(BaseModel):
-    task: Literal["sequence_classification", "token_classification"]
+    task: str  # the task kind measured
     headline: str  # key into metrics of the main metric ("accuracy" or "entity_f1")
     metrics: dict[str, Metric]
     per_class: list[ClassRow]  # per label (sequence) or per entity type (NER)

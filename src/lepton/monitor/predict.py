@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lepton.monitor.config import MonitorConfigError, PredictConfig
+from lepton.tasks import kind_of
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +39,9 @@ class ModelClassifier:
         self.negative_label = cfg.negative_label
         self._sentiment = self._head(models, "sentiment")
         self._topic = self._head(models, "topic")
-        if self._sentiment.task.kind != "sequence_classification" or self._topic.task.kind != "sequence_classification":
-            raise MonitorConfigError("predict: sentiment and topic must be sentence-classification tasks")
+        if not (kind_of(self._sentiment.task).labels_per_text and kind_of(self._topic.task).labels_per_text):
+            raise MonitorConfigError("predict: sentiment and topic must be tasks that give one label per text "
+                                     "(sequence classification)")
         if cfg.negative_label not in self._sentiment.labels:
             raise MonitorConfigError(f"predict.negative_label: {cfg.negative_label!r} is not a label of the "
                                      f"sentiment task (its labels: {', '.join(self._sentiment.labels)})")

@@ -107,8 +107,7 @@ class Workspace:
             return ModelBundle(model=saved.model, tokenizer=saved.tokenizer, task=task, source=recipe.model,
                                heads=saved.heads, main_task=saved.main_task)
         tokenizer = load_tokenizer(location, trust_remote_code=recipe.trust_remote_code)
-        model = load_for_task(location, kind=task.kind, labels=task.labels,
-                              trust_remote_code=recipe.trust_remote_code).to(self.device)
+        model = load_for_task(location, task, trust_remote_code=recipe.trust_remote_code).to(self.device)
         return ModelBundle(model=model, tokenizer=tokenizer, task=task, source=recipe.model)
 
 

@@ -35,6 +35,7 @@ from lepton.serve.guards import (
     JSONBodyRoute,
 )
 from lepton.serve.metrics import MetricsMiddleware, ServeMetrics
+from lepton.tasks import kind_of
 
 log = logging.getLogger(__name__)
 
@@ -47,27 +48,6 @@ TEST_DELAY_ENV = "LEPTON_SERVE_TEST_DELAY_MS"
 
 class Message(BaseModel):
     detail: str
-
-
-class ClassPrediction(BaseModel):
-    label: str
-    score: float = Field(description="probability of `label`")
-    scores: dict[str, float] = Field(description="probability of every label")
-
-
-class Entity(BaseModel):
-    entity: str = Field(description="entity type, e.g. PER")
-    words: list[int] = Field(description="[first, last + 1) indices into `tokens`")
-    score: float = Field(description="mean probability of the entity's tags")
-    text: str
-    start: int | None = Field(None, description="character offset of the entity in the input text")
-    end: int | None = Field(None, description="character offset just past the entity")
-
-
-class TokenPrediction(BaseModel):
-    tokens: list[str] = Field(description="the input split on whitespace")
-    tags: list[str] = Field(description="one BIO tag per token")
-    entities: list[Entity]
 
 
 class ScorecardSummary(BaseModel):
@@ -200,6 +180,61 @@ def tune_model_batch(predictor: Any, max_batch: int, *, items: int = 32, repeats
     return {"model_batch": best, "ms_per_input": {str(b): round(v, 3) for b, v in per_item.items()}}
 
 
+_ERRORS = {413: {"model": Message, "description": "body too large"},
+           415: {"model": Message, "description": "not JSON"},
+           500: {"model": Message, "description": "the model failed on this request"},
+           503: {"model": Message, "description": "queue full or shutting down; see Retry-After"}}
+
+
+def _model_batch(predictor: Any, settings: ServeSettings) -> tuple[int, dict[str, Any] | None]:
+    """How many inputs one model call takes: the setting, or measured at start-up (with what was measured)."""
+    if settings.model_batch is not None:
+        return min(settings.model_batch, settings.max_batch), None
+    if settings.max_batch == 1:
+        return 1, None
+    tuning = tune_model_batch(predictor, settings.max_batch)
+    log.info("model batch %d: the fastest per input here (ms per input by size: %s)", tuning["model_batch"],
+             tuning["ms_per_input"])
+    return tuning["model_batch"], tuning
+
+
+def _batcher(predictor: Any, settings: ServeSettings, model_batch: int, metrics: ServeMetrics) -> MicroBatcher:
+    sample = kind_of(predictor.task).warmup_input(predictor.task)
+    return MicroBatcher(_predict_fn(predictor, settings, model_batch), max_batch=settings.max_batch,
+                        max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue, metrics=metrics,
+                        warmup=[sample] * min(settings.max_batch, 4))
+
+
+async def _submit(queue: MicroBatcher, inputs: list[Any]) -> Any:
+    try:
+        return await queue.submit(inputs)
+    except QueueFullError as err:
+        raise HTTPException(503, f"server busy: {err}; retry later",
+                            headers={"Retry-After": RETRY_AFTER_S}) from None
+    except ShuttingDownError as err:
+        raise HTTPException(503, str(err), headers={"Retry-After": RETRY_AFTER_S}) from None
+    except LeptonError as err:
+        raise HTTPException(422, str(err)) from None
+    except Exception:  # noqa: BLE001 - logged by the batcher; this request alone fails
+        raise HTTPException(500, "prediction failed; the server log has the details") from None
+
+
+def _add_predict_route(app: FastAPI, queue: MicroBatcher, task: Any, task_name: str | None, name: str,
+                       settings: ServeSettings) -> None:
+    """``POST /v1/predict`` for the main task (``task_name`` None), ``/v1/tasks/NAME/predict`` for a head."""
+    Request_ = request_model(task.pair, settings)
+    Response_ = create_model("PredictResponse" + (f"_{task_name}" if task_name else ""), model=(str, ...),
+                             predictions=(list[kind_of(task).prediction_schema()], ...))
+    path = f"/v1/tasks/{task_name}/predict" if task_name else "/v1/predict"
+    summary = f"Predict task {task_name!r}" if task_name else "Predict labels or entities"
+
+    async def predict(body: Request_) -> Any:  # type: ignore[valid-type]
+        return {"model": name, "predictions": await _submit(queue, body.inputs)}
+
+    app.post(path, response_model=Response_, responses=_ERRORS, dependencies=[Depends(_require_json)],
+             summary=summary, operation_id=f"predict_{task_name}" if task_name else None)(predict)
+
+
 def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | None = None, *,
                predictor: Any = None) -> FastAPI:
     """Load the model at ``model_path`` (checksums verified: ArtifactError if they do not match)
@@ -211,27 +246,13 @@ def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | Non
     manifest, task = predictor.manifest, predictor.task
     name = settings.name or model_name(Path(model_path))
     metrics = ServeMetrics()
-    sample: Any = ("warm up", "warm up") if task.pair else "warm up"
-    if settings.model_batch is not None:
-        model_batch, tuning = min(settings.model_batch, settings.max_batch), None
-    elif settings.max_batch == 1:
-        model_batch, tuning = 1, None
-    else:
-        tuning = tune_model_batch(predictor, settings.max_batch)
-        model_batch = tuning["model_batch"]
-        log.info("model batch %d: the fastest per input here (ms per input by size: %s)", model_batch,
-                 tuning["ms_per_input"])
-    batcher = MicroBatcher(_predict_fn(predictor, settings, model_batch), max_batch=settings.max_batch,
-                           max_wait_ms=settings.max_wait_ms, max_queue=settings.max_queue,
-                           metrics=metrics, warmup=[sample] * min(settings.max_batch, 4))
-    # A multi-task model: each extra head gets its own batcher (a batch holds one task's inputs).
-    head_batchers = {}
-    for head_name in getattr(predictor, "tasks", [None])[1:]:
-        head = predictor.head(head_name)
-        head_sample: Any = ("warm up", "warm up") if head.task.pair else "warm up"
-        head_batchers[head_name] = MicroBatcher(
-            _predict_fn(head, settings, model_batch), max_batch=settings.max_batch, max_wait_ms=settings.max_wait_ms,
-            max_queue=settings.max_queue, metrics=metrics, warmup=[head_sample] * min(settings.max_batch, 4))
+    model_batch, tuning = _model_batch(predictor, settings)
+    # One batcher per task (a batch holds one task's inputs): the main task's, then each extra
+    # head's of a multi-task model.
+    heads = getattr(predictor, "tasks", [None])[1:]
+    served = {None: predictor, **{task_name: predictor.head(task_name) for task_name in heads}}
+    batchers = {task_name: _batcher(p, settings, model_batch, metrics) for task_name, p in served.items()}
+    batcher = batchers[None]
     info = ModelInfo(
         name=name, task=task.kind, labels=task.labels, pair=task.pair, max_length=task.max_length,
         runtime=manifest.get("runtime"), source_model=manifest.get("source_model"),
@@ -239,7 +260,7 @@ def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | Non
         scorecards=scorecard_summaries(manifest), tasks=list(getattr(predictor, "tasks", [])),
         limits=Limits(**{**settings.model_dump(include=set(Limits.model_fields)), "model_batch": model_batch}))
 
-    queues = [batcher, *head_batchers.values()]
+    queues = list(batchers.values())
 
     def begin_drain() -> None:
         log.info("shutting down: in-flight requests have %.1f s to finish; later ones get 503",
@@ -272,48 +293,8 @@ def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | Non
     app.state.batcher, app.state.metrics, app.state.predictor = batcher, metrics, predictor
     app.state.model_batch_tuning = tuning  # what the start-up measurement found (None: not measured)
 
-    PredictRequest = request_model(task.pair, settings)
-    Prediction = ClassPrediction if task.kind == "sequence_classification" else TokenPrediction
-    PredictResponse = create_model("PredictResponse", model=(str, ...),
-                                   predictions=(list[Prediction], ...))
-    errors = {413: {"model": Message, "description": "body too large"},
-              415: {"model": Message, "description": "not JSON"},
-              500: {"model": Message, "description": "the model failed on this request"},
-              503: {"model": Message, "description": "queue full or shutting down; see Retry-After"}}
-
-    async def submit(queue: MicroBatcher, inputs: list[Any]) -> Any:
-        try:
-            return await queue.submit(inputs)
-        except QueueFullError as err:
-            raise HTTPException(503, f"server busy: {err}; retry later",
-                                headers={"Retry-After": RETRY_AFTER_S}) from None
-        except ShuttingDownError as err:
-            raise HTTPException(503, str(err), headers={"Retry-After": RETRY_AFTER_S}) from None
-        except LeptonError as err:
-            raise HTTPException(422, str(err)) from None
-        except Exception:  # noqa: BLE001 - logged by the batcher; this request alone fails
-            raise HTTPException(500, "prediction failed; the server log has the details") from None
-
-    @app.post("/v1/predict", response_model=PredictResponse, responses=errors,
-              dependencies=[Depends(_require_json)], summary="Predict labels or entities")
-    async def predict(body: PredictRequest) -> Any:
-        return {"model": name, "predictions": await submit(batcher, body.inputs)}
-
-    def add_head_route(head_name: str, queue: MicroBatcher) -> None:
-        head_task = predictor.head(head_name).task
-        HeadRequest = request_model(head_task.pair, settings)
-        HeadPrediction = ClassPrediction if head_task.kind == "sequence_classification" else TokenPrediction
-        HeadResponse = create_model(f"PredictResponse_{head_name}", model=(str, ...),
-                                    predictions=(list[HeadPrediction], ...))
-
-        @app.post(f"/v1/tasks/{head_name}/predict", response_model=HeadResponse, responses=errors,
-                  dependencies=[Depends(_require_json)], summary=f"Predict task {head_name!r}",
-                  operation_id=f"predict_{head_name}")
-        async def predict_head(body: HeadRequest) -> Any:  # type: ignore[valid-type]
-            return {"model": name, "predictions": await submit(queue, body.inputs)}
-
-    for head_name, queue in head_batchers.items():
-        add_head_route(head_name, queue)
+    for task_name, queue in batchers.items():
+        _add_predict_route(app, queue, served[task_name].task, task_name, name, settings)
 
     @app.get("/v1/model", response_model=ModelInfo, summary="The served model")
     async def model_info() -> ModelInfo:
@@ -326,7 +307,7 @@ def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | Non
     @app.get("/readyz", response_model=Status, responses={503: {"model": Status}},
              summary="The model is loaded and warmed up")
     async def readyz() -> Any:
-        if batcher.ready and all(b.ready for b in head_batchers.values()):
+        if all(b.ready for b in queues):
             return Status(status="ready")
         return JSONResponse({"status": batcher.state}, status_code=503,
                             headers={"Retry-After": RETRY_AFTER_S})

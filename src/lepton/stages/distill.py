@@ -60,7 +60,7 @@ from lepton.registry import suggest
 from lepton.stages import register
 from lepton.stages.training import TrainSettings, dev_evaluator, task_metric, train
 from lepton.structure import layer_list, layer_sizes
-from lepton.tasks import IGNORE, Encoded, collate, encode, sorted_batches
+from lepton.tasks import IGNORE, Encoded, collate, encode, kind_of, sorted_batches
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,6 @@ def resolve_teacher(config: DistillConfig, bundle: ModelBundle, ctx: RunContext)
 
 
 def load_teacher(info: TeacherInfo, bundle: ModelBundle, ctx: RunContext, *, eager: bool) -> Any:
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     from lepton.artifact import load_bundle
 
@@ -200,8 +199,7 @@ def load_teacher(info: TeacherInfo, bundle: ModelBundle, ctx: RunContext, *, eag
     else:
         from lepton.models import load_tokenizer
 
-        auto = (AutoModelForSequenceClassification if bundle.task.kind == "sequence_classification"
-                else AutoModelForTokenClassification)
+        auto = kind_of(bundle.task).auto_model()
         model, info_ = auto.from_pretrained(info.folder, output_loading_info=True)
         head = [k for k in info_.get("missing_keys", []) if not k.startswith(model.base_model_prefix)]
         if head:
@@ -484,7 +482,7 @@ def distill(bundle: ModelBundle, config: DistillConfig, ctx: RunContext) -> Mode
         data, n_transfer = _with_transfer(data, config.transfer, bundle, where, ctx.columns)
     if config.alpha_task > 0 and data.labels is None:
         raise StageError(f"{where}.alpha_task: the task loss needs labelled data.train")
-    token_level = bundle.task.kind == "token_classification"
+    token_level = kind_of(bundle.task).token_level
     hidden = sorted({j for _, j in plan.hidden_pairs})
     attention = sorted({j for _, j in plan.attention_pairs})
     eager = bool(attention)
@@ -585,9 +583,7 @@ def _with_transfer(data: Encoded, cfg: DataSplitConfig, bundle: ModelBundle, whe
         raise StageError(f"{where}.transfer: its inputs do not match data.train's (token types)")
     n = len(extra)
     if data.labels is not None:  # IGNORE: the transfer text has no gold label for the task loss
-        ignored = ([[IGNORE] * len(ids) for ids in extra.input_ids]
-                   if bundle.task.kind == "token_classification" else [IGNORE] * n)
-        extra = dataclasses.replace(extra, labels=ignored)
+        extra = dataclasses.replace(extra, labels=kind_of(bundle.task).transfer_labels(extra))
     combined = Encoded.concat([data, extra])
     log.info("distill: %d transfer examples from %s (teacher losses only)", n, cfg.path)
     return combined, n

@@ -36,7 +36,7 @@ from pydantic import Field
 from lepton.bundle import ModelBundle, RunContext
 from lepton.errors import StageError
 from lepton.stages import StageConfig, register
-from lepton.tasks import collate, encode, sorted_batches
+from lepton.tasks import collate, encode, kind_of, sorted_batches
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,7 @@ def check_split_fits(split: Any, task: Any, where: str) -> None:
         raise StageError(f"{where} has no examples")
     if split.kind != task.split_kind:
         have = "token-level (CoNLL) sentences" if split.kind == "tokens" else "sentences"
-        want = "token classification" if task.kind == "token_classification" else "sequence classification"
-        raise StageError(f"{where} holds {have}, but the model does {want}")
+        raise StageError(f"{where} holds {have}, but the model does {kind_of(task).title}")
     if task.pair and split.text_pairs is None:
         raise StageError(f"{where} has single sentences, but the model classifies sentence pairs")
     if not task.pair and split.text_pairs is not None:
@@ -252,9 +251,9 @@ def export(bundle: ModelBundle, config: ExportConfig, ctx: RunContext) -> ModelB
 
     t0 = time.perf_counter()
     raw = folder / "unfused.onnx"
-    heads = {name: (head.model, head.task.kind == "token_classification") for name, head in bundle.heads.items()}
+    heads = {name: (head.model, kind_of(head.task).token_level) for name, head in bundle.heads.items()}
     names = export_onnx(model, example, raw, opset=config.opset,
-                        token_level=bundle.task.kind == "token_classification", heads=heads)
+                        token_level=kind_of(bundle.task).token_level, heads=heads)
     export_s = time.perf_counter() - t0
     summary: dict[str, Any] = {"format": "onnx", "exporter": EXPORTER, "opset": config.opset,
                                "inputs": names, "export_seconds": round(export_s, 2)}

@@ -48,6 +48,7 @@ from lepton.tasks import (
     TaskConfig,
     TaskSpec,
     build_task,
+    kind_of,
     collate,
     encode,
     label_ids,
@@ -132,8 +133,7 @@ def plan_epoch(sizes: list[int], lengths: list[list[int]], batch_size: int, prob
 @register(MultitaskConfig)
 def multitask(bundle: ModelBundle, config: MultitaskConfig, ctx: RunContext) -> ModelBundle:
     """Train the main task and every extra task on one shared encoder; keep every head."""
-    from lepton.evaluation.harness import _quality_of, predict_logits
-    from lepton.evaluation.metrics import HEADLINE, predicted_ids
+    from lepton.evaluation.harness import predict_logits, quality_of
     from lepton.runtimes import for_bundle
 
     where = f"stages.{ctx.stage_index}"
@@ -221,7 +221,7 @@ def multitask(bundle: ModelBundle, config: MultitaskConfig, ctx: RunContext) -> 
             m = evaluate_dev(models[name], enc, surrogate(name, spec), gold, ctx.device)
             for key, value in m.items():
                 scores[f"{name}/{key}"] = value
-            headline.append(m[HEADLINE[spec.kind]])
+            headline.append(m[kind_of(spec).headline])
             losses.append(m["loss"])
         scores["mean_headline"] = sum(headline) / len(headline)
         scores["loss"] = sum(losses) / len(losses)
@@ -242,7 +242,7 @@ def multitask(bundle: ModelBundle, config: MultitaskConfig, ctx: RunContext) -> 
         sub = surrogate(name, spec)
         sub.model.eval()
         pred_logits = predict_logits(for_bundle(sub), enc, pad)
-        quality = _quality_of(spec, gold, predicted_ids(pred_logits, enc, spec), resamples=1000, seed=ctx.seed)
+        quality = quality_of(spec, gold, kind_of(spec).predictions(pred_logits, enc, spec), resamples=1000, seed=ctx.seed)
         tasks_summary[name] = {
             "kind": spec.kind, "labels": spec.labels, "dev_examples": len(enc),
             **{k: {"value": round(m.value, 4), "ci95": [round(m.ci95_low, 4), round(m.ci95_high, 4)]}

@@ -508,9 +508,8 @@ def _mixed_precision(bundle: ModelBundle, quantized: ModelBundle, config: Quanti
     """Per-layer sensitivity (only that layer quantized), then, with ``max_drop``, the most
     sensitive layers back in float, one at a time, until the dev metric is within budget."""
     from lepton.evaluation.harness import predict_logits
-    from lepton.evaluation.metrics import quick_metrics
     from lepton.runtimes import for_bundle
-    from lepton.tasks import label_ids
+    from lepton.tasks import kind_of, label_ids
 
     where = f"stages.{ctx.stage_index}"
     split = ctx.split(config.check_split)
@@ -523,11 +522,14 @@ def _mixed_precision(bundle: ModelBundle, quantized: ModelBundle, config: Quanti
                          labels=split.labels[:n], sources=split.sources[:n])
     enc, gold = encode(sample, bundle.task, bundle.tokenizer), label_ids(sample, bundle.task)
     pad = bundle.tokenizer.pad_token_id or 0
-    metric = "accuracy" if bundle.task.kind == "sequence_classification" else "entity_f1"
+    kind = kind_of(bundle.task)
+    metric = kind.headline
+    # In percentage points, signed so that larger is better (a drop is base - score).
+    sign = 100 if kind.higher_is_better(kind.headline) else -100
 
     def score(b: ModelBundle) -> tuple[float, list[np.ndarray]]:
         logits = predict_logits(for_bundle(b), enc, pad, batch_size=32)
-        return 100 * quick_metrics(logits, enc, bundle.task, gold)[metric], logits
+        return sign * kind.quick_metrics(logits, enc, bundle.task, gold)[metric], logits
 
     base, base_logits = score(bundle)
 

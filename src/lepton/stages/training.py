@@ -43,7 +43,7 @@ from lepton.bundle import ModelBundle, RunContext
 from lepton.errors import StageError
 from lepton.progress import StepProgress
 from lepton.stages import StageConfig
-from lepton.tasks import Encoded, collate, sorted_batches, train_batches
+from lepton.tasks import Encoded, collate, kind_of, sorted_batches, train_batches
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,6 @@ def _optimizer(modules: Sequence[torch.nn.Module], config: TrainSettings) -> tor
 def evaluate_dev(model: torch.nn.Module, enc: Encoded, bundle: ModelBundle, dev_labels: Any,
                  device: str, batch_size: int = 64) -> dict[str, float]:
     """Loss and the task's metrics on dev (no bootstrap: this is for model selection)."""
-    from lepton.evaluation.metrics import quick_metrics
 
     model.eval()
     logits: list[np.ndarray | None] = [None] * len(enc)
@@ -135,20 +134,18 @@ def evaluate_dev(model: torch.nn.Module, enc: Encoded, bundle: ModelBundle, dev_
             for row, i in enumerate(idx):
                 logits[i] = arr[row]
     model.train()
-    metrics = quick_metrics(logits, enc, bundle.task, dev_labels)
+    metrics = kind_of(bundle.task).quick_metrics(logits, enc, bundle.task, dev_labels)
     metrics["loss"] = loss_sum / max(loss_n, 1)
     return metrics
 
 
 def task_metric(config: TrainSettings, bundle: ModelBundle, ctx: RunContext) -> str:
     """The selection metric for a task model: the recipe's, checked, or the task's headline."""
-    from lepton.evaluation.metrics import HEADLINE, known_metrics
-
-    kind = bundle.task.kind
-    metric = config.metric or HEADLINE[kind]
-    if metric not in known_metrics(kind):
-        raise StageError(f"stages.{ctx.stage_index}.metric: unknown metric {metric!r} for {kind} "
-                         f"(known: {', '.join(known_metrics(kind))})")
+    kind = kind_of(bundle.task)
+    metric = config.metric or kind.headline
+    if metric not in kind.metric_names():
+        raise StageError(f"stages.{ctx.stage_index}.metric: unknown metric {metric!r} for {kind.name} "
+                         f"(known: {', '.join(kind.metric_names())})")
     return metric
 
 
@@ -261,10 +258,10 @@ def _read_checkpoint(ckpt: Path, model: torch.nn.Module, extra: torch.nn.Module 
     return state, best
 
 
-def _better(metric: str, value: float, best: float | None) -> bool:
+def _better(higher_is_better: bool, value: float, best: float | None) -> bool:
     if best is None:
         return True
-    return value < best if metric == "loss" else value > best
+    return value > best if higher_is_better else value < best
 
 
 def _default_loss(model: torch.nn.Module, batch: Batch, indices: list[int]) -> torch.Tensor:
@@ -377,7 +374,7 @@ def train(bundle: ModelBundle, config: TrainSettings, ctx: RunContext, *, data: 
             record = {"step": state.step, "epoch": state.epoch + 1, **values,
                       "seconds": round(time.perf_counter() - started, 2)}
             state.evals.append(record)
-            if _better(metric, values[metric], state.best_metric):
+            if _better(kind_of(bundle.task).higher_is_better(metric), values[metric], state.best_metric):
                 state.best_metric, state.best_step, state.bad_evals = values[metric], state.step, 0
                 if config.keep_best:
                     best = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}

@@ -1,14 +1,15 @@
-"""What a task is: its labels, how examples become model inputs, how outputs become predictions.
+"""What every task kind shares: the recipe's task settings, the resolved task, encoded examples,
+batching with dynamic padding, and small decoding helpers.
 
-Two kinds so far: sequence classification (one sentence or a pair) and token classification
-(NER; a word's label sits on its first sub-token, the other sub-tokens are ignored in the loss).
+What differs between kinds lives in each kind's module (``lepton/tasks/sequence.py`` ...), reached
+through ``kind_of(task)``.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -28,8 +29,19 @@ IGNORE = -100  # label id the loss skips (transformers' convention)
 ColumnRef = Union[str, int]  # noqa: UP007  (a runtime alias pydantic reads)
 
 
+def _known_kind(value: str) -> str:
+    from lepton.tasks.kind import task_kinds
+
+    if value not in task_kinds:
+        from lepton.registry import suggest
+
+        raise ValueError(f"unknown task kind {value!r}{suggest(value, task_kinds.names())} "
+                         f"(known: {', '.join(task_kinds.names())})")
+    return value
+
+
 class TaskConfig(StrictModel):
-    kind: Literal["sequence_classification", "token_classification"]
+    kind: str  # a registered task kind (lepton.tasks.task_kinds)
     text: ColumnRef | list[ColumnRef] | None = None  # default: "text", or token column 0 for CoNLL
     text_pair: ColumnRef | None = None  # second sentence of a pair (sequence classification)
     label: ColumnRef | None = None  # default: "label", or the last column for CoNLL
@@ -49,20 +61,25 @@ class TaskConfig(StrictModel):
             return [str(v) for v in value]
         return value
 
+    @field_validator("kind")
+    @classmethod
+    def _kind_is_registered(cls, value: str) -> str:
+        return _known_kind(value)
+
     @model_validator(mode="after")
-    def _defaults_per_kind(self) -> TaskConfig:
-        if self.kind == "token_classification":
-            if self.text_pair is not None:
-                raise ValueError("text_pair is only for sequence_classification")
-            if isinstance(self.text, list):
-                raise ValueError("text must be one column (the token column) for token_classification")
+    def _checked_by_kind(self) -> TaskConfig:
+        from lepton.tasks.kind import kind_of
+
+        kind_of(self).check_config(self)
         return self
 
     def resolved_columns(self) -> tuple[ColumnRef | tuple[ColumnRef, ...], ColumnRef | None, ColumnRef]:
         """(text, text_pair, label) with the per-kind defaults filled in."""
-        tokens = self.kind == "token_classification"
-        text = self.text if self.text is not None else (0 if tokens else "text")
-        label = self.label if self.label is not None else (-1 if tokens else "label")
+        from lepton.tasks.kind import kind_of
+
+        default_text, default_label = kind_of(self).default_columns()
+        text = self.text if self.text is not None else default_text
+        label = self.label if self.label is not None else default_label
         return (tuple(text) if isinstance(text, list) else text), self.text_pair, label
 
     def columns(self) -> Columns:
@@ -71,25 +88,35 @@ class TaskConfig(StrictModel):
         return Columns(text=text, text_pair=pair, label=label)
 
     @property
-    def split_kind(self) -> Literal["sequence", "tokens"]:
-        return "tokens" if self.kind == "token_classification" else "sequence"
+    def split_kind(self) -> str:
+        from lepton.tasks.kind import kind_of
+
+        return kind_of(self).split_kind
 
 
 class TaskSpec(BaseModel):
-    kind: Literal["sequence_classification", "token_classification"]
-    labels: list[str]  # display names, in model output order
-    raw_labels: list[str]  # the label values as they appear in the data, same order
+    kind: str  # a registered task kind
+    labels: list[str] = []  # display names, in model output order (classifiers)
+    raw_labels: list[str] = []  # the label values as they appear in the data, same order
     aliases: dict[str, str] = {}  # more raw values -> display name (two files spelling labels differently)
     max_length: int = 128
     pair: bool = False  # sequence classification on sentence pairs
+    options: dict[str, Any] = {}  # kind-specific resolved settings, kept in the manifest
+
+    @field_validator("kind")
+    @classmethod
+    def _kind_is_registered(cls, value: str) -> str:
+        return _known_kind(value)
 
     @property
     def num_labels(self) -> int:
         return len(self.labels)
 
     @property
-    def split_kind(self) -> Literal["sequence", "tokens"]:
-        return "tokens" if self.kind == "token_classification" else "sequence"
+    def split_kind(self) -> str:
+        from lepton.tasks.kind import kind_of
+
+        return kind_of(self).split_kind
 
 
 def _natural_key(value: str) -> tuple[int, Any]:
@@ -97,6 +124,13 @@ def _natural_key(value: str) -> tuple[int, Any]:
 
 
 def build_task(config: TaskConfig, train: Split | None) -> TaskSpec:
+    """The resolved task of a recipe (for classifiers: its label set fixed)."""
+    from lepton.tasks.kind import kind_of
+
+    return kind_of(config).build_spec(config, train)
+
+
+def label_set_spec(config: TaskConfig, train: Split | None) -> TaskSpec:
     """Fix the label set: from the recipe when given, else the sorted labels of the training data."""
     aliases: dict[str, str] = {}
     if isinstance(config.labels, dict):
@@ -174,19 +208,10 @@ def label_ids(split: Split, task: TaskSpec) -> list[int] | list[list[int]] | Non
 
 
 def encode(split: Split, task: TaskSpec, tokenizer: Any) -> Encoded:
-    ids = label_ids(split, task)
-    if task.kind == "sequence_classification":
-        enc = tokenizer(list(split.texts), split.text_pairs, truncation=True,
-                        max_length=task.max_length)
-        return Encoded(enc["input_ids"], enc.get("token_type_ids"), ids)
-    enc = tokenizer(list(split.texts), is_split_into_words=True, truncation=True,
-                    max_length=task.max_length)
-    word_ids = [enc.word_ids(i) for i in range(len(split))]
-    sub_labels = None
-    if ids is not None:
-        sub_labels = [align_labels(w, tags) for w, tags in zip(word_ids, ids)]
-    return Encoded(enc["input_ids"], enc.get("token_type_ids"), sub_labels, word_ids,
-                   [len(t) for t in split.texts])
+    """``split`` tokenized for ``task``, labels mapped to ids (as the task's kind does it)."""
+    from lepton.tasks.kind import kind_of
+
+    return kind_of(task).encode(split, task, tokenizer)
 
 
 def align_labels(word_ids: list[int | None], tags: list[int]) -> list[int]:
