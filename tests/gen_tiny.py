@@ -75,3 +75,17 @@ def save_tiny_t5(folder: Path, seed: int = 0) -> Path:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def write_pairs_tsv(path: Path, n: int, seed: int = 0) -> Path:
+    """prompt<TAB>target rows of the toy translation task."""
+    lines = ["prompt\ttarget"] + [f"{a}\t{b}" for a, b in toy_pairs(n, seed)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_text_tsv(path: Path, n: int, seed: int = 0) -> Path:
+    """One short toy 'document' per row in a text column."""
+    lines = ["text"] + [f"{a} . {b} ." for a, b in toy_pairs(n, seed)]
+    path.write_text("\n".join(lines) + "\n")
+    return path

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import write_conll, write_sentiment_tsv
+from tests.gen_tiny import write_pairs_tsv, write_text_tsv
 
 
 @dataclass(frozen=True)
@@ -31,4 +32,11 @@ EXAMPLES: dict[str, KindExample] = {
     "token_classification": KindExample(
         task={"kind": "token_classification"}, write=write_conll, suffix=".conll", family="encoder",
         predict_inputs=("Alice visited Paris .", "Bob visited Rome")),
+    "generation": KindExample(
+        task={"kind": "generation", "prompt_template": "Translate: {prompt}",
+              "generation": {"max_new_tokens": 6}},
+        write=write_pairs_tsv, suffix=".tsv", family="decoder", predict_inputs=("a man runs", "the dog")),
+    "language_modeling": KindExample(
+        task={"kind": "language_modeling", "max_length": 32, "generation": {"max_new_tokens": 4}},
+        write=write_text_tsv, suffix=".tsv", family="decoder", predict_inputs=("a man", "two children")),
 }

@@ -30,8 +30,8 @@ __all__ = ["Columns", "DataSplitConfig", "Split", "load_split"]
 
 logger = logging.getLogger(__name__)
 
-Format = Literal["tsv", "csv", "jsonl", "conll", "folder"]
-Kind = Literal["sequence", "tokens"]
+Format = Literal["tsv", "csv", "jsonl", "conll", "folder", "parallel"]
+Kind = Literal["sequence", "tokens", "pairs"]  # pairs: prompt/target (lepton.generative.data)
 ColumnRef = str | int
 
 _SUFFIX_FORMATS: dict[str, Format] = {
@@ -50,6 +50,7 @@ _FORMAT_OPTIONS: dict[str, tuple[Format, ...]] = {
     "subdir": ("folder",),
     "classes": ("folder",),
     "strip_headers": ("folder",),
+    "target": ("parallel",),
 }
 # IMDB reviews mark line breaks with "<br /><br />"; the tag is markup, not text a model should see.
 _BR_TAG = re.compile(r"<br\s*/?>", re.IGNORECASE)
@@ -71,6 +72,8 @@ class DataSplitConfig(StrictModel):
     limit: int | None = Field(default=None, gt=0)  # keep at most this many examples
     seed: int | None = None  # with limit: a seeded random sample, kept in file order
     bad_rows: Literal["error", "skip"] = "error"
+    # parallel (format inferred when set): the target file, line-aligned with `path` (the source)
+    target: str | None = None
 
     # A seeded sample, so that a smoke run of a file sorted by label still sees every label.
     smoke_caps: ClassVar[dict[str, Any]] = {"limit": 64}
@@ -122,6 +125,7 @@ class Columns:
     text: str | int | tuple[str | int, ...]
     text_pair: str | int | None = None
     label: str | int | None = None  # None: unlabelled data
+    template: str | None = None  # generation: the prompt as str.format over columns
 
 
 @dataclass
@@ -156,6 +160,10 @@ def load_split(
         path = Path(config.path).expanduser()
         if base_dir is not None and not path.is_absolute():
             path = Path(base_dir) / path
+    if kind == "pairs":  # prompt/target pairs for generation
+        from lepton.generative.data import load_pair_split
+
+        return load_pair_split(config, columns, name=name, base_dir=base_dir)
     if not path.exists():
         raise DataError(f"data.{name}.path: file not found: {path}")
     fmt = config.format or _infer_format(path, name)

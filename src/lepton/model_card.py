@@ -142,6 +142,7 @@ def model_card(report: Report, manifest: dict[str, Any]) -> str:
              f"from {origin}" + (f" (`{_cell(source)}`)" if base and base != source else "") + ".", ""]
     if smoke_note(report):
         lines += [f"**{_cell(smoke_note(report).capitalize())}: do not deploy this model.**", ""]
+    lines += task_kind.card_notes(source)  # e.g. how a builtin's weights were made
     labels = _labels(manifest, final)
     if labels:
         lines += [f"Labels ({len(labels)}): " + ", ".join(f"`{_cell(label)}`" for label in labels) + ".", ""]

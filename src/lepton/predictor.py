@@ -74,6 +74,13 @@ class Predictor:
                 results[i] = r
         return results  # always a list, one result per input (a single input gives a list of one)
 
+    def generate(self, prompts: str | list[str], **settings: Any) -> list[str]:
+        """Generated text per prompt (a generative model; ``settings`` as the recipe's
+        ``task.generation``: strategy, max_new_tokens, num_beams, temperature, top_p, top_k, seed,
+        stop ...; a value out of range is one error line naming the setting)."""
+        items = [prompts] if isinstance(prompts, str) else list(prompts)
+        return kind_of(self.task).generate(self, items, **settings)
+
     @property
     def runtime(self) -> Any:
         """The bundle's runtime (PyTorch eager, ONNX Runtime ...), made on first use."""

@@ -52,6 +52,7 @@ class Quality(BaseModel):
     # rows = true, cols = predicted, in `labels` order; None for NER
     confusion: list[list[int]] | None
     bootstrap: dict[str, int | float]  # {"resamples": B, "seed": s, "confidence": 0.95}
+    signatures: dict[str, str] = {}  # metric -> how it was computed (sacrebleu's signature for BLEU/chrF)
 
 
 # ----------------------------------------------------------------------------------- helpers

@@ -47,6 +47,8 @@ class Efficiency(BaseModel):
     sparsity: float
     flops_per_item: float | None  # estimate at the mean real input length
     seconds: float  # wall time of the efficiency measurement
+    # Generative models: MLPerf's single-stream and offline scenarios (lepton.generative.efficiency)
+    generative: dict[str, Any] | None = None
 
 
 class Comparison(BaseModel):

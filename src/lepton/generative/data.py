@@ -223,3 +223,30 @@ def _row_problem(row: dict[str, str], needed: list[str], target_col: str) -> str
     if not row[target_col].strip():
         return f"empty target (column {target_col!r})"
     return None
+
+
+def load_pair_split(config: tabular.DataSplitConfig, columns: tabular.Columns, *, name: str,
+                    base_dir: Path | None = None) -> tabular.Split:
+    """A recipe's data split for ``generation``: prompts in ``texts``, targets in ``labels``.
+
+    ``columns.text`` names the prompt column (or the template's fields come from ``columns.template``),
+    ``columns.label`` the target column; a split with ``target:`` (or ``format: parallel``) is a
+    pair of line-aligned files whose columns are ``source`` and ``target``."""
+    if isinstance(columns.text, tuple):
+        raise GenerationDataError(f"data.{name}: the prompt is one column; use prompt_template to combine columns")
+    parallel = config.target is not None or config.format == "parallel"
+    prompt = str(columns.text)
+    if parallel:
+        if config.target is None:
+            raise GenerationDataError(f"data.{name}.target: format parallel needs the target file")
+        spec = PromptSpec(prompt="source" if prompt == "prompt" else prompt, target="target",
+                          prompt_template=columns.template)
+        pairs = load_parallel(ParallelSplitConfig(source=config.path, target=config.target,
+                                                  encoding=config.encoding, limit=config.limit,
+                                                  seed=config.seed), spec, name=name, base_dir=base_dir)
+    else:
+        target = "target" if columns.label is None else str(columns.label)
+        spec = PromptSpec(prompt=prompt, target=target, prompt_template=columns.template)
+        pairs = load_pairs(config, spec, name=name, base_dir=base_dir)
+    return tabular.Split(name=name, kind="pairs", texts=pairs.prompts, text_pairs=None, labels=pairs.targets,
+                         sources=pairs.sources, skipped=pairs.skipped)

@@ -41,6 +41,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str],
     import torch
 
     settings = settings or GenerationSettings()
+    if tokenizer.pad_token is None:  # decoder-only tokenizers often have none; padding is masked
+        tokenizer.pad_token = tokenizer.eos_token
     eos, pad = _pad_ids(tokenizer)
     config = settings.to_generation_config(eos_token_id=eos, pad_token_id=pad)
     if settings.stop:

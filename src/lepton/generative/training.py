@@ -51,6 +51,9 @@ def train_generative(bundle: ModelBundle, config: Any, ctx: RunContext, train_en
     """Train ``bundle.model`` in place (full, or LoRA when ``config.method == 'lora'``)."""
     if len(train_enc) == 0:
         raise StageError(f"{label}: no training examples")
+    if getattr(config, "qat", False):
+        raise StageError(f"stages.{ctx.stage_index}.qat: quantization-aware training is for "
+                         "classifiers; generative models train without it")
     seq2seq = is_encoder_decoder(bundle.model)
     pad = pad_id_of(bundle.tokenizer)
     data = _Examples(train_enc.token_lengths(seq2seq=seq2seq))

@@ -34,7 +34,7 @@ from lepton.errors import MissingExtraError, StageError
 from lepton.qat import QatSettings, insert_fake_quant
 from lepton.stages import register
 from lepton.stages.training import TrainSettings, dev_evaluator, plan_steps, task_metric, train
-from lepton.tasks import encode
+from lepton.tasks import encode, kind_of
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,10 @@ class FinetuneConfig(TrainSettings):
 @register(FinetuneConfig)
 def finetune(bundle: ModelBundle, config: FinetuneConfig, ctx: RunContext) -> ModelBundle:
     """Fine-tune the model on data.train (all weights, or adapters), selecting on data.dev."""
+    own = kind_of(bundle.task).finetune(bundle, config, ctx)  # kinds that train their own way
+    if own is not None:
+        ctx.stage_summary = own
+        return bundle
     metric = task_metric(config, bundle, ctx)
     split = ctx.split("train")
     if split.labels is None:

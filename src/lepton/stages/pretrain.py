@@ -49,7 +49,7 @@ from lepton.config import StrictModel
 from lepton.errors import DataError, StageError
 from lepton.stages import register
 from lepton.stages.training import TrainSettings, train
-from lepton.tasks import Encoded, sorted_batches
+from lepton.tasks import Encoded, kind_of, sorted_batches
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +319,10 @@ def pretrain(bundle: ModelBundle, config: PretrainConfig, ctx: RunContext) -> Mo
     if len(docs) < 2:
         raise DataError(f"{where}.text: {len(docs)} document; pretraining needs at least 2 "
                         "(some are held out for scoring)")
+    own = kind_of(bundle.task).pretrain(bundle, config, ctx, docs)  # the objective follows the model
+    if own is not None:
+        ctx.stage_summary = own
+        return bundle
     order = list(range(len(docs)))
     random.Random(ctx.seed).shuffle(order)
     n_held = min(len(docs) - 1, max(1, round(config.held_out * len(docs))))

@@ -18,7 +18,7 @@ __all__ = ["IGNORE", "ColumnRef", "Encoded", "MetricInfo", "Paired", "TaskConfig
 
 def _load_builtin_kinds() -> None:
     # The kind modules import lepton.tasks.common and lepton.tasks.kind only, so no cycle.
-    from lepton.tasks import sequence, token  # noqa: F401
+    from lepton.tasks import generation, language_modeling, sequence, token  # noqa: F401
 
 
 _load_builtin_kinds()

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from lepton.config import StrictModel
 from lepton.data import Columns
 from lepton.errors import DataError, LabelError
+from lepton.generative.settings import GenerationSettings
 
 if TYPE_CHECKING:
     import torch
@@ -50,6 +51,14 @@ class TaskConfig(StrictModel):
     # Default: the sorted set of labels seen in the training data.
     labels: list[str] | dict[str, str] | None = None
     max_length: int = Field(default=128, gt=1, le=8192)
+    # Generative kinds (lepton/tasks/generation.py, language_modeling.py)
+    prompt: ColumnRef | None = None  # generation: the prompt column (default "prompt"; "source" for parallel files)
+    target: ColumnRef | None = None  # generation: the target column (default "target")
+    prompt_template: str | None = None  # generation: str.format over columns, e.g. "Translate: {source}"
+    chat: bool = False  # generation: wrap the prompt in the tokenizer's chat template
+    system: str | None = None  # generation with chat: the system message
+    max_target_length: int = Field(default=128, gt=1, le=8192)  # generation: target tokens kept
+    generation: GenerationSettings | None = None  # decoding settings (greedy, beam, sampling ...)
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -78,14 +87,14 @@ class TaskConfig(StrictModel):
         from lepton.tasks.kind import kind_of
 
         default_text, default_label = kind_of(self).default_columns()
-        text = self.text if self.text is not None else default_text
-        label = self.label if self.label is not None else default_label
+        text = next((c for c in (self.prompt, self.text) if c is not None), default_text)
+        label = next((c for c in (self.target, self.label) if c is not None), default_label)
         return (tuple(text) if isinstance(text, list) else text), self.text_pair, label
 
     def columns(self) -> Columns:
         """Which data columns hold the text, the pair and the label, defaults filled in."""
         text, pair, label = self.resolved_columns()
-        return Columns(text=text, text_pair=pair, label=label)
+        return Columns(text=text, text_pair=pair, label=label, template=self.prompt_template)
 
     @property
     def split_kind(self) -> str:
@@ -192,8 +201,12 @@ class Encoded:
 
 def label_ids(split: Split, task: TaskSpec) -> list[int] | list[list[int]] | None:
     """Map raw labels to ids; a label outside the task's set is an error naming the row."""
+    from lepton.tasks.kind import kind_of
+
     if split.labels is None:
         return None
+    if not kind_of(task).uses_labels:  # generation: the gold outputs are the target texts
+        return list(split.labels)
     index = {raw: i for i, raw in enumerate(task.raw_labels)}
     index.update({raw: task.labels.index(name) for raw, name in task.aliases.items()})
     out: list[Any] = []

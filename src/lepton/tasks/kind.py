@@ -167,6 +167,28 @@ class TaskKind:
         """An input that exercises the model (a server warms up with it)."""
         return ("warm up", "warm up") if task.pair else "warm up"
 
+    # ------------------------------------------------------------------ kinds that train their own way
+
+    def finetune(self, bundle: Any, config: Any, ctx: Any) -> dict[str, Any] | None:
+        """The finetune stage's work for this kind, returning its summary; None: the stage's own
+        (classifier) training runs. Generative kinds train prompt/target pairs here."""
+        return None
+
+    def pretrain(self, bundle: Any, config: Any, ctx: Any, texts: list[str]) -> dict[str, Any] | None:
+        """Continued pretraining on ``texts`` with this kind's objective; None: the stage's own
+        masked-LM pretraining runs (encoders)."""
+        return None
+
+    def generate(self, predictor: Any, prompts: list[str], **settings: Any) -> list[str]:
+        """Generated text per prompt (``Predictor.generate``)."""
+        from lepton.errors import LeptonError
+
+        raise LeptonError(f"this model does {self.title}; it does not generate text")
+
+    def card_notes(self, source: str) -> list[str]:
+        """Model-card lines about the starting model ``source`` (e.g. how its weights were made)."""
+        return []
+
     def card_lines(self, task: TaskSpec) -> list[str]:
         """Extra model-card lines for this kind (labels, input format ...)."""
         return []

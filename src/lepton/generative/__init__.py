@@ -1,0 +1,1 @@
+"""Generative models: decoder-only and encoder-decoder language modelling, prompted generation and translation."""
