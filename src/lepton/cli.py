@@ -29,6 +29,7 @@ EPILOG = {
     "sign": "example: lepton sign runs/sst2-minilm/model --key ~/.lepton/signing-key",
     "monitor": "example: lepton monitor runs/monitor-news/model --config examples/monitor-news-monitor.yaml "
                "--source replay:runs/monitor-news/stream.jsonl --speed 600",
+    "generate": "example: lepton generate builtin:smollm2-135m \"The capital of France is\" --max-new-tokens 16",
     "search": "example: lepton search examples/sst2-minilm-search.yaml --trials 40 --max-drop accuracy=1.0 "
               "--timeout 2h   (run it again to continue; more workers: the same command in more shells)",
 }
@@ -148,6 +149,9 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--speed", type=float, default=0.0,
                    help="replay this many times faster than the timestamps (0: as fast as possible)")
     m.add_argument("--exit-when-done", action="store_true", help="stop once every file source has ended")
+    from lepton.generative import command as generate_command
+
+    generate_command.add_parser(add("generate", "generate text with a saved generative model or a model spec"))
     _search_parser(add("search", "search the recipe's searchable settings for the fastest, smallest model "
                                  "within an accuracy budget (Optuna; Pareto front, best model, its recipe)"))
     return p
@@ -499,6 +503,12 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
                        overrides=args.overrides, exit_when_done=args.exit_when_done, log_level=log_level)
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from lepton.generative import command
+
+    return command.run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from lepton.distributed import env_rank
 
@@ -520,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     handlers = {"run": _cmd_run, "validate": _cmd_validate, "evaluate": _cmd_evaluate, "info": _cmd_info,
                 "compare": _cmd_compare, "serve": _cmd_serve, "data": _cmd_data, "keygen": _cmd_keygen,
-                "sign": _cmd_sign, "monitor": _cmd_monitor, "search": _cmd_search}
+                "sign": _cmd_sign, "monitor": _cmd_monitor, "search": _cmd_search, "generate": _cmd_generate}
     try:
         return handlers[args.command](args)
     except LeptonError as err:

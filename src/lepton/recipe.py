@@ -157,6 +157,10 @@ class Recipe(StrictModel):
         # A new task head starts random: without a stage that trains it the run would ship noise.
         if any(s.trains_head for s in self.stages):
             return self
+        from lepton.tasks import kind_of
+
+        if not kind_of(self.task).uses_labels:
+            return self  # no new head: a generative model's output layer is pretrained
         if (Path(self.model).expanduser() / "lepton.json").is_file():
             return self  # a saved Lepton model: its head is trained already
         head_trainers = [n for n in stages.configs.names() if stages.configs.get(n).trains_head]

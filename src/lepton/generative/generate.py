@@ -44,7 +44,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str],
     if tokenizer.pad_token is None:  # decoder-only tokenizers often have none; padding is masked
         tokenizer.pad_token = tokenizer.eos_token
     eos, pad = _pad_ids(tokenizer)
-    config = settings.to_generation_config(eos_token_id=eos, pad_token_id=pad)
+    config = settings.to_generation_config(eos_token_id=eos, pad_token_id=pad,
+                                           base=getattr(model, "generation_config", None))
     if settings.stop:
         config.stop_strings = list(settings.stop)
     seq2seq = is_encoder_decoder(model)

@@ -162,7 +162,7 @@ class GenerativeKind(TaskKind):
 
         eos, pad = _pad_ids(bundle.tokenizer)
         bundle.model.generation_config = _settings(bundle.task).to_generation_config(
-            eos_token_id=eos, pad_token_id=pad)
+            eos_token_id=eos, pad_token_id=pad, base=bundle.model.generation_config)
 
     # ------------------------------------------------------------------ serving
 

@@ -69,16 +69,31 @@ class GenerationSettings(StrictModel):
                 parts.append(f"{field}: {msg}{shown}")
             raise GenerationSettingsError("; ".join(parts)) from None
 
-    def to_generation_config(self, *, eos_token_id: Any = None, pad_token_id: Any = None) -> Any:
+    def to_generation_config(self, *, eos_token_id: Any = None, pad_token_id: Any = None,
+                             base: Any = None) -> Any:
+        """A transformers GenerationConfig; ``base`` (the model's own) keeps what these settings do
+        not say, e.g. an encoder-decoder's decoder_start_token_id."""
+        import copy
+
         from transformers import GenerationConfig
 
-        common: dict[str, Any] = {"max_new_tokens": self.max_new_tokens,
-                                  "repetition_penalty": self.repetition_penalty,
-                                  "eos_token_id": eos_token_id, "pad_token_id": pad_token_id}
+        values: dict[str, Any] = {"max_new_tokens": self.max_new_tokens,
+                                  "repetition_penalty": self.repetition_penalty, "max_length": None}
+        values.update({k: v for k, v in (("eos_token_id", eos_token_id), ("pad_token_id", pad_token_id))
+                       if v is not None})
         if self.strategy == "greedy":
-            return GenerationConfig(do_sample=False, num_beams=1, **common)
-        if self.strategy == "beam":
-            return GenerationConfig(do_sample=False, num_beams=self.num_beams,
-                                    length_penalty=self.length_penalty, early_stopping=True, **common)
-        return GenerationConfig(do_sample=True, num_beams=1, temperature=self.temperature,
-                                top_p=self.top_p, top_k=self.top_k or None, **common)
+            values.update(do_sample=False, num_beams=1)
+        elif self.strategy == "beam":
+            values.update(do_sample=False, num_beams=self.num_beams, length_penalty=self.length_penalty,
+                          early_stopping=True)
+        else:
+            values.update(do_sample=True, num_beams=1, temperature=self.temperature, top_p=self.top_p,
+                          top_k=self.top_k or None)
+        config = copy.deepcopy(base) if base is not None else GenerationConfig()
+        # Sampling-only values a greedy/beam config must not carry (transformers warns on them).
+        for name, neutral in (("temperature", 1.0), ("top_p", 1.0), ("top_k", None)):
+            if not values.get("do_sample"):
+                setattr(config, name, neutral)
+        for name, value in values.items():
+            setattr(config, name, value)
+        return config
