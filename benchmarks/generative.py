@@ -38,6 +38,7 @@ from lepton.generative.settings import GenerationSettings
 from lepton.generative.text_metrics import lm_scores, paired_lm, paired_text, text_scores
 from lepton.generative.training import train_generative
 from lepton.stages.finetune import FinetuneConfig
+from lepton.tasks import TaskSpec
 
 log = logging.getLogger("benchmark")
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +90,7 @@ def finetune(model_tok, train_split, dev_split, method: str, args, work: Path) -
     lr = args.lr_lora if method == "lora" else args.lr_full
     cfg = FinetuneConfig(method=method, epochs=args.epochs, lr=lr, batch_size=args.batch_size,
                          checkpoint_every=50, warmup=0.06)
-    bundle = ModelBundle(model=model, tokenizer=tok, task=None, source=MODEL)
+    bundle = ModelBundle(model=model, tokenizer=tok, task=TaskSpec(kind="generation"), source=MODEL)
     ctx = RunContext(splits={}, seed=0, device="cpu", out_dir=work / f"out-{method}",
                      work_dir=work / f"work-{method}", progress=False, stage_name=method)
     summary = train_generative(bundle, cfg, ctx, enc, dev_enc=dev)
@@ -99,7 +100,7 @@ def finetune(model_tok, train_split, dev_split, method: str, args, work: Path) -
 
 def save(results: dict) -> None:
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "generative.json").write_text(json.dumps(results, indent=2, default=str))
+    (OUT / f"{results['args']['name']}.json").write_text(json.dumps(results, indent=2, default=str))
 
 
 def main() -> None:
@@ -114,7 +115,10 @@ def main() -> None:
     parser.add_argument("--domain-train", type=int, default=300)
     parser.add_argument("--domain-eval", type=int, default=200)
     parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--skip", nargs="*", default=[])
+    parser.add_argument("--systems", default="zero-shot,lora,full",
+                        help="which translation systems this process runs (comma-separated)")
+    parser.add_argument("--parts", default="translation,domain,efficiency")
+    parser.add_argument("--name", default="generative", help="results file name (NAME.json)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work = Path(tempfile.mkdtemp(prefix="lepton-gen-bench-"))
@@ -126,8 +130,25 @@ def main() -> None:
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     base = load_generative(MODEL)
+    parts = args.parts.split(",")
+    if "translation" in parts:
+        translation(base, args, settings, results, work)
+    if "domain" in parts:
+        results["domain"] = domain(base, args, work)
+        save(results)
+    if "efficiency" in parts:  # speed scenarios of the base model
+        from lepton.models import resolve_model
 
-    # 1. the zero-shot prompt, selected on val
+        eff = measure(base[0], GenEfficiencyConfig(prompt_tokens=128, output_tokens=32, offline_batch=8,
+                                                   memory_context=512, repeats=2),
+                      folder=Path(resolve_model(MODEL)))
+        results["efficiency"] = eff.model_dump()
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
+    save(results)
+
+
+def translation(base, args, settings, results: dict, work: Path) -> None:
+    # 1. the prompt, selected on val by the zero-shot model's BLEU
     val_scores = {}
     for name, template in PROMPTS.items():
         val = pairs("val", template, args.val, seed=1)
@@ -142,51 +163,20 @@ def main() -> None:
     train = pairs("train", template, args.train_pairs, seed=0)
     dev = pairs("val", template, args.val, seed=1)
     results["test_sentences"], results["train_pairs"] = len(test), len(train)
-
-    systems: dict[str, list[str]] = {}
+    results["references"] = test.targets
     results["systems"] = {}
-
-    def score(name: str, model, extra: dict) -> None:
+    for name in args.systems.split(","):
+        model, extra = base[0], {}
+        if name != "zero-shot":
+            model, summary = finetune((copy.deepcopy(base[0]), base[1]), train, dev, name, args, work)
+            extra = {"training": summary}
         hyp, seconds = translate(model, base[1], test.prompts, settings)
-        systems[name] = hyp
         scores = text_scores(hyp, test.targets, resamples=args.resamples)
         results["systems"][name] = {**{k: v.model_dump() for k, v in scores.metrics.items()},
                                     "signatures": scores.signatures, "generate_seconds": round(seconds, 1),
-                                    "examples": [{"source": s, "reference": r, "output": h} for s, r, h
-                                                 in list(zip(test.prompts, test.targets, hyp))[:5]], **extra}
+                                    "hypotheses": hyp, **extra}
         log.info("%s: BLEU %.2f chrF %.2f", name, scores.metrics["bleu"].value, scores.metrics["chrf"].value)
         save(results)
-
-    score("zero-shot", base[0], {})
-    for method in ("lora", "full"):
-        if method in args.skip:
-            continue
-        model = copy.deepcopy(base[0])
-        trained, summary = finetune((model, base[1]), train, dev, method, args, work)
-        score(method, trained, {"training": summary})
-        del trained, model
-    results["paired"] = {}
-    names = list(systems)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            results["paired"][f"{b} - {a}"] = paired_text(test.targets, systems[a], systems[b],
-                                                          resamples=args.resamples)
-    save(results)
-
-    # 2. domain text: continued pretraining
-    if "domain" not in args.skip:
-        results["domain"] = domain(base, args, work)
-        save(results)
-    # 3. speed scenarios of the base model
-    if "efficiency" not in args.skip:
-        from lepton.models import resolve_model
-
-        eff = measure(base[0], GenEfficiencyConfig(prompt_tokens=128, output_tokens=32, offline_batch=8,
-                                                   memory_context=512, repeats=2),
-                      folder=Path(resolve_model(MODEL)))
-        results["efficiency"] = eff.model_dump()
-    results["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
-    save(results)
 
 
 def domain(base, args, work: Path) -> dict:
@@ -202,7 +192,7 @@ def domain(base, args, work: Path) -> dict:
     dev_enc, _ = encode_documents(tok, dev_texts, max_length=128)
     cfg_t = FinetuneConfig(method="full", epochs=1, lr=args.lr_full, batch_size=args.batch_size,
                            checkpoint_every=50)
-    bundle = ModelBundle(model=model, tokenizer=tok, task=None, source=MODEL)
+    bundle = ModelBundle(model=model, tokenizer=tok, task=TaskSpec(kind="language_modeling"), source=MODEL)
     ctx = RunContext(splits={}, seed=0, device="cpu", out_dir=work / "out-lm", work_dir=work / "work-lm",
                      progress=False, stage_name="pretrain")
     summary = train_generative(bundle, cfg_t, ctx, enc, dev_enc=dev_enc, label="pretrain")

