@@ -71,3 +71,12 @@ def test_builtin_smollm2_loads_and_generates():
     assert type(model).__name__ == "LlamaForCausalLM" and model.num_parameters() > 100e6
     out = generate(model, tok, ["The capital of France is"], GenerationSettings(max_new_tokens=8))
     assert "Paris" in out[0]
+
+
+def test_the_model_card_says_the_builtin_weights_come_from_a_4_bit_file():
+    from lepton.tasks import kind_of
+
+    for name in ("generation", "language_modeling"):
+        note = " ".join(kind_of(name).card_notes("builtin:smollm2-135m"))
+        assert "Q4_1" in note and "below" in note
+        assert kind_of(name).card_notes("some/other-model") == []

@@ -81,7 +81,9 @@ def to_markdown(report: Report) -> str:
                   "| metric | value | 95% CI |", "|---|---|---|"]
         for name, m in q.metrics.items():
             lines.append(f"| {name} | {m.value:.4f} | [{m.ci95_low:.4f}, {m.ci95_high:.4f}] |")
-        lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        lines += ["", *(f"{name} signature: `{sig}`" for name, sig in q.signatures.items())]
+        if q.per_class:
+            lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         for row in q.per_class:
             lines.append(f"| {row.label} | {row.precision:.4f} | {row.recall:.4f} | {row.f1:.4f} | {row.support} |")
         if q.confusion is not None:
@@ -98,7 +100,8 @@ def to_markdown(report: Report) -> str:
         for key, value in e.throughput.items():
             spread = e.throughput_spread.get(key)
             extra = f" (min {spread[0]:.1f}, max {spread[2]:.1f} over {e.rounds} rounds)" if spread else ""
-            lines.append(f"| throughput {key} (items/s) | {value:.1f}{extra} |")
+            unit = "generated tokens/s" if e.generative else "items/s"
+            lines.append(f"| throughput {key} ({unit}) | {value:.1f}{extra} |")
         lines += [f"| peak RSS (MB) | {e.peak_rss_mb:.0f} ({e.peak_rss_note}) |" if e.peak_rss_mb else f"| peak RSS | {e.peak_rss_note} |",
                   f"| size (MB) | {e.size_mb:.1f}" + (f" ({e.size_compressed_mb:.1f} compressed with zlib)"
                                                     if e.size_compressed_mb else "") + " |",

@@ -39,7 +39,7 @@ class AutoGenerative:
         return auto_class(arch).from_pretrained(location, **kwargs)
 
 
-def _settings(task: TaskSpec) -> Any:
+def settings_of(task: TaskSpec) -> Any:
     from lepton.generative.settings import GenerationSettings
 
     return GenerationSettings.model_validate(task.options.get("generation") or {})
@@ -161,7 +161,7 @@ class GenerativeKind(TaskKind):
         from lepton.generative.generate import _pad_ids
 
         eos, pad = _pad_ids(bundle.tokenizer)
-        bundle.model.generation_config = _settings(bundle.task).to_generation_config(
+        bundle.model.generation_config = settings_of(bundle.task).to_generation_config(
             eos_token_id=eos, pad_token_id=pad, base=bundle.model.generation_config)
 
     # ------------------------------------------------------------------ serving

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lepton.generative.kind_base import GenerativeKind, _settings, paired_of
+from lepton.generative.kind_base import GenerativeKind, paired_of, settings_of
 from lepton.tasks.kind import MetricInfo, register_task_kind
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class Generation(GenerativeKind):
 
         bundle, task = variant.bundle, variant.bundle.task
         prompts = [self.render(bundle.tokenizer, task, p) for p in split.texts]
-        hyps = generate(bundle.model, bundle.tokenizer, prompts, _settings(task),
+        hyps = generate(bundle.model, bundle.tokenizer, prompts, settings_of(task),
                         max_prompt_tokens=task.max_length)
         variant.predictions = hyps
         quality = self.quality(task, list(split.labels), hyps, resamples=config.bootstrap, seed=seed)
