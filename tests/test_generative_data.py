@@ -96,3 +96,13 @@ def test_limit_with_seed_keeps_pairs_together(tmp_path):
 def test_template_must_name_a_column():
     with pytest.raises(ValueError, match="must name at least one column"):
         PromptSpec(prompt_template="no fields here")
+
+
+def test_generative_task_keys_are_refused_for_a_classifier():
+    from pydantic import ValidationError
+
+    from lepton.tasks import TaskConfig
+
+    with pytest.raises(ValidationError, match="prompt_template: only for the generative kinds"):
+        TaskConfig(kind="sequence_classification", prompt_template="Review: {text}")
+    assert TaskConfig(kind="generation", prompt_template="Translate: {source}").columns().template

@@ -41,6 +41,9 @@ def _known_kind(value: str) -> str:
     return value
 
 
+_GENERATIVE_KEYS = ("prompt", "target", "prompt_template", "chat", "system", "max_target_length", "generation")
+
+
 class TaskConfig(StrictModel):
     kind: str  # a registered task kind (lepton.tasks.task_kinds)
     text: ColumnRef | list[ColumnRef] | None = None  # default: "text", or token column 0 for CoNLL
@@ -79,7 +82,13 @@ class TaskConfig(StrictModel):
     def _checked_by_kind(self) -> TaskConfig:
         from lepton.tasks.kind import kind_of
 
-        kind_of(self).check_config(self)
+        kind = kind_of(self)
+        kind.check_config(self)
+        if kind.uses_labels:  # a classifier: the generative keys would be ignored, so say so
+            given = [k for k in _GENERATIVE_KEYS if getattr(self, k) != type(self).model_fields[k].default]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for the generative kinds (generation, "
+                                 f"language_modeling), not {self.kind}")
         return self
 
     def resolved_columns(self) -> tuple[ColumnRef | tuple[ColumnRef, ...], ColumnRef | None, ColumnRef]:
