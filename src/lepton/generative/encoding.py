@@ -30,9 +30,11 @@ class Truncation:
     documents: int = 0  # language modelling: documents longer than one window (split, not cut)
 
     def describe(self) -> str:
-        return (f"{self.prompts} of {self.examples} prompts and {self.targets} targets truncated"
-                if self.documents == 0 else
-                f"{self.documents} of {self.examples} documents split into several windows")
+        if self.documents:
+            return f"{self.documents} of {self.examples} documents split into several windows"
+        if self.prompts or self.targets:
+            return f"{self.prompts} of {self.examples} prompts and {self.targets} targets truncated"
+        return f"nothing truncated ({self.examples} examples)"
 
 
 @dataclass
