@@ -119,6 +119,7 @@ def main() -> None:
                         help="which translation systems this process runs (comma-separated)")
     parser.add_argument("--parts", default="translation,domain,efficiency")
     parser.add_argument("--name", default="generative", help="results file name (NAME.json)")
+    parser.add_argument("--tag", default="", help="appended to the system names in the results")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     work = Path(tempfile.mkdtemp(prefix="lepton-gen-bench-"))
@@ -172,7 +173,7 @@ def translation(base, args, settings, results: dict, work: Path) -> None:
             extra = {"training": summary}
         hyp, seconds = translate(model, base[1], test.prompts, settings)
         scores = text_scores(hyp, test.targets, resamples=args.resamples)
-        results["systems"][name] = {**{k: v.model_dump() for k, v in scores.metrics.items()},
+        results["systems"][name + args.tag] = {**{k: v.model_dump() for k, v in scores.metrics.items()},
                                     "signatures": scores.signatures, "generate_seconds": round(seconds, 1),
                                     "hypotheses": hyp, **extra}
         log.info("%s: BLEU %.2f chrF %.2f", name, scores.metrics["bleu"].value, scores.metrics["chrf"].value)

@@ -31,6 +31,7 @@ def main(names: list[str]) -> None:
             systems[name] = s
             meta[name] = r
     order = [n for n in ("zero-shot", "lora", "full") if n in systems]
+    order += [n for n in systems if n not in order]
     paired = {}
     for i, a in enumerate(order):
         for b in order[i + 1:]:
