@@ -58,7 +58,8 @@ def lm() -> tuple[Any, Any]:
     tokenizer = _tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0)
+                         bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                         initializer_range=0.2)  # peaked logits: wrong positions or masks change them
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
     model.generation_config.pad_token_id = 0
@@ -190,10 +191,14 @@ def test_engine_greedy_equals_generate_as_requests_join_and_leave(lm) -> None:
     want = {k: _reference(model, p, 12) for k, p in prompts.items()}
     got: dict[str, list[int]] = {k: [] for k in prompts}
     states: dict[str, Any] = {}
+    worst = 0.0
 
     def step(names: list[str]) -> None:
+        nonlocal worst
         logits = engine.decode_step([states[n] for n in names], [got[n][-1] for n in names])
         for n, row in zip(names, logits):
+            alone = model(torch.tensor([prompts[n] + got[n]])).logits[0, -1]  # no cache, no padding
+            worst = max(worst, float((alone - row).abs().max()))
             got[n].append(int(row.argmax()))
 
     with torch.inference_mode():
@@ -209,6 +214,7 @@ def test_engine_greedy_equals_generate_as_requests_join_and_leave(lm) -> None:
         engine.release([states["a"]])  # a leaves with 12 tokens
         for _ in range(3):
             step(["c", "b"])  # the batch is rebuilt without a (and in another order)
+    assert worst < 1e-4  # the padded, batched step computes each sequence's own logits
     for k in prompts:
         want_k = want[k][:12]
         assert got[k][:len(want_k)] == want_k, k
