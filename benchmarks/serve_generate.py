@@ -239,7 +239,8 @@ def main() -> None:
         for mode in order:
             rows[mode].append(modes[mode]())
             r = rows[mode][-1]
-            print(f"round {rnd + 1} {mode}: {r['tokens_per_s']:.1f} tokens/s ({r['tokens']} tokens, {r['wall_s']:.1f} s)")
+            print(f"round {rnd + 1} {mode}: {r['tokens_per_s']:.1f} tokens/s "
+                  f"({r['tokens']} tokens, {r['wall_s']:.1f} s)", flush=True)
     steps = dict(sorted(batched.app.state.scheduler.decode_steps.items()))
     batched.stop()
     single.stop()

@@ -257,9 +257,10 @@ def test_two_concurrent_requests_share_one_decode_step(server) -> None:
 
 def test_streaming_and_openai_shapes(server) -> None:
     url = server.url
-    plain = _post(url, "/v1/generate", {"prompt": "Once", "max_new_tokens": 10, "temperature": 0, "ignore_eos": True})
+    once = {"prompt": "Once", "max_new_tokens": 10, "temperature": 0, "ignore_eos": True}
+    plain = _post(url, "/v1/generate", once)
     assert plain.status_code == 200
-    events = _stream(url, "/v1/generate", {"prompt": "Once", "max_new_tokens": 10, "temperature": 0, "ignore_eos": True})
+    events = _stream(url, "/v1/generate", once)
     assert "".join(e["text"] for e in events) == plain.json()["text"]
     assert sum(len(e["token_ids"]) for e in events) == 10
     assert events[-1]["finish_reason"] == "length" and events[-1]["usage"]["completion_tokens"] == 10
@@ -292,6 +293,8 @@ def test_streaming_and_openai_shapes(server) -> None:
     models = httpx.get(url + "/v1/models").json()
     assert models["object"] == "list" and models["data"][0]["id"] == "tiny-llama"
     assert httpx.get(url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(url + "/readyz").json() == {"status": "ready"}
+    assert "/v1/chat/completions" in httpx.get(url + "/openapi.json").json()["paths"]
 
 
 def test_seeded_sampling_repeats_and_stop_strings_end_text(server) -> None:
@@ -389,7 +392,8 @@ def test_invalid_json_is_400_in_openai_shape(server) -> None:
 
 
 def test_metrics_have_token_histograms(server) -> None:
-    assert _post(server.url, "/v1/generate", {"prompt": "metrics", "max_new_tokens": 5, "ignore_eos": True}).status_code == 200
+    r = _post(server.url, "/v1/generate", {"prompt": "metrics", "max_new_tokens": 5, "ignore_eos": True})
+    assert r.status_code == 200
     text = httpx.get(server.url + "/metrics").text
     for name in ("lepton_generate_time_to_first_token_seconds_bucket",
                  "lepton_generate_time_per_output_token_seconds_bucket",

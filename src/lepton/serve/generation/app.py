@@ -97,8 +97,8 @@ def _sse(payload: Any) -> str:
 
 def _eos_ids(model: Any, tokenizer: Any, defaults: Mapping[str, Any]) -> list[int]:
     found: list[int] = []
-    for value in (defaults.get("eos_token_id"), getattr(getattr(model, "generation_config", None), "eos_token_id", None),
-                  getattr(tokenizer, "eos_token_id", None)):
+    model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (defaults.get("eos_token_id"), model_eos, getattr(tokenizer, "eos_token_id", None)):
         found += [int(v) for v in (value if isinstance(value, list | tuple) else [value]) if v is not None]
     return sorted(set(found))
 
@@ -138,9 +138,13 @@ def create_generate_app(model: Any, tokenizer: Any, settings: Any = None, *, mod
             restore()
             await scheduler.close(5.0)
 
+    from lepton.serve.app import _add_docs, _swagger_assets
+
     app = FastAPI(title=f"Lepton generative server: {model_name}", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # /docs from local files, as lepton.serve.app does
                   description="Text generation; requests share decode steps with other concurrent requests.")
     app.router.route_class = _JSONRoute
+    _add_docs(app, _swagger_assets())
     app.state.scheduler, app.state.metrics, app.state.engine = scheduler, metrics, engine
 
     # ------------------------------------------------------------------ helpers
@@ -332,7 +336,7 @@ def create_generate_app(model: Any, tokenizer: Any, settings: Any = None, *, mod
 
     @app.get("/readyz", summary="The model is loaded and takes requests")
     async def readyz() -> Any:
-        if scheduler._thread is not None and scheduler._thread.is_alive() and not scheduler._draining:
+        if scheduler.accepting:
             return {"status": "ready"}
         return JSONResponse({"status": "not ready"}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
 
@@ -360,7 +364,8 @@ def _add_error_handlers(app: FastAPI) -> None:
         loc = [p for p in e.get("loc", ()) if p != "body"]
         msg = e.get("msg", "invalid")
         if e.get("type") == "json_invalid":
-            return APIError(400, f"invalid JSON: {(e.get('ctx') or {}).get('error', msg)}", code="json_invalid").response()
+            reason = (e.get("ctx") or {}).get("error", msg)
+            return APIError(400, f"invalid JSON: {reason}", code="json_invalid").response()
         if e.get("type") == "extra_forbidden":
             msg = "unknown or unsupported field"
         # Union members show up in the path as type names ("list[str]"): keep field names and indices.

@@ -139,6 +139,11 @@ class Scheduler:
         return len(self._running)
 
     @property
+    def accepting(self) -> bool:
+        """The worker runs and new requests are taken (not draining)."""
+        return self._thread is not None and self._thread.is_alive() and not (self._draining or self._stopping)
+
+    @property
     def waiting(self) -> int:
         return len(self._waiting)
 
