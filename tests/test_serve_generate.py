@@ -406,3 +406,14 @@ def test_metrics_have_token_histograms(server) -> None:
     assert samples["lepton_generate_time_per_output_token_seconds_count"] >= 1
     assert samples["lepton_generate_generated_tokens_total"] >= 5
     assert samples['lepton_http_requests_total{path="/v1/generate",status="200"}'] >= 1
+
+
+def test_settings_from_serve_settings_and_engine_protocol(lm) -> None:
+    from lepton.serve import ServeSettings
+    from lepton.serve.generation import GenerationEngine
+
+    settings = GenerateSettings.from_serve(ServeSettings(max_batch=4, max_queue=3), max_new_tokens=7)
+    assert (settings.max_batch, settings.max_queue, settings.max_new_tokens) == (4, 3, 7)
+    engine = TorchEngine(lm[0])
+    assert isinstance(engine, GenerationEngine) and isinstance(SlowEngine(engine, 0), GenerationEngine)
+    assert engine.max_context == 128
