@@ -328,6 +328,12 @@ def test_disconnected_stream_is_cancelled_and_server_goes_on(server) -> None:
     assert metrics.generated_tokens._value.get() - generated < 32  # it stopped early
     after = _post(server.url, "/v1/generate", {"prompt": "still here?", "max_new_tokens": 4, "ignore_eos": True})
     assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] == 4
+    # A non-streaming client that gives up (its read times out, httpx closes the connection).
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server.url + "/v1/completions", json={"prompt": "wait", "max_tokens": 32, "ignore_eos": True},
+                   timeout=httpx.Timeout(5.0, read=0.1))
+    _wait(lambda: metrics.finished.labels(reason="cancelled")._value.get() == cancelled + 2)
+    _wait(lambda: sched.running == 0)
 
 
 def test_full_queue_answers_503_with_retry_after(small_server) -> None:
@@ -417,3 +423,29 @@ def test_settings_from_serve_settings_and_engine_protocol(lm) -> None:
     engine = TorchEngine(lm[0])
     assert isinstance(engine, GenerationEngine) and isinstance(SlowEngine(engine, 0), GenerationEngine)
     assert engine.max_context == 128
+
+
+def test_drain_refuses_new_requests_and_ends_running_ones_at_the_deadline(lm) -> None:
+    import asyncio
+
+    from lepton.serve.generation.sampling import SamplingParams
+    from lepton.serve.generation.scheduler import Scheduler, ShuttingDownError
+
+    model, tokenizer = lm
+
+    async def scenario() -> None:
+        sched = Scheduler(SlowEngine(TorchEngine(model), 0.02), tokenizer, eos_token_ids=[2], max_batch=2,
+                          max_queue=2)
+        sched.start()
+        handle = sched.submit([1, 5, 6], SamplingParams(max_new_tokens=100, ignore_eos=True))
+        await handle.chunks.get()  # it runs
+        sched.begin_drain(0.2)
+        with pytest.raises(ShuttingDownError):
+            sched.submit([1, 5], SamplingParams(max_new_tokens=2))
+        result = await asyncio.wait_for(handle.result(), 10)
+        assert result.finish_reason == "error" and "shutting down" in (result.error or "")
+        assert result.completion_tokens < 100 and sched.running == 0
+        await sched.close()
+        assert not sched._thread.is_alive()
+
+    asyncio.run(scenario())

@@ -199,6 +199,7 @@ class Scheduler:
                         self._cond.wait()
                     if self._abort:
                         self._fail_all(self._abort)
+                        self._abort = None  # done; later requests are refused while draining
                     if self._stopping:
                         self._flush()
                         return
