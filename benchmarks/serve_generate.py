@@ -202,6 +202,40 @@ def run_generate(model: Any, tokenizer: Any, work: list[Any], max_new: int) -> d
     return out
 
 
+def step_times(model: Any, sizes: list[int], past: int, repeats: int) -> dict[int, float]:
+    """Milliseconds per decode step of TorchEngine at each batch size, no server, sizes
+    interleaved and best of ``repeats``: what batching gains in the model itself."""
+    from lepton.serve.generation import TorchEngine
+
+    engine = TorchEngine(model)
+    best: dict[int, float] = {}
+    with torch.inference_mode():
+        states, _ = engine.prefill([[1 + (i * 7 + j) % 1000 for j in range(past)] for i in range(max(sizes))])
+        for _ in range(repeats):
+            for b in sizes:
+                chosen = states[:b]
+                engine.decode_step(chosen, [5] * b)  # a rebuild when the set changes: not timed
+                start = time.perf_counter()
+                for _ in range(4):
+                    engine.decode_step(chosen, [5] * b)
+                ms = (time.perf_counter() - start) / 4 * 1000
+                best[b] = min(best.get(b, ms), ms)
+    return best
+
+
+def write_steps(model: Any, what: str, out: Path) -> None:
+    sizes, past = [1, 2, 4, 8], 64
+    best = step_times(model, sizes, past, repeats=3)
+    lines = ["# TorchEngine decode step time by batch size (no server)", "",
+             f"- Model: {what}", f"- CPU: {cpu_name()}; pinned to cores {sorted(os.sched_getaffinity(0))}, "
+             f"torch threads {torch.get_num_threads()}; {past}-token prompts; best of 3 interleaved repeats",
+             "", "| sequences per step | ms per step | ms per token | tokens/s vs batch 1 |", "|---:|---:|---:|---:|"]
+    for b in sizes:
+        lines.append(f"| {b} | {best[b]:.1f} | {best[b] / b:.1f} | {best[1] / (best[b] / b):.2f}x |")
+    out.with_name(out.name + "_steps").with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     from lepton.serve.generation import GenerateSettings, create_generate_app
 
@@ -212,10 +246,15 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", default=str(RESULTS / "serve_generate"))
+    parser.add_argument("--steps-only", action="store_true",
+                        help="only the engine's decode step time by batch size (to OUT_steps.md)")
     args = parser.parse_args()
 
     loaded = None if args.tiny else load_smollm2()
     model, tokenizer, what = loaded or tiny_model()
+    if args.steps_only:
+        write_steps(model, what, Path(args.out))
+        return
     threads = torch.get_num_threads()
     work = prompts(args.requests)
     c = args.concurrency
