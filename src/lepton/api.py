@@ -274,7 +274,7 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
         # Timing needs every variant as it was, not the live model later stages changed in place.
         for v in variants:
             v.bundle = load_bundle(v.folder, verify=False, device=device)
-        finetuned = [n for s, n in zip(recipe.stages, names) if s.kind == "finetune"]
+        finetuned = [n for s, n in zip(recipe.stages, names) if s.is_baseline]
         baseline = next((v.name for v in variants if v.name in finetuned),
                         variants[0].name if variants else None)
         cards = evaluate_variants(variants, eval_split, recipe.evaluate, seed=recipe.seed,

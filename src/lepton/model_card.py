@@ -152,8 +152,10 @@ def model_card(report: Report, manifest: dict[str, Any]) -> str:
     if heads:  # a multi-task model: one encoder, a head per task
         main = str(manifest.get("main_task") or "main")
         scores: dict[str, Any] = {}
+        from lepton.stages import declared
+
         for record in manifest.get("history") or []:
-            if record.get("kind") == "multitask":
+            if declared(record.get("kind"), "adds_heads"):
                 scores = (record.get("summary") or {}).get("dev") or {}
         lines += ["## Tasks", "", "One shared encoder with a head per task. Dev scores were measured right after "
                   "multi-task training, each on the task's own dev set.", "",

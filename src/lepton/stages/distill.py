@@ -57,7 +57,7 @@ from lepton.bundle import ModelBundle, RunContext
 from lepton.data import DataSplitConfig
 from lepton.errors import StageError
 from lepton.registry import suggest
-from lepton.stages import register
+from lepton.stages.base import register
 from lepton.stages.training import TrainSettings, dev_evaluator, task_metric, train
 from lepton.structure import layer_list, layer_sizes
 from lepton.tasks import IGNORE, Encoded, collate, encode, sorted_batches
@@ -68,8 +68,8 @@ CACHE_FORMAT = 1
 
 
 class DistillConfig(TrainSettings):
-    stage_kind: ClassVar[str] = "distill"
     trains_head: ClassVar[bool] = True
+
     kind: Literal["distill"] = "distill"
     teacher: str  # an earlier stage's name in this recipe, or a model folder
     temperature: float = Field(default=2.0, gt=0)

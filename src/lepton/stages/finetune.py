@@ -32,7 +32,7 @@ from lepton.bundle import ModelBundle, RunContext
 from lepton.config import StrictModel
 from lepton.errors import MissingExtraError, StageError
 from lepton.qat import QatSettings, insert_fake_quant
-from lepton.stages import register
+from lepton.stages.base import register
 from lepton.stages.training import TrainSettings, dev_evaluator, plan_steps, task_metric, train
 from lepton.tasks import encode
 
@@ -72,8 +72,9 @@ class AdaLoraSettings(AdapterSettings):
 
 
 class FinetuneConfig(TrainSettings):
-    stage_kind: ClassVar[str] = "finetune"
     trains_head: ClassVar[bool] = True
+    is_baseline: ClassVar[bool] = True
+
     kind: Literal["finetune"] = "finetune"
     method: Literal["full", "lora", "adalora"] = "full"
     lora: LoraSettings | None = None  # method lora; defaults filled in

@@ -41,7 +41,7 @@ from lepton.config import PlainName, StrictModel
 from lepton.data import DataSplitConfig, load_split
 from lepton.errors import StageError
 from lepton.heads import Head, check_name, make_head
-from lepton.stages import register
+from lepton.stages.base import register
 from lepton.stages.training import TrainSettings, evaluate_dev, train
 from lepton.tasks import (
     Encoded,
@@ -69,8 +69,9 @@ class ExtraTask(StrictModel):
 
 
 class MultitaskConfig(TrainSettings):
-    stage_kind: ClassVar[str] = "multitask"
     trains_head: ClassVar[bool] = True
+    adds_heads: ClassVar[bool] = True
+
     kind: Literal["multitask"] = "multitask"
     main: PlainName = "main"  # the name of the recipe's own task among the heads
     main_weight: float = Field(default=1.0, gt=0)

@@ -47,7 +47,7 @@ from pydantic import Field, field_validator
 from lepton.bundle import ModelBundle, RunContext
 from lepton.config import StrictModel
 from lepton.errors import DataError, StageError
-from lepton.stages import register
+from lepton.stages.base import register
 from lepton.stages.training import TrainSettings, train
 from lepton.tasks import Encoded, sorted_batches
 
@@ -68,7 +68,6 @@ class TextConfig(StrictModel):
 
 
 class PretrainConfig(TrainSettings):
-    stage_kind: ClassVar[str] = "pretrain"
     kind: Literal["pretrain"] = "pretrain"
     text: TextConfig
     held_out: float = Field(default=0.05, gt=0, lt=1)  # share of the documents kept for scoring

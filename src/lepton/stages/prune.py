@@ -48,7 +48,7 @@ from torch import nn
 
 from lepton.bundle import ModelBundle, RunContext
 from lepton.errors import StageError
-from lepton.stages import StageConfig, register
+from lepton.stages.base import StageConfig, register
 from lepton.structure import describe, encoder_layers, remove_heads, remove_neurons, sync_config
 from lepton.tasks import collate, encode, train_batches
 
@@ -61,7 +61,6 @@ NM_NOTE = ("semi-structured {n}:{m} sparsity: GPUs with sparse tensor cores can 
 
 
 class PruneConfig(StageConfig):
-    stage_kind: ClassVar[str] = "prune"
     kind: Literal["prune"] = "prune"
     method: Literal["magnitude", "heads", "ffn", "2:4"]
     # magnitude: share of encoder weights zeroed; heads / ffn: share of heads / neurons removed.

@@ -55,8 +55,8 @@ from pydantic import Field, model_validator
 
 from lepton.bundle import ModelBundle, RunContext
 from lepton.errors import StageError
-from lepton.stages import StageConfig, register
-from lepton.stages.export import check_split_fits, compare_logits, parity_inputs
+from lepton.runtimes.parity import check_split_fits, compare_logits, parity_inputs
+from lepton.stages.base import StageConfig, register
 from lepton.tasks import collate, encode
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,9 @@ _WEIGHT_ONLY = ("bits", "group_size", "accuracy_level")
 
 
 class QuantizeConfig(StageConfig):
-    stage_kind: ClassVar[str] = "quantize"
     accepts_runtimes: ClassVar[tuple[str, ...]] = ("torch", "onnxruntime")
     produces_runtime: ClassVar[str | None] = None  # stays on the runtime it was given
+    quantizes: ClassVar[bool] = True
 
     kind: Literal["quantize"] = "quantize"
     method: Method
@@ -122,6 +122,13 @@ class QuantizeConfig(StageConfig):
         if self.method in ("fp16", "bf16") and ({"per_channel", "reduce_range"} & self.model_fields_set):
             raise ValueError(f"per_channel and reduce_range apply to int8 methods, not {self.method}")
         return self
+
+    def runtime_problem(self, runtime: str) -> str | None:
+        if runtime == "torch" and self.method in ("static_int8", "weight_only"):
+            return f"{self.method} runs on ONNX Runtime; add an export stage before it"
+        if runtime == "onnxruntime" and self.method == "bf16":
+            return "bf16 is not available on ONNX Runtime's CPU provider; quantize before export, or use fp16"
+        return None
 
 
 # ------------------------------------------------------------------- the CPU

@@ -42,7 +42,7 @@ from lepton import atomic, distributed
 from lepton.bundle import ModelBundle, RunContext
 from lepton.errors import StageError
 from lepton.progress import StepProgress
-from lepton.stages import StageConfig
+from lepton.stages.base import StageConfig
 from lepton.tasks import Encoded, collate, sorted_batches, train_batches
 
 log = logging.getLogger(__name__)
