@@ -29,7 +29,6 @@ import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
 from pydantic import Field
 
@@ -37,7 +36,6 @@ from lepton.bundle import ModelBundle, RunContext
 from lepton.errors import StageError
 from lepton.runtimes.parity import compare_logits, parity_inputs
 from lepton.stages.base import StageConfig, register
-from lepton.tasks import collate, encode, sorted_batches
 
 log = logging.getLogger(__name__)
 
