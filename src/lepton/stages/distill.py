@@ -54,7 +54,7 @@ from lepton.data import DataSplitConfig
 from lepton.errors import StageError
 from lepton.registry import suggest
 from lepton.stages.base import register
-from lepton.stages.training import TrainSettings, dev_evaluator, task_metric, train
+from lepton.stages.training import TrainJob, TrainSettings, dev_evaluator, task_metric, train
 from lepton.structure import layer_list, layer_sizes
 from lepton.tasks import IGNORE, Encoded, encode
 from lepton.teacher_cache import (TeacherBatch, TeacherCache, cache_key, read_cache, teacher_batch,
@@ -388,9 +388,9 @@ def distill(bundle: ModelBundle, config: DistillConfig, ctx: RunContext) -> Mode
             student.set_attn_implementation(previous_attn)
 
     extra = [plan.projections] if len(plan.projections) else []
-    summary = train(bundle, config, ctx, data=data, loss_fn=loss_fn, extra=extra,
-                    metric=metric, evaluate=dev_evaluator(student, bundle, ctx),
-                    on_trained=restore_attention, label="distill")
+    summary = train(bundle, config, ctx, TrainJob(
+        data=data, loss_fn=loss_fn, extra=extra, metric=metric, evaluate=dev_evaluator(student, bundle, ctx),
+        on_trained=restore_attention, label="distill"))
     passes = summary["items"] / max(len(data), 1)  # teacher passes over the data a live teacher makes
     if cache is not None:
         saved_passes = passes - (0 if cache_info["status"] == "hit" else 1)

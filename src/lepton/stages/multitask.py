@@ -42,7 +42,7 @@ from lepton.data import DataSplitConfig, load_split
 from lepton.errors import StageError
 from lepton.heads import Head, check_name, make_head
 from lepton.stages.base import register
-from lepton.stages.training import TrainSettings, evaluate_dev, train
+from lepton.stages.training import TrainJob, TrainSettings, evaluate_dev, train
 from lepton.tasks import (
     Encoded,
     TaskConfig,
@@ -231,8 +231,9 @@ def multitask(bundle: ModelBundle, config: MultitaskConfig, ctx: RunContext) -> 
     metric = "loss" if config.metric == "loss" else "mean_headline"
     log.info("%s: %s sampling, task probabilities %s", where, config.sampling,
              ", ".join(f"{n} {p:.3f}" for n, p in zip(names, probs)))
-    summary = train(bundle, config, ctx, data=combined, model=mt, batch_fn=batch_fn, plan=plan,
-                    evaluate=evaluate if dev_sets else None, metric=metric, label="multitask")
+    summary = train(bundle, config, ctx, TrainJob(
+        data=combined, model=mt, batch_fn=batch_fn, plan=plan, evaluate=evaluate if dev_sets else None,
+        metric=metric, label="multitask"))
 
     bundle.heads = {name: Head(task=spec, model=models[name]) for name, spec in zip(names[1:], specs[1:])}
     bundle.main_task = config.main

@@ -48,7 +48,7 @@ from lepton.bundle import ModelBundle, RunContext
 from lepton.config import StrictModel
 from lepton.errors import DataError, StageError
 from lepton.stages.base import register
-from lepton.stages.training import TrainSettings, train
+from lepton.stages.training import TrainJob, TrainSettings, train
 from lepton.tasks import Encoded, sorted_batches
 
 log = logging.getLogger(__name__)
@@ -348,11 +348,10 @@ def pretrain(bundle: ModelBundle, config: PretrainConfig, ctx: RunContext) -> Mo
              before["loss"], before["perplexity"], head)
 
     training = _collator(tokenizer, config)  # no generator: the checkpointed global torch RNG
-    summary = train(bundle, config, ctx, data=train_pieces.encoded, model=MaskedPositionsLM(mlm),
-                    batch_fn=lambda idx: masked_batch(train_pieces, idx, training, pad,
-                                                      config.whole_word_mask),
-                    evaluate=lambda: masked_lm_loss(mlm, held_batches, ctx.device),
-                    metric="loss", label="pretrain")
+    summary = train(bundle, config, ctx, TrainJob(
+        data=train_pieces.encoded, model=MaskedPositionsLM(mlm),
+        batch_fn=lambda idx: masked_batch(train_pieces, idx, training, pad, config.whole_word_mask),
+        evaluate=lambda: masked_lm_loss(mlm, held_batches, ctx.device), metric="loss", label="pretrain"))
     after = masked_lm_loss(mlm, held_batches, ctx.device)
     pppl_after = pseudo_perplexity(mlm, held, sample, mask_id, ctx.device) if sample else None
     log.info("pretrain: held-out masked-LM loss %.4f -> %.4f (perplexity %.2f -> %.2f)",
