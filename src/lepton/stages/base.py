@@ -54,7 +54,9 @@ class StageConfig(StrictModel):
     # Minimal settings the stage contract test (tests/test_stage_contract.py) runs it with, on a
     # tiny model, and the stages that must run before it there (settings dicts, in order; a
     # stage needing a teacher names one of them by its ``name``). A new stage joins the test
-    # by declaring these.
+    # by declaring these. String values the test fills in: "{train}" / "{dev}" (data files of
+    # the task kind under test), "{task}" (that kind's task section), "{text}" (a plain-text
+    # file, one document per line).
     contract_example: ClassVar[dict[str, Any]] = {}
     contract_before: ClassVar[tuple[dict[str, Any], ...]] = ()
 

@@ -64,6 +64,9 @@ log = logging.getLogger(__name__)
 
 class DistillConfig(TrainSettings):
     trains_head: ClassVar[bool] = True
+    contract_example: ClassVar[dict[str, Any]] = {"teacher": "teacher", "epochs": 1, "batch_size": 8}
+    contract_before: ClassVar[tuple[dict[str, Any], ...]] = (
+        {"kind": "finetune", "name": "teacher", "epochs": 1, "batch_size": 8},)
 
     kind: Literal["distill"] = "distill"
     teacher: str  # an earlier stage's name in this recipe, or a model folder

@@ -35,6 +35,8 @@ Strategy = Literal["top", "bottom", "alternate", "importance"]
 
 
 class DropLayersConfig(StageConfig):
+    contract_example: ClassVar[dict[str, Any]] = {"keep": [0]}
+
     kind: Literal["drop_layers"] = "drop_layers"
     keep: list[int] | None = None  # explicit layer indices to keep
     strategy: Strategy | None = None

@@ -45,6 +45,7 @@ EXPORTER = "torch.onnx TorchScript exporter (dynamo=False)"
 class ExportConfig(StageConfig):
     accepts_runtimes: ClassVar[tuple[str, ...]] = ("torch",)
     produces_runtime: ClassVar[str | None] = "onnxruntime"
+    contract_example: ClassVar[dict[str, Any]] = {"parity_items": 8}
 
     kind: Literal["export"] = "export"
     format: Literal["onnx"] = "onnx"

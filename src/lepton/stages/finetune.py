@@ -74,6 +74,7 @@ class AdaLoraSettings(AdapterSettings):
 class FinetuneConfig(TrainSettings):
     trains_head: ClassVar[bool] = True
     is_baseline: ClassVar[bool] = True
+    contract_example: ClassVar[dict[str, Any]] = {"epochs": 1, "batch_size": 8}
 
     kind: Literal["finetune"] = "finetune"
     method: Literal["full", "lora", "adalora"] = "full"

@@ -71,6 +71,9 @@ class ExtraTask(StrictModel):
 class MultitaskConfig(TrainSettings):
     trains_head: ClassVar[bool] = True
     adds_heads: ClassVar[bool] = True
+    contract_example: ClassVar[dict[str, Any]] = {
+        "epochs": 1, "batch_size": 8,
+        "tasks": {"again": {"task": "{task}", "data": {"train": {"path": "{train}"}, "dev": {"path": "{dev}"}}}}}
 
     kind: Literal["multitask"] = "multitask"
     main: PlainName = "main"  # the name of the recipe's own task among the heads

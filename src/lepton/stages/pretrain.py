@@ -68,6 +68,9 @@ class TextConfig(StrictModel):
 
 
 class PretrainConfig(TrainSettings):
+    contract_example: ClassVar[dict[str, Any]] = {"text": {"path": "{text}"}, "epochs": 1, "batch_size": 8,
+                                                  "pseudo_perplexity_sample": 1}
+
     kind: Literal["pretrain"] = "pretrain"
     text: TextConfig
     held_out: float = Field(default=0.05, gt=0, lt=1)  # share of the documents kept for scoring

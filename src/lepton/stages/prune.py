@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 
 
 class PruneConfig(StageConfig):
+    contract_example: ClassVar[dict[str, Any]] = {"method": "heads", "sparsity": 0.5, "importance": "magnitude"}
+
     kind: Literal["prune"] = "prune"
     method: Literal["magnitude", "heads", "ffn", "2:4"]
     # magnitude: share of encoder weights zeroed; heads / ffn: share of heads / neurons removed.

@@ -67,6 +67,7 @@ class QuantizeConfig(StageConfig):
     accepts_runtimes: ClassVar[tuple[str, ...]] = ("torch", "onnxruntime")
     produces_runtime: ClassVar[str | None] = None  # stays on the runtime it was given
     quantizes: ClassVar[bool] = True
+    contract_example: ClassVar[dict[str, Any]] = {"method": "dynamic_int8", "check_items": 8}
 
     kind: Literal["quantize"] = "quantize"
     method: Method

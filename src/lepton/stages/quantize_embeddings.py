@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 
 
 class QuantizeEmbeddingsConfig(StageConfig):
+    contract_example: ClassVar[dict[str, Any]] = {"check_items": 8}
+
     kind: Literal["quantize_embeddings"] = "quantize_embeddings"
     # Embedding module names (substrings) to store in 8 bits.
     modules: list[str] = Field(default_factory=lambda: ["embeddings"])

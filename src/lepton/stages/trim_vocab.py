@@ -52,6 +52,8 @@ SplitName = Literal["train", "dev", "test"]
 
 
 class TrimVocabConfig(StageConfig):
+    contract_example: ClassVar[dict[str, Any]] = {}  # every setting has a default
+
     kind: Literal["trim_vocab"] = "trim_vocab"
     splits: list[SplitName] = Field(default_factory=lambda: ["train"])  # whose tokens are kept
     min_count: int = Field(default=1, ge=1)  # occurrences in ``splits`` a piece needs to stay
