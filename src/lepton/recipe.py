@@ -100,12 +100,12 @@ class Recipe(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _training_follows_gradual_pruning(self) -> Recipe:
+    def _training_follows_where_needed(self) -> Recipe:
         for i, stage in enumerate(self.stages):
-            if getattr(stage, "schedule", None) == "gradual" and not any(
-                    s.trains for s in self.stages[i + 1:]):
+            reason = stage.needs_training_after()
+            if reason is not None and not any(s.trains for s in self.stages[i + 1:]):
                 trainers = [n for n in stages.configs.names() if stages.configs.get(n).trains]
-                raise ValueError(f"stages.{i}: gradual pruning happens during training; "
+                raise ValueError(f"stages.{i}: {reason}; "
                                  f"add a training stage after it ({', '.join(trainers)})")
         return self
 

@@ -74,6 +74,11 @@ class StageConfig(StrictModel):
         method that runs on one runtime only, say); None when it can. Checked at validation."""
         return None
 
+    def needs_training_after(self) -> str | None:
+        """Why a training stage (``trains``) must follow this one, e.g. "gradual pruning happens
+        during training"; None when none must. Checked at validation."""
+        return None
+
     def layers_left(self, total: int, where: str) -> int:
         """The encoder layer count this stage leaves from ``total``, checked before anything runs
         (raise ``RecipeError`` naming ``where`` when the settings cannot fit). Default: unchanged."""

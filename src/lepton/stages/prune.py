@@ -140,6 +140,9 @@ class PruneConfig(StageConfig):
             raise ValueError(f"n ({n}) must be smaller than m ({value}): n of every m weights stay")
         return value
 
+    def needs_training_after(self) -> str | None:
+        return "gradual pruning happens during training" if self.schedule == "gradual" else None
+
 
 # ------------------------------------------------------------------- counting
 
