@@ -56,6 +56,13 @@ POSITIVE = ["good", "great", "fine", "lovely", "superb", "nice"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "weak"]
 
 
+@pytest.fixture(scope="session")
+def model_dirs(tiny_model_dir: Path) -> dict[str, Path]:
+    """Tiny random models by family, for the task-kind and stage contract tests (see
+    tests/task_examples.py: each kind names the family it needs)."""
+    return {"encoder": tiny_model_dir}
+
+
 def spec_for(kind: str, labels: list[str]):
     """A resolved task of ``kind`` over ``labels`` (raw values = names)."""
     from lepton.tasks import TaskSpec

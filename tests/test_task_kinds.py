@@ -16,11 +16,6 @@ from lepton.tasks import TaskConfig, kind_of, task_kinds
 from tests.task_examples import EXAMPLES
 
 
-@pytest.fixture(scope="module")
-def model_dirs(tiny_model_dir: Path) -> dict[str, Path]:
-    return {"encoder": tiny_model_dir}
-
-
 def test_every_registered_kind_has_an_example_and_every_example_a_registered_kind() -> None:
     assert sorted(EXAMPLES) == task_kinds.names()
 

@@ -61,7 +61,7 @@ class TaskKind:
     # for the usage example, and extra arguments of transformers' ``pipeline(...)`` call.
     pipeline_tag: ClassVar[str] = ""
     hub_task_name: ClassVar[str] = ""
-    card_what: ClassVar[str] = ""
+    card_what: ClassVar[str] = "transformer"
     example_input: ClassVar[str] = ""
     pipeline_args: ClassVar[str] = ""
     # Headline first. "loss" (the model's own loss on dev) is always last and lower-is-better.
