@@ -56,6 +56,15 @@ POSITIVE = ["good", "great", "fine", "lovely", "superb", "nice"]
 NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "weak"]
 
 
+@pytest.fixture(scope="session")
+def model_dirs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random models by family, for the task-kind and stage contract tests (see
+    tests/task_examples.py: each kind names the family it needs)."""
+    from tests.gen_tiny import save_tiny_llama
+
+    return {"encoder": tiny_model_dir, "decoder": save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))}
+
+
 def spec_for(kind: str, labels: list[str]):
     """A resolved task of ``kind`` over ``labels`` (raw values = names)."""
     from lepton.tasks import TaskSpec

@@ -46,7 +46,7 @@ def _recipe(model: Path, tmp_path: Path) -> dict:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
 
 
 def _run_in_two_processes(recipe: dict, tmp_path: Path) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.models import load_for_task, load_tokenizer
 from lepton.recipe import TaskConfig, parse_recipe
 from lepton.stages.finetune import FinetuneConfig, LoraSettings, adapter_config, wrap_with_adapters
-from lepton.stages.training import train
+from lepton.stages.training import TrainJob, train
 from lepton.tasks import build_task, collate, encode
 from tests.conftest import spec_for, tiny_recipe, write_sentiment_tsv
 
@@ -45,7 +45,7 @@ def test_lora_freezes_the_base_until_merge_and_merge_keeps_outputs(tiny_model_di
     ctx = RunContext(splits={"train": split}, seed=0, device="cpu", out_dir=tmp_path, work_dir=tmp_path,
                      progress=False)
     enc = encode(split, task, bundle.tokenizer)
-    train(bundle, config, ctx, data=enc, model=peft_model)
+    train(bundle, config, ctx, TrainJob(data=enc, model=peft_model))
 
     state = peft_model.state_dict()
     for key, value in before.items():

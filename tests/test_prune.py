@@ -17,8 +17,8 @@ from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.errors import RecipeError, StageError
 from lepton.recipe import parse_recipe
 from lepton.stages import configs, handler_for
-from lepton.stages.prune import (cubic_sparsity, encoder_linears, gradient_importance,
-                                 magnitude_importance)
+from lepton.prune_masks import cubic_sparsity, encoder_linears
+from lepton.prune_structured import gradient_importance, magnitude_importance
 from lepton.structure import describe
 from lepton.tasks import collate, encode
 from tests.conftest import tiny_recipe, write_sentiment_tsv

@@ -136,7 +136,8 @@ def test_ort_static_int8_calibration_methods(onnx_bundle, splits, tmp_path, cali
 
 
 def test_static_int8_calibration_sample_is_seeded(onnx_bundle, splits, tmp_path):
-    from lepton.stages.quantize import QuantizeConfig, calibration_inputs
+    from lepton.quantize_ort import calibration_inputs
+    from lepton.stages.quantize import QuantizeConfig
 
     config = QuantizeConfig(method="static_int8", calibration_items=8)
     names = ["input_ids", "attention_mask", "token_type_ids"]
@@ -262,14 +263,14 @@ def test_max_drop_keeps_the_most_sensitive_layers_float(torch_bundle, splits, tm
     """With a budget the all-int8 model misses, layers go back to float, most sensitive first."""
     from lepton.stages import quantize as q
 
-    real = q._torch_quantize
+    real = q.torch_quantize
     seen: list[frozenset] = []
 
     def spy(bundle, config, where, skip=frozenset()):
         seen.append(skip)
         return real(bundle, config, where, skip)
 
-    monkeypatch.setattr(q, "_torch_quantize", spy)
+    monkeypatch.setattr(q, "torch_quantize", spy)
     ctx = make_ctx(tmp_path, splits)
     out = apply(torch_bundle, ctx, kind="quantize", method="dynamic_int8", max_drop=0.0,
                 sensitivity_items=16, sensitivity=True)

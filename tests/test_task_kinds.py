@@ -16,13 +16,6 @@ from lepton.tasks import TaskConfig, kind_of, task_kinds
 from tests.task_examples import EXAMPLES
 
 
-@pytest.fixture(scope="module")
-def model_dirs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from tests.gen_tiny import save_tiny_llama
-
-    return {"encoder": tiny_model_dir, "decoder": save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))}
-
-
 def test_every_registered_kind_has_an_example_and_every_example_a_registered_kind() -> None:
     assert sorted(EXAMPLES) == task_kinds.names()
 

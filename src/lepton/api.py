@@ -123,17 +123,6 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
     The output folder must be new, empty, or a previous Lepton run's (``lepton.outdir``): an
     interrupted one continues with ``resume``, any is started over with ``force``.
     """
-    import torch
-
-    from lepton.evaluation.environment import fingerprint
-    from lepton.evaluation.harness import Variant, evaluate_variants, measure_quality
-    from lepton.evaluation.quality import Quality
-    from lepton.evaluation.scorecard import Calibration, Robustness
-    from lepton.models import load_for_task, load_tokenizer, resolve_model
-    from lepton.report import write_report
-    from lepton.stages import handler_for
-    from lepton.stages.training import TrainSettings
-
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
     elif overrides:
@@ -143,11 +132,30 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
                     "in this process; only use it with a model source you trust", recipe.model)
     given = out_dir if out_dir is not None else recipe.output.dir
     out = Path(given).expanduser()
-    work = out / "work"
     device = distributed.setup(_device(recipe.device))  # joins the process group, if launched in one
     main = distributed.is_main()
     # Rank 0 alone checks and claims the folder; the others write only below work/rank-N.
     claimed = outdir.claim(given, resume=resume, force=force) if main else None
+    file_log = _open_run_log(out, main, claimed)
+    try:
+        if main:
+            resume = _prepare_work(out / "work", recipe, claimed.resume)
+        resume = distributed.broadcast_object(resume)  # also waits until rank 0 has made work/ ready
+        if distributed.world_size() > 1:
+            log.info("data-parallel: %d processes (%s)", distributed.world_size(), distributed.backend())
+        return _Run(recipe, out, device, resume=resume, progress=progress).execute()
+    except OSError as err:  # an I/O failure no narrower handler named: one line with path and cause
+        raise StorageError(f"{getattr(err, 'filename', None) or out}: {atomic.describe(err)}") from err
+    finally:
+        logging.getLogger("lepton").removeHandler(file_log)
+        file_log.close()
+        if claimed is not None:
+            claimed.release()
+        distributed.teardown()
+
+
+def _open_run_log(out: Path, main: bool, claimed: Any) -> logging.Handler:
+    """OUT/run.log (rank 0; the other ranks log nowhere extra), attached to the "lepton" logger."""
     try:
         with atomic.io_errors(out / "run.log", "open the run log"):
             file_log = logging.FileHandler(out / "run.log", encoding="utf-8") if main else logging.NullHandler()
@@ -157,131 +165,156 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
         raise
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("lepton").addHandler(file_log)
-    try:
-        if main:
-            resume = _prepare_work(work, recipe, claimed.resume)
-        resume = distributed.broadcast_object(resume)  # also waits until rank 0 has made work/ ready
-        if distributed.world_size() > 1:
-            log.info("data-parallel: %d processes (%s)", distributed.world_size(), distributed.backend())
-        splits = load_splits(recipe)
-        task = build_task(recipe.task, splits.get("train"))
-        eval_split = splits[recipe.evaluate.split]
-        location = resolve_model(recipe.model)
-        torch.manual_seed(recipe.seed)  # the new task head's initial weights
-        saved = _saved_lepton_model(location, task, device)
-        if saved is not None:  # a Lepton artifact for this task: its structure and heads carry on
-            bundle = ModelBundle(model=saved.model, tokenizer=saved.tokenizer, task=task, source=recipe.model,
-                                 heads=saved.heads, main_task=saved.main_task)
-        else:
-            tokenizer = load_tokenizer(location, trust_remote_code=recipe.trust_remote_code)
-            model = load_for_task(location, task, trust_remote_code=recipe.trust_remote_code).to(device)
-            bundle = ModelBundle(model=model, tokenizer=tokenizer, task=task, source=recipe.model)
-        log.info("model %s on %s: %d labels %s", recipe.model, device, task.num_labels, task.labels)
+    return file_log
 
-        variants: list[Variant] = []
-        qualities: dict[str, Any] = {}
 
-        def remember(name: str, path: list[str], b: ModelBundle, folder: Path) -> None:
-            """Quality now (the live model changes in later stages), cached for --resume."""
-            cache = folder.parent / "quality.json"
-            v = Variant(name=name, stage_path=path, bundle=b, folder=folder)
-            if resume and cache.is_file():
-                try:
-                    saved = json.loads(cache.read_text(encoding="utf-8"))
-                    v.predictions = saved["predictions"]
-                    qualities[name] = (
-                        Quality.model_validate(saved["quality"]),
-                        Robustness.model_validate(saved["robustness"]) if saved["robustness"] else None,
-                        Calibration.model_validate(saved["calibration"]) if saved["calibration"] else None)
-                except (OSError, ValueError, KeyError, TypeError) as err:
-                    raise StorageError(f"{cache}: the interrupted run's cached result is damaged "
-                                       f"({atomic.describe(err)}); use --force to start over") from None
-            else:
-                log.info("evaluate %s: quality on %d %s examples", name, len(eval_split), eval_split.name)
-                q, r, c = measure_quality(v, eval_split, recipe.evaluate, recipe.seed)
-                qualities[name] = (q, r, c)
-                atomic.write_text(cache, json.dumps({
-                    "predictions": v.predictions, "quality": q.model_dump(mode="json"),
-                    "robustness": r.model_dump(mode="json") if r else None,
-                    "calibration": c.model_dump(mode="json") if c else None}))
-            variants.append(v)
+def _starting_model(recipe: Recipe, task: TaskSpec, device: str) -> ModelBundle:
+    """The model the first stage gets: a saved Lepton model for this task whole, else the
+    recipe's model with a new task head."""
+    import torch
 
-        if recipe.evaluate.baseline and main:
-            folder = work / "pretrained" / "snapshot"
-            if not (resume and (folder / "lepton.json").is_file()):
-                save_artifact(bundle, folder, recipe=recipe.resolved_dict())
-            remember("pretrained", [], bundle, folder)
+    from lepton.models import load_for_task, load_tokenizer, resolve_model
 
-        names = _stage_names(recipe)
-        snapshots: dict[str, Path] = {}  # finished stages, for stages that name one (distill's teacher)
-        world = distributed.world_size()
-        last_training = max((i for i, s in enumerate(recipe.stages) if isinstance(s, TrainSettings)),
-                            default=-1)
+    location = resolve_model(recipe.model)
+    torch.manual_seed(recipe.seed)  # the new task head's initial weights
+    saved = _saved_lepton_model(location, task, device)
+    if saved is not None:  # a Lepton artifact for this task: its structure and heads carry on
+        bundle = ModelBundle(model=saved.model, tokenizer=saved.tokenizer, task=task, source=recipe.model,
+                             heads=saved.heads, main_task=saved.main_task)
+    else:
+        tokenizer = load_tokenizer(location, trust_remote_code=recipe.trust_remote_code)
+        model = load_for_task(location, task, trust_remote_code=recipe.trust_remote_code).to(device)
+        bundle = ModelBundle(model=model, tokenizer=tokenizer, task=task, source=recipe.model)
+    log.info("model %s on %s: %d labels %s", recipe.model, device, task.num_labels, task.labels)
+    return bundle
 
-        def training_done(i: int) -> bool:
-            """After the last training stage the other ranks have done their part and return."""
-            if world > 1 and i == last_training:
-                distributed.barrier()
-            return not main and i >= last_training
 
-        if training_done(-1):
+class _Run:
+    """One process's part of ``run`` once the output folder is claimed: the stages in order (each
+    snapshot and its quality kept for --resume), then, on rank 0, evaluation and the outputs."""
+
+    def __init__(self, recipe: Recipe, out: Path, device: str, *, resume: bool, progress: bool) -> None:
+        from lepton.stages.training import TrainSettings
+
+        self.recipe, self.out, self.work, self.device = recipe, out, out / "work", device
+        self.resume, self.progress = resume, progress
+        self.main, self.world = distributed.is_main(), distributed.world_size()
+        self.splits = load_splits(recipe)
+        self.task = build_task(recipe.task, self.splits.get("train"))
+        self.eval_split = self.splits[recipe.evaluate.split]
+        self.bundle = _starting_model(recipe, self.task, device)
+        self.variants: list[Any] = []  # lepton.evaluation.harness.Variant
+        self.qualities: dict[str, Any] = {}
+        self.names = _stage_names(recipe)
+        self.snapshots: dict[str, Path] = {}  # finished stages, for stages that name one (distill's teacher)
+        self.last_training = max((i for i, s in enumerate(recipe.stages) if isinstance(s, TrainSettings)),
+                                 default=-1)
+
+    def execute(self) -> Report | None:
+        if self.recipe.evaluate.baseline and self.main:
+            folder = self.work / "pretrained" / "snapshot"
+            if not (self.resume and (folder / "lepton.json").is_file()):
+                save_artifact(self.bundle, folder, recipe=self.recipe.resolved_dict())
+            self._remember("pretrained", [], self.bundle, folder)
+        if self._training_done(-1):
             return None
-        for i, (stage, name) in enumerate(zip(recipe.stages, names)):
-            stage_dir = work / f"stage-{i}-{stage.kind}"
-            snapshot = stage_dir / "snapshot"
-            # A stage that leaves training hooks (masks the next finetune must keep) is re-run
-            # rather than restored: the hooks live in memory, not in the snapshot.
-            reuse = resume and (snapshot / "lepton.json").is_file() and not (stage_dir / "hooks").exists()
-            if i <= last_training:
-                # Rank 0's answer; also a barrier: the snapshots it wrote (a teacher) are in place.
-                reuse = distributed.broadcast_object(reuse)
-            if reuse:
-                bundle = load_bundle(snapshot, device=device)
-                log.info("stage %d (%s): done in the interrupted run, reusing its result", i, name)
-                if main:
-                    remember(name, [r.name for r in bundle.history], bundle, snapshot)
-                snapshots[name] = snapshot
-                if training_done(i):
-                    return None
-                continue
-            side = out if main else work / f"rank-{distributed.rank()}"
-            ctx = RunContext(splits=splits, seed=recipe.seed, device=device, out_dir=side,
-                             work_dir=work, resume=resume, progress=progress, stage_dir=stage_dir,
-                             stage_index=i, stage_name=name, snapshots=dict(snapshots),
-                             columns=recipe.task.columns())
-            log.info("stage %d (%s) starts", i, name)
-            started, t0 = now_iso(), time.perf_counter()
-            bundle = handler_for(stage)(bundle, stage, ctx)
-            record = StageRecord(index=i, kind=stage.kind, name=name,
-                                 settings=stage.model_dump(mode="json"), started=started,
-                                 seconds=round(time.perf_counter() - t0, 2), summary=ctx.stage_summary)
-            bundle.history.append(record)
-            log.info("stage %d (%s) done in %.1f s", i, name, record.seconds)
-            if training_done(i):
+        for i, (stage, name) in enumerate(zip(self.recipe.stages, self.names)):
+            if not self._stage(i, stage, name):
                 return None
-            snapshots[name] = snapshot
-            if not bundle.train_hooks:
-                resume = False  # later stages start fresh; a finetune after hooks may resume
-            if not main:
-                continue
-            if bundle.train_hooks:
-                stage_dir.mkdir(parents=True, exist_ok=True)  # a stage that never trained made none
-                atomic.write_text(stage_dir / "hooks", str(len(bundle.train_hooks)))
-            save_artifact(bundle, snapshot, recipe=recipe.resolved_dict())
-            remember(name, [r.name for r in bundle.history], bundle, snapshot)
+        return self._evaluate_and_save()
 
+    def _training_done(self, i: int) -> bool:
+        """After the last training stage the other ranks have done their part and return."""
+        if self.world > 1 and i == self.last_training:
+            distributed.barrier()
+        return not self.main and i >= self.last_training
+
+    def _stage(self, i: int, stage: Any, name: str) -> bool:
+        """Run (or, resuming, reuse) stage ``i``; False when this rank's part is done."""
+        stage_dir = self.work / f"stage-{i}-{stage.kind}"
+        snapshot = stage_dir / "snapshot"
+        # A stage that leaves training hooks (masks the next finetune must keep) is re-run
+        # rather than restored: the hooks live in memory, not in the snapshot.
+        reuse = self.resume and (snapshot / "lepton.json").is_file() and not (stage_dir / "hooks").exists()
+        if i <= self.last_training:
+            # Rank 0's answer; also a barrier: the snapshots it wrote (a teacher) are in place.
+            reuse = distributed.broadcast_object(reuse)
+        if reuse:
+            self.bundle = load_bundle(snapshot, device=self.device)
+            log.info("stage %d (%s): done in the interrupted run, reusing its result", i, name)
+            if self.main:
+                self._remember(name, [r.name for r in self.bundle.history], self.bundle, snapshot)
+            self.snapshots[name] = snapshot
+            return not self._training_done(i)
+        self._apply(i, stage, name, stage_dir)
+        if self._training_done(i):
+            return False
+        self.snapshots[name] = snapshot
+        if not self.bundle.train_hooks:
+            self.resume = False  # later stages start fresh; a finetune after hooks may resume
+        if not self.main:
+            return True
+        if self.bundle.train_hooks:
+            stage_dir.mkdir(parents=True, exist_ok=True)  # a stage that never trained made none
+            atomic.write_text(stage_dir / "hooks", str(len(self.bundle.train_hooks)))
+        save_artifact(self.bundle, snapshot, recipe=self.recipe.resolved_dict())
+        self._remember(name, [r.name for r in self.bundle.history], self.bundle, snapshot)
+        return True
+
+    def _apply(self, i: int, stage: Any, name: str, stage_dir: Path) -> None:
+        from lepton.stages import handler_for
+
+        side = self.out if self.main else self.work / f"rank-{distributed.rank()}"
+        ctx = RunContext(splits=self.splits, seed=self.recipe.seed, device=self.device, out_dir=side,
+                         work_dir=self.work, resume=self.resume, progress=self.progress,
+                         stage_dir=stage_dir, stage_index=i, stage_name=name,
+                         snapshots=dict(self.snapshots), columns=self.recipe.task.columns())
+        log.info("stage %d (%s) starts", i, name)
+        started, t0 = now_iso(), time.perf_counter()
+        self.bundle = handler_for(stage)(self.bundle, stage, ctx)
+        record = StageRecord(index=i, kind=stage.kind, name=name,
+                             settings=stage.model_dump(mode="json"), started=started,
+                             seconds=round(time.perf_counter() - t0, 2), summary=ctx.stage_summary)
+        self.bundle.history.append(record)
+        log.info("stage %d (%s) done in %.1f s", i, name, record.seconds)
+
+    def _remember(self, name: str, path: list[str], b: ModelBundle, folder: Path) -> None:
+        """Quality now (the live model changes in later stages), cached for --resume."""
+        from lepton.evaluation.harness import Variant, measure_quality
+
+        cache = folder.parent / "quality.json"
+        v = Variant(name=name, stage_path=path, bundle=b, folder=folder)
+        if self.resume and cache.is_file():
+            self.qualities[name] = _cached_quality(cache, v)
+        else:
+            log.info("evaluate %s: quality on %d %s examples", name, len(self.eval_split), self.eval_split.name)
+            q, r, c = measure_quality(v, self.eval_split, self.recipe.evaluate, self.recipe.seed)
+            self.qualities[name] = (q, r, c)
+            atomic.write_text(cache, json.dumps({
+                "predictions": v.predictions, "quality": q.model_dump(mode="json"),
+                "robustness": r.model_dump(mode="json") if r else None,
+                "calibration": c.model_dump(mode="json") if c else None}))
+        self.variants.append(v)
+
+    def _evaluate_and_save(self) -> Report:
+        """Rank 0: every variant measured side by side; the model, report and recipe written."""
+        from lepton.evaluation.environment import fingerprint
+        from lepton.evaluation.harness import evaluate_variants
+        from lepton.model_card import model_card  # model card (README.md)
+        from lepton.report import write_report
+
+        recipe, out, bundle = self.recipe, self.out, self.bundle
         # Timing needs every variant as it was, not the live model later stages changed in place.
-        for v in variants:
-            v.bundle = load_bundle(v.folder, verify=False, device=device)
-        finetuned = [n for s, n in zip(recipe.stages, names) if s.kind == "finetune"]
-        baseline = next((v.name for v in variants if v.name in finetuned),
-                        variants[0].name if variants else None)
-        cards = evaluate_variants(variants, eval_split, recipe.evaluate, seed=recipe.seed,
-                                  baseline=baseline, qualities=qualities, memory=recipe.evaluate.memory)
+        for v in self.variants:
+            v.bundle = load_bundle(v.folder, verify=False, device=self.device)
+        baseline_stages = [n for s, n in zip(recipe.stages, self.names) if s.is_baseline]
+        baseline = next((v.name for v in self.variants if v.name in baseline_stages),
+                        self.variants[0].name if self.variants else None)
+        cards = evaluate_variants(self.variants, self.eval_split, recipe.evaluate, seed=recipe.seed,
+                                  baseline=baseline, qualities=self.qualities, memory=recipe.evaluate.memory)
         report = Report(lepton_version=__version__, created=now_iso(), recipe=recipe.resolved_dict(),
                         baseline=baseline, variants=cards, environment=fingerprint(recipe.seed),
                         stages=[r.model_dump() for r in bundle.history])
-        from lepton.model_card import model_card  # model card (README.md)
         manifest_like = {"history": [r.model_dump() for r in bundle.history], "source_model": recipe.model,
                          "recipe": recipe.resolved_dict(), "main_task": bundle.main_task,
                          "heads": {n: {"task": h.task.model_dump()} for n, h in bundle.heads.items()}}
@@ -293,17 +326,25 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
         # Written with the results, not at the start: a failing run must not leave a finished
         # run's folder describing a recipe its model and report do not come from.
         atomic.write_text(out / "recipe.yaml", recipe.to_yaml())
-        shutil.rmtree(work, ignore_errors=True)  # checkpoints are only for resuming
+        shutil.rmtree(self.work, ignore_errors=True)  # checkpoints are only for resuming
         log.info("wrote %s and %s", out / "model", out / "report.md")
         return report
-    except OSError as err:  # an I/O failure no narrower handler named: one line with path and cause
-        raise StorageError(f"{getattr(err, 'filename', None) or out}: {atomic.describe(err)}") from err
-    finally:
-        logging.getLogger("lepton").removeHandler(file_log)
-        file_log.close()
-        if claimed is not None:
-            claimed.release()
-        distributed.teardown()
+
+
+def _cached_quality(cache: Path, v: Any) -> tuple[Any, Any, Any]:
+    """The interrupted run's quality of variant ``v`` (its predictions filled in)."""
+    from lepton.evaluation.quality import Quality
+    from lepton.evaluation.scorecard import Calibration, Robustness
+
+    try:
+        saved = json.loads(cache.read_text(encoding="utf-8"))
+        v.predictions = saved["predictions"]
+        return (Quality.model_validate(saved["quality"]),
+                Robustness.model_validate(saved["robustness"]) if saved["robustness"] else None,
+                Calibration.model_validate(saved["calibration"]) if saved["calibration"] else None)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise StorageError(f"{cache}: the interrupted run's cached result is damaged "
+                           f"({atomic.describe(err)}); use --force to start over") from None
 
 
 def _variant_name(path: Path, taken: set[str]) -> str:

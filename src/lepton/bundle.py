@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from lepton.data import Split
+    from lepton.stages.base import TrainHook
     from lepton.tasks import TaskSpec
 
 
@@ -34,9 +35,9 @@ class ModelBundle:
     runtime: str = "torch"
     source: str = ""  # the model spec the run started from
     history: list[StageRecord] = field(default_factory=list)
-    # Objects with after_step(model, step, total_steps) and finish(model) -> dict | None that the next
-    # training stage calls after each optimizer step and once at its end (e.g. gradual pruning).
-    train_hooks: list[Any] = field(default_factory=list)
+    # What the next training stage calls after each optimizer step and once at its end (e.g.
+    # gradual pruning's masks); see lepton.stages.base.TrainHook.
+    train_hooks: list[TrainHook] = field(default_factory=list)
     # Multi-task models: name -> lepton.heads.Head (another task's head on this model's encoder).
     heads: dict[str, Any] = field(default_factory=dict)
     main_task: str = "main"  # the name of ``task`` among the heads' names

@@ -57,11 +57,13 @@ def head_bundle(bundle: Any, name: str | None) -> Any:
 def task_recipe(recipe: dict[str, Any], name: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """(task section, data section) of task ``name`` in a resolved recipe: the recipe's own, or
     the ``tasks`` entry of the multitask stage that added it."""
+    from lepton.stages import declared  # here: the stages import this module
+
     own = (recipe.get("task") or {}, recipe.get("data") or {})
     if name is None:
         return own
     for stage in recipe.get("stages") or []:
-        if stage.get("kind") != "multitask":
+        if not declared(stage.get("kind"), "adds_heads"):
             continue
         if name == stage.get("main", "main"):
             return own

@@ -127,7 +127,8 @@ def model_card(report: Report, manifest: dict[str, Any]) -> str:
     final = report.variants[-1] if report.variants else None
     recipe = report.recipe or manifest.get("recipe") or {}
     kind = (final.quality.task if final else None) or (recipe.get("task") or {}).get("kind")
-    task_kind = kind_of(kind if kind in task_kinds else "sequence_classification")
+    # A kind this Lepton does not know (a manifest from a newer one): the card stays generic.
+    task_kind = kind_of(kind) if kind in task_kinds else TaskKind()
     pipeline = task_kind.pipeline_tag
     name = _model_name(report, manifest, final)
     source = str(manifest.get("source_model") or "an unknown model")
@@ -151,8 +152,10 @@ def model_card(report: Report, manifest: dict[str, Any]) -> str:
     if heads:  # a multi-task model: one encoder, a head per task
         main = str(manifest.get("main_task") or "main")
         scores: dict[str, Any] = {}
+        from lepton.stages import declared
+
         for record in manifest.get("history") or []:
-            if record.get("kind") == "multitask":
+            if declared(record.get("kind"), "adds_heads"):
                 scores = (record.get("summary") or {}).get("dev") or {}
         lines += ["## Tasks", "", "One shared encoder with a head per task. Dev scores were measured right after "
                   "multi-task training, each on the task's own dev set.", "",

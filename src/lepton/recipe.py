@@ -100,12 +100,12 @@ class Recipe(StrictModel):
         return self
 
     @model_validator(mode="after")
-    def _training_follows_gradual_pruning(self) -> Recipe:
+    def _training_follows_where_needed(self) -> Recipe:
         for i, stage in enumerate(self.stages):
-            if getattr(stage, "schedule", None) == "gradual" and not any(
-                    s.trains for s in self.stages[i + 1:]):
+            reason = stage.needs_training_after()
+            if reason is not None and not any(s.trains for s in self.stages[i + 1:]):
                 trainers = [n for n in stages.configs.names() if stages.configs.get(n).trains]
-                raise ValueError(f"stages.{i}: gradual pruning happens during training; "
+                raise ValueError(f"stages.{i}: {reason}; "
                                  f"add a training stage after it ({', '.join(trainers)})")
         return self
 
@@ -114,11 +114,11 @@ class Recipe(StrictModel):
         # export hands the model to ONNX Runtime; training and pruning need PyTorch.
         runtime = "torch"
         for i, stage in enumerate(self.stages):
-            accepts = getattr(stage, "accepts_runtimes", ("torch",))
+            accepts = stage.accepts_runtimes
             if runtime not in accepts:
                 raise ValueError(f"stages.{i} ({stage.kind}) needs a {' or '.join(accepts)} model, but an "
                                  f"earlier export left an {runtime} one; move it before the export")
-            runtime = getattr(stage, "produces_runtime", None) or runtime
+            runtime = stage.produces_runtime or runtime
         return self
 
     def stage_names(self) -> list[str]:
@@ -153,6 +153,17 @@ class Recipe(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _stages_fit_the_task(self) -> Recipe:
+        from lepton.tasks import kind_of
+
+        allowed = kind_of(self.task).supported_stages
+        for i, s in enumerate(self.stages):
+            if allowed is not None and s.kind not in allowed:
+                raise ValueError(f"stages.{i}: {s.kind} does not work on {self.task.kind} models yet "
+                                 f"(stages that do: {', '.join(allowed)})")
+        return self
+
+    @model_validator(mode="after")
     def _head_is_trained(self) -> Recipe:
         # A new task head starts random: without a stage that trains it the run would ship noise.
         if any(s.trains_head for s in self.stages):
@@ -170,26 +181,22 @@ class Recipe(StrictModel):
 
     @model_validator(mode="after")
     def _quantize_last(self) -> Recipe:
-        # What each stage needs, checked before anything trains: quantizing leaves a model that
-        # no later stage can take (export, training and pruning need a float PyTorch model, and
-        # a model is quantized once); static_int8 and weight_only run on ONNX Runtime only.
+        # What each stage needs, checked before anything trains: a quantizing stage leaves a model
+        # that no later stage can take (export, training and pruning need a float PyTorch model,
+        # and a model is quantized once); some settings run on one runtime only.
         runtime, quantized = "torch", None
         for i, stage in enumerate(self.stages):
             if quantized is not None:
                 hint = ("; export first, then quantize (ONNX Runtime quantizes the exported graph)"
-                        if stage.kind == "export" else "; quantize once, as the last stage")
-                raise ValueError(f"stages.{i} ({stage.kind}) comes after stages.{quantized} (quantize), "
-                                 f"but needs an unquantized model{hint}")
-            if stage.kind == "quantize":
-                method = getattr(stage, "method", "")
-                if runtime == "torch" and method in ("static_int8", "weight_only"):
-                    raise ValueError(f"stages.{i}: {method} runs on ONNX Runtime; add an export stage "
-                                     "before it")
-                if runtime == "onnxruntime" and method == "bf16":
-                    raise ValueError(f"stages.{i}: bf16 is not available on ONNX Runtime's CPU "
-                                     "provider; quantize before export, or use fp16")
+                        if stage.produces_runtime is not None else "; quantize once, as the last stage")
+                raise ValueError(f"stages.{i} ({stage.kind}) comes after stages.{quantized} "
+                                 f"({self.stages[quantized].kind}), but needs an unquantized model{hint}")
+            problem = stage.runtime_problem(runtime)
+            if problem is not None:
+                raise ValueError(f"stages.{i}: {problem}")
+            if stage.quantizes:
                 quantized = i
-            runtime = getattr(stage, "produces_runtime", None) or runtime
+            runtime = stage.produces_runtime or runtime
         return self
 
     def resolved_dict(self) -> dict[str, Any]:
@@ -456,26 +463,14 @@ def _layer_count(model: str) -> int | None:
 
 
 def check_layers(recipe: Recipe, source: str) -> None:
-    """drop_layers settings against the model's layer count, before any stage runs."""
-    if not any(s.kind == "drop_layers" for s in recipe.stages):
+    """Settings that change the layer count (drop_layers) against the model's, before any stage runs."""
+    # Only a stage that overrides layers_left can fail here: without one, config.json is not read.
+    if all(type(s).layers_left is StageConfig.layers_left for s in recipe.stages):
         return
     total = _layer_count(recipe.model)
     if total is None:
         return
     for i, stage in enumerate(recipe.stages):
-        if stage.kind != "drop_layers":
-            continue
-        keep, layers = getattr(stage, "keep", None), getattr(stage, "layers", None)
-        if keep is not None:
-            outside = [k for k in keep if k >= total]
-            if outside:
-                raise RecipeError(f"{source}: stages.{i}.keep: layer {outside[0]} is out of range; "
-                                  f"the model has {total} layers here (0-{total - 1})")
-            total = len(keep)
-        elif layers is not None:
-            if layers > total:
-                raise RecipeError(f"{source}: stages.{i}.layers: cannot keep {layers} layers of a "
-                                  f"{total}-layer model")
-            total = layers
+        total = stage.layers_left(total, f"{source}: stages.{i}")
 
 

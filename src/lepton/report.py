@@ -131,9 +131,11 @@ def to_markdown(report: Report) -> str:
             lines.append(f"| {s['index']} | {s['name']} | {s['seconds']:.1f} | "
                          + ", ".join(f"{k}={v}" for k, v in summary.items()) + " |")
         lines.append("")
+        from lepton.stages import declared
+
         for s in report.stages:
             per_task = s.get("summary", {}).get("dev")
-            if s.get("kind") != "multitask" or not isinstance(per_task, dict):
+            if not declared(s.get("kind"), "adds_heads") or not isinstance(per_task, dict):
                 continue
             lines += [f"### Tasks of stage {s['index']} ({s['name']}), each on its own dev set", "",
                       "| task | examples | metric | value | 95% CI |", "|---|---|---|---|---|"]

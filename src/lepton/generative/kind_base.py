@@ -53,6 +53,8 @@ def paired_of(metric: str, test: dict) -> Paired:
 class GenerativeKind(TaskKind):
     uses_labels = False
     labels_per_text = False
+    # Compression and export of generative models are part 2 (issue 15); these train them.
+    supported_stages = ("finetune", "pretrain")
     pipeline_tag = "text-generation"
     hub_task_name = "Text Generation"
     example_input = "Translate English to German: A dog runs on the beach."

@@ -79,10 +79,11 @@ def train_generative(bundle: ModelBundle, config: Any, ctx: RunContext, train_en
 
 
 def _train(bundle, config, ctx, data, batch_fn, model, dev_enc, label, **extra) -> dict[str, Any]:
-    from lepton.stages.training import train
+    from lepton.stages.training import TrainJob, train
 
-    return train(bundle, config, ctx, data=data, model=model, batch_fn=batch_fn, metric="loss",
-                 evaluate=dev_loss(model, bundle.tokenizer, dev_enc), label=label, **extra)
+    job = TrainJob(data=data, model=model, batch_fn=batch_fn, metric="loss",
+                   evaluate=dev_loss(model, bundle.tokenizer, dev_enc), label=label, **extra)
+    return train(bundle, config, ctx, job)
 
 
 def _train_lora(bundle, config, ctx, data, batch_fn, dev_enc, label) -> dict[str, Any]:

@@ -39,8 +39,9 @@ class Baseline:
 
 
 def _finetune_prefix(space: SearchSpace, recipe: Recipe) -> int:
-    """Stages up to and including the first finetune: the baseline every trial is measured against."""
-    first = next((i for i, s in enumerate(recipe.stages) if s.kind == "finetune"), None)
+    """Stages up to and including the first baseline stage (finetune): the baseline every trial is
+    measured against."""
+    first = next((i for i, s in enumerate(recipe.stages) if s.is_baseline), None)
     if first is None:
         log.warning("the recipe has no finetune stage: the baseline is the starting model as it is")
         return 0

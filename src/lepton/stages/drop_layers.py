@@ -24,8 +24,8 @@ import torch
 from pydantic import Field, field_validator, model_validator
 
 from lepton.bundle import ModelBundle, RunContext
-from lepton.errors import StageError
-from lepton.stages import StageConfig, register
+from lepton.errors import RecipeError, StageError
+from lepton.stages.base import StageConfig, register
 from lepton.structure import layer_list, sync_config
 from lepton.tasks import collate, encode, train_batches
 
@@ -35,7 +35,8 @@ Strategy = Literal["top", "bottom", "alternate", "importance"]
 
 
 class DropLayersConfig(StageConfig):
-    stage_kind: ClassVar[str] = "drop_layers"
+    contract_example: ClassVar[dict[str, Any]] = {"keep": [0]}
+
     kind: Literal["drop_layers"] = "drop_layers"
     keep: list[int] | None = None  # explicit layer indices to keep
     strategy: Strategy | None = None
@@ -69,6 +70,20 @@ class DropLayersConfig(StageConfig):
             if self.layers is None:
                 raise ValueError(f"strategy {self.strategy} needs layers: N (how many layers to keep)")
         return self
+
+    def layers_left(self, total: int, where: str) -> int:
+        if self.keep is not None:
+            outside = [k for k in self.keep if k >= total]
+            if outside:
+                raise RecipeError(f"{where}.keep: layer {outside[0]} is out of range; "
+                                  f"the model has {total} layers here (0-{total - 1})")
+            return len(self.keep)
+        if self.layers is not None:
+            if self.layers > total:
+                raise RecipeError(f"{where}.layers: cannot keep {self.layers} layers of a "
+                                  f"{total}-layer model")
+            return self.layers
+        return total
 
 
 def choose_layers(strategy: str, total: int, n: int) -> list[int]:

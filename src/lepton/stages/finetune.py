@@ -32,8 +32,8 @@ from lepton.bundle import ModelBundle, RunContext
 from lepton.config import StrictModel
 from lepton.errors import MissingExtraError, StageError
 from lepton.qat import QatSettings, insert_fake_quant
-from lepton.stages import register
-from lepton.stages.training import TrainSettings, dev_evaluator, plan_steps, task_metric, train
+from lepton.stages.base import register
+from lepton.stages.training import TrainJob, TrainSettings, dev_evaluator, plan_steps, task_metric, train
 from lepton.tasks import encode, kind_of
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,10 @@ class AdaLoraSettings(AdapterSettings):
 
 
 class FinetuneConfig(TrainSettings):
-    stage_kind: ClassVar[str] = "finetune"
     trains_head: ClassVar[bool] = True
+    is_baseline: ClassVar[bool] = True
+    contract_example: ClassVar[dict[str, Any]] = {"epochs": 1, "batch_size": 8}
+
     kind: Literal["finetune"] = "finetune"
     method: Literal["full", "lora", "adalora"] = "full"
     lora: LoraSettings | None = None  # method lora; defaults filled in
@@ -127,9 +129,9 @@ def finetune(bundle: ModelBundle, config: FinetuneConfig, ctx: RunContext) -> Mo
     if config.method == "full":
         fake = (insert_fake_quant(bundle.model, config.qat_settings or QatSettings(),
                                   plan_steps(len(data), config)) if config.qat else None)
-        summary = train(bundle, config, ctx, data=data, metric=metric,
-                        evaluate=dev_evaluator(bundle.model, bundle, ctx),
-                        on_step=fake.on_step if fake else None, on_trained=fake.remove if fake else None)
+        summary = train(bundle, config, ctx, TrainJob(
+            data=data, metric=metric, evaluate=dev_evaluator(bundle.model, bundle, ctx),
+            on_step=fake.on_step if fake else None, on_trained=fake.remove if fake else None))
         if fake is not None:
             summary["qat"] = fake.summary()
     else:
@@ -264,11 +266,11 @@ def _finetune_adapters(bundle: ModelBundle, config: FinetuneConfig, ctx: RunCont
 
     adalora = config.method == "adalora"
     live = peft_model.peft_config["default"]  # as peft filled it in (default targets, rank pattern)
-    summary = train(bundle, config, ctx, data=data, model=peft_model, metric=metric,
-                    evaluate=dev_evaluator(peft_model, bundle, ctx),
-                    on_step=peft_model.base_model.update_and_allocate if adalora else None,
-                    stateful={"adalora": _RankAllocatorState(peft_model)} if adalora else None,
-                    on_trained=merge)
+    summary = train(bundle, config, ctx, TrainJob(
+        data=data, model=peft_model, metric=metric, evaluate=dev_evaluator(peft_model, bundle, ctx),
+        on_step=peft_model.base_model.update_and_allocate if adalora else None,
+        stateful={"adalora": _RankAllocatorState(peft_model)} if adalora else {},
+        on_trained=merge))
     summary.update({
         "method": config.method, "trainable_params": trainable, "all_params": total,
         "trainable_share": round(trainable / total, 6), "adapter_params": adapter_params,

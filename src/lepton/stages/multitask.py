@@ -41,8 +41,8 @@ from lepton.config import PlainName, StrictModel
 from lepton.data import DataSplitConfig, load_split
 from lepton.errors import StageError
 from lepton.heads import Head, check_name, make_head
-from lepton.stages import register
-from lepton.stages.training import TrainSettings, evaluate_dev, train
+from lepton.stages.base import register
+from lepton.stages.training import TrainJob, TrainSettings, evaluate_dev, train
 from lepton.tasks import (
     Encoded,
     TaskConfig,
@@ -70,8 +70,12 @@ class ExtraTask(StrictModel):
 
 
 class MultitaskConfig(TrainSettings):
-    stage_kind: ClassVar[str] = "multitask"
     trains_head: ClassVar[bool] = True
+    adds_heads: ClassVar[bool] = True
+    contract_example: ClassVar[dict[str, Any]] = {
+        "epochs": 1, "batch_size": 8,
+        "tasks": {"again": {"task": "{task}", "data": {"train": {"path": "{train}"}, "dev": {"path": "{dev}"}}}}}
+
     kind: Literal["multitask"] = "multitask"
     main: PlainName = "main"  # the name of the recipe's own task among the heads
     main_weight: float = Field(default=1.0, gt=0)
@@ -230,8 +234,9 @@ def multitask(bundle: ModelBundle, config: MultitaskConfig, ctx: RunContext) -> 
     metric = "loss" if config.metric == "loss" else "mean_headline"
     log.info("%s: %s sampling, task probabilities %s", where, config.sampling,
              ", ".join(f"{n} {p:.3f}" for n, p in zip(names, probs)))
-    summary = train(bundle, config, ctx, data=combined, model=mt, batch_fn=batch_fn, plan=plan,
-                    evaluate=evaluate if dev_sets else None, metric=metric, label="multitask")
+    summary = train(bundle, config, ctx, TrainJob(
+        data=combined, model=mt, batch_fn=batch_fn, plan=plan, evaluate=evaluate if dev_sets else None,
+        metric=metric, label="multitask"))
 
     bundle.heads = {name: Head(task=spec, model=models[name]) for name, spec in zip(names[1:], specs[1:])}
     bundle.main_task = config.main

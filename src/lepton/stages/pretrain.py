@@ -47,8 +47,8 @@ from pydantic import Field, field_validator
 from lepton.bundle import ModelBundle, RunContext
 from lepton.config import StrictModel
 from lepton.errors import DataError, StageError
-from lepton.stages import register
-from lepton.stages.training import TrainSettings, train
+from lepton.stages.base import register
+from lepton.stages.training import TrainJob, TrainSettings, train
 from lepton.tasks import Encoded, kind_of, sorted_batches
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,9 @@ class TextConfig(StrictModel):
 
 
 class PretrainConfig(TrainSettings):
-    stage_kind: ClassVar[str] = "pretrain"
+    contract_example: ClassVar[dict[str, Any]] = {"text": {"path": "{text}"}, "epochs": 1, "batch_size": 8,
+                                                  "pseudo_perplexity_sample": 1}
+
     kind: Literal["pretrain"] = "pretrain"
     text: TextConfig
     held_out: float = Field(default=0.05, gt=0, lt=1)  # share of the documents kept for scoring
@@ -353,11 +355,10 @@ def pretrain(bundle: ModelBundle, config: PretrainConfig, ctx: RunContext) -> Mo
              before["loss"], before["perplexity"], head)
 
     training = _collator(tokenizer, config)  # no generator: the checkpointed global torch RNG
-    summary = train(bundle, config, ctx, data=train_pieces.encoded, model=MaskedPositionsLM(mlm),
-                    batch_fn=lambda idx: masked_batch(train_pieces, idx, training, pad,
-                                                      config.whole_word_mask),
-                    evaluate=lambda: masked_lm_loss(mlm, held_batches, ctx.device),
-                    metric="loss", label="pretrain")
+    summary = train(bundle, config, ctx, TrainJob(
+        data=train_pieces.encoded, model=MaskedPositionsLM(mlm),
+        batch_fn=lambda idx: masked_batch(train_pieces, idx, training, pad, config.whole_word_mask),
+        evaluate=lambda: masked_lm_loss(mlm, held_batches, ctx.device), metric="loss", label="pretrain"))
     after = masked_lm_loss(mlm, held_batches, ctx.device)
     pppl_after = pseudo_perplexity(mlm, held, sample, mask_id, ctx.device) if sample else None
     log.info("pretrain: held-out masked-LM loss %.4f -> %.4f (perplexity %.2f -> %.2f)",

@@ -23,15 +23,13 @@ from pydantic import Field, field_validator
 
 from lepton.bundle import ModelBundle, RunContext
 from lepton.errors import StageError
-from lepton.stages import StageConfig, register
+from lepton.stages.base import StageConfig, register
 
 log = logging.getLogger(__name__)
 
 
 class QuantizeEmbeddingsConfig(StageConfig):
-    stage_kind: ClassVar[str] = "quantize_embeddings"
-    accepts_runtimes: ClassVar[tuple[str, ...]] = ("torch",)
-    produces_runtime: ClassVar[str | None] = None
+    contract_example: ClassVar[dict[str, Any]] = {"check_items": 8}
 
     kind: Literal["quantize_embeddings"] = "quantize_embeddings"
     # Embedding module names (substrings) to store in 8 bits.
@@ -56,7 +54,7 @@ def quantize_embeddings(bundle: ModelBundle, config: QuantizeEmbeddingsConfig, c
 
     from lepton import int8_embedding
     from lepton.runtimes import for_bundle
-    from lepton.stages.export import compare_logits, parity_inputs
+    from lepton.runtimes.parity import compare_logits, parity_inputs
 
     where = f"stages.{ctx.stage_index}"
     if bundle.runtime != "torch":

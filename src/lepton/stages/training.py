@@ -42,7 +42,7 @@ from lepton import atomic, distributed
 from lepton.bundle import ModelBundle, RunContext
 from lepton.errors import StageError
 from lepton.progress import StepProgress
-from lepton.stages import StageConfig
+from lepton.stages.base import StageConfig
 from lepton.tasks import Encoded, collate, kind_of, sorted_batches, train_batches
 
 log = logging.getLogger(__name__)
@@ -268,20 +268,11 @@ def _default_loss(model: torch.nn.Module, batch: Batch, indices: list[int]) -> t
     return model(**batch).loss
 
 
-def train(bundle: ModelBundle, config: TrainSettings, ctx: RunContext, *, data: Encoded,
-          model: torch.nn.Module | None = None,
-          batch_fn: Callable[[list[int]], Batch] | None = None,
-          loss_fn: LossFn | None = None,
-          extra: Sequence[torch.nn.Module] = (),
-          stateful: dict[str, Any] | None = None,
-          evaluate: Callable[[], dict[str, float]] | None = None,
-          metric: str = "loss",
-          on_step: Callable[[int], None] | None = None,
-          on_trained: Callable[[], None] | None = None,
-          plan: Callable[[int], list[list[int]]] | None = None,
-          label: str = "finetune") -> dict[str, Any]:
-    """Train ``model`` (default ``bundle.model``) on the examples of ``data``; returns a summary.
+@dataclass
+class TrainJob:
+    """What a training stage tells the shared loop; everything else comes from its ``TrainSettings``.
 
+    - ``data``: the training examples; ``model``: what to train (default ``bundle.model``).
     - ``batch_fn(indices)``: the model inputs of those examples (default: padded ``data``).
     - ``loss_fn(model, batch, indices)``: the loss to minimise (default: the model's own loss).
     - ``extra``: more trainable modules (e.g. distillation's projections); optimised and
@@ -295,185 +286,244 @@ def train(bundle: ModelBundle, config: TrainSettings, ctx: RunContext, *, data: 
     - ``plan(epoch)``: the batches (lists of example indices) of that epoch, a pure function of
       the epoch (default: length-grouped batches seeded by (seed, epoch)); multi-task training
       uses it to keep each batch to one task.
+    - ``label``: the stage's name in logs, progress and messages.
 
     With several processes each rank trains on its slice of every batch
     (``lepton.distributed.shard``): ``batch_fn`` and ``loss_fn`` get that slice's indices, and
     ``loss_fn`` gets the DDP-wrapped model to call (read attributes from the model itself).
     """
-    from transformers import get_linear_schedule_with_warmup
 
-    model = bundle.model if model is None else model
-    device, loss_fn = ctx.device, loss_fn or _default_loss
-    stateful = stateful or {}
-    pad = bundle.tokenizer.pad_token_id or 0
-    batch_fn = batch_fn or (lambda idx: collate(data, idx, pad))
-    if len(data) == 0:
-        raise StageError(f"{label}: no training examples")
+    data: Encoded
+    model: torch.nn.Module | None = None
+    batch_fn: Callable[[list[int]], Batch] | None = None
+    loss_fn: LossFn | None = None
+    extra: Sequence[torch.nn.Module] = ()
+    stateful: dict[str, Any] = field(default_factory=dict)
+    evaluate: Callable[[], dict[str, float]] | None = None
+    metric: str = "loss"
+    on_step: Callable[[int], None] | None = None
+    on_trained: Callable[[], None] | None = None
+    plan: Callable[[int], list[list[int]]] | None = None
+    label: str = "finetune"
 
-    if plan is None:
-        def plan(epoch: int) -> list[list[int]]:
-            return train_batches(data.lengths, config.batch_size, seed=ctx.seed, epoch=epoch,
-                                 group_by_length=config.group_by_length)
-        total_steps = plan_steps(len(data), config)
-    else:
-        per_epoch = math.ceil(len(plan(0)) / config.grad_accum)
-        total_steps = per_epoch * config.epochs
-        if config.max_steps is not None:
-            total_steps = min(total_steps, config.max_steps)
-    warmup = int(config.warmup * total_steps) if config.warmup < 1 else int(config.warmup)
 
-    main, world = distributed.is_main(), distributed.world_size()
-    # Rank 0 draws what one process would; the others their own dropout (and masking) streams.
-    torch.manual_seed(ctx.seed + distributed.rank())
-    extras = torch.nn.ModuleList(extra) if extra else None
-    model.to(device)
-    model.train()
-    if extras is not None:
-        extras.to(device).train()
-    trained = [model] + ([extras] if extras is not None else [])
-    optimizer = _optimizer(trained, config)
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-    stage_dir = ctx.stage_dir or (ctx.work_dir / f"stage-{ctx.stage_index}-{label}")
-    stage_dir.mkdir(parents=True, exist_ok=True)
+def train(bundle: ModelBundle, config: TrainSettings, ctx: RunContext, job: TrainJob) -> dict[str, Any]:
+    """Train ``job.model`` (default ``bundle.model``) on ``job.data``; returns a summary."""
+    if len(job.data) == 0:
+        raise StageError(f"{job.label}: no training examples")
+    loop = _Loop(bundle, config, ctx, job)
+    loop.start()
+    loop.run()
+    return loop.finish()
 
-    state, best = TrainState(), None
-    if ctx.resume:  # every rank loads rank 0's checkpoint
-        loaded = _load_checkpoint(stage_dir, model, extras, optimizer, scheduler, stateful)
-        if loaded is not None:
-            state, best = loaded
-            log.info("%s: resuming at step %d (epoch %d, batch %d)", label, state.step,
-                     state.epoch + 1, state.batch_in_epoch)
-    elif main:
-        for old in stage_dir.glob("ckpt-*"):
-            shutil.rmtree(old, ignore_errors=True)
-        (stage_dir / "latest").unlink(missing_ok=True)
 
-    params = [p for m in trained for p in m.parameters()]
-    # Its constructor broadcasts rank 0's weights: every rank starts from the same model.
-    ddp = distributed.wrap(model, device)
-    if extras is not None:
-        distributed.broadcast_module(extras)
+def _epoch_plan(job: TrainJob, config: TrainSettings, seed: int) -> tuple[Callable[[int], list[list[int]]], int]:
+    """The batches of each epoch and the optimizer steps they make in all."""
+    if job.plan is not None:
+        per_epoch = math.ceil(len(job.plan(0)) / config.grad_accum)
+        total = per_epoch * config.epochs
+        return job.plan, min(total, config.max_steps) if config.max_steps is not None else total
+    lengths = job.data.lengths
 
-    def checkpoint() -> None:
+    def plan(epoch: int) -> list[list[int]]:
+        return train_batches(lengths, config.batch_size, seed=seed, epoch=epoch,
+                             group_by_length=config.group_by_length)
+
+    return plan, plan_steps(len(job.data), config)
+
+
+class _Loop:
+    """One run of the shared training loop: set up, resume, step, evaluate, checkpoint, finish."""
+
+    def __init__(self, bundle: ModelBundle, config: TrainSettings, ctx: RunContext, job: TrainJob) -> None:
+        from transformers import get_linear_schedule_with_warmup
+
+        self.bundle, self.config, self.ctx, self.job = bundle, config, ctx, job
+        self.model = bundle.model if job.model is None else job.model
+        self.device, self.label = ctx.device, job.label
+        self.loss_fn = job.loss_fn or _default_loss
+        pad = bundle.tokenizer.pad_token_id or 0
+        self.batch_fn = job.batch_fn or (lambda idx: collate(job.data, idx, pad))
+        self.plan, self.total_steps = _epoch_plan(job, config, ctx.seed)
+        warmup = int(config.warmup * self.total_steps) if config.warmup < 1 else int(config.warmup)
+        self.main, self.world = distributed.is_main(), distributed.world_size()
+        # Rank 0 draws what one process would; the others their own dropout (and masking) streams.
+        torch.manual_seed(ctx.seed + distributed.rank())
+        self.extras = torch.nn.ModuleList(job.extra) if job.extra else None
+        self.model.to(self.device)
+        self.model.train()
+        if self.extras is not None:
+            self.extras.to(self.device).train()
+        self.trained = [self.model] + ([self.extras] if self.extras is not None else [])
+        self.optimizer = _optimizer(self.trained, config)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, warmup, self.total_steps)
+        self.stage_dir = ctx.stage_dir or (ctx.work_dir / f"stage-{ctx.stage_index}-{job.label}")
+        self.stage_dir.mkdir(parents=True, exist_ok=True)
+        self.state, self.best = TrainState(), None
+        self.items_window, self.time_window = 0, time.perf_counter()
+        self.done = False
+
+    def start(self) -> None:
+        """Resume from the latest checkpoint (every rank loads rank 0's), or clear old ones."""
+        if self.ctx.resume:
+            loaded = _load_checkpoint(self.stage_dir, self.model, self.extras, self.optimizer,
+                                      self.scheduler, self.job.stateful)
+            if loaded is not None:
+                self.state, self.best = loaded
+                log.info("%s: resuming at step %d (epoch %d, batch %d)", self.label, self.state.step,
+                         self.state.epoch + 1, self.state.batch_in_epoch)
+        elif self.main:
+            for old in self.stage_dir.glob("ckpt-*"):
+                shutil.rmtree(old, ignore_errors=True)
+            (self.stage_dir / "latest").unlink(missing_ok=True)
+        self.params = [p for m in self.trained for p in m.parameters()]
+        # Its constructor broadcasts rank 0's weights: every rank starts from the same model.
+        self.ddp = distributed.wrap(self.model, self.device)
+        if self.extras is not None:
+            distributed.broadcast_module(self.extras)
+
+    def run(self) -> None:
+        state, config = self.state, self.config
+        self.done = state.step >= self.total_steps or state.stopped_early
+        with StepProgress(self.label, self.total_steps, completed=state.step,
+                          enabled=self.ctx.progress and self.main) as bar:
+            while not self.done and state.epoch < config.epochs:
+                batches = self.plan(state.epoch)
+                self._epoch(batches, bar)
+                if not self.done or state.batch_in_epoch == len(batches):
+                    if not config.eval_every:
+                        self._evaluate()
+                        if config.early_stopping and state.bad_evals >= config.early_stopping:
+                            state.stopped_early = self.done = True
+                    state.epoch += 1
+                    state.batch_in_epoch = 0
+                if not self.done:
+                    self._checkpoint()
+        if self.job.evaluate is not None and (not state.evals or state.evals[-1]["step"] != state.step):
+            self._evaluate()  # the final weights are a candidate too
+
+    def _epoch(self, batches: list[list[int]], bar: StepProgress) -> None:
+        """The rest of this epoch's batches (from ``batch_in_epoch``), until done."""
+        state = self.state
+        micro = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        tick = time.perf_counter()
+        for b in range(state.batch_in_epoch, len(batches)):
+            micro += 1
+            sync = micro % self.config.grad_accum == 0 or b == len(batches) - 1
+            loss = self._forward_backward(batches[b], sync)
+            state.items += len(batches[b])
+            self.items_window += len(batches[b])
+            if not sync:
+                continue
+            self._optimizer_step()
+            state.batch_in_epoch = b + 1
+            now = time.perf_counter()
+            state.train_seconds += now - tick
+            rate = self.items_window / max(now - self.time_window, 1e-9)
+            bar.advance(1, loss=float(loss.detach()), items_s=rate, epoch=state.epoch + 1)
+            if now - self.time_window > 10:
+                self.items_window, self.time_window = 0, now
+            self._after_step()
+            tick = time.perf_counter()
+            if self.done:
+                break
+
+    def _forward_backward(self, indices: list[int], sync: bool) -> torch.Tensor:
+        idx, weight = distributed.shard(indices)
+        # Accumulating micro-batches skip DDP's all-reduce; the step's last one does it.
+        quiet = self.ddp.no_sync() if self.ddp is not self.model and not sync else contextlib.nullcontext()
+        with quiet:
+            batch = {k: v.to(self.device) for k, v in self.batch_fn(idx).items()}
+            loss = self.loss_fn(self.ddp, batch, idx)
+            if not torch.isfinite(loss):
+                raise StageError(f"{self.label}: loss became {float(loss)} at step {self.state.step}; "
+                                 f"lower stages.{self.ctx.stage_index}.lr")
+            (loss * weight / self.config.grad_accum).backward()
+        return loss
+
+    def _optimizer_step(self) -> None:
+        if self.extras is not None:
+            distributed.average_gradients(self.extras.parameters())
+        if self.config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.state.step += 1
+        if self.job.on_step is not None:
+            self.job.on_step(self.state.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        for hook in self.bundle.train_hooks:  # e.g. gradual pruning re-applies its masks
+            hook.after_step(self.model, self.state.step, self.total_steps)
+
+    def _after_step(self) -> None:
+        """Evaluation, early stopping and checkpoints that fall on this optimizer step."""
+        state, config = self.state, self.config
+        if config.eval_every and state.step % config.eval_every == 0:
+            self._evaluate()
+            if config.early_stopping and state.bad_evals >= config.early_stopping:
+                state.stopped_early = True
+        if state.step >= self.total_steps or state.stopped_early:
+            self.done = True
+        if state.step % config.checkpoint_every == 0 and not self.done:
+            self._checkpoint()
+        if _KILL_AT_STEP and state.step == _KILL_AT_STEP:
+            # Fault injection for the resume tests: die as abruptly as a killed job does.
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _checkpoint(self) -> None:
         rng = None
-        if world > 1:  # a collective: every rank's random streams, saved by rank 0
-            cuda = torch.cuda.get_rng_state() if device.startswith("cuda") else None
+        if self.world > 1:  # a collective: every rank's random streams, saved by rank 0
+            cuda = torch.cuda.get_rng_state() if self.device.startswith("cuda") else None
             rng = distributed.gather_object((torch.get_rng_state(), cuda))
-        if main:
-            _save_checkpoint(stage_dir, model, extras, optimizer, scheduler, stateful, state, best,
-                             rng_ranks=rng)
+        if self.main:
+            _save_checkpoint(self.stage_dir, self.model, self.extras, self.optimizer, self.scheduler,
+                             self.job.stateful, self.state, self.best, rng_ranks=rng)
 
-    def run_eval() -> None:
-        nonlocal best
-        if evaluate is None:
+    def _evaluate(self) -> None:
+        """Score dev on rank 0, keep the best weights, and share the decision with every rank."""
+        state, metric = self.state, self.job.metric
+        if self.job.evaluate is None:
             return
-        if main:
+        if self.main:
             started = time.perf_counter()
-            values = {k: round(float(v), 6) for k, v in evaluate().items()}
-            model.train()
-            record = {"step": state.step, "epoch": state.epoch + 1, **values,
-                      "seconds": round(time.perf_counter() - started, 2)}
-            state.evals.append(record)
-            if _better(kind_of(bundle.task).higher_is_better(metric), values[metric], state.best_metric):
+            values = {k: round(float(v), 6) for k, v in self.job.evaluate().items()}
+            self.model.train()
+            state.evals.append({"step": state.step, "epoch": state.epoch + 1, **values,
+                                "seconds": round(time.perf_counter() - started, 2)})
+            if _better(kind_of(self.bundle.task).higher_is_better(metric), values[metric], state.best_metric):
                 state.best_metric, state.best_step, state.bad_evals = values[metric], state.step, 0
-                if config.keep_best:
-                    best = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
+                if self.config.keep_best:
+                    self.best = {k: v.detach().to("cpu").clone() for k, v in self.model.state_dict().items()}
             else:
                 state.bad_evals += 1
-            log.info("%s: step %d dev %s %.4f (loss %.4f)%s", label, state.step, metric,
+            log.info("%s: step %d dev %s %.4f (loss %.4f)%s", self.label, state.step, metric,
                      values[metric], values["loss"], " *best*" if state.best_step == state.step else "")
-        if world > 1:  # rank 0 decides; early stopping must end every rank at the same step
+        if self.world > 1:  # rank 0 decides; early stopping must end every rank at the same step
             (state.best_metric, state.best_step, state.bad_evals, state.evals) = \
                 distributed.broadcast_object((state.best_metric, state.best_step, state.bad_evals,
                                               state.evals))
 
-    items_window, time_window = 0, time.perf_counter()
-    done = state.step >= total_steps or state.stopped_early
-    with StepProgress(label, total_steps, completed=state.step, enabled=ctx.progress and main) as bar:
-        while not done and state.epoch < config.epochs:
-            batches = plan(state.epoch)
-            micro = 0
-            optimizer.zero_grad(set_to_none=True)
-            tick = time.perf_counter()
-            for b in range(state.batch_in_epoch, len(batches)):
-                idx, weight = distributed.shard(batches[b])
-                micro += 1
-                sync = micro % config.grad_accum == 0 or b == len(batches) - 1
-                # Accumulating micro-batches skip DDP's all-reduce; the step's last one does it.
-                quiet = ddp.no_sync() if ddp is not model and not sync else contextlib.nullcontext()
-                with quiet:
-                    batch = {k: v.to(device) for k, v in batch_fn(idx).items()}
-                    loss = loss_fn(ddp, batch, idx)
-                    if not torch.isfinite(loss):
-                        raise StageError(f"{label}: loss became {float(loss)} at step {state.step}; "
-                                         f"lower stages.{ctx.stage_index}.lr")
-                    (loss * weight / config.grad_accum).backward()
-                state.items += len(batches[b])
-                items_window += len(batches[b])
-                if not sync:
-                    continue
-                if extras is not None:
-                    distributed.average_gradients(extras.parameters())
-                if config.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                state.step += 1
-                if on_step is not None:
-                    on_step(state.step)
-                optimizer.zero_grad(set_to_none=True)
-                for hook in bundle.train_hooks:  # e.g. gradual pruning re-applies its masks
-                    hook.after_step(model, state.step, total_steps)
-                state.batch_in_epoch = b + 1
-                now = time.perf_counter()
-                state.train_seconds += now - tick
-                rate = items_window / max(now - time_window, 1e-9)
-                bar.advance(1, loss=float(loss.detach()), items_s=rate, epoch=state.epoch + 1)
-                if now - time_window > 10:
-                    items_window, time_window = 0, now
-                if config.eval_every and state.step % config.eval_every == 0:
-                    run_eval()
-                    if config.early_stopping and state.bad_evals >= config.early_stopping:
-                        state.stopped_early = True
-                if state.step >= total_steps or state.stopped_early:
-                    done = True
-                if state.step % config.checkpoint_every == 0 and not done:
-                    checkpoint()
-                if _KILL_AT_STEP and state.step == _KILL_AT_STEP:
-                    # Fault injection for the resume tests: die as abruptly as a killed job does.
-                    os.kill(os.getpid(), signal.SIGKILL)
-                tick = time.perf_counter()
-                if done:
-                    break
-            if not done or state.batch_in_epoch == len(batches):
-                if not config.eval_every:
-                    run_eval()
-                    if config.early_stopping and state.bad_evals >= config.early_stopping:
-                        state.stopped_early = done = True
-                state.epoch += 1
-                state.batch_in_epoch = 0
-            if not done:
-                checkpoint()
-    if evaluate is not None and (not state.evals or state.evals[-1]["step"] != state.step):
-        run_eval()  # the final weights are a candidate too
-
-    if config.keep_best and best is not None:
-        model.load_state_dict(best)
-    distributed.broadcast_module(model)  # rank 0's choice on every rank
-    model.eval()
-    if on_trained is not None:
-        on_trained()
-    hook_summaries = [hook.finish(bundle.model) for hook in bundle.train_hooks]
-    bundle.train_hooks = []
-    bundle.model.eval()
-    summary: dict[str, Any] = {
-        "steps": state.step, "epochs_run": state.epoch, "items": state.items,
-        "train_seconds": round(state.train_seconds, 2),
-        "items_per_s": round(state.items / state.train_seconds, 2) if state.train_seconds else None,
-        "selection_metric": metric, "best_metric": state.best_metric, "best_step": state.best_step,
-        "stopped_early": state.stopped_early, "evals": state.evals,
-        "train_examples": len(data), "world_size": world,
-    }
-    if hook_summaries:
-        summary["train_hooks"] = hook_summaries
-    return summary
+    def finish(self) -> dict[str, Any]:
+        """The chosen weights on every rank, the train hooks finished, and the summary."""
+        state, bundle = self.state, self.bundle
+        if self.config.keep_best and self.best is not None:
+            self.model.load_state_dict(self.best)
+        distributed.broadcast_module(self.model)  # rank 0's choice on every rank
+        self.model.eval()
+        if self.job.on_trained is not None:
+            self.job.on_trained()
+        hook_summaries = [hook.finish(bundle.model) for hook in bundle.train_hooks]
+        bundle.train_hooks = []
+        bundle.model.eval()
+        summary: dict[str, Any] = {
+            "steps": state.step, "epochs_run": state.epoch, "items": state.items,
+            "train_seconds": round(state.train_seconds, 2),
+            "items_per_s": round(state.items / state.train_seconds, 2) if state.train_seconds else None,
+            "selection_metric": self.job.metric, "best_metric": state.best_metric,
+            "best_step": state.best_step, "stopped_early": state.stopped_early, "evals": state.evals,
+            "train_examples": len(self.job.data), "world_size": self.world,
+        }
+        if hook_summaries:
+            summary["train_hooks"] = hook_summaries
+        return summary

@@ -44,7 +44,7 @@ from torch import nn
 from lepton.bundle import ModelBundle, RunContext
 from lepton.data import DataSplitConfig
 from lepton.errors import StageError
-from lepton.stages import StageConfig, register
+from lepton.stages.base import StageConfig, register
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,7 @@ SplitName = Literal["train", "dev", "test"]
 
 
 class TrimVocabConfig(StageConfig):
-    stage_kind: ClassVar[str] = "trim_vocab"
-    accepts_runtimes: ClassVar[tuple[str, ...]] = ("torch",)
-    produces_runtime: ClassVar[str | None] = None
+    contract_example: ClassVar[dict[str, Any]] = {}  # every setting has a default
 
     kind: Literal["trim_vocab"] = "trim_vocab"
     splits: list[SplitName] = Field(default_factory=lambda: ["train"])  # whose tokens are kept

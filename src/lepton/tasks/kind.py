@@ -61,7 +61,7 @@ class TaskKind:
     # for the usage example, and extra arguments of transformers' ``pipeline(...)`` call.
     pipeline_tag: ClassVar[str] = ""
     hub_task_name: ClassVar[str] = ""
-    card_what: ClassVar[str] = ""
+    card_what: ClassVar[str] = "transformer"
     example_input: ClassVar[str] = ""
     pipeline_args: ClassVar[str] = ""
     # Headline first. "loss" (the model's own loss on dev) is always last and lower-is-better.
@@ -72,6 +72,8 @@ class TaskKind:
     labels_per_text: ClassVar[bool] = False
     uses_labels: ClassVar[bool] = True  # the task has a fixed label set (a classification head)
     pools: ClassVar[bool] = False  # its head reads the encoder's pooled output (BERT's pooler)
+    # The stage kinds that can work on this kind's models (None: every stage that accepts it).
+    supported_stages: ClassVar[tuple[str, ...] | None] = None
 
     # ------------------------------------------------------------------ metrics
 

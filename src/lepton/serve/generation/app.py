@@ -1,0 +1,401 @@
+"""The generative HTTP app: ``create_generate_app(model, tokenizer, settings, ...)``.
+
+Routes: ``POST /v1/generate`` (Lepton's own shape), the OpenAI-compatible ``POST /v1/completions``
+and ``POST /v1/chat/completions`` (streaming as Server-Sent Events in OpenAI's chunk shapes, ending
+with ``data: [DONE]``), ``GET /v1/models``, ``/healthz``, ``/readyz``, ``/metrics``. Every error is
+OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``; a bad field is a 400 naming it.
+A client that disconnects cancels its request: it leaves the decode batch at the next step.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime.
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lepton import __version__
+from lepton.serve.batcher import QueueFullError, ShuttingDownError
+from lepton.serve.generation.engine import GenerationEngine, TorchEngine
+from lepton.serve.generation.metrics import GenerateMetrics
+from lepton.serve.generation.sampling import SamplingParams
+from lepton.serve.generation.scheduler import Chunk, GenerationHandle, Scheduler
+from lepton.serve.generation.schemas import ChatRequest, CompletionRequest, GenerateRequest
+from lepton.serve.guards import RETRY_AFTER_S, BodyError, BodyGuardMiddleware, DrainGuardMiddleware, _JSONRequest
+from lepton.serve.metrics import MetricsMiddleware
+
+log = logging.getLogger(__name__)
+
+
+class GenerateSettings(BaseModel):
+    """The limits of a generative server (``lepton serve`` on a generative artifact)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch: int = Field(16, ge=1, le=1024)  # sequences in one decode step
+    max_queue: int = Field(64, ge=1)  # requests waiting to join the batch; beyond it: 503
+    max_prompt_tokens: int = Field(2048, ge=1)  # longer prompts: 400 (also capped by the context)
+    max_new_tokens: int = Field(512, ge=1)  # the most a request may ask for
+    max_body_bytes: int = Field(1 << 20, ge=1)
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)
+    drain_timeout_s: float = Field(30.0, ge=0, le=3600)
+
+    @classmethod
+    def from_serve(cls, serve: Any, **overrides: Any) -> "GenerateSettings":
+        """The fields a ``ServeSettings`` shares with these (batch, queue, body, drain)."""
+        common = {k: getattr(serve, k) for k in ("max_batch", "max_queue", "max_body_bytes",
+                                                  "body_timeout_s", "drain_timeout_s") if hasattr(serve, k)}
+        return cls(**{**common, **overrides})
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, *, param: str | None = None,
+                 kind: str = "invalid_request_error", code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind, self.code = status, message, param, kind, code
+        self.headers = headers
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+
+
+class _JSONRoute(APIRoute):
+    """Request bodies through guards.parse_json_body (bad UTF-8, deep nesting), errors in OpenAI's shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Any:
+            try:
+                return await handler(_JSONRequest(request.scope, request.receive))
+            except BodyError as err:
+                param = ".".join(str(p) for p in err.loc[1:]) or None
+                return APIError(400, err.msg, param=param, code=err.kind).response()
+
+        return route
+
+
+def _sse(payload: Any) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def _eos_ids(model: Any, tokenizer: Any, defaults: Mapping[str, Any]) -> list[int]:
+    found: list[int] = []
+    model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for value in (defaults.get("eos_token_id"), model_eos, getattr(tokenizer, "eos_token_id", None)):
+        found += [int(v) for v in (value if isinstance(value, list | tuple) else [value]) if v is not None]
+    return sorted(set(found))
+
+
+def create_generate_app(model: Any, tokenizer: Any, settings: Any = None, *, model_name: str,
+                        generation_defaults: Mapping[str, Any] | None = None,
+                        engine: GenerationEngine | None = None) -> FastAPI:
+    """The app serving a causal LM. ``settings``: GenerateSettings (a ServeSettings is converted
+    with GenerateSettings.from_serve). ``generation_defaults``: the artifact's defaults
+    (max_new_tokens, temperature, top_p, top_k, do_sample, eos_token_id) for fields a request
+    leaves out. ``engine``: another runtime (e.g. ONNX Runtime) to serve instead of a
+    TorchEngine over ``model`` (``model`` may then be None)."""
+    if settings is None:
+        settings = GenerateSettings()
+    elif not isinstance(settings, GenerateSettings):
+        settings = GenerateSettings.from_serve(settings)
+    defaults = dict(generation_defaults or {})
+    engine = engine if engine is not None else TorchEngine(model)
+    metrics = GenerateMetrics()
+    scheduler = Scheduler(engine, tokenizer, eos_token_ids=_eos_ids(model, tokenizer, defaults),
+                          max_batch=settings.max_batch, max_queue=settings.max_queue, metrics=metrics)
+    max_prompt = min(settings.max_prompt_tokens, engine.max_context - 1)
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        from lepton.serve.app import _on_shutdown_signal
+
+        await asyncio.to_thread(_warm_up, engine, tokenizer)
+        scheduler.start(asyncio.get_running_loop())
+        restore = _on_shutdown_signal(asyncio.get_running_loop(),
+                                      lambda: scheduler.begin_drain(settings.drain_timeout_s))
+        log.info("serving %s (generative; max context %d tokens)", model_name, engine.max_context)
+        try:
+            yield
+        finally:
+            restore()
+            await scheduler.close(5.0)
+
+    from lepton.serve.app import _add_docs, _swagger_assets
+
+    app = FastAPI(title=f"Lepton generative server: {model_name}", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None,  # /docs from local files, as lepton.serve.app does
+                  description="Text generation; requests share decode steps with other concurrent requests.")
+    app.router.route_class = _JSONRoute
+    _add_docs(app, _swagger_assets())
+    app.state.scheduler, app.state.metrics, app.state.engine = scheduler, metrics, engine
+
+    # ------------------------------------------------------------------ helpers
+
+    def token_limit(requested: int | None, field: str, n_prompt: int, fallback: int) -> int:
+        room = engine.max_context - n_prompt
+        if requested is None:
+            return max(1, min(int(defaults.get("max_new_tokens") or fallback), settings.max_new_tokens, room))
+        if requested > settings.max_new_tokens:
+            raise APIError(400, f"{field}: {requested} is over this server's limit of {settings.max_new_tokens}",
+                           param=field)
+        if requested > room:
+            raise APIError(400, f"{field}: the prompt ({n_prompt} tokens) plus {requested} new tokens is over the "
+                                f"model's context of {engine.max_context} tokens", param=field,
+                           code="context_length_exceeded")
+        return requested
+
+    def sampling(body: Any, max_new: int, temperature_fallback: float) -> SamplingParams:
+        greedy_default = defaults.get("do_sample") is False
+        temperature = body.temperature
+        if temperature is None:
+            temperature = 0.0 if greedy_default else float(defaults.get("temperature", temperature_fallback))
+        stop = body.stop if isinstance(body.stop, list) else [body.stop] if body.stop else []
+        return SamplingParams(
+            max_new_tokens=max_new, temperature=temperature,
+            top_p=body.top_p if body.top_p is not None else float(defaults.get("top_p") or 1.0),
+            top_k=body.top_k if body.top_k is not None else int(defaults.get("top_k") or 0),
+            seed=body.seed, stop=tuple(stop), ignore_eos=body.ignore_eos)
+
+    async def encode(text: str, *, special: bool = True) -> list[int]:
+        return await asyncio.to_thread(lambda: list(tokenizer(text, add_special_tokens=special)["input_ids"]))
+
+    def check_prompt(ids: list[int], field: str) -> None:
+        if not ids:
+            raise APIError(400, f"{field}: the prompt has no tokens", param=field)
+        if len(ids) > max_prompt:
+            raise APIError(400, f"{field}: {len(ids)} tokens is over the limit of {max_prompt} prompt tokens",
+                           param=field, code="context_length_exceeded")
+
+    def check_model(requested: str | None) -> None:
+        if requested is not None and requested != model_name:
+            raise APIError(404, f"model: {requested!r} is not served here (this server serves {model_name!r})",
+                           param="model", code="model_not_found")
+
+    def submit(ids: list[int], params: SamplingParams) -> GenerationHandle:
+        try:
+            return scheduler.submit(ids, params)
+        except QueueFullError as err:
+            raise APIError(503, f"server busy: {err}; retry later", kind="server_error", code="server_busy",
+                           headers={"Retry-After": RETRY_AFTER_S}) from None
+        except ShuttingDownError as err:
+            raise APIError(503, str(err), kind="server_error", code="shutting_down",
+                           headers={"Retry-After": RETRY_AFTER_S}) from None
+
+    async def complete(request: Request, handle: GenerationHandle) -> Chunk:
+        """The whole result; cancels the request if the client disconnects first."""
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, handle))
+        try:
+            result = await handle.result()
+        finally:
+            watcher.cancel()
+            handle.cancel()  # no-op when done; frees the slot if this task itself was cancelled
+        if result.finish_reason == "error":
+            raise APIError(503 if "shutting down" in (result.error or "") else 500,
+                           result.error or "generation failed", kind="server_error")
+        return result
+
+    async def stream(handle: GenerationHandle, first: list[str], shape: Callable[[Chunk], list[Any]],
+                     usage_chunk: Callable[[Chunk], Any] | None) -> AsyncIterator[str]:
+        try:
+            for line in first:
+                yield line
+            async for chunk in handle:
+                if chunk.finish_reason == "error":
+                    yield _sse(APIError(500, chunk.error or "generation failed", kind="server_error").body())
+                    break
+                for payload in shape(chunk):
+                    yield _sse(payload)
+                if chunk.finish_reason is not None and usage_chunk is not None:
+                    yield _sse(usage_chunk(chunk))
+            yield "data: [DONE]\n\n"
+        finally:  # the client went away (the response task is cancelled) or the stream ended
+            handle.cancel()
+
+    def sse_response(body: AsyncIterator[str]) -> StreamingResponse:
+        return StreamingResponse(body, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    def usage(c: Chunk) -> dict[str, int]:
+        return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                "total_tokens": c.prompt_tokens + c.completion_tokens}
+
+    # ------------------------------------------------------------------ routes
+
+    @app.post("/v1/generate", summary="Generate text (Lepton's own request shape)")
+    async def generate(body: GenerateRequest, request: Request) -> Any:
+        ids = await encode(body.prompt)
+        check_prompt(ids, "prompt")
+        params = sampling(body, token_limit(body.max_new_tokens, "max_new_tokens", len(ids), 128), 0.0)
+        handle = submit(ids, params)
+        rid = f"gen-{uuid.uuid4().hex}"
+        if body.stream:
+            def shape(c: Chunk) -> list[Any]:
+                if c.finish_reason is None:
+                    return [{"id": rid, "text": c.text, "token_ids": c.token_ids}]
+                return [{"id": rid, "text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason,
+                         "usage": usage(c)}]
+            return sse_response(stream(handle, [], shape, None))
+        r = await complete(request, handle)
+        return {"id": rid, "model": model_name, "text": r.text, "token_ids": r.token_ids,
+                "finish_reason": r.finish_reason, "usage": usage(r)}
+
+    @app.post("/v1/completions", summary="OpenAI-compatible text completion")
+    async def completions(body: CompletionRequest, request: Request) -> Any:
+        check_model(body.model)
+        if isinstance(body.prompt, str) or isinstance(body.prompt[0], str):
+            ids = await encode(body.prompt if isinstance(body.prompt, str) else body.prompt[0])
+        else:
+            ids = list(body.prompt)
+            vocab = len(tokenizer)
+            if any(not 0 <= t < vocab for t in ids):
+                raise APIError(400, f"prompt: token ids must be in [0, {vocab})", param="prompt")
+        check_prompt(ids, "prompt")
+        params = sampling(body, token_limit(body.max_tokens, "max_tokens", len(ids), 16), 1.0)
+        handle = submit(ids, params)
+        cid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": cid, "object": "text_completion", "created": now, "model": model_name}
+        if body.stream:
+            with_usage = bool(body.stream_options and body.stream_options.include_usage)
+            extra = {"usage": None} if with_usage else {}
+
+            def shape(c: Chunk) -> list[Any]:
+                if not c.text and c.finish_reason is None:
+                    return []
+                return [{**head, "choices": [{"text": c.text, "index": 0, "logprobs": None,
+                                              "finish_reason": c.finish_reason}], **extra}]
+            tail = (lambda c: {**head, "choices": [], "usage": usage(c)}) if with_usage else None
+            return sse_response(stream(handle, [], shape, tail))
+        r = await complete(request, handle)
+        return {**head, "choices": [{"text": r.text, "index": 0, "logprobs": None, "finish_reason": r.finish_reason}],
+                "usage": usage(r)}
+
+    @app.post("/v1/chat/completions", summary="OpenAI-compatible chat completion")
+    async def chat_completions(body: ChatRequest, request: Request) -> Any:
+        check_model(body.model)
+        if not getattr(tokenizer, "chat_template", None):
+            raise APIError(400, "messages: this model has no chat template; use /v1/completions", param="messages")
+        messages = [{"role": m.role, "content": m.text()} for m in body.messages]
+        try:
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except Exception as err:  # noqa: BLE001 - a template may refuse a role order (raise_exception)
+            raise APIError(400, f"messages: the chat template refused them: {err}", param="messages") from None
+        ids = await encode(text, special=False)  # the template writes the special tokens itself
+        check_prompt(ids, "messages")
+        field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+        limit = token_limit(body.max_completion_tokens or body.max_tokens, field, len(ids), 512)
+        handle = submit(ids, sampling(body, limit, 1.0))
+        cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": cid, "object": "chat.completion.chunk", "created": now, "model": model_name}
+        if body.stream:
+            with_usage = bool(body.stream_options and body.stream_options.include_usage)
+            extra = {"usage": None} if with_usage else {}
+
+            def choice(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+                return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                        **extra}
+
+            def shape(c: Chunk) -> list[Any]:
+                out = [choice({"content": c.text}, None)] if c.text else []
+                if c.finish_reason is not None:
+                    out.append(choice({}, c.finish_reason))
+                return out
+            tail = (lambda c: {**head, "choices": [], "usage": usage(c)}) if with_usage else None
+            first = [_sse(choice({"role": "assistant", "content": ""}, None))]
+            return sse_response(stream(handle, first, shape, tail))
+        r = await complete(request, handle)
+        return {**head, "object": "chat.completion",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text}, "logprobs": None,
+                             "finish_reason": r.finish_reason}], "usage": usage(r)}
+
+    @app.get("/v1/models", summary="The served model, in OpenAI's list shape")
+    async def models() -> Any:
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
+                                            "owned_by": "lepton", "max_model_len": engine.max_context}]}
+
+    @app.get("/healthz", summary="The process is alive")
+    async def healthz() -> Any:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="The model is loaded and takes requests")
+    async def readyz() -> Any:
+        if scheduler.accepting:
+            return {"status": "ready"}
+        return JSONResponse({"status": "not ready"}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+
+    @app.get("/metrics", response_class=Response, summary="Prometheus metrics of this process")
+    async def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    _add_error_handlers(app)
+    app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_s)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, paths=frozenset(getattr(r, "path", "") for r in app.routes))
+    app.add_middleware(DrainGuardMiddleware)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The first problem, named by its field (never echoing the input back).
+        e = exc.errors()[0]
+        loc = [p for p in e.get("loc", ()) if p != "body"]
+        msg = e.get("msg", "invalid")
+        if e.get("type") == "json_invalid":
+            reason = (e.get("ctx") or {}).get("error", msg)
+            return APIError(400, f"invalid JSON: {reason}", code="json_invalid").response()
+        if e.get("type") == "extra_forbidden":
+            msg = "unknown or unsupported field"
+        # Union members show up in the path as type names ("list[str]"): keep field names and indices.
+        path = [str(p) for p in loc if isinstance(p, int) or not any(c in str(p) for c in "[]-,")]
+        param = path[0] if path else None
+        where = ".".join(path) or "body"
+        return APIError(400, f"{where}: {msg}", param=param, code=e.get("type")).response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return APIError(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None)).response()
+
+
+async def _cancel_on_disconnect(request: Request, handle: GenerationHandle) -> None:
+    """Wait for the client to go away (the body is read by now), then cancel its request."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            handle.cancel()
+            return
+
+
+def _warm_up(engine: GenerationEngine, tokenizer: Any) -> None:
+    """One tiny prefill and decode step before serving: the first request does not pay for
+    allocations and thread start-up."""
+    token = getattr(tokenizer, "bos_token_id", None) or 0
+    with contextlib.suppress(Exception):
+        import torch
+
+        with torch.inference_mode():
+            states, logits = engine.prefill([[token, token]])
+            engine.decode_step(states, [token])
+            engine.release(states)
