@@ -45,7 +45,8 @@ def main(names: list[str]) -> None:
              "Run as separate processes side by side, each pinned to one core of a 2-core machine that "
              "four other engineers' jobs shared at the same time: " +
              "; ".join(f"`{r['args']['name']}`: {r.get('pinning')}, systems {r['args']['systems']}, "
-                       f"parts {r['args']['parts']}, {r.get('started')} to {r.get('finished', 'unfinished')}"
+                       f"parts {r['args']['parts']}, {r['args']['train_pairs']} training pairs, LoRA lr {r['args']['lr_lora']}, "
+                       f"full lr {r['args']['lr_full']}, {r.get('started')} to {r.get('finished', 'unfinished')}"
                        for r in runs) + ". "
              "Wall times and tokens/s therefore include that contention; compare them only within this run.",
              "", "Command: `taskset -c 1 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/generative.py "
@@ -60,7 +61,8 @@ def main(names: list[str]) -> None:
                   f"`{sel['template']}`, inside the tokenizer's chat template with the system message "
                   f"\"{first['system_prompt']}\". Decoding: greedy, at most "
                   f"{first['generation']['max_new_tokens']} new tokens, cut at the first line break. "
-                  f"Fine-tuning: {first['train_pairs']} training pairs (a seeded sample of the 29,000), "
+                  f"Fine-tuning: {first['train_pairs']} training pairs (a seeded sample of the 29,000; "
+                  "`lora-1000-pairs`: 1,000 pairs, lr 1e-3, run after the others), "
                   f"{first['args']['epochs']} epoch, batch {first['args']['batch_size']}, loss on the "
                   "German tokens only, keep-best on the val loss.", "",
                   "| system | BLEU [95% CI] | chrF [95% CI] | exact match | training wall s | training tokens/s | "
