@@ -24,6 +24,7 @@ ONNX graph on a set of prompts and raises :class:`ParityError` unless the tokens
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import os
 import shutil
@@ -68,6 +69,8 @@ class _FlatCache(torch.nn.Module):
         super().__init__()
         self.model = model
         self.layers = model.config.num_hidden_layers
+        # transformers 5.x renames forward's past_key_values to cache (the old name warns until 5.40).
+        self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 *past: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -77,7 +80,7 @@ class _FlatCache(torch.nn.Module):
         for i in range(self.layers):
             cache.update(past[2 * i], past[2 * i + 1], i)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         past_key_values=cache, use_cache=True)
+                         use_cache=True, **{self.cache_arg: cache})
         present: list[torch.Tensor] = []
         for layer in out.past_key_values.layers:
             present += [layer.keys, layer.values]
@@ -118,6 +121,7 @@ def export_torch(model: torch.nn.Module, path: Path, *, opset: int = 17) -> Path
             # code; those branches are the same for every length (the parity check verifies it).
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message=".*aten::index.*")
+            warnings.filterwarnings("ignore", category=DeprecationWarning)  # the TorchScript exporter's notice
             torch.onnx.export(_FlatCache(model), tuple(example), str(path), opset_version=opset, dynamo=False,
                               input_names=["input_ids", "attention_mask", "position_ids", *past_names],
                               output_names=["logits", *present_names], dynamic_axes=axes, do_constant_folding=True)
