@@ -81,9 +81,30 @@ def test_export_graph_has_cache_io_and_parity(tiny, exported) -> None:
     assert {"input_ids", "attention_mask", "position_ids", "past_key_values.1.value"} <= names
     assert {"logits", "present.0.key", "present.1.value"} <= {o.name for o in session.get_outputs()}
     assert (exported / "tokenizer.json").is_file() and (exported / "config.json").is_file()
+    empty = np.zeros((1, 2, 0, 16), np.float32)
+    feeds = {"input_ids": np.array([[5, 6, 7]]), "attention_mask": np.ones((1, 3), np.int64),
+             "position_ids": np.array([[0, 1, 2]]), **{n: empty for n in names if n.startswith("past")}}
+    logits, key = session.run(["logits", "present.0.key"], feeds)
+    assert logits.shape == (1, 1, 256) and key.shape == (1, 2, 3, 16)  # last position only; cache of 3
     report = check_parity(tiny[1], tiny[2], exported, PROMPTS, max_new_tokens=10)
     assert report["identical"] == len(PROMPTS)
     assert report["max_abs_logit_diff"] < 1e-4
+
+
+def test_export_with_every_position_and_a_bad_backend(tiny, tmp_path) -> None:
+    from lepton.generative.onnx_decoder import ExportError
+
+    info = export_decoder(tiny[0], tmp_path / "all", last_logits_only=False)
+    ids, mask = encode_left_padded(tiny[2], PROMPTS[:2])
+    decoder = OrtDecoder(tmp_path / "all")
+    assert decoder.session.get_outputs()[0].shape[1] == "sequence" and info["last_logits_only"] is False
+    assert decoder.prefill(ids, mask)[0].shape == (2, 256)
+    assert check_parity(tiny[1], tiny[2], tmp_path / "all", PROMPTS, max_new_tokens=4)["identical"] == 4
+    with pytest.raises(ExportError, match="backend"):
+        export_decoder(tiny[0], tmp_path / "x", backend="tensorrt")
+    with pytest.raises(ExportError, match="fp32"):
+        export_decoder(tiny[0], tmp_path / "x", precision="int4")
+    assert not (tmp_path / "x").exists()
 
 
 def test_parity_check_fails_on_a_different_model(tiny, exported) -> None:
@@ -292,7 +313,7 @@ def test_token_kd_loss() -> None:
     assert float(dc.token_kd_loss(teacher.clone(), teacher, labels)) == pytest.approx(0.0, abs=1e-6)
     student = torch.randn(2, 5, 256, requires_grad=True)
     loss = dc.token_kd_loss(student, teacher, labels, temperature=2.0)
-    assert float(loss) > 0
+    assert loss.item() > 0
     loss.backward()
     # Positions whose next token is not a target get no gradient: (0,0), (0,4), (1,2), (1,3), (1,4).
     assert float(student.grad[0, 0].abs().sum()) == 0 and float(student.grad[1, 3].abs().sum()) == 0
@@ -302,7 +323,7 @@ def test_token_kd_loss() -> None:
     s = torch.stack([student[i, j] for i, j in rows]) / 2
     t = torch.stack([teacher[i, j] for i, j in rows]) / 2
     want = (t.softmax(-1) * (t.log_softmax(-1) - s.log_softmax(-1))).sum(-1).mean() * 4
-    assert float(loss) == pytest.approx(float(want), rel=1e-5)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
     with pytest.raises(dc.CompressError, match="differ"):
         dc.token_kd_loss(student[:, :, :10], teacher)
 

@@ -65,9 +65,13 @@ def genai_available() -> bool:
 class _FlatCache(torch.nn.Module):
     """``model`` with the cache as flat tensors in and out (what an ONNX graph can carry)."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, last_logits_only: bool) -> None:
         super().__init__()
         self.model = model
+        # Generation needs only the last position's logits: with logits_to_keep=1 the output layer
+        # runs on one position instead of every prompt token (a large share of prefill for a
+        # small model with a 49k vocabulary).
+        self.extra = {"logits_to_keep": 1} if last_logits_only else {}
         self.layers = model.config.num_hidden_layers
         # transformers 5.x renames forward's past_key_values to cache (the old name warns until 5.40).
         self.cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -80,7 +84,7 @@ class _FlatCache(torch.nn.Module):
         for i in range(self.layers):
             cache.update(past[2 * i], past[2 * i + 1], i)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         use_cache=True, **{self.cache_arg: cache})
+                         use_cache=True, **{self.cache_arg: cache}, **self.extra)
         present: list[torch.Tensor] = []
         for layer in out.past_key_values.layers:
             present += [layer.keys, layer.values]
@@ -96,8 +100,10 @@ def _head_dim(config: Any) -> int:
     return int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
 
 
-def export_torch(model: torch.nn.Module, path: Path, *, opset: int = 17) -> Path:
-    """Lepton's own exporter: write ``path`` (one .onnx file; external data when over 2 GB)."""
+def export_torch(model: torch.nn.Module, path: Path, *, opset: int = 17, last_logits_only: bool = True) -> Path:
+    """Lepton's own exporter: write ``path`` (one .onnx file; external data when over 2 GB).
+    ``last_logits_only``: ``logits`` has one position per row (the last), what generation uses;
+    False keeps every position (scoring, perplexity)."""
     config = model.config
     if getattr(config, "is_encoder_decoder", False):
         raise ExportError("export with a KV cache: only decoder-only models (encoder-decoders are not supported yet)")
@@ -110,7 +116,8 @@ def export_torch(model: torch.nn.Module, path: Path, *, opset: int = 17) -> Path
     example += [torch.zeros(batch, kv, past_len, _head_dim(config), dtype=dtype) for _ in past_names]
     axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"},
                                        "attention_mask": {0: "batch", 1: "total_sequence"},
-                                       "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
+                                       "position_ids": {0: "batch", 1: "sequence"},
+                                       "logits": {0: "batch"} if last_logits_only else {0: "batch", 1: "sequence"}}
     axes.update({n: {0: "batch", 2: "past_sequence"} for n in past_names})
     axes.update({n: {0: "batch", 2: "total_sequence"} for n in present_names})
     was_training = model.training
@@ -122,7 +129,7 @@ def export_torch(model: torch.nn.Module, path: Path, *, opset: int = 17) -> Path
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message=".*aten::index.*")
             warnings.filterwarnings("ignore", category=DeprecationWarning)  # the TorchScript exporter's notice
-            torch.onnx.export(_FlatCache(model), tuple(example), str(path), opset_version=opset, dynamo=False,
+            torch.onnx.export(_FlatCache(model, last_logits_only), tuple(example), str(path), opset_version=opset, dynamo=False,
                               input_names=["input_ids", "attention_mask", "position_ids", *past_names],
                               output_names=["logits", *present_names], dynamic_axes=axes, do_constant_folding=True)
     except Exception as err:  # the exporter raises many types; the cause goes in the message
@@ -153,7 +160,8 @@ def export_genai(model_dir: Path, out_dir: Path, *, precision: str = "fp32", ext
 
 
 def export_decoder(model_dir: str | Path, out_dir: str | Path, *, backend: str = "torch", precision: str = "fp32",
-                   opset: int = 17, extra_options: dict[str, str] | None = None) -> dict[str, Any]:
+                   opset: int = 17, last_logits_only: bool = True,
+                   extra_options: dict[str, str] | None = None) -> dict[str, Any]:
     """Export the transformers folder ``model_dir`` to ``out_dir`` (written atomically; config and
     tokenizer files are copied beside ``model.onnx``). ``backend``: ``"torch"`` (Lepton's exporter,
     fp32) or ``"genai"`` (ONNX Runtime GenAI's builder, any of :data:`GENAI_PRECISIONS`).
@@ -178,8 +186,9 @@ def export_decoder(model_dir: str | Path, out_dir: str | Path, *, backend: str =
             from transformers import AutoModelForCausalLM
 
             model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-            export_torch(model, tmp / ONNX_FILE, opset=opset)
+            export_torch(model, tmp / ONNX_FILE, opset=opset, last_logits_only=last_logits_only)
             info["exporter"] = EXPORTER
+            info["last_logits_only"] = last_logits_only
         _copy_side_files(model_dir, tmp)
 
     write_folder(out_dir, fill)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,9 @@ def quantize_onnx_weights(src: str | Path, dest: str | Path, *, bits: int = 4, b
         # GatherBlockQuantized's int4 tables need opset 21; the quantizer only relabels the opset,
         # which leaves older operator forms (ReduceMean's axes attribute) invalid: convert first.
         model = require("onnx.version_converter").convert_version(model, 21)
-    with quiet_onnxruntime(), np.errstate(invalid="ignore", divide="ignore"):  # 0/0 on all-equal blocks, masked after
+    with quiet_onnxruntime(), np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        # 0/0 on all-equal blocks (masked after); HQQ hands torch a read-only numpy view (only read).
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         quantizer = nbits.MatMulNBitsQuantizer(model, nodes_to_exclude=list(exclude), algo_config=config)
         quantizer.process()
     model = quantizer.model.model
