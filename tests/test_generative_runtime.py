@@ -238,6 +238,10 @@ def test_torch_weight_only_model_saves_and_reloads(tiny, tmp_path) -> None:
         assert torch.equal(again(ids).logits, quant)
     with pytest.raises(wq.QuantizeError, match="bits"):
         wq.quantize_linears(make_model(), bits=3)
+    # 128 does not divide the 64-wide inputs: groups of 64 there, 128 for down_proj (128 wide).
+    groups = wq.quantize_linears(make_model(), bits=4, group_size=128)["layers"]
+    assert groups["model.layers.0.self_attn.q_proj"]["group_size"] == 64
+    assert groups["model.layers.0.mlp.down_proj"]["group_size"] == 128
 
 
 def _greedy_with_and_without_cache(model: torch.nn.Module, tok: object) -> tuple[list[list[int]], list[list[int]]]:

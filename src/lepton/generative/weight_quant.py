@@ -209,7 +209,7 @@ def quantize_linears(model: nn.Module, *, bits: int = 8, group_size: int | None 
                      exclude: tuple[str, ...] = ("lm_head",)) -> dict[str, Any]:
     """Replace every ``nn.Linear`` (names containing an ``exclude`` entry kept; the tied output
     layer by default) with :class:`WeightOnlyLinear`. int8 default: per output channel; int4
-    default: groups of 128 (or ``group_size``). Returns the record :func:`load_weight_only` needs."""
+    default: groups of 128 (or ``group_size``), halved for a layer whose width it does not divide. Returns the record :func:`load_weight_only` needs."""
     if bits not in (4, 8):
         raise QuantizeError(f"bits must be 4 or 8, got {bits!r}")
     if bits == 4:
@@ -221,9 +221,9 @@ def quantize_linears(model: nn.Module, *, bits: int = 8, group_size: int | None 
     for name, module in list(model.named_modules()):
         if not isinstance(module, nn.Linear) or any(e in name for e in exclude):
             continue
-        group = group_size if group_size and module.in_features % group_size == 0 else None
+        group = _fitting_group(module.in_features, group_size)
         if bits == 4 and group is None:
-            log.warning("%s: in_features %d not divisible by group_size %s; kept in float", name, module.in_features, group_size)
+            log.warning("%s: in_features %d has no even group size <= %s; kept in float", name, module.in_features, group_size)
             continue
         parent, _, leaf = name.rpartition(".")
         layer = WeightOnlyLinear.from_linear(module, bits=bits, group_size=group)
@@ -232,6 +232,17 @@ def quantize_linears(model: nn.Module, *, bits: int = 8, group_size: int | None 
     if not done:
         raise QuantizeError("no nn.Linear layer to quantize (all excluded or none found)")
     return {"layers": done, "bytes_before": before, "bytes_after": _param_bytes(model)}
+
+
+def _fitting_group(in_features: int, group_size: int | None) -> int | None:
+    """``group_size`` or, where it does not divide ``in_features`` (SmolLM2's 576 with 128), the
+    largest halving of it that does, down to 16; None: per channel (int8) / no fit (int4)."""
+    size = group_size
+    while size and size >= 16:
+        if in_features % size == 0:
+            return size
+        size //= 2
+    return None
 
 
 def _param_bytes(model: nn.Module) -> int:
