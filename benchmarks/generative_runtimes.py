@@ -106,6 +106,8 @@ def smollm2_folder(gguf: Path) -> Path:
     if (folder / "model.safetensors").is_file():
         return folder
     import torch
+
+    torch.set_num_threads(1)  # a one-off conversion; stay on the pinned core
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"converting {gguf} to a float transformers folder (once) ...", flush=True)
@@ -116,6 +118,7 @@ def smollm2_folder(gguf: Path) -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
+    CACHE.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=CACHE))
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
