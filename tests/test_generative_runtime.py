@@ -196,7 +196,9 @@ def test_onnx_weight_quantization_runs_and_stays_close(tiny, exported, tmp_path,
     else:
         bits = 8 if "int8" in kind else 4
         info = wq.quantize_onnx_weights(exported, dest, bits=bits, block_size=32,
-                                        algorithm="hqq" if "hqq" in kind else "default", embeddings=kind == "int4")
+                                        algorithm="hqq" if "hqq" in kind else "default",
+                                        embeddings=kind in ("int4", "int8-nbits"))
+        assert info["embeddings"] is (kind == "int4")  # 4-bit tables only
         assert info["ops"]["MatMulNBits"] == 15  # 7 per layer x 2 + lm_head
         if kind == "int4":
             assert info["ops"]["GatherBlockQuantized"] == 1

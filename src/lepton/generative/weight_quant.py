@@ -84,6 +84,9 @@ def quantize_onnx_weights(src: str | Path, dest: str | Path, *, bits: int = 4, b
     onnx = require("onnx")
     nbits = require("onnxruntime.quantization.matmul_nbits_quantizer")
     path = _onnx_in(src)
+    if embeddings and bits != 4:
+        log.info("embeddings stay in float: onnxruntime's GatherBlockQuantized tables are 4-bit only")
+        embeddings = False
     ops = ("MatMul", "Gather") if embeddings else ("MatMul",)
     if algorithm == "hqq":
         if embeddings:
