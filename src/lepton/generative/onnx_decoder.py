@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 EXPORTER = "torch.onnx TorchScript exporter (dynamo=False) of a flat-cache wrapper"
-GENAI_PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
+GENAI_PRECISIONS = ("fp32", "int8", "int4")  # the builder's CPU targets (fp16/bf16 are GPU-only there)
 
 
 class ExportError(StageError):
