@@ -52,8 +52,10 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EOS: set[int] = set()  # the model's end-of-sequence ids, set in a worker
 LLAMA_CPP_VERSION = "0.3.36"
 
-VARIANTS = ["torch-fp32", "ort-fp32", "ort-int8-dynamic", "ort-int8-weight", "ort-int4",
+VARIANTS = ["torch-fp32", "ort-fp32", "ort-int8-dynamic", "ort-int8-weight", "ort-int4", "ort-int4-genai-graph",
             "llamacpp-q8_0", "llamacpp-q4_0", "llamacpp-q4_k_m", "genai-int4"]
+# ort-int4-genai-graph: Lepton's ONNX Runtime loop on the graph ONNX Runtime GenAI's builder wrote
+# (fused attention); genai-int4: the same graph run by GenAI's own generator.
 
 AGREEMENT_PROMPTS = [
     "What is the capital of France?", "Translate to German: A man is riding a bicycle.",
@@ -150,7 +152,8 @@ def build(variant: str, model_dir: Path, work: Path, converter: Path | None) -> 
         wq.quantize_onnx_weights(fp32, dest, bits=8, block_size=32, embeddings=True)
     elif variant == "ort-int4":
         wq.quantize_onnx_weights(fp32, dest, bits=4, block_size=32, embeddings=True)
-    elif variant == "genai-int4":
+    elif variant in ("genai-int4", "ort-int4-genai-graph"):
+        dest = work / "genai-int4"
         if not (dest / "model.onnx").is_file():
             export_decoder(model_dir, dest, backend="genai", precision="int4")
     elif variant.startswith("llamacpp"):
@@ -335,7 +338,7 @@ def available(variant: str) -> str | None:
     """None if the variant can run here, else why not."""
     if variant.startswith("llamacpp") and importlib.util.find_spec("llama_cpp") is None:
         return "llama-cpp-python not installed (run bash benchmarks/peers/setup.sh and use its Python)"
-    if variant == "genai-int4" and importlib.util.find_spec("onnxruntime_genai") is None:
+    if "genai" in variant and importlib.util.find_spec("onnxruntime_genai") is None:
         return "onnxruntime-genai not installed (peers environment)"
     return None
 
@@ -395,7 +398,8 @@ def main() -> None:
     ap.add_argument("--cores", default="1", help="taskset core list for every worker (one thread per core)")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2, help="timed generations per worker run")
+    ap.add_argument("--rounds", type=int, default=3, help="worker runs per variant, interleaved across variants")
     ap.add_argument("--agreement-prompts", type=int, default=20)
     ap.add_argument("--agreement-tokens", type=int, default=32)
     ap.add_argument("--work", default=str(CACHE / "variants"), help="where built variants are kept between runs")
@@ -415,6 +419,7 @@ def main() -> None:
     eos = [eos] if isinstance(eos, int) else list(eos or [])
     converter = find_converter()
     results: dict[str, Any] = {}
+    paths: dict[str, Path] = {}
     for variant in [v for v in args.variants.split(",") if v]:
         why = available(variant)
         if why:
@@ -422,29 +427,47 @@ def main() -> None:
             print(f"{variant}: skipped: {why}", flush=True)
             continue
         try:
-            path = build(variant, model_dir, work, converter)
+            paths[variant] = build(variant, model_dir, work, converter)
         except Exception as err:  # a peer that does not build is reported, not fatal
             results[variant] = {"skipped": f"build failed: {type(err).__name__}: {err}"}
             print(f"{variant}: build failed: {err}", flush=True)
-            continue
-        with tempfile.TemporaryDirectory() as tmp:
-            job = {"variant": variant, "path": str(path), "threads": threads, "repeats": args.repeats,
-                   "new_tokens": args.new_tokens, "long_ids": long_ids, "agreement_ids": agree_ids,
-                   "agreement_tokens": args.agreement_tokens, "eos": eos, "result": f"{tmp}/result.json"}
-            Path(tmp, "job.json").write_text(json.dumps(job))
-            env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT / "src")}
-            cmd = ["taskset", "-c", args.cores, sys.executable, __file__, "--worker", f"{tmp}/job.json"]
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if done.returncode != 0:
-                results[variant] = {"skipped": f"worker failed: {done.stderr.strip().splitlines()[-1:]}"}
-                print(f"{variant}: worker failed:\n{done.stderr[-2000:]}", flush=True)
+    # Rounds over all variants, not all repeats of one variant then the next: on a shared machine
+    # the load changes over minutes, and interleaving spreads it over every variant alike.
+    for round_ in range(args.rounds):
+        for variant, path in paths.items():
+            if "skipped" in results.get(variant, {}):
                 continue
-            results[variant] = json.loads(Path(tmp, "result.json").read_text())
-        results[variant]["size_bytes"] = weight_bytes(path)
-        r = results[variant]
-        print(f"{variant}: TTFT {r['ttft_s'] * 1000:.1f} ms, TPOT {r['tpot_s'] * 1000:.2f} ms, "
-              f"{1 / r['tpot_s']:.1f} tok/s, size {r['size_bytes'] / 1e6:.1f} MB, peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+            r = run_worker(variant, path, args, threads, long_ids, agree_ids if round_ == 0 else [], eos)
+            if "skipped" in r:
+                results[variant] = r
+                continue
+            acc = results.setdefault(variant, {"variant": variant, "ttft_all": [], "tpot_all": [], "peak_rss_mb": 0.0,
+                                               "load_s": r["load_s"], "size_bytes": weight_bytes(path)})
+            acc["ttft_all"] += r["ttft_all"]
+            acc["tpot_all"] += r["tpot_all"]
+            acc["peak_rss_mb"] = max(acc["peak_rss_mb"], r["peak_rss_mb"])
+            if round_ == 0:
+                acc["agreement_tokens"] = r["agreement_tokens"]
+            acc["ttft_s"], acc["tpot_s"] = statistics.median(acc["ttft_all"]), statistics.median(acc["tpot_all"])
+            print(f"round {round_ + 1}: {variant}: TTFT {acc['ttft_s'] * 1000:.1f} ms, TPOT {acc['tpot_s'] * 1000:.2f} ms, "
+                  f"size {acc['size_bytes'] / 1e6:.1f} MB, peak RSS {acc['peak_rss_mb']:.0f} MB", flush=True)
     write_report(args, model_dir, results, threads, eos)
+
+
+def run_worker(variant: str, path: Path, args: argparse.Namespace, threads: int, long_ids: list[int],
+               agree_ids: list[list[int]], eos: list[int]) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        job = {"variant": variant, "path": str(path), "threads": threads, "repeats": args.repeats,
+               "new_tokens": args.new_tokens, "long_ids": long_ids, "agreement_ids": agree_ids,
+               "agreement_tokens": args.agreement_tokens, "eos": eos, "result": f"{tmp}/result.json"}
+        Path(tmp, "job.json").write_text(json.dumps(job))
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT / "src")}
+        cmd = ["taskset", "-c", args.cores, sys.executable, __file__, "--worker", f"{tmp}/job.json"]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{variant}: worker failed:\n{done.stderr[-2000:]}", flush=True)
+            return {"skipped": f"worker failed: {done.stderr.strip().splitlines()[-1:]}"}
+        return json.loads(Path(tmp, "result.json").read_text())
 
 
 def write_report(args: argparse.Namespace, model_dir: Path, results: dict[str, Any], threads: int,
@@ -472,7 +495,8 @@ def write_report(args: argparse.Namespace, model_dir: Path, results: dict[str, A
         except Exception:  # noqa: BLE001 - absent peer
             versions[mod] = None
     setup = (f"CPU: {cpu_name()}, pinned with `taskset -c {args.cores}`, {threads} intra-op thread(s); batch 1, greedy; "
-             f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, median of {args.repeats}; "
+             f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, median of {args.rounds} interleaved rounds x "
+             f"{args.repeats} runs; "
              f"agreement: {args.agreement_prompts} chat prompts x {args.agreement_tokens} greedy tokens vs torch-fp32.")
     text = "\n".join([
         "# Generative runtimes side by side", "",
