@@ -505,7 +505,9 @@ def write_report(args: argparse.Namespace, model_dir: Path, results: dict[str, A
         "| variant | TTFT ms | TPOT ms | tokens/s | TPOT vs torch | size MB | smaller | peak RSS MB | identical | prefix |",
         "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
         "TTFT: prompt in, first new token out. TPOT: mean time of each later token. Size: weight files only "
-        "(the ONNX int4/int8 variants quantize the embedding table too; the GGUF files hold one tied table). "
+        "(ort-int4 quantizes the embedding table to 4 bits too, GatherBlockQuantized; the int8 variants keep it in "
+        "float; ort-fp32 holds the tied table twice, the output layer as a transposed copy; the GGUF files hold "
+        "one tied table). "
         "Peak RSS: the worker process (Python, the runtime's libraries, the model). identical: prompts whose greedy "
         "tokens (up to the end-of-sequence token) equal torch-fp32's; prefix: mean share of tokens before the first "
         "divergence.", ""])
