@@ -7,10 +7,13 @@ output folder (journal file) or the same ``--storage`` database URL and they fil
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,6 +102,31 @@ def search(recipe: str | os.PathLike[str] | SearchSpace, *, out_dir: str | os.Pa
         file_log.close()
 
 
+@contextlib.contextmanager
+def _ctrl_c_remembered() -> Iterator[list[int]]:
+    """Ctrl-C raises KeyboardInterrupt as usual, and is also remembered in the yielded list.
+
+    Python turns a signal into an exception in whatever code runs at that moment; when that is a
+    finalizer (``__del__`` during the garbage collection Optuna runs after each trial), the
+    exception is printed and dropped, and the search would go on. The trial callback re-raises
+    from the remembered signal, so a Ctrl-C always stops the search."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # a background job: leave it ignored
+        yield seen
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _optimize(study: Any, worker: Any, cfg: SearchSettings, seconds: float | None, out: Path,
               progress: bool) -> bool:
     """Trials until the study has ``cfg.trials`` finished ones; True when Ctrl-C stopped it."""
@@ -115,8 +143,11 @@ def _optimize(study: Any, worker: Any, cfg: SearchSettings, seconds: float | Non
     log.info("search: %d of %d trials done; this worker runs trials until the study has %d", done,
              cfg.trials, cfg.trials)
     started = time.monotonic()
-    with StepProgress("search", cfg.trials, completed=done, enabled=progress, log_every_s=0.0) as bar:
+    with StepProgress("search", cfg.trials, completed=done, enabled=progress, log_every_s=0.0) as bar, \
+            _ctrl_c_remembered() as ctrl_c:
         def after_trial(study: Any, trial: Any) -> None:
+            if ctrl_c:  # a Ctrl-C whose KeyboardInterrupt was swallowed (see _ctrl_c_remembered)
+                raise KeyboardInterrupt
             if runner.finished(study) >= cfg.trials:
                 study.stop()  # (not MaxTrialsCallback: a trial Ctrl-C cut short does not count)
             data = output.summary(study, worker.space, worker.baseline, cfg.objectives, cfg.max_drop, cfg.trials)
