@@ -105,6 +105,28 @@ def test_decoder_lora_loads_in_plain_transformers_with_the_same_logits(llama_dir
     with torch.no_grad():
         assert torch.allclose(plain(**ids).logits, model.bundle.model(**ids).logits)
 
+    # `lepton serve` on this artifact answers OpenAI-style completions (the generation app), with
+    # the same greedy tokens as transformers' generate on the prompt alone.
+    from fastapi.testclient import TestClient
+
+    from lepton.serve import ServeSettings
+    from lepton.serve.app import create_app
+
+    app = create_app(folder, ServeSettings(name="tiny"))
+    with TestClient(app) as client:
+        assert client.get("/v1/models").json()["data"][0]["id"] == "tiny"
+        got = client.post("/v1/completions", json={"model": "tiny", "prompt": "a man runs", "max_tokens": 4,
+                                                   "temperature": 0, "ignore_eos": True})
+        assert got.status_code == 200, got.text
+        body = got.json()
+        assert body["usage"]["completion_tokens"] == 4
+        with torch.no_grad():
+            want = plain.generate(**ids, max_new_tokens=4, do_sample=False, min_new_tokens=4)
+        tok = model.bundle.tokenizer
+        assert body["choices"][0]["text"] == tok.decode(want[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+        bad = client.post("/v1/completions", json={"model": "tiny", "prompt": "a", "temperature": -1})
+        assert bad.status_code == 400 and bad.json()["error"]["param"] == "temperature"
+
 
 def test_language_model_resumes_exactly_after_a_kill(llama_dir, tmp_path):
     train = write_text_tsv(tmp_path / "train.tsv", 64, 0)

@@ -177,6 +177,23 @@ class GenerativeKind(TaskKind):
         rendered = [self.render(predictor.bundle.tokenizer, task, p) for p in prompts]
         return generate(predictor.bundle.model, predictor.bundle.tokenizer, rendered, merged)
 
+    def serve_app(self, predictor: Any, settings: Any, name: str) -> Any:
+        """Decoder-only models: OpenAI-style completions with iteration-level batching and
+        streaming (lepton.serve.generation). Encoder-decoders keep the shared app for now."""
+        from lepton.generative.generate import is_encoder_decoder
+
+        model = predictor.bundle.model
+        if is_encoder_decoder(model) or predictor.bundle.runtime != "torch":
+            return None
+        from lepton.serve.generation.app import GenerateSettings, create_generate_app
+
+        config = getattr(model, "generation_config", None)
+        defaults = {k: getattr(config, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k",
+                                                    "do_sample", "eos_token_id")
+                    if config is not None and getattr(config, k, None) is not None}
+        return create_generate_app(model.eval(), predictor.bundle.tokenizer, GenerateSettings.from_serve(settings),
+                                   model_name=name, generation_defaults=defaults)
+
     def render(self, tokenizer: Any, task: TaskSpec, prompt: str) -> str:
         return prompt
 

@@ -245,6 +245,9 @@ def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | Non
     predictor = predictor if predictor is not None else lepton.load(model_path, public_key=settings.require_signature)
     manifest, task = predictor.manifest, predictor.task
     name = settings.name or model_name(Path(model_path))
+    own = kind_of(task).serve_app(predictor, settings, name)  # e.g. generative models' completions app
+    if own is not None:
+        return own
     metrics = ServeMetrics()
     model_batch, tuning = _model_batch(predictor, settings)
     # One batcher per task (a batch holds one task's inputs): the main task's, then each extra

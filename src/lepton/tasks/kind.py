@@ -165,6 +165,11 @@ class TaskKind:
         """Whether ``item`` passed to ``predict`` is one input (not a list of inputs)."""
         return isinstance(item, str)
 
+    def serve_app(self, predictor: Any, settings: Any, name: str) -> Any:
+        """The HTTP app serving this kind, or None for the shared prediction app (``/v1/predict``
+        with micro-batching) that classifiers use."""
+        return None
+
     def warmup_input(self, task: TaskSpec) -> Any:
         """An input that exercises the model (a server warms up with it)."""
         return ("warm up", "warm up") if task.pair else "warm up"
