@@ -58,6 +58,7 @@ def _run_in_two_processes(recipe: dict, tmp_path: Path) -> subprocess.CompletedP
                           check=False, capture_output=True, text=True, env=_env(), timeout=300)
 
 
+@pytest.mark.slow
 def test_two_processes_train_what_one_trains(still_model: Path, tmp_path: Path) -> None:
     recipe = _recipe(still_model, tmp_path)
     one = lepton.run(parse_recipe(recipe, env={}), out_dir=tmp_path / "one", progress=False)
@@ -157,6 +158,7 @@ def test_launched_processes_see_their_rank_and_world(tmp_path: Path) -> None:
         [f"{r} {r} 3 127.0.0.1" for r in range(3)]
 
 
+@pytest.mark.slow
 def test_multitask_in_two_processes_matches_one(still_model: Path, tmp_path: Path) -> None:
     """Task-homogeneous batches, one head used per batch (DDP must tolerate the idle heads)."""
     from tests.test_multitask import multitask_recipe

@@ -131,6 +131,7 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[st
                           env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir: Path, toy: tuple[Path, Path],
                                                         tmp_path: Path) -> None:
     import yaml

@@ -128,6 +128,7 @@ def test_decoder_lora_loads_in_plain_transformers_with_the_same_logits(llama_dir
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "temperature"
 
 
+@pytest.mark.slow
 def test_language_model_resumes_exactly_after_a_kill(llama_dir, tmp_path):
     train = write_text_tsv(tmp_path / "train.tsv", 64, 0)
     dev = write_text_tsv(tmp_path / "dev.tsv", 8, 1)

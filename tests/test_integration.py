@@ -15,6 +15,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_sst2_main_recipe_slice_learns_and_saves(real_data: Path, tmp_path: Path) -> None:
     recipe = load_recipe(ROOT / "examples" / "sst2-minilm-finetune.yaml",
                          ["data.train.limit=600", "data.dev.limit=200", "data.dev.seed=0",

@@ -81,6 +81,7 @@ def _post_batches(url: str, batches: list[list[dict]], acked: set[str], stop: th
                 acked.update(it["id"] for it in batch)
 
 
+@pytest.mark.slow
 def test_kill_9_mid_ingestion_loses_no_acknowledged_item_and_counts_none_twice(tiny_model_dir, tmp_path) -> None:
     model = build_multitask_artifact(tiny_model_dir, tmp_path / "tiny-news" / "model")
     port = _port()

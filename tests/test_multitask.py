@@ -284,6 +284,7 @@ def test_a_recipe_can_start_from_a_saved_multitask_model(tiny_model_dir: Path, t
     assert torch.equal(a, b)
 
 
+@pytest.mark.slow
 def test_multitask_resume_after_sigkill_matches_an_uninterrupted_run(tiny_model_dir: Path, tmp_path: Path) -> None:
     import os
     import subprocess

@@ -212,6 +212,7 @@ def _journal_states(path: Path) -> list[str]:
     return [t.state.name for t in study.trials]
 
 
+@pytest.mark.slow
 def test_ctrl_c_keeps_finished_trials_and_a_second_run_continues_without_redoing_them(tmp_path, tiny_model_dir):
     # Enough trials that a quiet machine (about 0.6 s a trial) is still searching when Ctrl-C comes.
     path = _recipe(tmp_path, tiny_model_dir, trials=12)
@@ -267,6 +268,7 @@ def _two_workers(cmd: list[str], out: Path) -> list[subprocess.CompletedProcess]
     return results
 
 
+@pytest.mark.slow
 def test_two_workers_fill_one_study_through_the_journal_file(tmp_path, tiny_model_dir):
     path = _recipe(tmp_path, tiny_model_dir, trials=6)
     out = tmp_path / "out"
@@ -334,6 +336,7 @@ def postgres_url(tmp_path_factory):
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_two_workers_fill_one_study_in_postgresql(tmp_path, tiny_model_dir, postgres_url):
     path = _recipe(tmp_path, tiny_model_dir, trials=6)
     out = tmp_path / "out"

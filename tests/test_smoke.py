@@ -92,6 +92,7 @@ def test_every_example_validates_as_a_smoke_run(tmp_path):
             assert split is None or split.limit <= 64, path
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_main_job_smoke_run_from_an_empty_folder_without_data(tmp_path):
     """The README's main job as a newcomer runs it: installed package only, no data folder."""
