@@ -22,7 +22,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -33,7 +32,8 @@ from lepton.serve.generation.metrics import GenerateMetrics
 from lepton.serve.generation.sampling import SamplingParams
 from lepton.serve.generation.scheduler import Chunk, GenerationHandle, Scheduler
 from lepton.serve.generation.schemas import ChatRequest, CompletionRequest, GenerateRequest
-from lepton.serve.guards import RETRY_AFTER_S, BodyError, BodyGuardMiddleware, DrainGuardMiddleware, _JSONRequest
+from lepton.serve.guards import (RETRY_AFTER_S, BodyError, BodyGuardMiddleware, DrainGuardMiddleware,
+                                 JSONBodyRoute)
 from lepton.serve.metrics import MetricsMiddleware
 
 log = logging.getLogger(__name__)
@@ -75,20 +75,13 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
-class _JSONRoute(APIRoute):
+class _JSONRoute(JSONBodyRoute):
     """Request bodies through guards.parse_json_body (bad UTF-8, deep nesting), errors in OpenAI's shape."""
 
-    def get_route_handler(self) -> Callable[[Request], Any]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Any:
-            try:
-                return await handler(_JSONRequest(request.scope, request.receive))
-            except BodyError as err:
-                param = ".".join(str(p) for p in err.loc[1:]) or None
-                return APIError(400, err.msg, param=param, code=err.kind).response()
-
-        return route
+    @staticmethod
+    def body_error_response(err: BodyError) -> Response:
+        param = ".".join(str(p) for p in err.loc[1:]) or None
+        return APIError(400, err.msg, param=param, code=err.kind).response()
 
 
 def _sse(payload: Any) -> str:
