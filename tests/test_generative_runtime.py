@@ -347,3 +347,49 @@ def test_genai_builder_export_batch_one_parity(tiny, tmp_path) -> None:
     ids, mask = encode_left_padded(tiny[2], [PROMPTS[0]] * 2)  # equal lengths need no padding
     rows, _ = generate_ids(OrtDecoder(out), ids, mask, SamplingSettings(max_new_tokens=4))
     assert rows[0] == rows[1]
+
+
+def test_server_engine_on_the_onnx_graph_matches_each_request_alone(tiny, exported) -> None:
+    """The server's ORT engine: requests join and leave the shared batch, tokens as if alone."""
+    from lepton.serve.generation.engine import GenerationEngine
+    from lepton.serve.generation.ort_engine import OrtEngine
+
+    decoder = OrtDecoder(exported)
+    engine = OrtEngine(decoder, max_context=64)
+    assert isinstance(engine, GenerationEngine)
+    alone = {p: generate(decoder, tiny[2], [p], SamplingSettings(max_new_tokens=6))[0].token_ids for p in PROMPTS[:3]}
+    prompt_ids = [encode_left_padded(tiny[2], [p])[0][0].tolist() for p in PROMPTS[:3]]
+    (a,), logits = engine.prefill([prompt_ids[0]])
+    got = {0: [int(logits[0].argmax())]}
+    logits = engine.decode_step([a], [got[0][-1]])
+    got[0].append(int(logits[0].argmax()))
+    (b, c), first = engine.prefill(prompt_ids[1:])  # two join at once
+    got[1], got[2] = [int(first[0].argmax())], [int(first[1].argmax())]
+    running = [(0, a), (1, b), (2, c)]
+    while running:
+        logits = engine.decode_step([s for _, s in running], [got[i][-1] for i, _ in running])
+        for row, (i, _) in enumerate(running):
+            got[i].append(int(logits[row].argmax()))
+        done = [(i, s) for i, s in running if len(got[i]) == 6]
+        engine.release([s for _, s in done])
+        running = [(i, s) for i, s in running if len(got[i]) < 6]
+    assert [got[i] for i in range(3)] == [alone[p] for p in PROMPTS[:3]]
+
+
+def test_completions_served_from_the_onnx_graph(tiny, exported) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from lepton.serve.generation.app import GenerateSettings, create_generate_app
+    from lepton.serve.generation.ort_engine import OrtEngine
+
+    decoder = OrtDecoder(exported)
+    app = create_generate_app(None, tiny[2], GenerateSettings(), model_name="tiny-onnx",
+                              engine=OrtEngine(decoder, max_context=64))
+    want = generate(decoder, tiny[2], [PROMPTS[1]], SamplingSettings(max_new_tokens=5))[0]
+    with TestClient(app) as client:
+        got = client.post("/v1/completions", json={"model": "tiny-onnx", "prompt": PROMPTS[1], "max_tokens": 5,
+                                                   "temperature": 0, "ignore_eos": True})
+    assert got.status_code == 200, got.text
+    assert got.json()["usage"]["completion_tokens"] == 5
+    assert got.json()["choices"][0]["text"] == tiny[2].decode(want.token_ids, skip_special_tokens=True)
