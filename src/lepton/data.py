@@ -460,7 +460,26 @@ def _read_jsonl(path: Path, config: DataSplitConfig, columns: Columns, rows: _Co
         if not isinstance(key, str):
             raise DataError(f"{path}: {role} column {key!r}: JSONL columns are keys, not indices")
     checked = False
-    with _open_text(path, config.encoding) as handle:
+    for obj, where in json_objects(path, config.encoding):
+        if isinstance(obj, str):
+            rows.bad(where, obj)
+            continue
+        if not checked:
+            # The first object stands for the file: a key it lacks is a wrong column name.
+            for role, key in roles:
+                if key not in obj:
+                    available = ", ".join(repr(k) for k in obj)
+                    raise DataError(f"{path}: {role} column {key!r} not found; "
+                                    f"available columns: {available}")
+            checked = True
+        _add_json_row(obj, where, roles, rows)
+        if rows.full:
+            break
+
+
+def json_objects(path: Path, encoding: str) -> Iterator[tuple[dict[str, Any] | str, str]]:
+    """(object, "file:line") for each non-blank JSONL line, or (why it is bad, "file:line")."""
+    with _open_text(path, encoding) as handle:
         try:
             for line, raw in enumerate(_lines(handle), start=1):
                 if not raw.strip():
@@ -469,24 +488,14 @@ def _read_jsonl(path: Path, config: DataSplitConfig, columns: Columns, rows: _Co
                 try:
                     obj = json.loads(raw)
                 except json.JSONDecodeError as err:
-                    rows.bad(where, f"invalid JSON: {err.msg} (column {err.colno})")
+                    yield f"invalid JSON: {err.msg} (column {err.colno})", where
                     continue
                 if not isinstance(obj, dict):
-                    rows.bad(where, f"expected a JSON object, found {type(obj).__name__}")
+                    yield f"expected a JSON object, found {type(obj).__name__}", where
                     continue
-                if not checked:
-                    # The first object stands for the file: a key it lacks is a wrong column name.
-                    for role, key in roles:
-                        if key not in obj:
-                            available = ", ".join(repr(k) for k in obj)
-                            raise DataError(f"{path}: {role} column {key!r} not found; "
-                                            f"available columns: {available}")
-                    checked = True
-                _add_json_row(obj, where, roles, rows)
-                if rows.full:
-                    break
+                yield obj, where
         except UnicodeDecodeError as err:
-            raise _decode_error(path, config.encoding, err) from None
+            raise _decode_error(path, encoding, err) from None
         except (OSError, EOFError) as err:  # a damaged .gz file shows up while reading
             raise DataError(f"{path}: cannot read: {err}") from None
 

@@ -157,25 +157,11 @@ def _delimited_rows(path: Path, fmt: str, config: Any):
 
 
 def _json_rows(path: Path, config: Any):
-    import json
-
-    with tabular._open_text(path, config.encoding) as handle:
-        try:
-            for line, raw in enumerate(tabular._lines(handle), start=1):
-                if not raw.strip():
-                    continue
-                where = f"{path}:{line}"
-                try:
-                    obj = json.loads(raw)
-                except json.JSONDecodeError as err:
-                    yield {"__bad__": f"invalid JSON: {err.msg} (column {err.colno})"}, where
-                    continue
-                if not isinstance(obj, dict):
-                    yield {"__bad__": f"expected a JSON object, found {type(obj).__name__}"}, where
-                    continue
-                yield {k: "" if v is None else str(v) for k, v in obj.items()}, where
-        except UnicodeDecodeError as err:
-            raise tabular._decode_error(path, config.encoding, err) from None
+    for obj, where in tabular.json_objects(path, config.encoding):
+        if isinstance(obj, str):
+            yield {"__bad__": obj}, where
+        else:
+            yield {k: "" if v is None else str(v) for k, v in obj.items()}, where
 
 
 def _build(rows: list[tuple[dict[str, str], str]], spec: PromptSpec, *, name: str,
