@@ -271,7 +271,7 @@ class _Run:
                          snapshots=dict(self.snapshots), columns=self.recipe.task.columns())
         log.info("stage %d (%s) starts", i, name)
         started, t0 = now_iso(), time.perf_counter()
-        self.bundle = handler_for(stage)(self.bundle, stage, ctx)
+        self.bundle = handler_for(stage, self.bundle.task)(self.bundle, stage, ctx)
         record = StageRecord(index=i, kind=stage.kind, name=name,
                              settings=stage.model_dump(mode="json"), started=started,
                              seconds=round(time.perf_counter() - t0, 2), summary=ctx.stage_summary)

@@ -103,9 +103,10 @@ def _save_weights(bundle: ModelBundle, folder: Path) -> tuple[str, dict[str, Any
     from lepton.structure import describe
 
     if bundle.runtime == "onnxruntime":
-        bundle.model.save_pretrained(folder)  # model.onnx + config.json
+        bundle.model.save_pretrained(folder)  # model.onnx (+ external data) + config.json
         info = {k: v for k, v in bundle.model.info.items() if k != "unfused_path"}  # machine-local
-        return "onnx", None, {"onnx": info}
+        # "onnx-decoder": a generative model's graph with its KV cache (lepton.generative.ort_model)
+        return getattr(bundle.model, "weights_format", "onnx"), None, {"onnx": info}
     if torch_int8.is_dynamic_int8(bundle.model):
         bundle.model.config.save_pretrained(folder)
         torch_int8.save_int8(bundle.model, folder)
@@ -205,7 +206,7 @@ def required_files(manifest: dict[str, Any]) -> list[str]:
 
     runtime = manifest.get("runtime", "torch")
     weights_format = manifest.get("format") or ("onnx" if runtime == "onnxruntime" else "safetensors")
-    weights = {"safetensors": "model.safetensors", "onnx": "model.onnx",
+    weights = {"safetensors": "model.safetensors", "onnx": "model.onnx", "onnx-decoder": "model.onnx",
                "torch-dynamic-int8": INT8_FILE, "torch-int8": INT8_FILE}.get(weights_format)
     needed = ["config.json", "tokenizer_config.json"] + ([weights] if weights else [])
     heads = manifest.get("heads")
@@ -268,6 +269,11 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, device: st
     try:
         if weights_format == "onnx":
             model = _load_onnx(folder, manifest)
+        elif weights_format == "onnx-decoder":
+            from lepton.generative.ort_model import OrtCausalLM
+
+            info = manifest.get("onnx")
+            model = OrtCausalLM(folder, info=dict(info) if isinstance(info, dict) else {})
         elif weights_format in ("torch-dynamic-int8", "torch-int8"):
             model = _load_int8(folder, auto, structure)
         elif weights_format == "safetensors":

@@ -91,6 +91,8 @@ def measure(model: Any, config: GenEfficiencyConfig, *, folder: Path | None = No
     """Both scenarios side by side in this process (median of ``repeats``), memory in a fresh one."""
     import torch
 
+    if hasattr(model, "measure_efficiency"):  # an exported decoder (lepton.generative.ort_model)
+        return model.measure_efficiency(config, folder=folder)
     model.eval()
     threads = config.threads or torch.get_num_threads()
     old = torch.get_num_threads()
@@ -133,11 +135,17 @@ def probe_memory(folder: Path, context: int, timeout: float = 600) -> float | No
 
 def _probe_main(folder: str, context: int) -> None:
     from lepton.evaluation.memprobe import _vm
-    from lepton.generative.models import load_generative
 
-    model, _ = load_generative(folder)
-    prompt = max(1, context // 2)
-    _generate_s(model, _ids(model, 1, prompt), context - prompt)
+    if (Path(folder) / "model.onnx").is_file():  # an exported decoder
+        from lepton.generative.ort_model import OrtCausalLM
+
+        OrtCausalLM(folder).probe(context)
+    else:
+        from lepton.generative.models import load_generative
+
+        model, _ = load_generative(folder)
+        prompt = max(1, context // 2)
+        _generate_s(model, _ids(model, 1, prompt), context - prompt)
     print(json.dumps({"peak_rss_mb": _vm("VmHWM")}))
 
 

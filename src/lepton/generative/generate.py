@@ -41,6 +41,8 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str],
     import torch
 
     settings = settings or GenerationSettings()
+    if hasattr(model, "generate_texts"):  # an exported decoder (lepton.generative.ort_model)
+        return model.generate_texts(tokenizer, prompts, settings, max_prompt_tokens=max_prompt_tokens)
     if tokenizer.pad_token is None:  # decoder-only tokenizers often have none; padding is masked
         tokenizer.pad_token = tokenizer.eos_token
     eos, pad = _pad_ids(tokenizer)

@@ -38,6 +38,13 @@ class AutoGenerative:
         arch = architecture_of(str(location), trust_remote_code=kwargs.get("trust_remote_code", False))
         return auto_class(arch).from_pretrained(location, **kwargs)
 
+    @staticmethod
+    def from_config(config: Any, **kwargs: Any) -> Any:
+        from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+        auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
+        return auto.from_config(config, **kwargs)
+
 
 def settings_of(task: TaskSpec) -> Any:
     from lepton.generative.settings import GenerationSettings
@@ -53,8 +60,22 @@ def paired_of(metric: str, test: dict) -> Paired:
 class GenerativeKind(TaskKind):
     uses_labels = False
     labels_per_text = False
-    # Compression and export of generative models are part 2 (issue 15); these train them.
-    supported_stages = ("finetune", "pretrain")
+    @property
+    def supported_stages(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The training stages (their hooks below) and those with a decoder handler."""
+        from lepton.generative.handlers import stage_kinds
+
+        return ("finetune", "pretrain", *stage_kinds())
+
+    def stage_handler(self, config: Any) -> Any:
+        from lepton.generative.handlers import handler_of
+
+        return handler_of(config)
+
+    def stage_contract(self, config_cls: Any) -> Any:
+        from lepton.generative.handlers import contract_of
+
+        return contract_of(config_cls)
     pipeline_tag = "text-generation"
     hub_task_name = "Text Generation"
     example_input = "Translate English to German: A dog runs on the beach."
@@ -87,15 +108,18 @@ class GenerativeKind(TaskKind):
         for v in variants:
             model = v.bundle.model
             eff = measure(model, gen, folder=v.folder if memory else None)
-            params = sum(p.numel() for p in model.parameters())
-            nonzero = int(sum(int((p != 0).sum()) for p in model.parameters()))
+            if hasattr(model, "parameters"):
+                params = sum(p.numel() for p in model.parameters())
+                nonzero = int(sum(int((p != 0).sum()) for p in model.parameters()))
+            else:  # an exported decoder: the count of the PyTorch model it came from
+                params = nonzero = model.num_parameters()
             request = eff.single_stream["ttft_ms"] + eff.single_stream["tpot_ms"] * (eff.output_tokens - 1)
             stats = {k: LatencyStats(p50=x, p95=x, p99=x, mean=x, min=x, max=x, n=gen.repeats,
                                      tokens_mean=float(eff.prompt_tokens), round_medians=[x])
                      for k, x in (("b1_real", request), ("ttft", eff.single_stream["ttft_ms"]),
                                   ("tpot", eff.single_stream["tpot_ms"]))}
             out.append(Efficiency(
-                runtime="torch", device="cpu", threads=eff.threads, warmup=1, rounds=gen.repeats,
+                runtime=v.bundle.runtime, device="cpu", threads=eff.threads, warmup=1, rounds=gen.repeats,
                 latency_ms=stats,
                 throughput={"b1": eff.single_stream["tokens_per_s"], f"b{eff.offline_batch}": eff.offline["tokens_per_s"]},
                 peak_rss_mb=eff.peak_rss_mb,
@@ -183,16 +207,23 @@ class GenerativeKind(TaskKind):
         from lepton.generative.generate import is_encoder_decoder
 
         model = predictor.bundle.model
-        if is_encoder_decoder(model) or predictor.bundle.runtime != "torch":
+        if is_encoder_decoder(model):
             return None
         from lepton.serve.generation.app import GenerateSettings, create_generate_app
+
+        engine = None
+        if hasattr(model, "decoder"):  # an exported decoder: the ONNX Runtime engine
+            from lepton.serve.generation.ort_engine import OrtEngine
+
+            limit = getattr(model.config, "max_position_embeddings", None) or 2048
+            engine = OrtEngine(model.decoder(getattr(settings, "threads", None)), max_context=int(limit))
 
         config = getattr(model, "generation_config", None)
         defaults = {k: getattr(config, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k",
                                                     "do_sample", "eos_token_id")
                     if config is not None and getattr(config, k, None) is not None}
         return create_generate_app(model.eval(), predictor.bundle.tokenizer, GenerateSettings.from_serve(settings),
-                                   model_name=name, generation_defaults=defaults)
+                                   model_name=name, generation_defaults=defaults, engine=engine)
 
     def render(self, tokenizer: Any, task: TaskSpec, prompt: str) -> str:
         return prompt

@@ -24,6 +24,8 @@ from lepton.generative.text_metrics import DocumentLoss
 
 def token_nll_sums(model: Any, enc: GenEncoded, pad_id: int, *, batch_size: int = 8) -> tuple[list[float], list[int]]:
     """(summed NLL in nats, scored tokens) per encoded example."""
+    if hasattr(model, "token_nll_sums"):  # an exported decoder (lepton.generative.ort_model)
+        return model.token_nll_sums(enc, pad_id, batch_size=batch_size)
     import torch
     import torch.nn.functional as F
 

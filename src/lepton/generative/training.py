@@ -47,8 +47,10 @@ def dev_loss(model: Any, tokenizer: Any, dev: GenEncoded | None, batch_size: int
 
 
 def train_generative(bundle: ModelBundle, config: Any, ctx: RunContext, train_enc: GenEncoded, *,
-                     dev_enc: GenEncoded | None = None, label: str = "finetune") -> dict[str, Any]:
-    """Train ``bundle.model`` in place (full, or LoRA when ``config.method == 'lora'``)."""
+                     dev_enc: GenEncoded | None = None, label: str = "finetune",
+                     loss_fn: Any = None) -> dict[str, Any]:
+    """Train ``bundle.model`` in place (full, or LoRA when ``config.method == 'lora'``).
+    ``loss_fn(model, batch, indices)``: another loss than the model's own (distillation's)."""
     if len(train_enc) == 0:
         raise StageError(f"{label}: no training examples")
     if getattr(config, "qat", False):
@@ -64,7 +66,8 @@ def train_generative(bundle: ModelBundle, config: Any, ctx: RunContext, train_en
 
     method = getattr(config, "method", "full")
     if method == "full":
-        summary = _train(bundle, config, ctx, data, batch_fn, bundle.model, dev_enc, label)
+        extra = {"loss_fn": loss_fn} if loss_fn is not None else {}
+        summary = _train(bundle, config, ctx, data, batch_fn, bundle.model, dev_enc, label, **extra)
     elif method == "lora":
         summary = _train_lora(bundle, config, ctx, data, batch_fn, dev_enc, label)
     else:

@@ -192,4 +192,10 @@ def _as_int64(value: Any) -> np.ndarray:
     return np.ascontiguousarray(value, dtype=np.int64)
 
 
-runtimes.add("onnxruntime", OrtRuntime)
+def _for_bundle(bundle: Any) -> Any:
+    """A model that brings its own view of this runtime (an exported decoder) uses it."""
+    own = getattr(bundle.model, "as_runtime", None)
+    return own() if own is not None else OrtRuntime(bundle)
+
+
+runtimes.add("onnxruntime", _for_bundle)

@@ -201,7 +201,7 @@ def run_stages(ws: Workspace, recipe: Recipe, work: Path, *, shareable: int,
                                  columns=recipe.task.columns())
                 log.info("stage %d (%s) starts", i, name)
                 started, t0 = now_iso(), time.perf_counter()
-                bundle = handler_for(stage)(bundle, stage, ctx)
+                bundle = handler_for(stage, bundle.task)(bundle, stage, ctx)
                 bundle.history.append(StageRecord(
                     index=i, kind=stage.kind, name=name, settings=stage.model_dump(mode="json"),
                     started=started, seconds=round(time.perf_counter() - t0, 2), summary=ctx.stage_summary))

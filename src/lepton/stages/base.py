@@ -114,7 +114,15 @@ def register(config_cls: type[StageConfig]) -> Callable[[StageFn], StageFn]:
     return wrap
 
 
-def handler_for(config: StageConfig) -> StageFn:
+def handler_for(config: StageConfig, task: Any = None) -> StageFn:
+    """The function that runs ``config``: the task kind's own for this stage when it has one
+    (generative models compress, export and quantize their own way), else the registered one."""
+    if task is not None:
+        from lepton.tasks import kind_of
+
+        own = kind_of(task).stage_handler(config)
+        if own is not None:
+            return own
     return handlers[type(config)]
 
 

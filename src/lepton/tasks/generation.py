@@ -21,9 +21,9 @@ class Generation(GenerativeKind):
     title = "text generation"
     split_kind = "pairs"
     card_what = "text generation (prompt to target)"
-    metrics = (MetricInfo("bleu"), MetricInfo("chrf"), MetricInfo("exact_match"),
-               MetricInfo("target_perplexity", higher_is_better=False),
-               MetricInfo("loss", higher_is_better=False))
+    metrics = (MetricInfo("bleu", upper=100.0), MetricInfo("chrf", upper=100.0), MetricInfo("exact_match"),
+               MetricInfo("target_perplexity", higher_is_better=False, upper=None),
+               MetricInfo("loss", higher_is_better=False, upper=None))
 
     def default_columns(self) -> tuple[Any, Any]:
         return "prompt", "target"

@@ -30,10 +30,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """A metric a kind reports: its name in scorecards and whether a larger value is better."""
+    """A metric a kind reports: its name in scorecards, whether a larger value is better, and
+    the range its values lie in (``upper`` None: unbounded above, as a perplexity)."""
 
     name: str
     higher_is_better: bool = True
+    upper: float | None = 1.0
 
 
 @dataclass
@@ -175,6 +177,16 @@ class TaskKind:
         return ("warm up", "warm up") if task.pair else "warm up"
 
     # ------------------------------------------------------------------ kinds that train their own way
+
+    def stage_handler(self, config: Any) -> Any:
+        """This kind's own function for the stage ``config`` (same signature as a registered
+        stage: ``(bundle, config, ctx) -> bundle``), or None for the registered one."""
+        return None
+
+    def stage_contract(self, config_cls: Any) -> tuple[dict[str, Any], tuple[dict[str, Any], ...]] | None:
+        """(settings, stages before) the stage contract test runs ``config_cls`` with on this kind,
+        when its own ``handler`` needs others than the stage's ``contract_example``; None: those."""
+        return None
 
     def finetune(self, bundle: Any, config: Any, ctx: Any) -> dict[str, Any] | None:
         """The finetune stage's work for this kind, returning its summary; None: the stage's own

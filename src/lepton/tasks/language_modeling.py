@@ -27,8 +27,9 @@ class LanguageModeling(GenerativeKind):
     split_kind = "sequence"
     card_what = "causal language"
     example_input = "The quarterly report shows"
-    metrics = (MetricInfo("bits_per_byte", higher_is_better=False),
-               MetricInfo("perplexity", higher_is_better=False), MetricInfo("loss", higher_is_better=False))
+    metrics = (MetricInfo("bits_per_byte", higher_is_better=False, upper=None),
+               MetricInfo("perplexity", higher_is_better=False, upper=None),
+               MetricInfo("loss", higher_is_better=False, upper=None))
 
     def default_columns(self) -> tuple[Any, Any]:
         return "text", None

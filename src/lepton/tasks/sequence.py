@@ -33,7 +33,7 @@ class SequenceClassification(ClassificationKind):
     card_what = "sequence (text) classification"
     example_input = "A delightful, sharp film."
     metrics = (MetricInfo("accuracy"), MetricInfo("macro_f1"), MetricInfo("f1"),
-               MetricInfo("loss", higher_is_better=False))
+               MetricInfo("loss", higher_is_better=False, upper=None))
     labels_per_text = True
     pools = True
 

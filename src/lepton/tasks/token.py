@@ -55,7 +55,7 @@ class TokenClassification(ClassificationKind):
     card_what = "token classification (named entities, IOB2 tags)"
     example_input = "Angela Merkel visited Paris."
     pipeline_args = ', aggregation_strategy="simple"'
-    metrics = (MetricInfo("entity_f1"), MetricInfo("token_accuracy"), MetricInfo("loss", higher_is_better=False))
+    metrics = (MetricInfo("entity_f1"), MetricInfo("token_accuracy"), MetricInfo("loss", higher_is_better=False, upper=None))
     token_level = True
 
     def check_config(self, config: TaskConfig) -> None:

@@ -1,0 +1,90 @@
+"""``drop_layers`` of a decoder-only generative model: decoder layers removed from
+``model.layers`` (the KV-cache slots renumbered, per-layer config lists shortened), so the model
+still loads in plain ``AutoModelForCausalLM``. ``keep: [...]`` or a ``strategy`` with ``layers``
+as for encoders; ``importance`` ranks layers by block influence (1 - cosine similarity of a layer's
+input and output hidden states on training examples, ShortGPT's measure), and never drops the
+first layer."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from lepton.bundle import ModelBundle, RunContext
+from lepton.errors import StageError
+from lepton.generative.handlers import handles
+from lepton.generative.handlers.common import require_torch_decoder
+from lepton.stages.drop_layers import DropLayersConfig, choose_layers
+
+log = logging.getLogger(__name__)
+
+SCORED_EXAMPLES = 64  # importance: at most this many training examples
+
+
+@handles(DropLayersConfig)
+def drop_decoder_layers(bundle: ModelBundle, config: DropLayersConfig, ctx: RunContext) -> ModelBundle:
+    from lepton.generative import decoder_compress as dc
+
+    where = f"stages.{ctx.stage_index}"
+    model = require_torch_decoder(bundle, ctx, "drop_layers")
+    try:
+        total = len(dc.decoder_layers(model))
+    except dc.CompressError as err:
+        raise StageError(f"{where}: {err}") from None
+    config.layers_left(total, where)  # out-of-range settings, one line (RecipeError)
+    summary: dict[str, Any] = {"layers_before": total}
+    if config.keep is not None:
+        keep = list(config.keep)
+    elif config.strategy == "importance":
+        scores, n = importance(bundle, config, ctx)
+        drop = dc.least_important_layers(scores, total - int(config.layers or total))
+        keep = [i for i in range(total) if i not in drop]
+        summary["strategy"] = "importance"
+        summary["importance"] = {"measure": f"block influence (1 - cosine of a layer's input and output), "
+                                            f"{n} examples of data.train; layer 0 always kept",
+                                 "per_layer": {str(i): round(s, 6) for i, s in enumerate(scores)}}
+    else:
+        keep = choose_layers(str(config.strategy), total, int(config.layers or total))
+        summary["strategy"] = config.strategy
+    before = sum(p.numel() for p in model.parameters())
+    done = dc.drop_decoder_layers(model, [i for i in range(total) if i not in keep])
+    after = sum(p.numel() for p in model.parameters())
+    summary.update({"kept": done["kept"], "dropped": done["dropped"], "layers_after": done["layers_after"],
+                    "params_before": before, "params_after": after})
+    ctx.stage_summary = summary
+    log.info("drop_layers: %d -> %d decoder layers (%s dropped)", total, len(keep), done["dropped"])
+    return bundle
+
+
+def importance(bundle: ModelBundle, config: DropLayersConfig, ctx: RunContext) -> tuple[list[float], int]:
+    """Block influence per layer, averaged over batches of training examples (prompt and target)."""
+    from lepton.generative import decoder_compress as dc
+    from lepton.generative.encoding import pad_id_of
+    from lepton.tasks import kind_of
+
+    train, _ = kind_of(bundle.task).training_data(bundle, ctx)
+    n = min(len(train), SCORED_EXAMPLES, config.batches * config.batch_size)
+    if n == 0:
+        raise StageError(f"stages.{ctx.stage_index}.strategy: importance needs training examples in data.train")
+    pad = pad_id_of(bundle.tokenizer)
+    totals: list[float] = []
+    batches = 0
+    for start in range(0, n, config.batch_size):
+        rows = train.input_ids[start:min(n, start + config.batch_size)]
+        ids, mask = right_padded(rows, pad)
+        scores = dc.layer_importance(bundle.model, ids, mask)
+        totals = scores if not totals else [a + b for a, b in zip(totals, scores)]
+        batches += 1
+    return [t / batches for t in totals], n
+
+
+def right_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.tensor(r)
+        mask[i, :len(r)] = 1
+    return ids, mask
