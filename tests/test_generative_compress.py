@@ -34,7 +34,7 @@ def _recipe(model: Path, tmp: Path, stages: list[dict], **task) -> dict:
 
 
 STAGES = [
-    {"kind": "finetune", "name": "teacher", "epochs": 2, "lr": 3e-3, "batch_size": 8},
+    {"kind": "finetune", "name": "teacher", "epochs": 2, "lr": 3e-3, "batch_size": 8, "method": "lora"},
     {"kind": "drop_layers", "strategy": "importance", "layers": 1},
     {"kind": "prune", "method": "ffn", "sparsity": 0.25, "importance": "gradient"},
     {"kind": "distill", "teacher": "teacher", "epochs": 1, "lr": 3e-3, "batch_size": 8, "alpha_task": 0.5,
@@ -141,3 +141,16 @@ def test_beam_search_is_refused_on_the_exported_decoder(llama_dir, tmp_path):
     recipe = _recipe(llama_dir, tmp_path, stages, generation={"strategy": "beam", "max_new_tokens": 4})
     with pytest.raises(LeptonError, match="beam search runs on PyTorch only"):
         lepton.run(parse_recipe(recipe, env={}), progress=False)
+
+
+@pytest.mark.parametrize("method", ["dynamic_int8", "bf16"])
+def test_quantize_a_pytorch_decoder_saves_and_reloads(llama_dir, tmp_path, method):
+    stages = [STAGES[0], {"kind": "quantize", "method": method, "check_items": 4}]
+    report = lepton.run(parse_recipe(_recipe(llama_dir, tmp_path, stages), env={}), progress=False)
+    summary = report.stages[-1]["summary"]
+    assert summary["size_mb_after"] < summary["size_mb_before"]
+    assert summary["vs_input"]["prompts"] == 4
+    model = lepton.load(tmp_path / "out" / "model")
+    prompts = ["a man runs", "two dogs"]
+    assert model.generate(prompts) == model.generate(prompts)
+    assert report.variants[-1].efficiency.runtime == "torch"

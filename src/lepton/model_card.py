@@ -119,6 +119,20 @@ def _labels(manifest: dict[str, Any], final: Scorecard | None) -> list[str]:
     return list(final.quality.labels) if final else []
 
 
+def _why_lepton_only(manifest: dict[str, Any]) -> str:
+    weights = manifest.get("format")
+    if weights == "onnx-decoder":
+        return ("The weights are an ONNX graph with its KV cache (`model.onnx`), run by ONNX Runtime with "
+                "Lepton's generation loop: load it with `lepton.load`, or serve it with `lepton serve`.")
+    if weights == "onnx":
+        return ("The weights are an ONNX graph (`model.onnx`): `lepton.load` runs it on ONNX Runtime, and "
+                "plain `onnxruntime.InferenceSession` loads it too.")
+    if weights in ("torch-dynamic-int8", "torch-int8"):
+        return "The weights are PyTorch int8 tensors that only `lepton.load` rebuilds."
+    return ("Pruning left layers of different sizes, which a transformers config cannot describe: "
+            "this model loads only through `lepton.load`.")
+
+
 def model_card(report: Report, manifest: dict[str, Any]) -> str:
     """README.md for the saved model: Hub front matter and a human-readable body."""
     from lepton.evaluation.environment import describe
@@ -218,8 +232,7 @@ def model_card(report: Report, manifest: dict[str, Any]) -> str:
                   f'clf = pipeline("{pipeline}", model="path/to/model"{task_kind.pipeline_args})',
                   f'print(clf("{task_kind.example_input}"))', "```", ""]
     else:
-        lines += ["Pruning left layers of different sizes, which a transformers config cannot describe: "
-                  "this model loads only through `lepton.load`.", ""]
+        lines += [_why_lepton_only(manifest), ""]
 
     lines += ["## Limitations", "",
               "- Quality was measured on one dev split" + (f" (`{_cell(final.split)}`)" if final else "")

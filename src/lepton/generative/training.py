@@ -66,6 +66,10 @@ def train_generative(bundle: ModelBundle, config: Any, ctx: RunContext, train_en
 
     method = getattr(config, "method", "full")
     if method == "full":
+        # After a LoRA stage the merged base weights are still frozen (peft froze them): a full
+        # stage trains every weight.
+        for p in bundle.model.parameters():
+            p.requires_grad_(True)
         extra = {"loss_fn": loss_fn} if loss_fn is not None else {}
         summary = _train(bundle, config, ctx, data, batch_fn, bundle.model, dev_enc, label, **extra)
     elif method == "lora":
