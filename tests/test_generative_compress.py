@@ -154,3 +154,29 @@ def test_quantize_a_pytorch_decoder_saves_and_reloads(llama_dir, tmp_path, metho
     prompts = ["a man runs", "two dogs"]
     assert model.generate(prompts) == model.generate(prompts)
     assert report.variants[-1].efficiency.runtime == "torch"
+
+
+def test_int4_sensitivity_and_max_drop_per_decoder_layer(llama_dir, tmp_path):
+    from tests.gen_tiny import write_text_tsv
+
+    quantize = {"kind": "quantize", "method": "weight_only", "bits": 4, "group_size": 16, "check_items": 4,
+                "sensitivity": True, "sensitivity_items": 8, "max_drop": 0.0}
+    recipe = {"schema_version": 1, "model": str(llama_dir), "task": {"kind": "language_modeling", "max_length": 24},
+              "data": {"train": {"path": str(write_text_tsv(tmp_path / "train.tsv", 32, 0))},
+                       "dev": {"path": str(write_text_tsv(tmp_path / "dev.tsv", 8, 1))}},
+              "stages": [{"kind": "finetune", "epochs": 1, "lr": 3e-3, "batch_size": 8}, STAGES[4], quantize],
+              "evaluate": EVAL, "output": {"dir": str(tmp_path / "out")}}
+    report = lepton.run(parse_recipe(recipe, env={}), progress=False)
+    mixed = report.stages[-1]["summary"]["mixed_precision"]
+    assert mixed["metric"] == "bits_per_byte"
+    ranking = mixed["sensitivity"]["ranking"]
+    assert {r["layer"] for r in ranking} == {"layer.0", "layer.1", "output", "embeddings"}
+    errors = [r["output_error"] for r in ranking]
+    assert errors == sorted(errors, reverse=True) and errors[0] > 0
+    # int4 costs bits per byte here, so max_drop 0 puts groups back in float, most sensitive
+    # first, until the cost is gone or one group is left quantized.
+    assert mixed["all_quantized"] > mixed["float"]
+    assert mixed["kept_float"] == [r["layer"] for r in ranking[:len(mixed["kept_float"])]]
+    assert len(mixed["kept_float"]) >= 1
+    assert mixed["met"] is (mixed["drop"] <= 0.0)
+    assert report.stages[-1]["summary"]["kept_float_nodes"] >= len(mixed["kept_float"])
