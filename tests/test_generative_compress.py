@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 pytest.importorskip("onnxruntime")
 
 import lepton
@@ -38,7 +39,7 @@ STAGES = [
     {"kind": "drop_layers", "strategy": "importance", "layers": 1},
     {"kind": "prune", "method": "ffn", "sparsity": 0.25, "importance": "gradient"},
     {"kind": "distill", "teacher": "teacher", "epochs": 1, "lr": 3e-3, "batch_size": 8, "alpha_task": 0.5,
-     "alpha_kd": 0.5},
+     "alpha_kd": 0.5, "alpha_hidden": 0.1},
     {"kind": "export", "parity_items": 6},
     {"kind": "quantize", "method": "weight_only", "bits": 4, "group_size": 16, "check_items": 6},
 ]
@@ -51,6 +52,7 @@ def test_finetune_compress_export_int4_in_one_recipe(llama_dir, tmp_path):
     assert summaries["drop_layers"]["dropped"] == [1]  # layer 0 is never dropped by importance
     assert summaries["prune"]["intermediate_after"] == 96
     assert summaries["distill"]["kd"].startswith("token-level")
+    assert summaries["distill"]["layer_map"] == {"0": 1}  # the one student layer learns the teacher's last
     parity = summaries["export"]["parity"]
     assert parity["identical"] == parity["prompts"] == 6 and parity["max_abs_logit_diff"] < 1e-3
     quant = summaries["quantize"]
@@ -78,12 +80,13 @@ def test_finetune_compress_export_int4_in_one_recipe(llama_dir, tmp_path):
 def test_exported_decoder_scores_like_pytorch(llama_dir, tmp_path):
     """Target perplexity on the exported fp32 graph (prefill, then one step per target token)
     equals PyTorch's teacher-forced loss."""
+    from transformers import AutoModelForCausalLM
+
     from lepton.generative.encoding import encode_causal, pad_id_of
     from lepton.generative.onnx_decoder import export_torch
     from lepton.generative.ort_model import OrtCausalLM
     from lepton.generative.scoring import token_nll_sums
     from lepton.models import load_tokenizer
-    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
     tok = load_tokenizer(str(llama_dir))
@@ -118,7 +121,7 @@ def test_serve_an_int4_artifact_from_the_onnx_runtime_engine(llama_dir, tmp_path
         # The model in the artifact is the int4 graph only (no PyTorch weights to serve from).
         loaded = lepton.load(folder)
         want = generate(loaded.bundle.model.decoder(), loaded.bundle.tokenizer, ["a man runs"],
-                        SamplingSettings(max_new_tokens=4), eos_token_id=[], add_special_tokens=False)
+                        SamplingSettings(max_new_tokens=4), eos_token_id=[])
         assert got.json()["choices"][0]["text"] == want[0].text
         bad = client.post("/v1/completions", json={"model": "tiny", "prompt": "a", "top_p": 2})
         assert bad.status_code == 400 and bad.json()["error"]["param"] == "top_p"

@@ -139,7 +139,7 @@ def _keep_rows(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
 
 
 @torch.no_grad()
-def prune_ffn(model: nn.Module, keep: int | float, scores: Sequence[torch.Tensor] | None = None) -> dict[str, Any]:
+def prune_ffn(model: nn.Module, keep: float, scores: Sequence[torch.Tensor] | None = None) -> dict[str, Any]:
     """Keep the ``keep`` most important FFN neurons in every layer (an int, or a fraction of
     ``intermediate_size``): gate/up rows and the matching down columns are removed physically."""
     mlps = [_ffn(layer) for layer in decoder_layers(model)]

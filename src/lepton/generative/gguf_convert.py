@@ -97,9 +97,8 @@ def _convert(gguf_path: Path, out: Path, spec: str) -> None:
 def _plain_copy(model: Any) -> Any:
     """The same float weights in a model that transformers does not mark as GGUF-quantized (such a
     model refuses save_pretrained, although its tensors are already plain float32)."""
-    from transformers import AutoModelForCausalLM
-
     import torch
+    from transformers import AutoModelForCausalLM
 
     config = copy.deepcopy(model.config)
     if hasattr(config, "quantization_config"):

@@ -41,7 +41,12 @@ import torch
 
 from lepton.atomic import write_folder
 from lepton.errors import StageError
-from lepton.generative.ort_generate import OrtDecoder, SamplingSettings, encode_left_padded, generate_ids
+from lepton.generative.ort_generate import (
+    OrtDecoder,
+    SamplingSettings,
+    encode_left_padded,
+    generate_ids,
+)
 
 log = logging.getLogger(__name__)
 

@@ -247,11 +247,15 @@ def eos_ids(tokenizer: Any, eos_token_id: int | Sequence[int] | None) -> set[int
 def encode_left_padded(tokenizer: Any, prompts: Sequence[str], *, add_special_tokens: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and mask of ``prompts``, padded on the left (the pad id is never attended to)."""
     rows = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
+    return left_pad(rows, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token-id rows as one left-padded batch: (ids, attention mask)."""
     if any(not r for r in rows):
         raise GenerationError(f"prompt {next(i for i, r in enumerate(rows) if not r)} has no tokens")
     width = max(map(len, rows))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = np.full((len(rows), width), pad, np.int64)
+    ids = np.full((len(rows), width), pad_id, np.int64)
     mask = np.zeros((len(rows), width), np.int64)
     for i, r in enumerate(rows):
         ids[i, width - len(r):] = r

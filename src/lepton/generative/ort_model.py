@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from lepton.errors import LeptonError
+from lepton.generative.ort_generate import left_pad
 
 WEIGHTS_FORMAT = "onnx-decoder"
 GRAPH_FILES = ("model.onnx", "model.onnx.data", "model.onnx_data")
@@ -239,18 +240,6 @@ def _pad_id(tokenizer: Any) -> int:
         if tid is not None:
             return int(tid)
     return 0
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
-    if any(not r for r in rows):
-        raise LeptonError(f"prompt {next(i for i, r in enumerate(rows) if not r)} has no tokens")
-    width = max(map(len, rows))
-    ids = np.full((len(rows), width), pad_id, np.int64)
-    mask = np.zeros((len(rows), width), np.int64)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = r
-        mask[i, width - len(r):] = 1
-    return ids, mask
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

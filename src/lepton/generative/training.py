@@ -96,7 +96,12 @@ def _train(bundle, config, ctx, data, batch_fn, model, dev_enc, label, **extra) 
 def _train_lora(bundle, config, ctx, data, batch_fn, dev_enc, label) -> dict[str, Any]:
     import torch
 
-    from lepton.stages.finetune import LoraSettings, adapter_config, save_adapter, wrap_with_adapters
+    from lepton.stages.finetune import (
+        LoraSettings,
+        adapter_config,
+        save_adapter,
+        wrap_with_adapters,
+    )
     from lepton.stages.training import plan_steps
 
     where = f"stages.{ctx.stage_index}.lora"

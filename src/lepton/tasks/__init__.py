@@ -6,9 +6,22 @@ everything outside this package asks ``kind_of(task)`` instead of comparing kind
 
 from __future__ import annotations
 
-from lepton.tasks.common import (IGNORE, ColumnRef, Encoded, TaskConfig, TaskSpec, align_labels,
-                                 build_task, collate, encode, label_ids, softmax, sorted_batches,
-                                 train_batches, word_predictions)
+from lepton.tasks.common import (
+    IGNORE,
+    ColumnRef,
+    Encoded,
+    TaskConfig,
+    TaskSpec,
+    align_labels,
+    build_task,
+    collate,
+    encode,
+    label_ids,
+    softmax,
+    sorted_batches,
+    train_batches,
+    word_predictions,
+)
 from lepton.tasks.kind import MetricInfo, Paired, TaskKind, kind_of, register_task_kind, task_kinds
 
 __all__ = ["IGNORE", "ColumnRef", "Encoded", "MetricInfo", "Paired", "TaskConfig", "TaskKind", "TaskSpec",

@@ -72,3 +72,33 @@ def require_torch_decoder(bundle: ModelBundle, ctx: RunContext, stage: str) -> A
         raise StageError(f"{where}: {stage} of an encoder-decoder generative model is not supported yet "
                          "(decoder-only models are)")
     return bundle.model
+
+
+SCORED_EXAMPLES = 64  # importance measures read at most this many training examples
+
+
+def scoring_batches(bundle: ModelBundle, ctx: RunContext, batches: int, batch_size: int,
+                    where: str) -> tuple[list[tuple[Any, Any]], int]:
+    """Right-padded (ids, mask) batches of the first training examples (prompt and target) for an
+    importance measure, and how many examples they hold."""
+    import torch
+
+    from lepton.generative.encoding import pad_id_of
+    from lepton.tasks import kind_of
+
+    train, _ = kind_of(bundle.task).training_data(bundle, ctx)
+    n = min(len(train), SCORED_EXAMPLES, batches * batch_size)
+    if n == 0:
+        raise StageError(f"{where}: the importance measure needs training examples in data.train")
+    pad = pad_id_of(bundle.tokenizer)
+    out = []
+    for start in range(0, n, batch_size):
+        rows = train.input_ids[start:min(n, start + batch_size)]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, :len(r)] = torch.tensor(r)
+            mask[i, :len(r)] = 1
+        out.append((ids, mask))
+    return out, n

@@ -72,7 +72,6 @@ def distill_decoder(bundle: ModelBundle, config: DistillConfig, ctx: RunContext)
                     "layer_map": {str(k): v for k, v in layer_map.items()} if layer_map else None,
                     "kd": "token-level KL on the target tokens"})
     ctx.stage_summary = summary
-    del teacher
     return bundle
 
 

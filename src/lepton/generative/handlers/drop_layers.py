@@ -10,18 +10,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import torch
-
 from lepton.bundle import ModelBundle, RunContext
 from lepton.errors import StageError
 from lepton.generative.handlers import handles
-from lepton.generative.handlers.common import require_torch_decoder
+from lepton.generative.handlers.common import require_torch_decoder, scoring_batches
 from lepton.stages.drop_layers import DropLayersConfig, choose_layers
 
 log = logging.getLogger(__name__)
-
-SCORED_EXAMPLES = 64  # importance: at most this many training examples
-
 
 @handles(DropLayersConfig)
 def drop_decoder_layers(bundle: ModelBundle, config: DropLayersConfig, ctx: RunContext) -> ModelBundle:
@@ -61,30 +56,7 @@ def drop_decoder_layers(bundle: ModelBundle, config: DropLayersConfig, ctx: RunC
 def importance(bundle: ModelBundle, config: DropLayersConfig, ctx: RunContext) -> tuple[list[float], int]:
     """Block influence per layer, averaged over batches of training examples (prompt and target)."""
     from lepton.generative import decoder_compress as dc
-    from lepton.generative.encoding import pad_id_of
-    from lepton.tasks import kind_of
 
-    train, _ = kind_of(bundle.task).training_data(bundle, ctx)
-    n = min(len(train), SCORED_EXAMPLES, config.batches * config.batch_size)
-    if n == 0:
-        raise StageError(f"stages.{ctx.stage_index}.strategy: importance needs training examples in data.train")
-    pad = pad_id_of(bundle.tokenizer)
-    totals: list[float] = []
-    batches = 0
-    for start in range(0, n, config.batch_size):
-        rows = train.input_ids[start:min(n, start + config.batch_size)]
-        ids, mask = right_padded(rows, pad)
-        scores = dc.layer_importance(bundle.model, ids, mask)
-        totals = scores if not totals else [a + b for a, b in zip(totals, scores)]
-        batches += 1
-    return [t / batches for t in totals], n
-
-
-def right_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.tensor(r)
-        mask[i, :len(r)] = 1
-    return ids, mask
+    batches, n = scoring_batches(bundle, ctx, config.batches, config.batch_size, f"stages.{ctx.stage_index}.strategy")
+    per_batch = [dc.layer_importance(bundle.model, ids, mask) for ids, mask in batches]
+    return [sum(col) / len(per_batch) for col in zip(*per_batch)], n

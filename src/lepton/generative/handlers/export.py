@@ -34,7 +34,13 @@ PARITY_NEW_TOKENS = 16
 
 @handles(ExportConfig, example={"parity_items": 4})
 def export_decoder(bundle: ModelBundle, config: ExportConfig, ctx: RunContext) -> ModelBundle:
-    from lepton.generative.onnx_decoder import EXPORTER, ONNX_FILE, check_parity, export_torch, folder_size
+    from lepton.generative.onnx_decoder import (
+        EXPORTER,
+        ONNX_FILE,
+        check_parity,
+        export_torch,
+        folder_size,
+    )
     from lepton.generative.ort_model import OrtCausalLM
     from lepton.runtimes.ort import require
 

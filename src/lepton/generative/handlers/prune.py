@@ -14,13 +14,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import torch
-
 from lepton.bundle import ModelBundle, RunContext
 from lepton.errors import StageError
 from lepton.generative.handlers import handles
-from lepton.generative.handlers.common import require_torch_decoder
-from lepton.generative.handlers.drop_layers import SCORED_EXAMPLES, right_padded
+from lepton.generative.handlers.common import require_torch_decoder, scoring_batches
 from lepton.stages.prune import PruneConfig
 
 log = logging.getLogger(__name__)
@@ -51,16 +48,7 @@ def prune_decoder(bundle: ModelBundle, config: PruneConfig, ctx: RunContext) -> 
 
 def _activation_scores(bundle: ModelBundle, config: PruneConfig, ctx: RunContext) -> tuple[list[Any], int]:
     from lepton.generative import decoder_compress as dc
-    from lepton.generative.encoding import pad_id_of
-    from lepton.tasks import kind_of
 
-    train, _ = kind_of(bundle.task).training_data(bundle, ctx)
-    n = min(len(train), SCORED_EXAMPLES, config.batches * config.batch_size)
-    if n == 0:
-        raise StageError(f"stages.{ctx.stage_index}.importance: needs training examples in data.train")
-    total: list[torch.Tensor] = []
-    for start in range(0, n, config.batch_size):
-        ids, mask = right_padded(train.input_ids[start:min(n, start + config.batch_size)], pad_id_of(bundle.tokenizer))
-        scores = dc.ffn_importance(bundle.model, ids, mask)
-        total = scores if not total else [a + b for a, b in zip(total, scores)]
-    return total, n
+    batches, n = scoring_batches(bundle, ctx, config.batches, config.batch_size, f"stages.{ctx.stage_index}.importance")
+    per_batch = [dc.ffn_importance(bundle.model, ids, mask) for ids, mask in batches]
+    return [sum(col) for col in zip(*per_batch)], n
