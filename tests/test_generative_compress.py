@@ -183,3 +183,21 @@ def test_int4_sensitivity_and_max_drop_per_decoder_layer(llama_dir, tmp_path):
     assert len(mixed["kept_float"]) >= 1
     assert mixed["met"] is (mixed["drop"] <= 0.0)
     assert report.stages[-1]["summary"]["kept_float_nodes"] >= len(mixed["kept_float"])
+
+
+@pytest.mark.parametrize(("settings", "precision"), [
+    ({"method": "weight_only", "bits": 8, "group_size": 16}, "int8 weight-only"),
+    ({"method": "dynamic_int8"}, "dynamic int8"),
+])
+def test_onnx_int8_methods_on_an_exported_decoder_save_and_reload(llama_dir, tmp_path, settings, precision):
+    stages = [STAGES[0], STAGES[4], {"kind": "quantize", "check_items": 4, **settings}]
+    report = lepton.run(parse_recipe(_recipe(llama_dir, tmp_path, stages), env={}), progress=False)
+    summary = report.stages[-1]["summary"]
+    assert summary["size_mb_after"] < summary["size_mb_before"]
+    folder = tmp_path / "out" / "model"
+    assert json.loads((folder / "lepton.json").read_text())["onnx"]["precision"] == precision
+    model = lepton.load(folder)
+    prompts = ["a man runs", "the red ball"]
+    first = model.generate(prompts)
+    assert lepton.load(folder).generate(prompts) == first
+    assert report.variants[-1].efficiency.runtime == "onnxruntime"
