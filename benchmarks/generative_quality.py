@@ -86,6 +86,16 @@ def run_variant(args) -> None:
     t_build = time.perf_counter()
     path = model_dir if v == "torch-fp32" else variant_path(v, model_dir, Path(args.compressed) if args.compressed else None)
     build_s = time.perf_counter() - t_build
+    parity = None
+    if v in ("ort-fp32", "ort-int4-compressed"):
+        # The fp32 export against PyTorch on real prompts (raises on a greedy mismatch).
+        from lepton.generative.onnx_decoder import check_parity
+        from transformers import AutoModelForCausalLM
+        src = Path(args.compressed) if v == "ort-int4-compressed" else model_dir
+        ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+        parity = check_parity(ref, tok, path.parent / "ort-fp32" if v == "ort-int4-compressed" else path,
+                              prompts[:8], max_new_tokens=16)
+        del ref
     t0 = time.perf_counter()
     if v == "torch-fp32":
         from lepton.generative.generate import generate
@@ -150,7 +160,7 @@ def run_variant(args) -> None:
     out = hyp_file(model_dir, v, args.limit)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"variant": v, "path": str(path), "hypotheses": hyps, "generate_s": round(seconds, 1),
-                               "build_s": round(build_s, 1), "batch": args.batch if v.startswith("ort") else
+                               "build_s": round(build_s, 1), "parity_fp32_export": parity, "batch": args.batch if v.startswith("ort") else
                                (64 if v == "torch-fp32" else 1), "sentences": len(hyps),
                                "affinity": sorted(os.sched_getaffinity(0)),
                                "omp": os.environ.get("OMP_NUM_THREADS"), "finished": time.strftime("%H:%M:%S")},

@@ -7,7 +7,7 @@ Both servers run as separate processes pinned to the same core (``--cores``, one
 the clients (this process, httpx) too. Both servers stay up, and the modes alternate per round
 (order reversed every round) so drift hits both alike. Every request: ``/v1/completions``,
 streamed, greedy (temperature 0), exactly ``--max-new-tokens`` tokens (Lepton: ``ignore_eos``;
-llama.cpp: the end-of-sequence token's logit biased to -inf, its server has no ignore_eos), on
+llama.cpp: ``min_tokens`` = max_tokens, which masks the end-of-sequence token until then), on
 the same prompt: a Multi30k test-2016 English sentence in the fine-tuned model's chat prompt
 (system + "Translate English to German: ..."), sent as text (the chat template's special tokens
 are parsed by both servers; the token ids are compared once and reported).
@@ -166,7 +166,6 @@ def main() -> None:
 
     tok = AutoTokenizer.from_pretrained(args.model)
     texts = prompts(tok, args.requests)
-    eos = tok.eos_token_id
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     lp, cp = free_port(), free_port()
     lepton = subprocess.Popen(["taskset", "-c", args.cores, args.lepton_python, __file__, "--serve-lepton", "--int4",
@@ -191,7 +190,7 @@ def main() -> None:
             "lepton": [{"prompt": t, "max_tokens": args.max_new_tokens, "temperature": 0, "ignore_eos": True,
                         "stream": True, "stream_options": {"include_usage": True}} for t in texts],
             "llamacpp": [{"prompt": t, "max_tokens": args.max_new_tokens, "temperature": 0, "top_k": 1,
-                          "repeat_penalty": 1.0, "logit_bias": {str(eos): -1e9}, "stream": True} for t in texts],
+                          "repeat_penalty": 1.0, "min_tokens": args.max_new_tokens, "stream": True} for t in texts],
         }
         for name, url in servers.items():  # warm-up
             asyncio.run(run_clients(url, bodies[name][:2], 2))
