@@ -344,7 +344,9 @@ def available(variant: str) -> str | None:
 
 
 def find_converter() -> Path | None:
-    hits = sorted((PEERS / "src").glob("llama_cpp_python-*/vendor/llama.cpp/convert_hf_to_gguf.py"))
+    # PEERS_SRC: where benchmarks/peers/setup.sh unpacked the sdist, when that is another checkout's
+    src = Path(os.environ.get("PEERS_SRC", PEERS / "src"))
+    hits = sorted(src.glob("llama_cpp_python-*/vendor/llama.cpp/convert_hf_to_gguf.py"))
     return hits[-1] if hits else None
 
 
