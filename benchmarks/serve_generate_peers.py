@@ -174,7 +174,10 @@ def main() -> None:
     llama = subprocess.Popen(["taskset", "-c", args.cores, args.peers_python, "-m", "llama_cpp.server", "--model",
                               args.gguf, "--host", "127.0.0.1", "--port", str(cp), "--n_threads", "1",
                               "--n_threads_batch", "1", "--n_ctx", str(args.max_context), "--n_batch", "512",
-                              "--verbose", "False"], env=env)
+                              "--verbose", "False",
+                              # its default (True) makes each new request cancel the one streaming:
+                              # concurrent clients would get cut-off replies; False queues them
+                              "--interrupt_requests", "False"], env=env)
     servers = {"lepton": f"http://127.0.0.1:{lp}", "llamacpp": f"http://127.0.0.1:{cp}"}
     try:
         wait_ready(servers["lepton"], lepton, "/readyz")
