@@ -344,7 +344,9 @@ def available(variant: str) -> str | None:
 
 
 def find_converter() -> Path | None:
-    hits = sorted((PEERS / "src").glob("llama_cpp_python-*/vendor/llama.cpp/convert_hf_to_gguf.py"))
+    # PEERS_SRC: where benchmarks/peers/setup.sh unpacked the sdist, when that is another checkout's
+    src = Path(os.environ.get("PEERS_SRC", PEERS / "src"))
+    hits = sorted(src.glob("llama_cpp_python-*/vendor/llama.cpp/convert_hf_to_gguf.py"))
     return hits[-1] if hits else None
 
 
@@ -404,6 +406,10 @@ def main() -> None:
     ap.add_argument("--agreement-tokens", type=int, default=32)
     ap.add_argument("--work", default=str(CACHE / "variants"), help="where built variants are kept between runs")
     ap.add_argument("--out", default=str(HERE / "results" / "generative_runtimes"))
+    ap.add_argument("--extra", action="append", default=[], metavar="NAME=FOLDER[:KIND]",
+                    help="also measure an ONNX variant (KIND: ort-int4 by default, or ort-fp32, ort-int8-weight ...) "
+                         "built from another HF folder, e.g. ort-int4-compressed=/path/to/compressed (repeatable); "
+                         "NAME must start with 'ort'")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -431,6 +437,19 @@ def main() -> None:
         except Exception as err:  # a peer that does not build is reported, not fatal
             results[variant] = {"skipped": f"build failed: {type(err).__name__}: {err}"}
             print(f"{variant}: build failed: {err}", flush=True)
+    for extra in args.extra:
+        name, _, spec = extra.partition("=")
+        folder, _, kind = spec.partition(":")
+        kind = kind or "ort-int4"
+        if not name.startswith("ort") or not kind.startswith("ort") or not folder:
+            raise SystemExit(f"--extra {extra!r}: want NAME=FOLDER[:KIND] with NAME and KIND starting with 'ort'")
+        extra_work = Path(args.work) / hashlib.sha256(str(Path(folder).resolve()).encode()).hexdigest()[:12]
+        extra_work.mkdir(parents=True, exist_ok=True)
+        try:
+            paths[name] = build(kind, Path(folder), extra_work, converter)
+        except Exception as err:  # noqa: BLE001 - reported like a peer that does not build
+            results[name] = {"skipped": f"build failed: {type(err).__name__}: {err}"}
+            print(f"{name}: build failed: {err}", flush=True)
     # Rounds over all variants, not all repeats of one variant then the next: on a shared machine
     # the load changes over minutes, and interleaving spreads it over every variant alike.
     for round_ in range(args.rounds):
