@@ -146,6 +146,7 @@ def test_beam_search_is_refused_on_the_exported_decoder(llama_dir, tmp_path):
         lepton.run(parse_recipe(recipe, env={}), progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["dynamic_int8", "bf16"])
 def test_quantize_a_pytorch_decoder_saves_and_reloads(llama_dir, tmp_path, method):
     stages = [STAGES[0], {"kind": "quantize", "method": method, "check_items": 4}]
@@ -159,6 +160,7 @@ def test_quantize_a_pytorch_decoder_saves_and_reloads(llama_dir, tmp_path, metho
     assert report.variants[-1].efficiency.runtime == "torch"
 
 
+@pytest.mark.slow
 def test_int4_sensitivity_and_max_drop_per_decoder_layer(llama_dir, tmp_path):
     from tests.gen_tiny import write_text_tsv
 
@@ -185,6 +187,7 @@ def test_int4_sensitivity_and_max_drop_per_decoder_layer(llama_dir, tmp_path):
     assert report.stages[-1]["summary"]["kept_float_nodes"] >= len(mixed["kept_float"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("settings", "precision"), [
     ({"method": "weight_only", "bits": 8, "group_size": 16}, "int8 weight-only"),
     ({"method": "dynamic_int8"}, "dynamic int8"),
