@@ -98,28 +98,45 @@ def measure(model: Any, config: GenEfficiencyConfig, *, folder: Path | None = No
     old = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        one = _ids(model, 1, config.prompt_tokens)
-        many = _ids(model, config.offline_batch, config.prompt_tokens)
-        _generate_s(model, one, 2)  # warm-up
-        ttft = statistics.median(_generate_s(model, one, 1) for _ in range(config.repeats))
-        full = statistics.median(_generate_s(model, one, config.output_tokens) for _ in range(config.repeats))
-        offline = statistics.median(_generate_s(model, many, config.output_tokens)
-                                    for _ in range(config.repeats))
-        prefill = statistics.median(_prefill_s(model, many) for _ in range(config.repeats))
+        def run(batch: int, new_tokens: int) -> float:
+            return _generate_s(model, _ids(model, batch, config.prompt_tokens), new_tokens)
+
+        def prefill(batch: int) -> float:
+            return _prefill_s(model, _ids(model, batch, config.prompt_tokens))
+
+        timings = scenarios(run, prefill, config)
     finally:
         torch.set_num_threads(old)
+    return report(config, threads, timings, folder=folder, size_mb=weights_mb(model),
+                  note=f"CPU, {threads} thread(s), fp32 eager PyTorch")
+
+
+def scenarios(run: Any, prefill: Any, config: GenEfficiencyConfig) -> dict[str, float]:
+    """Median seconds of each scenario: ``run(batch, new_tokens)`` generates from a
+    ``prompt_tokens`` prompt, ``prefill(batch)`` runs the prompt alone (one warm-up first)."""
+    run(1, 2)
+    return {"ttft": statistics.median(run(1, 1) for _ in range(config.repeats)),
+            "full": statistics.median(run(1, config.output_tokens) for _ in range(config.repeats)),
+            "offline": statistics.median(run(config.offline_batch, config.output_tokens)
+                                         for _ in range(config.repeats)),
+            "prefill": statistics.median(prefill(config.offline_batch) for _ in range(config.repeats))}
+
+
+def report(config: GenEfficiencyConfig, threads: int, t: dict[str, float], *, folder: Path | None,
+           size_mb: float, note: str) -> GenEfficiency:
+    """The scenarios' figures from their timings (``scenarios``), memory in a fresh process."""
     peak = probe_memory(folder, config.memory_context) if folder is not None else None
     return GenEfficiency(
         prompt_tokens=config.prompt_tokens, output_tokens=config.output_tokens,
         offline_batch=config.offline_batch, threads=threads,
-        single_stream={"ttft_ms": ttft * 1e3,
-                       "tpot_ms": (full - ttft) / (config.output_tokens - 1) * 1e3,
-                       "tokens_per_s": config.output_tokens / full},
-        offline={"tokens_per_s": config.offline_batch * config.output_tokens / offline,
-                 "prefill_tokens_per_s": config.offline_batch * config.prompt_tokens / prefill},
-        peak_rss_mb=peak, memory_context=config.memory_context, size_mb=weights_mb(model),
-        note=(f"CPU, {threads} thread(s), fp32 eager PyTorch, greedy, prompt {config.prompt_tokens} "
-              f"tokens, {config.output_tokens} output tokens, median of {config.repeats}"),
+        single_stream={"ttft_ms": t["ttft"] * 1e3,
+                       "tpot_ms": (t["full"] - t["ttft"]) / (config.output_tokens - 1) * 1e3,
+                       "tokens_per_s": config.output_tokens / t["full"]},
+        offline={"tokens_per_s": config.offline_batch * config.output_tokens / t["offline"],
+                 "prefill_tokens_per_s": config.offline_batch * config.prompt_tokens / t["prefill"]},
+        peak_rss_mb=peak, memory_context=config.memory_context, size_mb=size_mb,
+        note=(f"{note}, greedy, prompt {config.prompt_tokens} tokens, {config.output_tokens} output "
+              f"tokens, median of {config.repeats}"),
     )
 
 

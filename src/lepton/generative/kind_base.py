@@ -101,6 +101,7 @@ class GenerativeKind(TaskKind):
     def measure_efficiency(self, variants: list[Any], split: Split, config: Any, *, memory: bool) -> list[Any]:
         from lepton.evaluation.scorecard import Efficiency, LatencyStats
         from lepton.generative.efficiency import GenEfficiencyConfig, measure
+        from lepton.runtimes import for_bundle
 
         gen = GenEfficiencyConfig(repeats=max(1, min(config.rounds, 5)), threads=config.threads,
                                   offline_batch=max(config.batch_sizes))
@@ -108,11 +109,7 @@ class GenerativeKind(TaskKind):
         for v in variants:
             model = v.bundle.model
             eff = measure(model, gen, folder=v.folder if memory else None)
-            if hasattr(model, "parameters"):
-                params = sum(p.numel() for p in model.parameters())
-                nonzero = int(sum(int((p != 0).sum()) for p in model.parameters()))
-            else:  # an exported decoder: the count of the PyTorch model it came from
-                params = nonzero = model.num_parameters()
+            params, nonzero = for_bundle(v.bundle).parameter_counts()
             request = eff.single_stream["ttft_ms"] + eff.single_stream["tpot_ms"] * (eff.output_tokens - 1)
             stats = {k: LatencyStats(p50=x, p95=x, p99=x, mean=x, min=x, max=x, n=gen.repeats,
                                      tokens_mean=float(eff.prompt_tokens), round_medians=[x])

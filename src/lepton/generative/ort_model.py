@@ -15,7 +15,6 @@ request) and is refused with the setting named.
 from __future__ import annotations
 
 import shutil
-import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from lepton.errors import LeptonError
+from lepton.generative.generate import cut_at_stop
 from lepton.generative.ort_generate import left_pad
 
 WEIGHTS_FORMAT = "onnx-decoder"
@@ -108,8 +108,7 @@ class OrtCausalLM:
             new, _ = generate_ids(decoder, ids, mask, sampling, eos=eos,
                                   is_stopped=_stop_check(tokenizer, sampling.stop))
             for i, toks in zip(chunk, new):
-                text = tokenizer.decode(toks, skip_special_tokens=True)
-                out[i] = _cut(text, sampling.stop).strip()
+                out[i] = cut_at_stop(tokenizer.decode(toks, skip_special_tokens=True), sampling.stop).strip()
         return out
 
     # ------------------------------------------------------------------ scoring
@@ -132,29 +131,33 @@ class OrtCausalLM:
             scored = [[x != IGNORE for x in enc.labels[i][starts[i]:]] for i in chunk]
             ids, mask = left_pad(heads, pad_id)
             logits, state = decoder.prefill(ids, mask)
-            for t in range(max(map(len, tails), default=0)):
+            steps = max(map(len, tails), default=0)
+            for t in range(steps):
                 logp = _log_softmax(logits)
                 for k, i in enumerate(chunk):
                     if t < len(tails[k]) and scored[k][t]:
                         nll[i] -= float(logp[k, tails[k][t]])
                         count[i] += 1
-                if t + 1 < max(map(len, tails)):
+                if t + 1 < steps:
                     logits = decoder.step(state, [row[t] if t < len(row) else pad_id for row in tails])
         return nll, count
 
     # ------------------------------------------------------------------ speed
 
     def measure_efficiency(self, config: Any, *, folder: Path | None = None) -> Any:
-        """``generative.efficiency.measure``'s scenarios on this graph (same fields, same prompts:
-        one ordinary token repeated, greedy, exactly ``output_tokens`` tokens)."""
-        from lepton.generative.efficiency import GenEfficiency, probe_memory
+        """``generative.efficiency.measure``'s scenarios on this graph (same prompts: one ordinary
+        token repeated, greedy, exactly ``output_tokens`` tokens)."""
+        from lepton.generative.efficiency import report, scenarios
 
         threads = int(config.threads or _default_threads())
         decoder = self.decoder(threads)
         token = min(1000, int(self.config.vocab_size) - 1)
 
+        def prompt(batch: int) -> np.ndarray:
+            return np.full((batch, config.prompt_tokens), token, np.int64)
+
         def run(batch: int, new_tokens: int) -> float:
-            ids = np.full((batch, config.prompt_tokens), token, np.int64)
+            ids = prompt(batch)
             start = time.perf_counter()
             logits, state = decoder.prefill(ids, np.ones_like(ids))
             for _ in range(new_tokens - 1):
@@ -163,28 +166,15 @@ class OrtCausalLM:
             return time.perf_counter() - start
 
         def prefill(batch: int) -> float:
-            ids = np.full((batch, config.prompt_tokens), token, np.int64)
+            ids = prompt(batch)
             start = time.perf_counter()
             decoder.prefill(ids, np.ones_like(ids))
             return time.perf_counter() - start
 
-        run(1, 2)  # warm-up
-        ttft = statistics.median(run(1, 1) for _ in range(config.repeats))
-        full = statistics.median(run(1, config.output_tokens) for _ in range(config.repeats))
-        offline = statistics.median(run(config.offline_batch, config.output_tokens) for _ in range(config.repeats))
-        pre = statistics.median(prefill(config.offline_batch) for _ in range(config.repeats))
-        peak = probe_memory(folder, config.memory_context) if folder is not None else None
-        return GenEfficiency(
-            prompt_tokens=config.prompt_tokens, output_tokens=config.output_tokens,
-            offline_batch=config.offline_batch, threads=threads,
-            single_stream={"ttft_ms": ttft * 1e3, "tpot_ms": (full - ttft) / (config.output_tokens - 1) * 1e3,
-                           "tokens_per_s": config.output_tokens / full},
-            offline={"tokens_per_s": config.offline_batch * config.output_tokens / offline,
-                     "prefill_tokens_per_s": config.offline_batch * config.prompt_tokens / pre},
-            peak_rss_mb=peak, memory_context=config.memory_context, size_mb=self.size_bytes() / 1e6,
-            note=(f"CPU, {threads} thread(s), ONNX Runtime {self.info.get('precision', '')} graph with its KV "
-                  f"cache (Lepton's loop), greedy, prompt {config.prompt_tokens} tokens, "
-                  f"{config.output_tokens} output tokens, median of {config.repeats}"))
+        return report(config, threads, scenarios(run, prefill, config), folder=folder,
+                      size_mb=self.size_bytes() / 1e6,
+                      note=f"CPU, {threads} thread(s), ONNX Runtime {self.info.get('precision', '')} graph with "
+                           "its KV cache (Lepton's loop)")
 
     def probe(self, context: int) -> None:
         """Generate to ``context`` tokens at batch 1 (the memory probe's work)."""
@@ -270,17 +260,12 @@ def _with_seed(sampling: Any, seed: int) -> Any:
     return dataclasses.replace(sampling, seed=seed)
 
 
-def _cut(text: str, stops: Sequence[str]) -> str:
-    hits = [text.find(s) for s in stops if s in text]
-    return text[:min(hits)] if hits else text
-
-
 def _stop_check(tokenizer: Any, stops: Sequence[str]) -> Any:
     if not stops:
         return None
 
     def stopped(_: int, new: list[int]) -> bool:
-        return _cut(tokenizer.decode(new, skip_special_tokens=True), stops) != \
-            tokenizer.decode(new, skip_special_tokens=True)
+        text = tokenizer.decode(new, skip_special_tokens=True)
+        return cut_at_stop(text, stops) != text
 
     return stopped

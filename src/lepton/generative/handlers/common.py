@@ -81,9 +81,7 @@ def scoring_batches(bundle: ModelBundle, ctx: RunContext, batches: int, batch_si
                     where: str) -> tuple[list[tuple[Any, Any]], int]:
     """Right-padded (ids, mask) batches of the first training examples (prompt and target) for an
     importance measure, and how many examples they hold."""
-    import torch
-
-    from lepton.generative.encoding import pad_id_of
+    from lepton.generative.encoding import collate, pad_id_of
     from lepton.tasks import kind_of
 
     train, _ = kind_of(bundle.task).training_data(bundle, ctx)
@@ -94,11 +92,6 @@ def scoring_batches(bundle: ModelBundle, ctx: RunContext, batches: int, batch_si
     out = []
     for start in range(0, n, batch_size):
         rows = train.input_ids[start:min(n, start + batch_size)]
-        width = max(map(len, rows))
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = torch.tensor(r)
-            mask[i, :len(r)] = 1
-        out.append((ids, mask))
+        batch = collate(rows, rows, pad, seq2seq=False)
+        out.append((batch["input_ids"], batch["attention_mask"]))
     return out, n

@@ -42,6 +42,7 @@ def export_decoder(bundle: ModelBundle, config: ExportConfig, ctx: RunContext) -
         folder_size,
     )
     from lepton.generative.ort_model import OrtCausalLM
+    from lepton.generative.weight_quant import WeightOnlyLinear
     from lepton.runtimes.ort import require
 
     where = f"stages.{ctx.stage_index}"
@@ -49,7 +50,7 @@ def export_decoder(bundle: ModelBundle, config: ExportConfig, ctx: RunContext) -
     require("onnxruntime")
     model = require_torch_decoder(bundle, ctx, "export")
     dtype = next(model.parameters()).dtype
-    if dtype != torch.float32 or not all(type(m).__name__ != "WeightOnlyLinear" for m in model.modules()):
+    if dtype != torch.float32 or any(isinstance(m, WeightOnlyLinear) for m in model.modules()):
         raise StageError(f"{where}: export a float32 model (this one is {dtype} or quantized); quantize after export")
     model = model.cpu().eval()
     folder = (ctx.stage_dir or ctx.work_dir / f"stage-{ctx.stage_index}-export") / "decoder"

@@ -35,6 +35,7 @@ from lepton.bundle import ModelBundle, RunContext
 from lepton.errors import StageError
 from lepton.generative.handlers import handles
 from lepton.generative.handlers.common import agreement, real_prompts, rebundle
+from lepton.runtimes import for_bundle
 from lepton.stages.quantize import QuantizeConfig
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,13 @@ def quantize_generative(bundle: ModelBundle, config: QuantizeConfig, ctx: RunCon
                          "exported decoder (put export before this stage)")
     t0 = time.perf_counter()
     if bundle.runtime == "onnxruntime":
-        model, details, before, after = _on_ort(bundle, config, ctx, where)
+        model, details = _on_ort(bundle, config, ctx, where)
     elif bundle.runtime == "torch":
-        model, details, before, after = _on_torch(bundle, config, where)
+        model, details = _on_torch(bundle, config, where)
     else:
         raise StageError(f"{where}: quantize does not know runtime {bundle.runtime!r}")
     seconds = time.perf_counter() - t0
+    before, after = for_bundle(bundle).size_bytes(), for_bundle(rebundle(bundle, model)).size_bytes()
     prompts, split = real_prompts(bundle, ctx, config.check_split, config.check_items)
     check = agreement(bundle.model, model, bundle.tokenizer, prompts, max_prompt_tokens=bundle.task.max_length)
     ctx.stage_summary = {"method": config.method, "runtime": bundle.runtime, **details,
@@ -67,7 +69,7 @@ def quantize_generative(bundle: ModelBundle, config: QuantizeConfig, ctx: RunCon
     return rebundle(bundle, model)
 
 
-def _on_ort(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, where: str) -> tuple[Any, dict, int, int]:
+def _on_ort(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, where: str) -> tuple[Any, dict]:
     from lepton.generative.ort_model import OrtCausalLM
     from lepton.generative.weight_quant import quantize_onnx_dynamic_int8, quantize_onnx_weights
 
@@ -77,19 +79,20 @@ def _on_ort(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, where:
         groups = layer_groups(source.folder)
         excluded = [n for names in groups.values() for n in names if any(e in n for e in config.exclude)]
 
-        def once(keep_float: Sequence[str], dest: Path) -> Any:
-            quantize_onnx_weights(source.folder, dest, bits=config.bits, block_size=config.group_size,
-                                  accuracy_level=config.accuracy_level, embeddings=config.bits == 4,
-                                  exclude=tuple(excluded) + tuple(keep_float))
+        def once(keep_float: Sequence[str], dest: Path) -> dict[str, Any]:
+            return quantize_onnx_weights(source.folder, dest, bits=config.bits, block_size=config.group_size,
+                                         accuracy_level=config.accuracy_level, embeddings=config.bits == 4,
+                                         exclude=tuple(excluded) + tuple(keep_float))
+
+        def trial(keep_float: Sequence[str], dest: Path) -> Any:
+            once(keep_float, dest)
             return OrtCausalLM(dest, info=source.info)
 
         mixed = None
         if config.sensitivity or config.max_drop is not None:
-            mixed = mixed_precision(bundle, config, ctx, groups, once, folder.parent / "trial")
+            mixed = mixed_precision(bundle, config, ctx, groups, trial, folder.parent / "trial")
             excluded += [n for g in mixed.get("kept_float", []) for n in groups[g]]
-        details = quantize_onnx_weights(source.folder, folder, bits=config.bits, block_size=config.group_size,
-                                        accuracy_level=config.accuracy_level, embeddings=config.bits == 4,
-                                        exclude=tuple(excluded))
+        details = once([], folder)
         details["kept_float_nodes"] = len(excluded)
         if mixed is not None:
             details["mixed_precision"] = mixed
@@ -105,27 +108,15 @@ def _on_ort(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, where:
     info = {**source.info, "precision": _precision(config), "quantization": details}
     model = OrtCausalLM(folder, info=info)
     source.generation_config.save_pretrained(folder)
-    return model, details, source.size_bytes(), model.size_bytes()
+    return model, details
 
 
-def _on_torch(bundle: ModelBundle, config: QuantizeConfig, where: str) -> tuple[Any, dict, int, int]:
-    from lepton.generative.efficiency import weights_mb
+def _on_torch(bundle: ModelBundle, config: QuantizeConfig, where: str) -> tuple[Any, dict]:
     from lepton.quantize_torch import torch_quantize
 
     model, details = torch_quantize(bundle, config, where)
     model.generation_config = bundle.model.generation_config
-    return model, details, int(weights_mb(bundle.model) * 1e6), int(_bytes(model))
-
-
-def _bytes(model: Any) -> int:
-    """Weights and packed int8 parameters of a (possibly dynamically quantized) PyTorch model."""
-    total = 0
-    for value in model.state_dict().values():
-        if hasattr(value, "element_size"):
-            total += value.numel() * value.element_size()
-        elif isinstance(value, tuple):  # packed params: (weight, bias)
-            total += sum(v.numel() * v.element_size() for v in value if hasattr(v, "element_size"))
-    return total
+    return model, details
 
 
 def _precision(config: QuantizeConfig) -> str:
