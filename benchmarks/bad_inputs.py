@@ -469,7 +469,7 @@ def bad_model(x: Ctx) -> str:
 
 
 def _edit_manifest(folder: Path, change: Callable[[dict], Any], redigest: bool) -> None:
-    from lepton.artifact import DIGEST_KEY, manifest_digest
+    from lepton.pipeline.artifact import DIGEST_KEY, manifest_digest
 
     manifest = json.loads((folder / "lepton.json").read_text())
     change(manifest)

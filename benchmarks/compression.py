@@ -20,8 +20,8 @@ from pathlib import Path
 import yaml
 
 import lepton
-from lepton.recipe import parse_recipe
-from lepton.report import print_table, to_markdown
+from lepton.pipeline.recipe import parse_recipe
+from lepton.pipeline.report import print_table, to_markdown
 
 from common import save_results
 

@@ -26,17 +26,17 @@ from typing import Any
 
 import torch
 
-from lepton.bundle import ModelBundle, RunContext
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.data import DataSplitConfig, Columns, load_split
-from lepton.generative.data import ParallelSplitConfig, PromptSpec, load_parallel
-from lepton.generative.efficiency import GenEfficiencyConfig, measure
-from lepton.generative.encoding import encode_causal, encode_documents, render_prompt
-from lepton.generative.generate import generate
-from lepton.generative.models import load_generative
-from lepton.generative.scoring import document_losses
-from lepton.generative.settings import GenerationSettings
-from lepton.generative.text_metrics import lm_scores, paired_lm, paired_text, text_scores
-from lepton.generative.training import train_generative
+from lepton.data.parallel import ParallelSplitConfig, PromptSpec, load_parallel
+from lepton.evaluation.generation_efficiency import GenEfficiencyConfig, measure
+from lepton.tasks.prompt_encoding import encode_causal, encode_documents, render_prompt
+from lepton.tasks.generate import generate
+from lepton.models.decoder import load_generative
+from lepton.tasks.scoring import document_losses
+from lepton.tasks.generation_settings import GenerationSettings
+from lepton.tasks.text_metrics import lm_scores, paired_lm, paired_text, text_scores
+from lepton.stages.training_decoder import train_generative
 from lepton.stages.finetune import FinetuneConfig
 from lepton.tasks import TaskSpec
 

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import generative as gb  # noqa: E402  (benchmarks/generative.py: prompt, pairs, finetune)
 
-from lepton.generative.models import load_generative  # noqa: E402
+from lepton.models.decoder import load_generative  # noqa: E402
 
 CACHE = Path(os.environ.get("LEPTON_CACHE", Path.home() / ".cache" / "lepton")) / "generative-bench"
 TEMPLATE = gb.PROMPTS["plain"]  # chosen on val in benchmarks/results/generative.md
@@ -72,9 +72,9 @@ def cmd_compress(args) -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lepton.generative import decoder_compress as dc
-    from lepton.generative.encoding import collate, encode_causal, pad_id_of
-    from lepton.generative.scoring import token_nll_sums
+    from lepton.models import decoder_structure as dc
+    from lepton.tasks.prompt_encoding import collate, encode_causal, pad_id_of
+    from lepton.tasks.scoring import token_nll_sums
 
     t0 = time.perf_counter()
     src = Path(args.model)

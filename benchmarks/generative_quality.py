@@ -2,8 +2,8 @@
 test 2016 (1,000 sentences), side by side: greedy, at most 40 new tokens, cut at the first line
 break, the same chat prompt token ids for every runtime (the HF tokenizer's).
 
-- torch-fp32: ``lepton.generative.generate.generate`` (transformers ``generate``, batches of 64);
-- ort-*: ``lepton.generative.ort_generate.generate`` in left-padded batches (``--batch``), on the
+- torch-fp32: ``lepton.tasks.generate.generate`` (transformers ``generate``, batches of 64);
+- ort-*: ``lepton.runtimes.ort_decoder_loop.generate`` in left-padded batches (``--batch``), on the
   folders ``benchmarks/generative_runtimes.py`` builds (same cache, same files as the speed run);
 - ort-int4-compressed: the same, on the int4 graph of the compressed model (``--compressed``);
 - llamacpp-*: llama-cpp-python on the GGUF converted from the same folder, one prompt at a time,
@@ -12,7 +12,7 @@ break, the same chat prompt token ids for every runtime (the HF tokenizer's).
 
 Each variant runs in its own invocation (``run VARIANT``; llama.cpp and GenAI need the peers
 venv's Python) and saves its hypotheses to the cache; ``report`` scores them all: BLEU and chrF
-(sacrebleu, through lepton.generative.text_metrics) with percentile-bootstrap CIs and paired
+(sacrebleu, through lepton.tasks.text_metrics) with percentile-bootstrap CIs and paired
 bootstrap differences against torch-fp32 on the same sentences.
 
     taskset -c 1 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/generative_quality.py run torch-fp32 --model DIR
@@ -51,7 +51,7 @@ def test_pairs(limit: int | None) -> tuple[list[str], list[str]]:
 
 
 def chat_prompts(tok, sources: list[str]) -> list[str]:
-    from lepton.generative.encoding import render_prompt
+    from lepton.tasks.prompt_encoding import render_prompt
     return [render_prompt(tok, TEMPLATE.format(source=s), chat=True, system=SYSTEM) for s in sources]
 
 
@@ -89,7 +89,7 @@ def run_variant(args) -> None:
     parity = None
     if v in ("ort-fp32", "ort-int4-compressed"):
         # The fp32 export against PyTorch on real prompts (raises on a greedy mismatch).
-        from lepton.generative.onnx_decoder import check_parity
+        from lepton.stages.export.onnx_decoder import check_parity
         from transformers import AutoModelForCausalLM
         src = Path(args.compressed) if v == "ort-int4-compressed" else model_dir
         ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
@@ -98,14 +98,14 @@ def run_variant(args) -> None:
         del ref
     t0 = time.perf_counter()
     if v == "torch-fp32":
-        from lepton.generative.generate import generate
-        from lepton.generative.settings import GenerationSettings
+        from lepton.tasks.generate import generate
+        from lepton.tasks.generation_settings import GenerationSettings
         from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         hyps = generate(model, tok, prompts, GenerationSettings(max_new_tokens=MAX_NEW, batch_size=64, stop=[STOP]),
                         max_prompt_tokens=256)
     elif v.startswith("ort"):
-        from lepton.generative.ort_generate import OrtDecoder, SamplingSettings, generate
+        from lepton.runtimes.ort_decoder_loop import OrtDecoder, SamplingSettings, generate
         decoder = OrtDecoder(path, threads=1)
         settings = SamplingSettings(max_new_tokens=MAX_NEW, stop=(STOP,))
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
@@ -169,7 +169,7 @@ def run_variant(args) -> None:
 
 
 def report(args) -> None:
-    from lepton.generative.text_metrics import paired_text, text_scores
+    from lepton.tasks.text_metrics import paired_text, text_scores
 
     model_dir = Path(args.model)
     _, refs = test_pairs(args.limit)

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from lepton.generative.text_metrics import paired_text
+from lepton.tasks.text_metrics import paired_text
 
 OUT = Path(__file__).resolve().parent / "results"
 

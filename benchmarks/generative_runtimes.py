@@ -133,8 +133,8 @@ def smollm2_folder(gguf: Path) -> Path:
 def build(variant: str, model_dir: Path, work: Path, converter: Path | None) -> Path:
     """The file or folder a variant runs from, built once under ``work``."""
     sys.path.insert(0, str(ROOT / "src"))
-    from lepton.generative import weight_quant as wq
-    from lepton.generative.onnx_decoder import export_decoder
+    from lepton.stages.quantize import weight_only as wq
+    from lepton.stages.export.onnx_decoder import export_decoder
 
     fp32 = work / "ort-fp32"
     if variant.startswith("ort") and not (fp32 / "model.onnx").is_file():
@@ -226,7 +226,7 @@ class TorchRunner:
 class OrtRunner:
     def __init__(self, path: Path, threads: int) -> None:
         sys.path.insert(0, str(ROOT / "src"))
-        from lepton.generative.ort_generate import OrtDecoder
+        from lepton.runtimes.ort_decoder_loop import OrtDecoder
 
         self.decoder = OrtDecoder(path, threads=threads)
 

@@ -49,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     from lepton.evaluation.environment import describe, fingerprint
-    from lepton.generative.models import load_generative
+    from lepton.models.decoder import load_generative
 
     base, tuned = load_file(str(Path(args.base) / "model.safetensors")), load_file(str(Path(args.tuned) / "model.safetensors"))
     change = step = 0.0

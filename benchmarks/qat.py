@@ -14,7 +14,7 @@ when missing; the extra epoch uses the same 8,000-row seeded SST-2 sample. Every
 Lepton's own stages (``finetune``, ``export``, ``quantize``) and saved as a Lepton artifact.
 ``lepton.compare`` measures all of them on SST-2 dev (accuracy with 95% CIs; deltas paired against
 arm A's INT8 model); the paired deltas the question needs (each arm's INT8 vs its own float model,
-B vs C, B vs A) come from the same predictions through ``lepton.evaluation.quality.paired_bootstrap``.
+B vs C, B vs A) come from the same predictions through ``lepton.tasks.quality.paired_bootstrap``.
 """
 
 from __future__ import annotations
@@ -29,15 +29,15 @@ from typing import Any
 import numpy as np
 
 import lepton
-from lepton.api import compare
-from lepton.artifact import load_bundle, save_artifact
-from lepton.bundle import RunContext
+from lepton.pipeline.api import compare
+from lepton.pipeline.artifact import load_bundle, save_artifact
+from lepton.runtimes.bundle import RunContext
 from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.evaluation.environment import describe, fingerprint, int8_fast
 from lepton.evaluation.harness import predict_logits
-from lepton.evaluation.quality import paired_bootstrap
-from lepton.recipe import EvaluateConfig
-from lepton.report import print_table, to_markdown
+from lepton.tasks.quality import paired_bootstrap
+from lepton.pipeline.recipe import EvaluateConfig
+from lepton.pipeline.report import print_table, to_markdown
 from lepton.runtimes import for_bundle
 from lepton.tasks import encode, label_ids
 

@@ -27,13 +27,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lepton.api import compare
-from lepton.artifact import load_bundle, now_iso, save_artifact
-from lepton.bundle import ModelBundle, RunContext, StageRecord
+from lepton.pipeline.api import compare
+from lepton.pipeline.artifact import load_bundle, now_iso, save_artifact
+from lepton.runtimes.bundle import ModelBundle, RunContext, StageRecord
 from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.evaluation.environment import describe, fingerprint, int8_fast
-from lepton.recipe import EvaluateConfig
-from lepton.report import print_table, to_markdown
+from lepton.pipeline.recipe import EvaluateConfig
+from lepton.pipeline.report import print_table, to_markdown
 
 from common import save_results, stage
 

@@ -29,8 +29,8 @@ import yaml
 
 import lepton
 from lepton.evaluation.environment import describe, fingerprint
-from lepton.recipe import EvaluateConfig
-from lepton.report import print_table, to_markdown
+from lepton.pipeline.recipe import EvaluateConfig
+from lepton.pipeline.report import print_table, to_markdown
 
 from common import save_results
 
@@ -48,7 +48,7 @@ def overrides_for(tree: dict, args: argparse.Namespace) -> list[str]:
 
 def build(stages_space, out: Path, folder: Path) -> Path:
     """A plain recipe's model, built in the search's workspace (shared prefixes from its cache)."""
-    from lepton.artifact import save_artifact
+    from lepton.pipeline.artifact import save_artifact
     from lepton.search.prefix import Workspace, run_stages
 
     recipe = stages_space.plain_recipe({})
@@ -131,7 +131,7 @@ def main() -> None:
         fp32 = build(load_space_from({**plain, "stages": [*base_stages, {"kind": "export", "optimize": True,
                                                                               "name": "export"}]}),
                      out, compare_dir / "lepton-ort-fp32")
-        from lepton.artifact import load_bundle
+        from lepton.pipeline.artifact import load_bundle
 
         models.append(wrap_onnx(peer[0], load_bundle(fp32), compare_dir / "optimum-dyn-int8", peer[1]))
         peer_name = "optimum-dyn-int8"

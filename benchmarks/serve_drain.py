@@ -44,8 +44,8 @@ def sentences() -> list[str]:
 
 def untrained_minilm(dest: Path) -> Path:
     sys.path.insert(0, str(ROOT / "src"))
-    from lepton.artifact import save_artifact
-    from lepton.bundle import ModelBundle
+    from lepton.pipeline.artifact import save_artifact
+    from lepton.runtimes.bundle import ModelBundle
     from lepton.models import load_for_task, load_tokenizer, resolve_model
     from lepton.tasks import TaskSpec
 

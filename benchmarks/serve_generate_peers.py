@@ -55,7 +55,7 @@ def serve_lepton(args: argparse.Namespace) -> None:
     import uvicorn
     from transformers import AutoTokenizer
 
-    from lepton.generative.ort_generate import OrtDecoder
+    from lepton.runtimes.ort_decoder_loop import OrtDecoder
     from lepton.serve.generation.app import GenerateSettings, create_generate_app
     from lepton.serve.generation.ort_engine import OrtEngine
 

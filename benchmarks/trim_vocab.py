@@ -29,13 +29,13 @@ from typing import Any
 import yaml
 
 import lepton
-from lepton.api import compare
-from lepton.artifact import load_bundle, save_artifact
-from lepton.bundle import RunContext
+from lepton.pipeline.api import compare
+from lepton.pipeline.artifact import load_bundle, save_artifact
+from lepton.runtimes.bundle import RunContext
 from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.evaluation.environment import describe, fingerprint
-from lepton.recipe import EvaluateConfig, parse_recipe
-from lepton.report import print_table, to_markdown
+from lepton.pipeline.recipe import EvaluateConfig, parse_recipe
+from lepton.pipeline.report import print_table, to_markdown
 
 from common import save_results, stage
 

@@ -60,7 +60,7 @@ def split_phrasebank(out: Path, seed: int = 0) -> dict[str, list[tuple[str, str]
 def agnews_pool() -> list[tuple[str, str]]:
     """AG News test-set descriptions outside the dev sample that examples/monitor-news.yaml scores."""
     from lepton.data import load_split
-    from lepton.recipe import load_recipe
+    from lepton.pipeline.recipe import load_recipe
 
     recipe = load_recipe(ROOT / "examples" / "monitor-news.yaml")
     extra = recipe.stages[0].tasks["agnews"]

@@ -67,9 +67,9 @@ def build_multitask_artifact(tiny_model_dir: Path, dest: Path) -> Path:
     import torch
     from transformers import AutoConfig, BertForSequenceClassification
 
-    from lepton.artifact import save_artifact
-    from lepton.bundle import ModelBundle
-    from lepton.heads import Head, make_head
+    from lepton.pipeline.artifact import save_artifact
+    from lepton.runtimes.bundle import ModelBundle
+    from lepton.tasks.heads import Head, make_head
     from lepton.models import load_tokenizer
     from lepton.tasks import TaskSpec
 

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import lepton
-from lepton.artifact import MANIFEST, load_bundle, read_manifest, save_artifact
-from lepton.predictor import Predictor
-from lepton.bundle import ModelBundle, StageRecord
-from lepton.errors import ArtifactError, LeptonError, StorageError
+from lepton.pipeline.artifact import MANIFEST, load_bundle, read_manifest, save_artifact
+from lepton.pipeline.predictor import Predictor
+from lepton.runtimes.bundle import ModelBundle, StageRecord
+from lepton.core.errors import ArtifactError, LeptonError, StorageError
 from lepton.models import load_for_task, load_tokenizer
 from lepton.tasks import TaskSpec, softmax
 from tests.conftest import spec_for
@@ -188,7 +188,7 @@ def test_missing_folder(tmp_path):
 
 def _edit_manifest(folder: Path, edit, *, redigest: bool = True) -> None:
     """Edit lepton.json; ``redigest``: as a careful forger would, recompute its own digest."""
-    from lepton.artifact import DIGEST_KEY, manifest_digest
+    from lepton.pipeline.artifact import DIGEST_KEY, manifest_digest
 
     path = folder / MANIFEST
     manifest = json.loads(path.read_text())

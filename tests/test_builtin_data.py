@@ -8,9 +8,9 @@ import pytest
 
 from lepton.cli import main
 from lepton.data import Columns, DataSplitConfig, load_split
-from lepton.datasets import BUILTIN_DATA, builtin_path
-from lepton.errors import DataError, RecipeError, UnknownNameError
-from lepton.recipe import parse_recipe
+from lepton.data.datasets import BUILTIN_DATA, builtin_path
+from lepton.core.errors import DataError, RecipeError, UnknownNameError
+from lepton.pipeline.recipe import parse_recipe
 
 SST2 = Columns(text="sentence", label="label")
 

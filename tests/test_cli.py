@@ -16,8 +16,8 @@ import yaml
 
 import lepton
 from lepton.cli import main
-from lepton.errors import RecipeError
-from lepton.recipe import load_recipe
+from lepton.core.errors import RecipeError
+from lepton.pipeline.recipe import load_recipe
 from tests.conftest import tiny_recipe, write_sentiment_tsv
 
 FAST = ["--set", "stages.0.epochs=1"]

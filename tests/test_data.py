@@ -13,7 +13,7 @@ import pytest
 from pydantic import ValidationError
 
 from lepton.data import Columns, DataSplitConfig, Split, load_split
-from lepton.errors import DataError, LeptonError
+from lepton.core.errors import DataError, LeptonError
 
 
 def data_root() -> Path:

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import lepton
-from lepton.bundle import ModelBundle, RunContext
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.models import load_for_task, load_tokenizer
-from lepton.recipe import TaskConfig, parse_recipe
+from lepton.pipeline.recipe import TaskConfig, parse_recipe
 from lepton.stages.distill import (DistillConfig, LossPlan, TeacherCache, TeacherInfo, default_layer_map,
                                    distill, distill_loss, plan_layers, teacher_batch)
 from lepton.tasks import build_task, collate, encode

@@ -16,8 +16,8 @@ from safetensors.torch import load_file
 
 import lepton
 from lepton.cli import main
-from lepton.distributed import launch, shard
-from lepton.recipe import parse_recipe
+from lepton.core.distributed import launch, shard
+from lepton.pipeline.recipe import parse_recipe
 from tests.conftest import ROOT, tiny_recipe, write_sentiment_tsv
 
 

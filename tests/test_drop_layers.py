@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import lepton
-from lepton.artifact import MANIFEST, save_artifact
-from lepton.bundle import ModelBundle, RunContext
+from lepton.pipeline.artifact import MANIFEST, save_artifact
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.data import Columns, DataSplitConfig, load_split
-from lepton.errors import RecipeError, StageError
-from lepton.recipe import parse_recipe
+from lepton.core.errors import RecipeError, StageError
+from lepton.pipeline.recipe import parse_recipe
 from lepton.stages import configs, handler_for
 from lepton.stages.drop_layers import choose_layers
 from tests.conftest import tiny_recipe, write_sentiment_tsv
@@ -174,7 +174,7 @@ def test_drop_then_finetune_recipe_end_to_end(tiny_model_dir, tmp_path):
 
 
 def test_drop_example_recipe_is_valid():
-    from lepton.recipe import load_recipe
+    from lepton.pipeline.recipe import load_recipe
 
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "examples" / "sst2-minilm-drop.yaml", env={})
     assert [s.kind for s in recipe.stages] == ["finetune", "drop_layers", "finetune"]

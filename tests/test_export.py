@@ -15,11 +15,11 @@ import torch
 pytest.importorskip("onnxruntime")
 
 import lepton
-from lepton.artifact import MANIFEST, load_bundle, read_manifest, save_artifact
-from lepton.bundle import ModelBundle, RunContext
+from lepton.pipeline.artifact import MANIFEST, load_bundle, read_manifest, save_artifact
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.data import Columns, DataSplitConfig, load_split
-from lepton.errors import ArtifactError, RecipeError, StageError
-from lepton.recipe import parse_recipe
+from lepton.core.errors import ArtifactError, RecipeError, StageError
+from lepton.pipeline.recipe import parse_recipe
 from lepton.runtimes import for_bundle
 from lepton.stages import configs, handler_for
 from tests.conftest import tiny_recipe, write_conll, write_sentiment_tsv

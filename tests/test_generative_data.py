@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lepton.data import DataSplitConfig
-from lepton.generative.data import (
+from lepton.data.parallel import (
     GenerationDataError,
     ParallelSplitConfig,
     PromptSpec,

@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 import lepton
-from lepton.recipe import parse_recipe
+from lepton.pipeline.recipe import parse_recipe
 from tests.gen_tiny import save_tiny_llama, save_tiny_t5, toy_pairs, write_pairs_tsv, write_text_tsv
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -179,9 +179,9 @@ def test_generate_command_on_a_saved_model_and_on_a_model_folder(llama_dir, tmp_
     assert out.returncode == 0, out.stderr
     texts = json.loads(out.stdout)
     assert len(texts) == 2
-    from lepton.generative.generate import generate
-    from lepton.generative.models import load_generative
-    from lepton.generative.settings import GenerationSettings
+    from lepton.tasks.generate import generate
+    from lepton.models.decoder import load_generative
+    from lepton.tasks.generation_settings import GenerationSettings
 
     model, tok = load_generative(str(llama_dir))
     assert generate(model, tok, ["a man runs", "the dog"], GenerationSettings(max_new_tokens=4)) == texts

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from lepton.generative.text_metrics import DocumentLoss, lm_scores, paired_lm, paired_text, text_scores
+from lepton.tasks.text_metrics import DocumentLoss, lm_scores, paired_lm, paired_text, text_scores
 
 REFS = ["ein mann fährt fahrrad .", "zwei hunde spielen im gras .", "eine frau liest ein buch .",
         "kinder laufen am strand .", "ein alter mann sitzt auf einer bank ."] * 8

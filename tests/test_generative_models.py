@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-from lepton.errors import LeptonError, ModelLoadError
-from lepton.generative.encoding import IGNORE, collate, encode_causal, encode_documents, encode_seq2seq
-from lepton.generative.generate import cut_at_stop, generate
-from lepton.generative.models import architecture_of, load_generative
-from lepton.generative.scoring import document_losses, target_losses
-from lepton.generative.settings import GenerationSettings, GenerationSettingsError
+from lepton.core.errors import LeptonError, ModelLoadError
+from lepton.tasks.prompt_encoding import IGNORE, collate, encode_causal, encode_documents, encode_seq2seq
+from lepton.tasks.generate import cut_at_stop, generate
+from lepton.models.decoder import architecture_of, load_generative
+from lepton.tasks.scoring import document_losses, target_losses
+from lepton.tasks.generation_settings import GenerationSettings, GenerationSettingsError
 from tests.gen_tiny import save_tiny_llama, save_tiny_t5
 
 PROMPTS = ["a man runs", "two children play with the ball in the park", "the dog", "a red cat sits"]

@@ -15,10 +15,10 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from lepton.generative import decoder_compress as dc  # noqa: E402
-from lepton.generative import weight_quant as wq  # noqa: E402
-from lepton.generative.onnx_decoder import ParityError, check_parity, export_decoder  # noqa: E402
-from lepton.generative.ort_generate import (  # noqa: E402
+from lepton.models import decoder_structure as dc  # noqa: E402
+from lepton.stages.quantize import weight_only as wq  # noqa: E402
+from lepton.stages.export.onnx_decoder import ParityError, check_parity, export_decoder  # noqa: E402
+from lepton.runtimes.ort_decoder_loop import (  # noqa: E402
     GenerationError, OrtDecoder, SamplingSettings, encode_left_padded, generate, generate_ids, merge_states)
 
 PROMPTS = ["w1 w2 w3", "w5 w9 w10 w11 w12 w40 w50", "w7", "w100 w101 w102 w103"]
@@ -92,7 +92,7 @@ def test_export_graph_has_cache_io_and_parity(tiny, exported) -> None:
 
 
 def test_export_with_every_position_and_a_bad_backend(tiny, tmp_path) -> None:
-    from lepton.generative.onnx_decoder import ExportError
+    from lepton.stages.export.onnx_decoder import ExportError
 
     info = export_decoder(tiny[0], tmp_path / "all", last_logits_only=False)
     ids, mask = encode_left_padded(tiny[2], PROMPTS[:2])

@@ -11,7 +11,7 @@ import pytest
 
 from lepton.evaluation.harness import _label
 from lepton.evaluation.perturb import PERTURBATIONS, perturb
-from lepton.evaluation.quality import paired_bootstrap, sequence_quality
+from lepton.tasks.quality import paired_bootstrap, sequence_quality
 
 
 def test_ci_contains_the_true_accuracy_of_a_known_process() -> None:
@@ -68,7 +68,7 @@ def test_labels_say_smaller_not_faster() -> None:
 @pytest.fixture(scope="module")
 def saved_tiny(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> tuple[Path, Path]:
     import lepton
-    from lepton.recipe import parse_recipe
+    from lepton.pipeline.recipe import parse_recipe
     from tests.conftest import tiny_recipe, write_sentiment_tsv
 
     tmp = tmp_path_factory.mktemp("harness")

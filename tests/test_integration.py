@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import lepton
-from lepton.recipe import load_recipe
+from lepton.pipeline.recipe import load_recipe
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import lepton
-from lepton.artifact import DIGEST_KEY, MANIFEST, manifest_digest, read_manifest, save_artifact
-from lepton.errors import ArtifactError, SignatureError
-from lepton.signing import SIGNATURE, keygen, sign
+from lepton.pipeline.artifact import DIGEST_KEY, MANIFEST, manifest_digest, read_manifest, save_artifact
+from lepton.core.errors import ArtifactError, SignatureError
+from lepton.pipeline.signing import SIGNATURE, keygen, sign
 from tests.test_artifact import sequence_bundle
 from tests.test_cli import _quiet_transformers, assert_user_error, cli  # noqa: F401  (fixture)
 

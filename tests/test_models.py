@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from lepton.errors import LeptonError, ModelLoadError, UnknownNameError
+from lepton.core.errors import LeptonError, ModelLoadError, UnknownNameError
 from lepton.models import WEIGHT_FILES, load_for_task, load_tokenizer, resolve_model
 from tests.conftest import spec_for
 

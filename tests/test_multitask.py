@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 import lepton
-from lepton.errors import LeptonError, RecipeError
-from lepton.recipe import parse_recipe
+from lepton.core.errors import LeptonError, RecipeError
+from lepton.pipeline.recipe import parse_recipe
 from lepton.stages.multitask import plan_epoch, sampling_probabilities
 from tests.conftest import tiny_recipe, write_conll, write_sentiment_tsv
 
@@ -170,7 +170,7 @@ def test_recipe_errors_name_the_key(tiny_model_dir: Path, tmp_path: Path) -> Non
 def test_forward_routes_by_task_and_weights_the_loss(tiny_model_dir: Path) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    from lepton.heads import make_head
+    from lepton.tasks.heads import make_head
     from lepton.stages.multitask import _MultiTaskModel
     from lepton.tasks import TaskSpec
 
@@ -221,7 +221,7 @@ def test_evaluate_and_compare_measure_an_extra_head(tiny_model_dir: Path, tmp_pa
 
     lepton.run(parse_recipe(multitask_recipe(tiny_model_dir, tmp_path)), progress=False)
     folder = tmp_path / "out" / "model"
-    config = lepton.recipe.EvaluateConfig(**FAST_EVAL)
+    config = lepton.pipeline.recipe.EvaluateConfig(**FAST_EVAL)
     report = lepton.evaluate(folder, task="topic", config=config)
     card = report.variants[0]
     assert card.n_examples == 24  # the topic task's own dev set, from the recipe
@@ -262,7 +262,7 @@ def test_export_and_quantize_keep_every_head_in_one_graph(tiny_model_dir: Path, 
     for task in ("sentiment", "topic"):
         got = [p["label"] for p in onnx_model.predict(texts, task=task)]
         assert got == [p["label"] for p in torch_model.predict(texts, task=task)], task
-    card = lepton.evaluate(folder, task="topic", config=lepton.recipe.EvaluateConfig(**FAST_EVAL)).variants[0]
+    card = lepton.evaluate(folder, task="topic", config=lepton.pipeline.recipe.EvaluateConfig(**FAST_EVAL)).variants[0]
     assert card.efficiency.runtime == "onnxruntime"
     assert card.quality.metrics["accuracy"].value >= 0.9
 

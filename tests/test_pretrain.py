@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import lepton
-from lepton.bundle import ModelBundle, RunContext
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.models import load_for_task, load_tokenizer
-from lepton.recipe import parse_recipe
+from lepton.pipeline.recipe import parse_recipe
 from lepton.stages.pretrain import (Pieces, PretrainConfig, TextConfig, _collator, masked_batch,
                                     masked_lm_model, pretrain, read_documents)
 from lepton.tasks import TaskSpec

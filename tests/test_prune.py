@@ -11,15 +11,15 @@ import pytest
 import torch
 
 import lepton
-from lepton.artifact import MANIFEST, save_artifact
-from lepton.bundle import ModelBundle, RunContext
+from lepton.pipeline.artifact import MANIFEST, save_artifact
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.data import Columns, DataSplitConfig, load_split
-from lepton.errors import RecipeError, StageError
-from lepton.recipe import parse_recipe
+from lepton.core.errors import RecipeError, StageError
+from lepton.pipeline.recipe import parse_recipe
 from lepton.stages import configs, handler_for
-from lepton.prune_masks import cubic_sparsity, encoder_linears
-from lepton.prune_structured import gradient_importance, magnitude_importance
-from lepton.structure import describe
+from lepton.stages.prune.masks import cubic_sparsity, encoder_linears
+from lepton.stages.prune.structured import gradient_importance, magnitude_importance
+from lepton.models.structure import describe
 from lepton.tasks import collate, encode
 from tests.conftest import tiny_recipe, write_sentiment_tsv
 from tests.test_artifact import TEXTS, logits_of, sequence_bundle
@@ -419,7 +419,7 @@ def test_prune_then_finetune_recipe_end_to_end(tiny_model_dir, tmp_path):
 
 
 def test_prune_example_recipe_is_valid():
-    from lepton.recipe import load_recipe
+    from lepton.pipeline.recipe import load_recipe
 
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "examples" / "sst2-minilm-prune.yaml", env={})
     assert [(s.kind, getattr(s, "method", None)) for s in recipe.stages] == [

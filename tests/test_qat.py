@@ -13,10 +13,10 @@ import torch
 from safetensors.torch import load_file
 
 import lepton
-from lepton.artifact import load_bundle, save_artifact
-from lepton.errors import RecipeError
-from lepton.qat import FakeQuantLinear, QatSettings, insert_fake_quant
-from lepton.recipe import parse_recipe
+from lepton.pipeline.artifact import load_bundle, save_artifact
+from lepton.core.errors import RecipeError
+from lepton.stages.finetune.qat import FakeQuantLinear, QatSettings, insert_fake_quant
+from lepton.pipeline.recipe import parse_recipe
 from lepton.runtimes import for_bundle
 from tests.conftest import tiny_recipe, write_sentiment_tsv
 from tests.test_artifact import TEXTS, sequence_bundle

@@ -9,7 +9,7 @@ import pytest
 from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from lepton.evaluation.quality import (
+from lepton.tasks.quality import (
     Quality,
     expected_calibration_error,
     paired_bootstrap,

@@ -8,9 +8,9 @@ import copy
 import pytest
 import yaml
 
-from lepton.errors import RecipeError, UnknownNameError
-from lepton.recipe import Recipe, apply_override, interpolate, load_recipe, parse_recipe
-from lepton.registry import Registry, suggest
+from lepton.core.errors import RecipeError, UnknownNameError
+from lepton.pipeline.recipe import Recipe, apply_override, interpolate, load_recipe, parse_recipe
+from lepton.core.registry import Registry, suggest
 from lepton.stages.finetune import FinetuneConfig
 
 

@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lepton import atomic, outdir
+from lepton.core import atomic
+
+from lepton.core import outdir
 from lepton.cli import main
-from lepton.errors import OutputFolderError, StorageError
+from lepton.core.errors import OutputFolderError, StorageError
 from tests.conftest import tiny_recipe, write_sentiment_tsv
 from tests.test_cli import _quiet_transformers, assert_user_error, cli  # noqa: F401  (fixture)
 
@@ -372,8 +374,8 @@ def test_recipes_that_cannot_work_fail_validate(capsys, recipe, stages, needle):
 def test_one_class_training_data_warns(capsys, recipe, tmp_path, caplog):
     train = tmp_path / "one-class.tsv"
     train.write_text("sentence\tlabel\n" + "".join(f"film number {i}\t1\n" for i in range(12)))
-    from lepton.api import load_splits
-    from lepton.recipe import load_recipe
+    from lepton.pipeline.api import load_splits
+    from lepton.pipeline.recipe import load_recipe
 
     with caplog.at_level(logging.WARNING, logger="lepton"):
         load_splits(load_recipe(recipe, [f"data.train.path={train}"]))
@@ -381,7 +383,7 @@ def test_one_class_training_data_warns(capsys, recipe, tmp_path, caplog):
 
 
 def test_trust_remote_code_warns(recipe, tmp_path, caplog, monkeypatch):
-    import lepton.api as api
+    import lepton.pipeline.api as api
 
     monkeypatch.setattr(api.distributed, "setup", lambda device: (_ for _ in ()).throw(RuntimeError("stop")))
     with caplog.at_level(logging.WARNING, logger="lepton"), pytest.raises(RuntimeError, match="stop"):
@@ -406,7 +408,7 @@ def test_evaluate_limit_without_data_uses_the_recipe_split(capsys, finished):
 ])
 def test_compare_gates_are_checked_before_measuring(capsys, finished, monkeypatch, args, needle):
     # Reported: a bad --max-drop failed only after 25 s of measuring; --min-speedup -1 was accepted.
-    import lepton.api as api
+    import lepton.pipeline.api as api
 
     monkeypatch.setattr(api, "compare", lambda *a, **k: pytest.fail("measured before checking the gates"))
     model = finished / "model"

@@ -5,17 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from lepton.evaluation.environment import fingerprint
-from lepton.evaluation.quality import sequence_quality
+from lepton.tasks.quality import sequence_quality
 from lepton.evaluation.scorecard import Comparison, Efficiency, LatencyStats, Report, Scorecard
-from lepton.report import table_rows, to_markdown
-from lepton.schema import render
+from lepton.pipeline.report import table_rows, to_markdown
+from lepton.pipeline.schema import render
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_committed_json_schema_matches_the_code() -> None:
     committed = (ROOT / "docs" / "report.schema.json").read_text()
-    assert committed == render(), "regenerate: python -m lepton.schema > docs/report.schema.json"
+    assert committed == render(), "regenerate: python -m lepton.pipeline.schema > docs/report.schema.json"
 
 
 def _card(name: str, acc_pred: list[int], p50: float, path: list[str]) -> Scorecard:

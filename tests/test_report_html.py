@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from lepton.errors import MissingExtraError
+from lepton.core.errors import MissingExtraError
 from lepton.evaluation.environment import fingerprint
-from lepton.evaluation.quality import sequence_quality
+from lepton.tasks.quality import sequence_quality
 from lepton.evaluation.scorecard import (Calibration, Comparison, Efficiency, LatencyStats, Report,
                                          Robustness, Scorecard)
 
-from lepton import report as report_module
-from lepton.report_html import pareto_front, to_html
+from lepton.pipeline import report as report_module
+from lepton.pipeline.report_html import pareto_front, to_html
 from tests.conftest import chromium, needs_chromium
 
 try:
@@ -200,7 +200,7 @@ def test_missing_matplotlib_raises_and_write_report_skips_html(tmp_path, monkeyp
     monkeypatch.setattr(report_module, "_warned_no_html", False)
     with pytest.raises(MissingExtraError, match=r"pip install 'lepton\[report\]'"):
         to_html(build_report())
-    caplog.set_level(logging.WARNING, logger="lepton.report")
+    caplog.set_level(logging.WARNING, logger="lepton.pipeline.report")
     for out in (tmp_path / "a", tmp_path / "b"):
         out.mkdir()
         report_module.write_report(build_report(), out)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lepton.errors import RecipeError
+from lepton.core.errors import RecipeError
 from tests.conftest import ROOT, tiny_recipe, write_sentiment_tsv
 
 optuna = pytest.importorskip("optuna", reason="lepton[search] is not installed")
@@ -365,7 +365,7 @@ def test_an_unreachable_database_is_one_clear_error(tmp_path, tiny_model_dir):
 
 
 def test_a_study_refuses_trials_of_another_search_space(tmp_path, tiny_model_dir):
-    from lepton.errors import SearchError
+    from lepton.core.errors import SearchError
 
     search(_recipe(tmp_path, tiny_model_dir, trials=1), out_dir=tmp_path / "out", progress=False)
     other = _recipe(tmp_path, tiny_model_dir,
@@ -390,7 +390,7 @@ def test_cli_search_help_and_bad_flags(tmp_path):
 
 
 def test_durations_parse():
-    from lepton.errors import SearchError
+    from lepton.core.errors import SearchError
     from lepton.search.study import parse_duration
 
     assert [parse_duration(t) for t in ("2h", "90m", "1h30m", "45s", "3600")] == [7200, 5400, 5400, 45, 3600]

@@ -50,8 +50,8 @@ def _build(tiny_model_dir: Path, dest: Path, *, kind: str, labels: list[str], pa
     import torch
     from transformers import AutoConfig, BertForSequenceClassification, BertForTokenClassification
 
-    from lepton.artifact import save_artifact
-    from lepton.bundle import ModelBundle
+    from lepton.pipeline.artifact import save_artifact
+    from lepton.runtimes.bundle import ModelBundle
     from lepton.models import load_tokenizer
     from lepton.tasks import TaskSpec
 
@@ -309,7 +309,7 @@ def test_ner_entities_carry_character_offsets(artifacts):
 
 def test_model_errors_become_500_and_input_errors_422(artifacts):
     import lepton
-    from lepton.errors import LeptonError
+    from lepton.core.errors import LeptonError
     from lepton.serve.app import create_app
 
     real = lepton.load(artifacts["cls"])
@@ -594,7 +594,7 @@ def test_fuzz_the_openapi_schema_no_server_errors(main_server):
 
 
 def test_a_failing_request_fails_alone_and_the_worker_lives_on():
-    from lepton.errors import LeptonError
+    from lepton.core.errors import LeptonError
     from lepton.serve.batcher import MicroBatcher, QueueFullError
     from lepton.serve.metrics import ServeMetrics
 

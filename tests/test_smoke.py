@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lepton.recipe import load_recipe, parse_recipe
+from lepton.pipeline.recipe import load_recipe, parse_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,8 +22,8 @@ pytest.importorskip("onnxruntime")  # the export stage is in the matrix
 
 import lepton
 import lepton.stages
-from lepton.artifact import load_bundle, save_artifact
-from lepton.bundle import ModelBundle, RunContext, StageRecord
+from lepton.pipeline.artifact import load_bundle, save_artifact
+from lepton.runtimes.bundle import ModelBundle, RunContext, StageRecord
 from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.runtimes import for_bundle
 from lepton.stages import StageConfig, configs, handler_for

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 import lepton
-from lepton.artifact import save_artifact
-from lepton.recipe import parse_recipe
+from lepton.pipeline.artifact import save_artifact
+from lepton.pipeline.recipe import parse_recipe
 from lepton.tasks import TaskConfig, kind_of, task_kinds
 from tests.task_examples import EXAMPLES
 

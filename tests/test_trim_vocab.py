@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import lepton
-from lepton.artifact import MANIFEST, save_artifact
+from lepton.pipeline.artifact import MANIFEST, save_artifact
 from lepton.data import Columns, DataSplitConfig, Split, load_split
-from lepton.errors import RecipeError, StageError
-from lepton.int8_embedding import Int8Embedding, int8_embeddings, quantize_rows
-from lepton.recipe import parse_recipe
+from lepton.core.errors import RecipeError, StageError
+from lepton.models.int8_embedding import Int8Embedding, int8_embeddings, quantize_rows
+from lepton.pipeline.recipe import parse_recipe
 from lepton.runtimes import for_bundle
 from lepton.stages.trim_vocab import changed_tokens, trim_model
 from tests.conftest import tiny_recipe, write_conll, write_sentiment_tsv

@@ -12,20 +12,20 @@ __version__ = "0.1.0"
 
 __all__ = ["__version__", "run", "evaluate", "compare", "load", "load_recipe", "LeptonError"]
 
-from lepton.errors import LeptonError  # noqa: E402
+from lepton.core.errors import LeptonError  # noqa: E402
 
 
 def __getattr__(name: str) -> Any:
     if name in ("run", "evaluate", "compare"):
-        from lepton import api
+        from lepton.pipeline import api
 
         return getattr(api, name)
     if name == "load":
-        from lepton.predictor import load
+        from lepton.pipeline.predictor import load
 
         return load
     if name == "load_recipe":
-        from lepton.recipe import load_recipe
+        from lepton.pipeline.recipe import load_recipe
 
         return load_recipe
     raise AttributeError(f"module 'lepton' has no attribute {name!r}")

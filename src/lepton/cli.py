@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from lepton import __version__
-from lepton.errors import LeptonError
+from lepton.core.errors import LeptonError
 
 EXIT_USER_ERROR = 2
 
@@ -149,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--speed", type=float, default=0.0,
                    help="replay this many times faster than the timestamps (0: as fast as possible)")
     m.add_argument("--exit-when-done", action="store_true", help="stop once every file source has ended")
-    from lepton.generative import command as generate_command
+    from lepton.pipeline import generate_command
 
     generate_command.add_parser(add("generate", "generate text with a saved generative model or a model spec"))
     _search_parser(add("search", "search the recipe's searchable settings for the fastest, smallest model "
@@ -184,7 +184,7 @@ def _model_folder(path: str) -> str:
     """A run folder (``OUT``) stands for the model inside it (``OUT/model``)."""
     from pathlib import Path
 
-    from lepton.artifact import MANIFEST
+    from lepton.pipeline.artifact import MANIFEST
 
     folder = Path(path)
     if not (folder / MANIFEST).is_file() and (folder / "model" / MANIFEST).is_file():
@@ -210,11 +210,11 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from lepton import distributed
-    from lepton.api import run
-    from lepton.errors import RecipeError
-    from lepton.recipe import load_recipe
-    from lepton.report import print_table
+    from lepton.core import distributed
+    from lepton.pipeline.api import run
+    from lepton.core.errors import RecipeError
+    from lepton.pipeline.recipe import load_recipe
+    from lepton.pipeline.report import print_table
 
     if args.nproc is not None:
         if args.nproc < 1:
@@ -239,7 +239,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from lepton.errors import RecipeError
+    from lepton.core.errors import RecipeError
     from lepton.search import search
 
     max_drop = None
@@ -268,7 +268,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 
 def _cmd_data(args: argparse.Namespace) -> int:
-    from lepton.datasets import BUILTIN_DATA, PREFIX
+    from lepton.data.datasets import BUILTIN_DATA, PREFIX
 
     for d in BUILTIN_DATA.values():
         print(f"{d.name}: {d.title}")
@@ -280,7 +280,7 @@ def _cmd_data(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from lepton.recipe import load_recipe
+    from lepton.pipeline.recipe import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
     sys.stdout.write(recipe.to_yaml())
@@ -290,10 +290,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from lepton.api import evaluate
-    from lepton.errors import RecipeError
-    from lepton.recipe import EvaluateConfig
-    from lepton.report import print_table
+    from lepton.pipeline.api import evaluate
+    from lepton.core.errors import RecipeError
+    from lepton.pipeline.recipe import EvaluateConfig
+    from lepton.pipeline.report import print_table
 
     try:
         sizes = [int(x) for x in args.batch_sizes.split(",") if x.strip()]
@@ -320,7 +320,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _check_limit(limit: int | None) -> None:
-    from lepton.errors import RecipeError
+    from lepton.core.errors import RecipeError
 
     if limit is not None and limit < 1:
         raise RecipeError(f"--limit {limit}: give a positive number of examples")
@@ -328,8 +328,8 @@ def _check_limit(limit: int | None) -> None:
 
 def _recipe_data(model: str, task: str | None, limit: int, public_key: str | None) -> dict | None:
     """The evaluation split of ``model``'s own recipe, limited to ``limit`` examples."""
-    from lepton.artifact import read_manifest
-    from lepton.heads import task_recipe
+    from lepton.pipeline.artifact import read_manifest
+    from lepton.tasks.heads import task_recipe
 
     recipe = read_manifest(model, public_key=public_key).get("recipe") or {}
     split = (recipe.get("evaluate") or {}).get("split", "dev")
@@ -342,7 +342,7 @@ def _parse_gates(max_drop: list[str], min_speedup: float | None) -> list[tuple[s
     """Check the gate options before anything is measured; returns (metric, points) pairs."""
     import math
 
-    from lepton.errors import RecipeError
+    from lepton.core.errors import RecipeError
 
     gates = []
     for spec in max_drop:
@@ -361,7 +361,7 @@ def _parse_gates(max_drop: list[str], min_speedup: float | None) -> list[tuple[s
 
 
 def _gates(report, max_drop: list[str], min_speedup: float | None) -> list[str]:
-    from lepton.errors import RecipeError
+    from lepton.core.errors import RecipeError
 
     failures = []
     base = next(v for v in report.variants if v.name == report.baseline)
@@ -384,8 +384,8 @@ def _gates(report, max_drop: list[str], min_speedup: float | None) -> list[str]:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from lepton.api import compare
-    from lepton.report import print_table
+    from lepton.pipeline.api import compare
+    from lepton.pipeline.report import print_table
 
     _parse_gates(args.max_drop, args.min_speedup)  # a bad gate fails now, not after measuring
     _check_limit(args.limit)
@@ -407,8 +407,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _check_gate_metrics(model: str, max_drop: list[str], task: str | None) -> None:
     """Unknown --max-drop metrics fail before measuring, where the model's scorecards name them."""
-    from lepton.artifact import read_manifest
-    from lepton.errors import RecipeError
+    from lepton.pipeline.artifact import read_manifest
+    from lepton.core.errors import RecipeError
 
     if not max_drop:
         return
@@ -426,8 +426,8 @@ def _check_gate_metrics(model: str, max_drop: list[str], task: str | None) -> No
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from lepton.artifact import read_manifest, unlisted_files
-    from lepton.signing import read_signature
+    from lepton.pipeline.artifact import read_manifest, unlisted_files
+    from lepton.pipeline.signing import read_signature
 
     manifest = read_manifest(args.model, public_key=args.require_signature)  # verifies checksums
     if args.json:
@@ -461,7 +461,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from lepton.signing import keygen
+    from lepton.pipeline.signing import keygen
 
     private, public, kid = keygen(args.key)
     print(f"private key: {private} (keep it secret)\npublic key:  {public}\nkey id:      {kid}")
@@ -469,7 +469,7 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_sign(args: argparse.Namespace) -> int:
-    from lepton.signing import sign
+    from lepton.pipeline.signing import sign
 
     path, kid = sign(args.model, args.key)
     print(f"{path}: signed with key {kid}")
@@ -504,13 +504,13 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from lepton.generative import command
+    from lepton.pipeline import generate_command as command
 
     return command.run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from lepton.distributed import env_rank
+    from lepton.core.distributed import env_rank
 
     args = _parser().parse_args(argv)
     if getattr(args, "model", None):
@@ -541,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as err:  # an I/O failure no narrower handler named: still one line, exit 2
         if args.debug:
             raise
-        from lepton.atomic import describe
+        from lepton.core.atomic import describe
 
         print(f"lepton: error: {getattr(err, 'filename', None) or 'file system'}: {describe(err)}",
               file=sys.stderr)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lepton.evaluation.quality import Quality, expected_calibration_error
+from lepton.tasks.quality import Quality, expected_calibration_error
 from lepton.evaluation.scorecard import (Calibration, Comparison, Efficiency, LatencyStats,
                                          Robustness, Scorecard)
 from lepton.runtimes import Runtime, for_bundle

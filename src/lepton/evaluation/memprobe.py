@@ -34,7 +34,7 @@ def main() -> None:
 
     import torch
 
-    from lepton.artifact import load_bundle
+    from lepton.pipeline.artifact import load_bundle
 
     bundle = load_bundle(args.folder, verify=False)
     loaded = _vm("VmRSS")

@@ -1,6 +1,6 @@
 """The typed results: one Scorecard per evaluated variant, and the Report that holds them all.
 
-This is the one definition of report.json; ``lepton.report.json_schema()`` derives its JSON Schema.
+This is the one definition of report.json; ``lepton.pipeline.report.json_schema()`` derives its JSON Schema.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from lepton.evaluation.environment import Environment
-from lepton.evaluation.quality import Quality
+from lepton.tasks.quality import Quality
 
 REPORT_SCHEMA_VERSION = 1
 
@@ -47,7 +47,7 @@ class Efficiency(BaseModel):
     sparsity: float
     flops_per_item: float | None  # estimate at the mean real input length
     seconds: float  # wall time of the efficiency measurement
-    # Generative models: MLPerf's single-stream and offline scenarios (lepton.generative.efficiency)
+    # Generative models: MLPerf's single-stream and offline scenarios (lepton.evaluation.generation_efficiency)
     generative: dict[str, Any] | None = None
 
 

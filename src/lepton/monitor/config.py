@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, model_validator
 
-from lepton.config import StrictModel
-from lepton.errors import LeptonError
+from lepton.core.config import StrictModel
+from lepton.core.errors import LeptonError
 
 SCHEMA_VERSION = 1
 
@@ -125,8 +125,8 @@ class MonitorConfig(StrictModel):
 
 def parse_config(tree: Any, *, source: str = "<monitor config>", overrides: Sequence[str] = (),
                  env: Mapping[str, str] | None = None) -> MonitorConfig:
-    from lepton.errors import RecipeError
-    from lepton.recipe import _format_errors, apply_override, interpolate
+    from lepton.core.errors import RecipeError
+    from lepton.pipeline.recipe import _format_errors, apply_override, interpolate
 
     if tree is None:
         tree = {}
@@ -150,7 +150,7 @@ def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = 
     """The config at ``path`` (None: every default) with ``overrides`` applied."""
     if path is None:
         return parse_config({}, overrides=overrides, env=env)
-    from lepton.recipe import read_yaml
+    from lepton.pipeline.recipe import read_yaml
 
     tree = read_yaml(path, "monitor config", MonitorConfigError)
     return parse_config(tree, source=str(path), overrides=overrides, env=env)

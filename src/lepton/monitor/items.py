@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-from lepton.errors import LeptonError
+from lepton.core.errors import LeptonError
 
 
 class BadItemError(LeptonError):

@@ -40,7 +40,7 @@ def parse_source(spec: str) -> SourceSpec:
     if spec == "-":
         kind = "stdin"
     if kind not in KINDS:
-        from lepton.registry import suggest
+        from lepton.core.registry import suggest
 
         raise MonitorConfigError(f"--source {spec!r}: unknown kind {kind!r}{suggest(kind, KINDS)} "
                                  "(http, stdin, replay:FILE, follow:FILE)")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lepton.errors import LeptonError, MissingExtraError
+from lepton.core.errors import LeptonError, MissingExtraError
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from lepton.registry import Registry
+from lepton.core.registry import Registry
 
 
 class Runtime(Protocol):

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from lepton.errors import MissingExtraError
+from lepton.core.errors import MissingExtraError
 from lepton.runtimes import runtimes
 
 log = logging.getLogger(__name__)

@@ -26,11 +26,11 @@ class TorchEager:
             return self.model(**inputs).logits.float().cpu().numpy()
 
     def parameter_counts(self) -> tuple[int, int]:
-        from lepton import torch_int8
+        from lepton.models import int8 as torch_int8
 
         if torch_int8.is_dynamic_int8(self.model):
             return torch_int8.counts(self.model)
-        from lepton import int8_embedding
+        from lepton.models import int8_embedding
 
         total, nonzero = int8_embedding.counts(self.model)  # 8-bit tables are buffers
         for p in self.model.parameters():
@@ -41,7 +41,7 @@ class TorchEager:
     def size_bytes(self) -> int:
         from safetensors.torch import save_model
 
-        from lepton import torch_int8
+        from lepton.models import int8 as torch_int8
 
         if torch_int8.is_dynamic_int8(self.model):
             return torch_int8.size_bytes(self.model)
@@ -57,7 +57,7 @@ class TorchEager:
         """Size of the float weights after zlib (level 1): what unstructured sparsity buys."""
         import zlib
 
-        from lepton import torch_int8
+        from lepton.models import int8 as torch_int8
 
         if torch_int8.is_dynamic_int8(self.model):
             return None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lepton.errors import SearchError
+from lepton.core.errors import SearchError
 from lepton.search.space import SearchSettings, SearchSpace, load_space, parse_space
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ def _optimize(study: Any, worker: Any, cfg: SearchSettings, seconds: float | Non
     """Trials until the study has ``cfg.trials`` finished ones; True when Ctrl-C stopped it."""
     from optuna.trial import TrialState
 
-    from lepton.progress import StepProgress
+    from lepton.core.progress import StepProgress
     from lepton.search import output, runner
     from lepton.search import study as st
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from lepton import atomic
+from lepton.core import atomic
 from lepton.search.study import OBJECTIVES
 
 log = logging.getLogger(__name__)
@@ -194,12 +194,12 @@ def plain_recipe_text(space: Any, settings: dict[str, Any], trial: int, out_dir:
 def write_best(worker: Any, row: dict[str, Any], out_dir: Path) -> Path:
     """OUT/best: the best trial's model measured with the full standard against the baseline."""
     from lepton import __version__
-    from lepton.artifact import load_bundle, now_iso, save_artifact
+    from lepton.pipeline.artifact import load_bundle, now_iso, save_artifact
     from lepton.evaluation.environment import fingerprint
     from lepton.evaluation.harness import Variant, evaluate_variants
     from lepton.evaluation.scorecard import Report
-    from lepton.model_card import model_card
-    from lepton.report import write_report
+    from lepton.pipeline.model_card import model_card
+    from lepton.pipeline.report import write_report
     from lepton.search.prefix import run_stages
 
     dest = out_dir / "best"

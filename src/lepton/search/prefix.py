@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lepton.bundle import ModelBundle, RunContext, StageRecord
-from lepton.recipe import Recipe
+from lepton.runtimes.bundle import ModelBundle, RunContext, StageRecord
+from lepton.pipeline.recipe import Recipe
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class Workspace:
 
     @classmethod
     def open(cls, recipe: Recipe, out_dir: Path, *, progress: bool = False) -> Workspace:
-        from lepton.api import _device, load_splits
+        from lepton.pipeline.api import _device, load_splits
         from lepton.models import resolve_model
 
         splits = load_splits(recipe)  # tokenized once per variant by the harness; loaded once here
@@ -95,7 +95,7 @@ class Workspace:
         """The recipe's model with a fresh task head, as ``lepton.run`` builds it."""
         import torch
 
-        from lepton.api import _saved_lepton_model
+        from lepton.pipeline.api import _saved_lepton_model
         from lepton.models import load_for_task, load_tokenizer, resolve_model
         from lepton.tasks import build_task
 
@@ -129,7 +129,7 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _save_into_cache(ws: Workspace, bundle: ModelBundle, key: str, recipe: Recipe, k: int) -> Path:
-    from lepton.artifact import save_artifact
+    from lepton.pipeline.artifact import save_artifact
 
     folder = ws.cache_dir / key
     tmp = ws.cache_dir / f".{key}.tmp-{uuid.uuid4().hex[:8]}"
@@ -162,7 +162,7 @@ def run_stages(ws: Workspace, recipe: Recipe, work: Path, *, shareable: int,
     """Run ``recipe``'s stages into a bundle, loading the longest cached prefix first and caching
     each new prefix of the first ``shareable`` stages (the last one only with ``cache_last``: a
     trial's own last stage is seldom shared; the baseline's always is)."""
-    from lepton.artifact import load_bundle, now_iso, save_artifact
+    from lepton.pipeline.artifact import load_bundle, now_iso, save_artifact
     from lepton.stages import handler_for
 
     started_all = time.perf_counter()

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lepton.errors import LeptonError, RecipeError, SearchError, StageError
-from lepton.recipe import Recipe
+from lepton.core.errors import LeptonError, RecipeError, SearchError, StageError
+from lepton.pipeline.recipe import Recipe
 from lepton.search import study as st
 from lepton.search.prefix import Workspace, run_stages
 from lepton.search.space import ENABLED, SearchSpace
@@ -54,7 +54,7 @@ def _finetune_prefix(space: SearchSpace, recipe: Recipe) -> int:
 
 
 def build_baseline(space: SearchSpace, ws: Workspace, recipe: Recipe, eval_config: Any) -> Baseline:
-    from lepton.artifact import load_bundle
+    from lepton.pipeline.artifact import load_bundle
     from lepton.evaluation.harness import Variant, measure_quality
     from lepton.search.prefix import _save_into_cache
 
@@ -171,7 +171,7 @@ class Worker:
         return tuple(same.values)
 
     def _run(self, trial: Any, values: dict[str, Any]) -> tuple[float, ...]:
-        from lepton.artifact import save_artifact
+        from lepton.pipeline.artifact import save_artifact
         from lepton.evaluation.harness import Variant, evaluate_variants
 
         recipe = self.space.plain_recipe(values)  # RecipeError: a bad combination

@@ -26,10 +26,10 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 
-from lepton.config import StrictModel
-from lepton.errors import RecipeError
-from lepton.recipe import Recipe, parse_recipe
-from lepton.registry import suggest
+from lepton.core.config import StrictModel
+from lepton.core.errors import RecipeError
+from lepton.pipeline.recipe import Recipe, parse_recipe
+from lepton.core.registry import suggest
 
 CHOICE_KEYS = frozenset({"choices"})
 RANGE_KEYS = frozenset({"low", "high", "step", "log"})
@@ -250,7 +250,7 @@ def _names(stages: list[Any]) -> list[str]:
 def parse_space(tree: Any, *, source: str = "<recipe>", overrides: tuple[str, ...] = ()) -> SearchSpace:
     """Parse and check a search recipe: its spaces, its search section, and that every value of
     every space (one at a time, the others at their first value) gives a valid recipe."""
-    from lepton.recipe import apply_override
+    from lepton.pipeline.recipe import apply_override
 
     if not isinstance(tree, dict):
         raise RecipeError(f"{source}: a recipe is a YAML mapping at the top level")
@@ -261,7 +261,7 @@ def parse_space(tree: Any, *, source: str = "<recipe>", overrides: tuple[str, ..
     try:
         settings = SearchSettings.model_validate(raw_settings)
     except ValidationError as err:
-        from lepton.recipe import _format_errors
+        from lepton.pipeline.recipe import _format_errors
 
         raise RecipeError(_format_errors(err, SearchSettings, "search", source)) from None
     _outside_stages(tree, source)
@@ -300,6 +300,6 @@ def _check_corners(space: SearchSpace) -> None:
 
 
 def load_space(path: str | os.PathLike[str], overrides: tuple[str, ...] = ()) -> SearchSpace:
-    from lepton.recipe import read_yaml
+    from lepton.pipeline.recipe import read_yaml
 
     return parse_space(read_yaml(path), source=str(path), overrides=overrides)

@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lepton.errors import MissingExtraError, SearchError
+from lepton.core.errors import MissingExtraError, SearchError
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def directions(objectives: list[str], metrics: list[str]) -> list[str]:
         elif name in metrics:
             out.append("maximize")
         else:
-            from lepton.registry import suggest
+            from lepton.core.registry import suggest
 
             known = [*metrics, *OBJECTIVES]
             raise SearchError(f"--objectives: unknown objective {name!r}{suggest(name, known)} "

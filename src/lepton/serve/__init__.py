@@ -17,7 +17,7 @@ from types import ModuleType
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lepton.errors import LeptonError, MissingExtraError
+from lepton.core.errors import LeptonError, MissingExtraError
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,7 @@ def serve(model_path: str | os.PathLike[str], settings: ServeSettings | None = N
             signal.signal(signal.SIGTERM, previous)
         return 0
 
-    from lepton.artifact import read_manifest
+    from lepton.pipeline.artifact import read_manifest
 
     # Verify once here (each worker verifies again as it loads).
     read_manifest(model_path, public_key=settings.require_signature)

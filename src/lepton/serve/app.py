@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
 from lepton import __version__
-from lepton.errors import LeptonError
+from lepton.core.errors import LeptonError
 from lepton.serve import ENV_MODEL, ENV_SETTINGS, ServeSettings
 from lepton.serve.batcher import MicroBatcher, QueueFullError, ShuttingDownError
 from lepton.serve.guards import (

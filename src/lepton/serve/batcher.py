@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from lepton.errors import LeptonError
+from lepton.core.errors import LeptonError
 from lepton.serve.metrics import ServeMetrics
 
 log = logging.getLogger(__name__)

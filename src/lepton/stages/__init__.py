@@ -28,7 +28,6 @@ from lepton.stages import (  # noqa: E402, F401  (isort: skip)
     pretrain,
     prune,
     quantize,
-    quantize_embeddings,
     trim_vocab,
 )
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal, Protocol, get_args, get_origin, runtime_checkable
 
-from lepton.config import PlainName, StrictModel
-from lepton.registry import Registry
+from lepton.core.config import PlainName, StrictModel
+from lepton.core.registry import Registry
 
 
 class StageConfig(StrictModel):
@@ -40,7 +40,7 @@ class StageConfig(StrictModel):
     # stage; a search measures every trial against the stages up to it).
     is_baseline: ClassVar[bool] = False
     # It adds task heads on the shared encoder: its settings' ``tasks`` name them, and its summary's
-    # ``dev`` holds a score per task (reports and model cards show them; ``lepton.heads`` finds a
+    # ``dev`` holds a score per task (reports and model cards show them; ``lepton.tasks.heads`` finds a
     # head's task and data in it).
     adds_heads: ClassVar[bool] = False
     # It leaves a quantized model: no later stage can take it (a model is quantized once; export,

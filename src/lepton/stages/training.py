@@ -10,7 +10,7 @@ Resume is exact because everything random is a function of saved state: the batc
 epoch comes from (seed, epoch), dropout (and MLM masking) from the saved torch RNG state, and
 checkpoints are taken only at optimizer-step boundaries (no half-accumulated gradients to lose).
 
-Many processes (``lepton.distributed``): every rank walks the same plan and takes its slice of each
+Many processes (``lepton.core.distributed``): every rank walks the same plan and takes its slice of each
 batch; DistributedDataParallel averages the gradients, so every rank takes the same optimizer
 step. Rank 0 alone evaluates, decides (keep-best, early stopping; broadcast to the others), shows
 progress and writes checkpoints; every rank loads them on resume. At the end rank 0's chosen
@@ -38,10 +38,12 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from lepton import atomic, distributed
-from lepton.bundle import ModelBundle, RunContext
-from lepton.errors import StageError
-from lepton.progress import StepProgress
+from lepton.core import atomic
+
+from lepton.core import distributed
+from lepton.runtimes.bundle import ModelBundle, RunContext
+from lepton.core.errors import StageError
+from lepton.core.progress import StepProgress
 from lepton.stages.base import StageConfig
 from lepton.tasks import Encoded, collate, kind_of, sorted_batches, train_batches
 
@@ -289,7 +291,7 @@ class TrainJob:
     - ``label``: the stage's name in logs, progress and messages.
 
     With several processes each rank trains on its slice of every batch
-    (``lepton.distributed.shard``): ``batch_fn`` and ``loss_fn`` get that slice's indices, and
+    (``lepton.core.distributed.shard``): ``batch_fn`` and ``loss_fn`` get that slice's indices, and
     ``loss_fn`` gets the DDP-wrapped model to call (read attributes from the model itself).
     """
 

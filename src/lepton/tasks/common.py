@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from lepton.config import StrictModel
+from lepton.core.config import StrictModel
 from lepton.data import Columns
-from lepton.errors import DataError, LabelError
-from lepton.generative.settings import GenerationSettings
+from lepton.core.errors import DataError, LabelError
+from lepton.tasks.generation_settings import GenerationSettings
 
 if TYPE_CHECKING:
     import torch
@@ -34,7 +34,7 @@ def _known_kind(value: str) -> str:
     from lepton.tasks.kind import task_kinds
 
     if value not in task_kinds:
-        from lepton.registry import suggest
+        from lepton.core.registry import suggest
 
         raise ValueError(f"unknown task kind {value!r}{suggest(value, task_kinds.names())} "
                          f"(known: {', '.join(task_kinds.names())})")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lepton.generative.kind_base import GenerativeKind, paired_of, settings_of
+from lepton.tasks.generative_kind import GenerativeKind, paired_of, settings_of
 from lepton.tasks.kind import MetricInfo, register_task_kind
 
 if TYPE_CHECKING:
@@ -37,14 +37,14 @@ class Generation(GenerativeKind):
             "generation": config.generation.model_dump() if config.generation else {}})
 
     def render(self, tokenizer: Any, task: TaskSpec, prompt: str) -> str:
-        from lepton.generative.encoding import render_prompt
+        from lepton.tasks.prompt_encoding import render_prompt
 
         return render_prompt(tokenizer, prompt, chat=bool(task.options.get("chat")),
                              system=task.options.get("system"))
 
     def encode_for(self, model: Any, split: Split, task: TaskSpec, tokenizer: Any) -> Any:
-        from lepton.generative.encoding import encode_causal, encode_seq2seq
-        from lepton.generative.generate import is_encoder_decoder
+        from lepton.tasks.prompt_encoding import encode_causal, encode_seq2seq
+        from lepton.tasks.generate import is_encoder_decoder
 
         limits = {"max_prompt_tokens": task.max_length,
                   "max_target_tokens": int(task.options.get("max_target_length") or 128)}
@@ -65,17 +65,17 @@ class Generation(GenerativeKind):
         return train, dev
 
     def quality(self, task: TaskSpec, gold: Any, pred: Any, *, resamples: int, seed: int) -> Any:
-        from lepton.evaluation.quality import Quality
-        from lepton.generative.text_metrics import text_scores
+        from lepton.tasks.quality import Quality
+        from lepton.tasks.text_metrics import text_scores
 
         scores = text_scores(pred, gold, resamples=resamples, seed=seed)
         return Quality(task=self.name, headline=self.headline, metrics=dict(scores.metrics), per_class=[],
                        labels=[], confusion=None, bootstrap=scores.bootstrap, signatures=scores.signatures)
 
     def measure_quality(self, variant: Any, split: Split, config: Any, seed: int) -> tuple[Any, Any, Any]:
-        from lepton.generative.generate import generate
-        from lepton.generative.scoring import target_losses
-        from lepton.generative.text_metrics import lm_scores
+        from lepton.tasks.generate import generate
+        from lepton.tasks.scoring import target_losses
+        from lepton.tasks.text_metrics import lm_scores
 
         bundle, task = variant.bundle, variant.bundle.task
         prompts = [self.render(bundle.tokenizer, task, p) for p in split.texts]
@@ -91,7 +91,7 @@ class Generation(GenerativeKind):
         return quality, None, None
 
     def paired(self, task: TaskSpec, gold: Any, base: Any, other: Any, *, resamples: int, seed: int) -> Any:
-        from lepton.generative.text_metrics import paired_text
+        from lepton.tasks.text_metrics import paired_text
 
         return paired_of("bleu", paired_text(gold, base, other, resamples=resamples, seed=seed)["bleu"])
 

@@ -17,14 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from lepton.registry import Registry
+from lepton.core.registry import Registry
 
 if TYPE_CHECKING:
     import numpy as np
     from pydantic import BaseModel
 
     from lepton.data import Split
-    from lepton.evaluation.quality import Quality
+    from lepton.tasks.quality import Quality
     from lepton.tasks.common import Encoded, TaskConfig, TaskSpec
 
 
@@ -200,7 +200,7 @@ class TaskKind:
 
     def generate(self, predictor: Any, prompts: list[str], **settings: Any) -> list[str]:
         """Generated text per prompt (``Predictor.generate``)."""
-        from lepton.errors import LeptonError
+        from lepton.core.errors import LeptonError
 
         raise LeptonError(f"this model does {self.title}; it does not generate text")
 

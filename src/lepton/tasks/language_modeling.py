@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lepton.generative.kind_base import GenerativeKind, paired_of
+from lepton.tasks.generative_kind import GenerativeKind, paired_of
 from lepton.tasks.kind import MetricInfo, register_task_kind
 
 if TYPE_CHECKING:
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def _losses(pred: list[list[float]]) -> Any:
-    from lepton.generative.text_metrics import DocumentLoss
+    from lepton.tasks.text_metrics import DocumentLoss
 
     return DocumentLoss(nll=[p[0] for p in pred], tokens=[int(p[1]) for p in pred], bytes=[int(p[2]) for p in pred])
 
@@ -47,20 +47,20 @@ class LanguageModeling(GenerativeKind):
             "generation": config.generation.model_dump() if config.generation else {}})
 
     def encode(self, split: Split, task: TaskSpec, tokenizer: Any) -> Any:
-        from lepton.generative.encoding import encode_documents
+        from lepton.tasks.prompt_encoding import encode_documents
 
         return encode_documents(tokenizer, list(split.texts), max_length=task.max_length)[0]
 
     def quality(self, task: TaskSpec, gold: Any, pred: Any, *, resamples: int, seed: int) -> Any:
-        from lepton.evaluation.quality import Quality
-        from lepton.generative.text_metrics import lm_scores
+        from lepton.tasks.quality import Quality
+        from lepton.tasks.text_metrics import lm_scores
 
         metrics = lm_scores(_losses(pred), resamples=resamples, seed=seed)
         return Quality(task=self.name, headline=self.headline, metrics=metrics, per_class=[], labels=[],
                        confusion=None, bootstrap={"resamples": resamples, "seed": seed, "confidence": 0.95})
 
     def measure_quality(self, variant: Any, split: Split, config: Any, seed: int) -> tuple[Any, Any, Any]:
-        from lepton.generative.scoring import document_losses
+        from lepton.tasks.scoring import document_losses
 
         bundle = variant.bundle
         losses = document_losses(bundle.model, bundle.tokenizer, list(split.texts),
@@ -69,7 +69,7 @@ class LanguageModeling(GenerativeKind):
         return self.quality(bundle.task, None, variant.predictions, resamples=config.bootstrap, seed=seed), None, None
 
     def paired(self, task: TaskSpec, gold: Any, base: Any, other: Any, *, resamples: int, seed: int) -> Any:
-        from lepton.generative.text_metrics import paired_lm
+        from lepton.tasks.text_metrics import paired_lm
 
         test = paired_lm(_losses(base), _losses(other), resamples=resamples, seed=seed)
         return paired_of("bits_per_byte", test["bits_per_byte"])

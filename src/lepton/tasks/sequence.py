@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from lepton.errors import LeptonError
+from lepton.core.errors import LeptonError
 from lepton.tasks.classification import ClassificationKind
 from lepton.tasks.common import IGNORE, Encoded, label_ids, softmax
 from lepton.tasks.kind import MetricInfo, Paired, register_task_kind
 
 if TYPE_CHECKING:
     from lepton.data import Split
-    from lepton.evaluation.quality import Quality
+    from lepton.tasks.quality import Quality
     from lepton.tasks.common import TaskSpec
 
 
@@ -53,19 +53,19 @@ class SequenceClassification(ClassificationKind):
         return [int(np.argmax(x)) for x in logits]
 
     def quick_metrics(self, logits: list[Any], enc: Encoded, task: TaskSpec, gold: Any) -> dict[str, float]:
-        from lepton.evaluation.quality import sequence_point_metrics
+        from lepton.tasks.quality import sequence_point_metrics
 
         point = sequence_point_metrics(gold, self.predictions(logits, enc, task), task.num_labels)
         return {k: point[k] for k in self.metric_names() if k in point}
 
     def quality(self, task: TaskSpec, gold: Any, pred: Any, *, resamples: int, seed: int) -> Quality:
-        from lepton.evaluation.quality import sequence_quality
+        from lepton.tasks.quality import sequence_quality
 
         return sequence_quality(gold, pred, task.labels, resamples=resamples, seed=seed)
 
     def paired(self, task: TaskSpec, gold: Any, base: Any, other: Any, *, resamples: int,
                seed: int) -> Paired:
-        from lepton.evaluation.quality import paired_bootstrap
+        from lepton.tasks.quality import paired_bootstrap
 
         g = np.asarray(gold)
         test = paired_bootstrap(np.asarray(base) == g, np.asarray(other) == g, resamples=resamples, seed=seed)

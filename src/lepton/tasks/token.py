@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, Field
 
-from lepton.errors import LeptonError
+from lepton.core.errors import LeptonError
 from lepton.tasks.classification import ClassificationKind
 from lepton.tasks.common import IGNORE, Encoded, align_labels, label_ids, softmax, word_predictions
 from lepton.tasks.kind import MetricInfo, Paired, register_task_kind
 
 if TYPE_CHECKING:
     from lepton.data import Split
-    from lepton.evaluation.quality import Quality
+    from lepton.tasks.quality import Quality
     from lepton.tasks.common import TaskConfig, TaskSpec
 
 _WORD = re.compile(r"\S+")
@@ -108,13 +108,13 @@ class TokenClassification(ClassificationKind):
         return {"entity_f1": float(f1_score(true_tags, pred_tags)), "token_accuracy": correct / max(total, 1)}
 
     def quality(self, task: TaskSpec, gold: Any, pred: Any, *, resamples: int, seed: int) -> Quality:
-        from lepton.evaluation.quality import token_quality
+        from lepton.tasks.quality import token_quality
 
         return token_quality(gold_tags(gold, task), predicted_tags(pred, task), resamples=resamples, seed=seed)
 
     def paired(self, task: TaskSpec, gold: Any, base: Any, other: Any, *, resamples: int,
                seed: int) -> Paired:
-        from lepton.evaluation.quality import paired_entity_f1
+        from lepton.tasks.quality import paired_entity_f1
 
         test = paired_entity_f1(gold_tags(gold, task), predicted_tags(base, task), predicted_tags(other, task),
                                 resamples=resamples, seed=seed)

@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 
-from lepton.errors import LeptonError
+from lepton.core.errors import LeptonError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from lepton.generative.ort_generate import DecodeState, OrtDecoder, merge_states
+from lepton.runtimes.ort_decoder_loop import DecodeState, OrtDecoder, merge_states
 
 
 @dataclass(eq=False)

@@ -1,0 +1,459 @@
+"""The Python API: ``run`` a recipe, ``evaluate`` a saved model. The CLI is a thin layer on this."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from lepton import __version__
+
+from lepton.core import atomic
+
+from lepton.core import distributed
+
+from lepton.core import outdir
+from lepton.pipeline.artifact import load_bundle, now_iso, read_manifest, save_artifact
+from lepton.runtimes.bundle import ModelBundle, RunContext, StageRecord
+from lepton.data import DataSplitConfig, Split, load_split
+from lepton.core.errors import LeptonError, RecipeError, StageError, StorageError
+from lepton.evaluation.scorecard import Report
+from lepton.pipeline.recipe import EvaluateConfig, Recipe, TaskConfig, load_recipe
+from lepton.tasks import TaskSpec, build_task
+
+log = logging.getLogger("lepton")
+
+
+def _device(choice: str) -> str:
+    import torch
+
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise RecipeError("device: cuda was asked for but no CUDA device is available")
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def load_splits(recipe: Recipe) -> dict[str, Split]:
+    splits = {}
+    for name in ("train", "dev", "test"):
+        cfg = getattr(recipe.data, name)
+        if cfg is None:
+            continue
+        split = load_split(cfg, recipe.task.columns(), name=name, kind=recipe.task.split_kind)
+        if split.skipped:
+            log.warning("data.%s: skipped %d bad rows (first: %s)", name, len(split.skipped), split.skipped[0])
+        log.info("data.%s: %d examples from %s", name, len(split), cfg.path)
+        if name == "train":
+            _warn_one_class(split, cfg.path)
+        splits[name] = split
+    return splits
+
+
+def _warn_one_class(split: Split, path: str) -> None:
+    """Training data whose labels are all one class teaches the model nothing but that class."""
+    if not split.labels:
+        return
+    seen: set[str] = set()
+    for label in split.labels:
+        seen.update(map(str, label) if isinstance(label, (list, tuple)) else [str(label)])
+        if len(seen) > 1:
+            return
+    log.warning("data.train (%s): every example has the label %r; the model can only learn to "
+                "predict that one class", path, next(iter(seen)))
+
+
+def _saved_lepton_model(location: str, task: TaskSpec, device: str) -> ModelBundle | None:
+    """A saved PyTorch Lepton model at ``location`` with this task's labels, loaded whole (pruned
+    layer sizes and extra task heads included); None for anything else (a new head is made)."""
+    from lepton.pipeline.artifact import MANIFEST
+
+    folder = Path(location)
+    if not (folder / MANIFEST).is_file():
+        return None
+    saved = load_bundle(folder, device=device)
+    if saved.runtime != "torch" or saved.task.kind != task.kind or saved.task.labels != task.labels:
+        return None
+    return saved
+
+
+def _stage_names(recipe: Recipe) -> list[str]:
+    return recipe.stage_names()
+
+
+def _prepare_work(work: Path, recipe: Recipe, resume: bool) -> bool:
+    """Make the work folder; on resume, check it belongs to this same recipe. Returns resume."""
+    marker = work / "recipe.json"
+    current = json.dumps(recipe.resolved_dict(), sort_keys=True)
+    if resume and marker.is_file():
+        try:
+            saved = marker.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise StorageError(f"{marker}: cannot read the interrupted run's recipe "
+                               f"({atomic.describe(err)}); use --force to start over") from None
+        if saved != current:
+            raise RecipeError(f"{marker}: the recipe changed since the interrupted run; "
+                              "use --force to start over")
+        log.info("resuming the interrupted run in %s", work)
+    else:
+        if resume:
+            log.info("--resume: no interrupted run in %s, starting from the beginning", work)
+        elif work.exists():
+            log.info("found an earlier unfinished run in %s; starting over (use --resume to continue it)", work)
+        shutil.rmtree(work, ignore_errors=True)
+        resume = False
+    with atomic.io_errors(work, "create the work folder"):
+        work.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(marker, current)
+    return resume
+
+
+def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (),
+        out_dir: str | os.PathLike[str] | None = None, resume: bool = False, force: bool = False,
+        progress: bool = True) -> Report | None:
+    """Run a recipe: load data and model, apply every stage, evaluate, save the artifact and report.
+
+    Started as one of several processes (``torchrun``, ``lepton run --nproc``), the training
+    stages train data-parallel. The other ranks run the stages up to the last training stage
+    (every stage before it too: pruning and layer dropping are deterministic, so all ranks hold
+    the same model) and then return None; rank 0 alone evaluates, writes every file and returns
+    the report. Their own side files (adapters, teacher caches) go to ``work/rank-N``.
+
+    The output folder must be new, empty, or a previous Lepton run's (``lepton.core.outdir``): an
+    interrupted one continues with ``resume``, any is started over with ``force``.
+    """
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(recipe, overrides)
+    elif overrides:
+        raise RecipeError("overrides apply to a recipe file; change the Recipe object instead")
+    if recipe.trust_remote_code:
+        log.warning("trust_remote_code: true: Python code shipped in the model folder %s will run "
+                    "in this process; only use it with a model source you trust", recipe.model)
+    given = out_dir if out_dir is not None else recipe.output.dir
+    out = Path(given).expanduser()
+    device = distributed.setup(_device(recipe.device))  # joins the process group, if launched in one
+    main = distributed.is_main()
+    # Rank 0 alone checks and claims the folder; the others write only below work/rank-N.
+    claimed = outdir.claim(given, resume=resume, force=force) if main else None
+    file_log = _open_run_log(out, main, claimed)
+    try:
+        if main:
+            resume = _prepare_work(out / "work", recipe, claimed.resume)
+        resume = distributed.broadcast_object(resume)  # also waits until rank 0 has made work/ ready
+        if distributed.world_size() > 1:
+            log.info("data-parallel: %d processes (%s)", distributed.world_size(), distributed.backend())
+        return _Run(recipe, out, device, resume=resume, progress=progress).execute()
+    except OSError as err:  # an I/O failure no narrower handler named: one line with path and cause
+        raise StorageError(f"{getattr(err, 'filename', None) or out}: {atomic.describe(err)}") from err
+    finally:
+        logging.getLogger("lepton").removeHandler(file_log)
+        file_log.close()
+        if claimed is not None:
+            claimed.release()
+        distributed.teardown()
+
+
+def _open_run_log(out: Path, main: bool, claimed: Any) -> logging.Handler:
+    """OUT/run.log (rank 0; the other ranks log nowhere extra), attached to the "lepton" logger."""
+    try:
+        with atomic.io_errors(out / "run.log", "open the run log"):
+            file_log = logging.FileHandler(out / "run.log", encoding="utf-8") if main else logging.NullHandler()
+    except BaseException:
+        if claimed is not None:
+            claimed.release()
+        raise
+    file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("lepton").addHandler(file_log)
+    return file_log
+
+
+def _starting_model(recipe: Recipe, task: TaskSpec, device: str) -> ModelBundle:
+    """The model the first stage gets: a saved Lepton model for this task whole, else the
+    recipe's model with a new task head."""
+    import torch
+
+    from lepton.models import load_for_task, load_tokenizer, resolve_model
+
+    location = resolve_model(recipe.model)
+    torch.manual_seed(recipe.seed)  # the new task head's initial weights
+    saved = _saved_lepton_model(location, task, device)
+    if saved is not None:  # a Lepton artifact for this task: its structure and heads carry on
+        bundle = ModelBundle(model=saved.model, tokenizer=saved.tokenizer, task=task, source=recipe.model,
+                             heads=saved.heads, main_task=saved.main_task)
+    else:
+        tokenizer = load_tokenizer(location, trust_remote_code=recipe.trust_remote_code)
+        model = load_for_task(location, task, trust_remote_code=recipe.trust_remote_code).to(device)
+        bundle = ModelBundle(model=model, tokenizer=tokenizer, task=task, source=recipe.model)
+    log.info("model %s on %s: %d labels %s", recipe.model, device, task.num_labels, task.labels)
+    return bundle
+
+
+class _Run:
+    """One process's part of ``run`` once the output folder is claimed: the stages in order (each
+    snapshot and its quality kept for --resume), then, on rank 0, evaluation and the outputs."""
+
+    def __init__(self, recipe: Recipe, out: Path, device: str, *, resume: bool, progress: bool) -> None:
+        from lepton.stages.training import TrainSettings
+
+        self.recipe, self.out, self.work, self.device = recipe, out, out / "work", device
+        self.resume, self.progress = resume, progress
+        self.main, self.world = distributed.is_main(), distributed.world_size()
+        self.splits = load_splits(recipe)
+        self.task = build_task(recipe.task, self.splits.get("train"))
+        self.eval_split = self.splits[recipe.evaluate.split]
+        self.bundle = _starting_model(recipe, self.task, device)
+        self.variants: list[Any] = []  # lepton.evaluation.harness.Variant
+        self.qualities: dict[str, Any] = {}
+        self.names = _stage_names(recipe)
+        self.snapshots: dict[str, Path] = {}  # finished stages, for stages that name one (distill's teacher)
+        self.last_training = max((i for i, s in enumerate(recipe.stages) if isinstance(s, TrainSettings)),
+                                 default=-1)
+
+    def execute(self) -> Report | None:
+        if self.recipe.evaluate.baseline and self.main:
+            folder = self.work / "pretrained" / "snapshot"
+            if not (self.resume and (folder / "lepton.json").is_file()):
+                save_artifact(self.bundle, folder, recipe=self.recipe.resolved_dict())
+            self._remember("pretrained", [], self.bundle, folder)
+        if self._training_done(-1):
+            return None
+        for i, (stage, name) in enumerate(zip(self.recipe.stages, self.names)):
+            if not self._stage(i, stage, name):
+                return None
+        return self._evaluate_and_save()
+
+    def _training_done(self, i: int) -> bool:
+        """After the last training stage the other ranks have done their part and return."""
+        if self.world > 1 and i == self.last_training:
+            distributed.barrier()
+        return not self.main and i >= self.last_training
+
+    def _stage(self, i: int, stage: Any, name: str) -> bool:
+        """Run (or, resuming, reuse) stage ``i``; False when this rank's part is done."""
+        stage_dir = self.work / f"stage-{i}-{stage.kind}"
+        snapshot = stage_dir / "snapshot"
+        # A stage that leaves training hooks (masks the next finetune must keep) is re-run
+        # rather than restored: the hooks live in memory, not in the snapshot.
+        reuse = self.resume and (snapshot / "lepton.json").is_file() and not (stage_dir / "hooks").exists()
+        if i <= self.last_training:
+            # Rank 0's answer; also a barrier: the snapshots it wrote (a teacher) are in place.
+            reuse = distributed.broadcast_object(reuse)
+        if reuse:
+            self.bundle = load_bundle(snapshot, device=self.device)
+            log.info("stage %d (%s): done in the interrupted run, reusing its result", i, name)
+            if self.main:
+                self._remember(name, [r.name for r in self.bundle.history], self.bundle, snapshot)
+            self.snapshots[name] = snapshot
+            return not self._training_done(i)
+        self._apply(i, stage, name, stage_dir)
+        if self._training_done(i):
+            return False
+        self.snapshots[name] = snapshot
+        if not self.bundle.train_hooks:
+            self.resume = False  # later stages start fresh; a finetune after hooks may resume
+        if not self.main:
+            return True
+        if self.bundle.train_hooks:
+            stage_dir.mkdir(parents=True, exist_ok=True)  # a stage that never trained made none
+            atomic.write_text(stage_dir / "hooks", str(len(self.bundle.train_hooks)))
+        save_artifact(self.bundle, snapshot, recipe=self.recipe.resolved_dict())
+        self._remember(name, [r.name for r in self.bundle.history], self.bundle, snapshot)
+        return True
+
+    def _apply(self, i: int, stage: Any, name: str, stage_dir: Path) -> None:
+        from lepton.stages import handler_for
+
+        side = self.out if self.main else self.work / f"rank-{distributed.rank()}"
+        ctx = RunContext(splits=self.splits, seed=self.recipe.seed, device=self.device, out_dir=side,
+                         work_dir=self.work, resume=self.resume, progress=self.progress,
+                         stage_dir=stage_dir, stage_index=i, stage_name=name,
+                         snapshots=dict(self.snapshots), columns=self.recipe.task.columns())
+        log.info("stage %d (%s) starts", i, name)
+        started, t0 = now_iso(), time.perf_counter()
+        self.bundle = handler_for(stage, self.bundle.task)(self.bundle, stage, ctx)
+        record = StageRecord(index=i, kind=stage.kind, name=name,
+                             settings=stage.model_dump(mode="json"), started=started,
+                             seconds=round(time.perf_counter() - t0, 2), summary=ctx.stage_summary)
+        self.bundle.history.append(record)
+        log.info("stage %d (%s) done in %.1f s", i, name, record.seconds)
+
+    def _remember(self, name: str, path: list[str], b: ModelBundle, folder: Path) -> None:
+        """Quality now (the live model changes in later stages), cached for --resume."""
+        from lepton.evaluation.harness import Variant, measure_quality
+
+        cache = folder.parent / "quality.json"
+        v = Variant(name=name, stage_path=path, bundle=b, folder=folder)
+        if self.resume and cache.is_file():
+            self.qualities[name] = _cached_quality(cache, v)
+        else:
+            log.info("evaluate %s: quality on %d %s examples", name, len(self.eval_split), self.eval_split.name)
+            q, r, c = measure_quality(v, self.eval_split, self.recipe.evaluate, self.recipe.seed)
+            self.qualities[name] = (q, r, c)
+            atomic.write_text(cache, json.dumps({
+                "predictions": v.predictions, "quality": q.model_dump(mode="json"),
+                "robustness": r.model_dump(mode="json") if r else None,
+                "calibration": c.model_dump(mode="json") if c else None}))
+        self.variants.append(v)
+
+    def _evaluate_and_save(self) -> Report:
+        """Rank 0: every variant measured side by side; the model, report and recipe written."""
+        from lepton.evaluation.environment import fingerprint
+        from lepton.evaluation.harness import evaluate_variants
+        from lepton.pipeline.model_card import model_card  # model card (README.md)
+        from lepton.pipeline.report import write_report
+
+        recipe, out, bundle = self.recipe, self.out, self.bundle
+        # Timing needs every variant as it was, not the live model later stages changed in place.
+        for v in self.variants:
+            v.bundle = load_bundle(v.folder, verify=False, device=self.device)
+        baseline_stages = [n for s, n in zip(recipe.stages, self.names) if s.is_baseline]
+        baseline = next((v.name for v in self.variants if v.name in baseline_stages),
+                        self.variants[0].name if self.variants else None)
+        cards = evaluate_variants(self.variants, self.eval_split, recipe.evaluate, seed=recipe.seed,
+                                  baseline=baseline, qualities=self.qualities, memory=recipe.evaluate.memory)
+        report = Report(lepton_version=__version__, created=now_iso(), recipe=recipe.resolved_dict(),
+                        baseline=baseline, variants=cards, environment=fingerprint(recipe.seed),
+                        stages=[r.model_dump() for r in bundle.history])
+        manifest_like = {"history": [r.model_dump() for r in bundle.history], "source_model": recipe.model,
+                         "recipe": recipe.resolved_dict(), "main_task": bundle.main_task,
+                         "heads": {n: {"task": h.task.model_dump()} for n, h in bundle.heads.items()}}
+        save_artifact(bundle, out / "model", recipe=recipe.resolved_dict(),
+                      scorecards=[c.model_dump(mode="json") for c in cards],
+                      model_card=model_card(report, manifest_like),
+                      environment=report.environment.model_dump(mode="json"))
+        write_report(report, out)
+        # Written with the results, not at the start: a failing run must not leave a finished
+        # run's folder describing a recipe its model and report do not come from.
+        atomic.write_text(out / "recipe.yaml", recipe.to_yaml())
+        shutil.rmtree(self.work, ignore_errors=True)  # checkpoints are only for resuming
+        log.info("wrote %s and %s", out / "model", out / "report.md")
+        return report
+
+
+def _cached_quality(cache: Path, v: Any) -> tuple[Any, Any, Any]:
+    """The interrupted run's quality of variant ``v`` (its predictions filled in)."""
+    from lepton.tasks.quality import Quality
+    from lepton.evaluation.scorecard import Calibration, Robustness
+
+    try:
+        saved = json.loads(cache.read_text(encoding="utf-8"))
+        v.predictions = saved["predictions"]
+        return (Quality.model_validate(saved["quality"]),
+                Robustness.model_validate(saved["robustness"]) if saved["robustness"] else None,
+                Calibration.model_validate(saved["calibration"]) if saved["calibration"] else None)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise StorageError(f"{cache}: the interrupted run's cached result is damaged "
+                           f"({atomic.describe(err)}); use --force to start over") from None
+
+
+def _variant_name(path: Path, taken: set[str]) -> str:
+    name = path.parent.name if path.name == "model" and path.parent.name else path.name
+    base, k = name, 2
+    while name in taken:
+        name, k = f"{base}-{k}", k + 1
+    taken.add(name)
+    return name
+
+
+def _data_config(data: DataSplitConfig | dict[str, Any] | str) -> DataSplitConfig:
+    if isinstance(data, DataSplitConfig):
+        return data
+    if isinstance(data, (str, os.PathLike)):
+        data = {"path": str(data)}
+    try:
+        return DataSplitConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise RecipeError(f"data.{'.'.join(str(p) for p in first['loc'])}: {first['msg']}") from None
+
+
+def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | dict[str, Any] | str | None = None,
+            *, text: Any = None, text_pair: Any = None, label: Any = None,
+            config: EvaluateConfig | None = None, seed: int = 0, task: str | None = None,
+            public_key: str | os.PathLike[str] | None = None) -> Report:
+    """Measure saved Lepton models side by side with the run harness; the first is the baseline.
+
+    ``data`` defaults to the evaluation split of the first model's recipe. Columns default to
+    those of the recipe the first model was trained with. ``task``: which task of multi-task
+    models to measure (default: the main one); its data and columns default to that task's.
+    ``public_key``: refuse any model whose manifest that key's holder did not sign.
+    """
+    from lepton.tasks.heads import head_bundle, task_recipe
+
+    from lepton.evaluation.environment import fingerprint, same_machine
+    from lepton.evaluation.harness import Variant, evaluate_variants
+
+    if not models:
+        raise RecipeError("compare: give at least one model folder")
+    paths = [Path(m) for m in models]
+    manifests = [read_manifest(p, public_key=public_key) for p in paths]  # verifies every checksum first
+    recipe0 = manifests[0].get("recipe") or {}
+    task0, data0 = task_recipe(recipe0, task)
+    if data is None:
+        split_name = (recipe0.get("evaluate") or {}).get("split", "dev")
+        data = data0.get(split_name) or (data0.get("dev") if task is not None else None)
+        if data is None:
+            raise RecipeError(f"{paths[0]}: its recipe has no data.{split_name}; pass --data")
+    data_cfg = _data_config(data)
+    config = config or EvaluateConfig(**{k: v for k, v in (recipe0.get("evaluate") or {}).items()
+                                         if k in EvaluateConfig.model_fields and k != "split"})
+    taken: set[str] = set()
+    variants = []
+    for path, manifest in zip(paths, manifests):
+        try:
+            bundle = head_bundle(load_bundle(path, verify=False), task)
+        except LeptonError as err:
+            raise RecipeError(f"{path}: {err}") from None
+        variants.append(Variant(name=_variant_name(path, taken), stage_path=[r.name for r in bundle.history],
+                                bundle=bundle, folder=path))
+    kinds = {v.bundle.task.kind for v in variants}
+    if len(kinds) > 1:
+        raise RecipeError(f"compare: the models solve different tasks ({', '.join(sorted(kinds))})")
+    spec: TaskSpec = variants[0].bundle.task
+    for v in variants[1:]:
+        if v.bundle.task.labels != spec.labels:
+            raise RecipeError(f"compare: {v.name} has labels {v.bundle.task.labels}, "
+                              f"{variants[0].name} has {spec.labels}")
+    trained = task0 or {"kind": spec.kind}
+    overrides = {k: v for k, v in (("text", text), ("text_pair", text_pair), ("label", label)) if v is not None}
+    try:
+        task_cfg = TaskConfig.model_validate({**trained, **overrides})
+    except ValidationError as err:
+        raise RecipeError(f"task: {err.errors()[0]['msg']}") from None
+    split = load_split(data_cfg, task_cfg.columns(), name="eval", kind=spec.split_kind)
+    if split.labels is None:
+        raise StageError(f"{data_cfg.path}: evaluation needs labelled data")
+    cards = evaluate_variants(variants, split, config, seed=seed, baseline=variants[0].name,
+                              memory=config.memory)
+    env = fingerprint(seed)
+    for path, manifest in zip(paths, manifests):
+        then = manifest.get("environment")
+        if then:
+            from lepton.evaluation.environment import Environment
+
+            diffs = same_machine(Environment.model_validate(then), env)
+            if diffs:
+                log.warning("%s was built on a different machine (%s); all figures here are "
+                            "measured now, on this one", path, "; ".join(diffs))
+    return Report(lepton_version=__version__, created=now_iso(), recipe=recipe0,
+                  baseline=variants[0].name, variants=cards, environment=env,
+                  stages=[r.model_dump() for r in variants[-1].bundle.history])
+
+
+def evaluate(model: str | os.PathLike[str], data: DataSplitConfig | dict[str, Any] | str | None = None, *,
+             text: Any = None, text_pair: Any = None, label: Any = None,
+             config: EvaluateConfig | None = None, seed: int = 0, task: str | None = None,
+             public_key: str | os.PathLike[str] | None = None) -> Report:
+    """Evaluate one saved Lepton model with the same harness as ``run`` (see ``compare``)."""
+    return compare([model], data, text=text, text_pair=text_pair, label=label, config=config, seed=seed,
+                   task=task, public_key=public_key)
+
+
+__all__ = ["run", "evaluate", "compare", "LeptonError"]

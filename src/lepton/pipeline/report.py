@@ -1,0 +1,193 @@
+"""report.json (one typed schema), report.md and the terminal table, all from scorecards."""
+
+from __future__ import annotations
+
+import json
+import logging  # report.html
+import os
+from pathlib import Path
+from typing import Any
+
+from lepton.core.errors import MissingExtraError  # report.html
+from lepton.core import atomic
+from lepton.evaluation.scorecard import Report, Scorecard
+
+log = logging.getLogger(__name__)  # report.html
+_warned_no_html = False  # report.html: warn once per process that matplotlib is missing
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of report.json, derived from the one typed definition."""
+    return Report.model_json_schema()
+
+
+def _metric_cell(card: Scorecard) -> str:
+    m = card.quality.metrics[card.quality.headline]
+    return f"{m.value:.4f} [{m.ci95_low:.4f}, {m.ci95_high:.4f}]"
+
+
+def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the side-by-side table of every variant."""
+    headline = report.variants[0].quality.headline if report.variants else "metric"
+    header = ["variant", f"{headline} [95% CI]", "Δ vs baseline [95% CI]", "b1 p50 ms", "b1 p95 ms",
+              "throughput", "size MB", "params", "speed-up", "smaller", "verdict"]
+    rows = []
+    for card in report.variants:
+        eff = card.efficiency
+        lat = eff.latency_ms.get("b1_real")
+        thr = ", ".join(f"{v:.1f}/s@{k}" for k, v in eff.throughput.items()) or "-"
+        delta = speed = smaller = "-"
+        verdict = "baseline" if card.name == report.baseline else "-"
+        c = card.comparison
+        if c is not None:
+            mark = "*" if c.significant else ""
+            delta = f"{c.delta:+.4f}{mark} [{c.ci95_low:+.4f}, {c.ci95_high:+.4f}]"
+            speed = f"{c.speedup_b1:.2f}x" if c.speedup_b1 else "-"
+            smaller = f"{c.smaller:.2f}x" if c.smaller else "-"
+            verdict = f"{c.verdict}; {c.label}"
+        rows.append([card.name, _metric_cell(card), delta,
+                     f"{lat.p50:.2f}" if lat else "-", f"{lat.p95:.2f}" if lat else "-", thr,
+                     f"{eff.size_mb:.1f}", f"{eff.params / 1e6:.2f}M", speed, smaller, verdict])
+    return header, rows
+
+
+def smoke_note(report: Report) -> str | None:
+    """The warning a smoke run's report carries (None for a real run)."""
+    from lepton.core.config import SMOKE_NOTE
+
+    return SMOKE_NOTE if isinstance(report.recipe, dict) and report.recipe.get("smoke") else None
+
+
+def to_markdown(report: Report) -> str:
+    from lepton.evaluation.environment import describe
+
+    header, rows = table_rows(report)
+    lines = ["# Lepton report", "",
+             f"Created {report.created} by Lepton {report.lepton_version}. "
+             f"Machine: {describe(report.environment)}.", ""]
+    if smoke_note(report):
+        lines += [f"**{smoke_note(report).capitalize()}.**", ""]
+    if report.baseline:
+        lines += [f"Baseline for deltas: `{report.baseline}`. Δ marked * when its paired 95% CI excludes 0. "
+                  "Timings interleave all variants over the same inputs; ratios under 5% are noise.", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines.append("")
+    for card in report.variants:
+        q, e = card.quality, card.efficiency
+        lines += [f"## {card.name}", "",
+                  f"Stages: {' → '.join(card.stage_path) or '(none)'}; evaluated on `{card.split}` "
+                  f"({card.n_examples} examples); runtime {e.runtime} on {e.device}, {e.threads} threads.", "",
+                  "| metric | value | 95% CI |", "|---|---|---|"]
+        for name, m in q.metrics.items():
+            lines.append(f"| {name} | {m.value:.4f} | [{m.ci95_low:.4f}, {m.ci95_high:.4f}] |")
+        lines += ["", *(f"{name} signature: `{sig}`" for name, sig in q.signatures.items())]
+        if q.per_class:
+            lines += ["", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        for row in q.per_class:
+            lines.append(f"| {row.label} | {row.precision:.4f} | {row.recall:.4f} | {row.f1:.4f} | {row.support} |")
+        if q.confusion is not None:
+            lines += ["", "Confusion matrix (rows: true, columns: predicted):", "",
+                      "| | " + " | ".join(q.labels) + " |", "|---|" + "---|" * len(q.labels)]
+            for label, counts in zip(q.labels, q.confusion):
+                lines.append(f"| **{label}** | " + " | ".join(str(c) for c in counts) + " |")
+        lines += ["", "| efficiency | value |", "|---|---|"]
+        for key, lat in e.latency_ms.items():
+            rounds = (f"; round medians {min(lat.round_medians):.2f}-{max(lat.round_medians):.2f}"
+                      if lat.round_medians else "")
+            lines.append(f"| latency {key} (ms) | p50 {lat.p50:.2f}, p95 {lat.p95:.2f}, p99 {lat.p99:.2f} "
+                         f"(min {lat.min:.2f}, max {lat.max:.2f}, n {lat.n}, {lat.tokens_mean:.1f} tokens{rounds}) |")
+        for key, value in e.throughput.items():
+            spread = e.throughput_spread.get(key)
+            extra = f" (min {spread[0]:.1f}, max {spread[2]:.1f} over {e.rounds} rounds)" if spread else ""
+            unit = "generated tokens/s" if e.generative else "items/s"
+            lines.append(f"| throughput {key} ({unit}) | {value:.1f}{extra} |")
+        lines += [f"| peak RSS (MB) | {e.peak_rss_mb:.0f} ({e.peak_rss_note}) |" if e.peak_rss_mb else f"| peak RSS | {e.peak_rss_note} |",
+                  f"| size (MB) | {e.size_mb:.1f}" + (f" ({e.size_compressed_mb:.1f} compressed with zlib)"
+                                                    if e.size_compressed_mb else "") + " |",
+                  f"| parameters | {e.params:,} ({e.nonzero_params:,} non-zero, sparsity {e.sparsity:.3f}) |",
+                  f"| FLOPs per item (estimate) | {e.flops_per_item / 1e9:.3f} G |" if e.flops_per_item else "| FLOPs | n/a |",
+                  f"| warm-up calls | {e.warmup} |"]
+        if card.comparison is not None:
+            c = card.comparison
+            p_mc = f", McNemar p {c.p_mcnemar:.3g}" if c.p_mcnemar is not None else ""
+            lines += ["", f"Against `{c.baseline}`: {c.metric} {c.delta:+.4f} "
+                      f"[{c.ci95_low:+.4f}, {c.ci95_high:+.4f}] (paired bootstrap p {c.p_bootstrap:.3g}{p_mc}): "
+                      f"**{c.verdict}**; {c.label}."]
+        if card.robustness is not None:
+            r = card.robustness
+            lines += ["", f"Robustness (seed {r.seed}, rate {r.rate}): clean {r.metric} {r.clean:.4f}; "
+                      + ", ".join(f"{k} {v:.4f} (drop {r.drop[k]:+.4f})" for k, v in r.perturbed.items()) + "."]
+        if card.calibration is not None:
+            lines += ["", f"Calibration: expected calibration error {card.calibration.ece:.4f} "
+                      f"({len(card.calibration.bins)} equal-width confidence bins)."]
+        for note in card.notes:
+            lines.append(f"\nNote: {note}")
+        lines.append("")
+    if report.stages:
+        lines += ["## Stages", "", "| # | stage | seconds | summary |", "|---|---|---|---|"]
+        for s in report.stages:
+            summary = {k: v for k, v in s.get("summary", {}).items() if k not in ("evals", "dev")}
+            lines.append(f"| {s['index']} | {s['name']} | {s['seconds']:.1f} | "
+                         + ", ".join(f"{k}={v}" for k, v in summary.items()) + " |")
+        lines.append("")
+        from lepton.stages import declared
+
+        for s in report.stages:
+            per_task = s.get("summary", {}).get("dev")
+            if not declared(s.get("kind"), "adds_heads") or not isinstance(per_task, dict):
+                continue
+            lines += [f"### Tasks of stage {s['index']} ({s['name']}), each on its own dev set", "",
+                      "| task | examples | metric | value | 95% CI |", "|---|---|---|---|---|"]
+            for task, scores in per_task.items():
+                for metric, m in scores.items():
+                    if isinstance(m, dict) and "value" in m:
+                        low, high = m["ci95"]
+                        lines.append(f"| {task} | {scores.get('dev_examples', '')} | {metric} | "
+                                     f"{m['value']:.4f} | [{low:.4f}, {high:.4f}] |")
+            lines += ["", "Measured right after the stage; later stages change the shared encoder, "
+                      "and only the main task is measured again.", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: Report, out_dir: Path) -> None:
+    """report.json, report.md and report.html, each written to a temp file and renamed."""
+    outputs = [("report.json", report.model_dump_json(indent=2)), ("report.md", to_markdown(report))]
+    # --- report.html (needs the optional matplotlib, lepton[report]); a run never fails without it
+    global _warned_no_html
+    try:
+        from lepton.pipeline.report_html import to_html
+
+        outputs.append(("report.html", to_html(report)))
+    except MissingExtraError as err:
+        if not _warned_no_html:
+            log.warning("report.html skipped: %s", err)
+            _warned_no_html = True
+    # --- end report.html
+    for name, text in outputs:
+        atomic.write_text(out_dir / name, text)
+
+
+def print_table(report: Report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    header, rows = table_rows(report)
+    table = Table(title="Lepton: variants side by side")
+    for h in header:
+        table.add_column(h, justify="left" if h == "variant" else "right")
+    for r in rows:
+        table.add_row(*r)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # piped or logged: do not squeeze the table to 80 columns
+    console.print(table)
+    from lepton.evaluation.environment import describe
+
+    console.print(f"Machine: {describe(report.environment)}.", highlight=False)
+    if smoke_note(report):
+        console.print(f"[bold yellow]{smoke_note(report).capitalize()}.[/]", highlight=False)
+
+
+def load_report(path: str | os.PathLike[str]) -> Report:
+    return Report.model_validate(json.loads(Path(path).read_text()))

@@ -1,0 +1,309 @@
+"""Weight-only quantization of generative models: ONNX (int4/int8 MatMulNBits, dynamic int8) and
+PyTorch (int8 per channel, int4 group-wise, round to nearest) for ``nn.Linear``.
+
+ONNX, through onnxruntime's own tools (``onnxruntime.quantization``):
+
+- :func:`quantize_onnx_weights`: ``MatMulNBitsQuantizer`` turns every MatMul with a constant weight
+  into ``MatMulNBits`` (4 or 8 bits, one scale and zero point per ``block_size`` input channels),
+  optionally the embedding Gather into ``GatherBlockQuantized``. ``algorithm="default"`` is
+  block-wise round to nearest (MLAS), ``"hqq"`` is Half-Quadratic Quantization (no calibration).
+  The ``RTNWeightOnlyQuantConfig``/``GPTQWeightOnlyQuantConfig`` paths of the same tool need Intel
+  Neural Compressor (``neural-compressor``), which Lepton does not install: not offered here.
+  ``accuracy_level=4`` lets the kernel quantize activations to int8 and use VNNI dot products.
+- :func:`quantize_onnx_dynamic_int8`: ``quantize_dynamic`` (int8 weights per channel, activations
+  quantized per run: MatMulInteger / DynamicQuantizeMatMul).
+
+PyTorch: :func:`quantize_linears` replaces ``nn.Linear`` by :class:`WeightOnlyLinear`, written by
+hand: torchao 0.18 (which installs against torch 2.13 without another torch) quantizes int8 weight-only
+on the CPU, but its int4 weight-only layouts need CUDA or the ``mslk`` kernels, and its tensor
+subclasses do not save as plain safetensors. Here the int8/int4 codes, scales and minimums are plain
+buffers (safetensors), and the layer dequantizes its weight per call: the aim is size and an
+accuracy check of the format; speed on the CPU comes from ONNX Runtime's ``MatMulNBits``
+(measured: torch's own ``_weight_int4pack_mm_for_cpu``/``_weight_int8pack_mm`` kernels were 14x
+and 5x slower than the fp32 matmul at batch 1 on this CPU, so they are not used).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lepton.core.atomic import write_folder
+from lepton.core.errors import ArtifactError, StageError
+from lepton.runtimes.ort import quiet_onnxruntime, require
+
+log = logging.getLogger(__name__)
+
+RECORD = "weight_quant.json"
+WEIGHTS = "model.safetensors"
+
+
+class QuantizeError(StageError):
+    """A quantization setting is out of range or the model cannot be quantized as asked."""
+
+
+# --------------------------------------------------------------------------------------- ONNX
+
+def _side_files(src: Path, dest: Path) -> None:
+    for p in src.iterdir():
+        if p.is_file() and p.suffix not in (".onnx", ".data") and not p.name.endswith(".onnx.data"):
+            shutil.copyfile(p, dest / p.name)
+
+
+def _onnx_in(src: str | Path) -> Path:
+    path = Path(src)
+    path = path / "model.onnx" if path.is_dir() else path
+    if not path.is_file():
+        raise QuantizeError(f"{path}: no ONNX model to quantize")
+    return path
+
+
+def _size(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".onnx", ".data"))
+
+
+def quantize_onnx_weights(src: str | Path, dest: str | Path, *, bits: int = 4, block_size: int = 32,
+                          symmetric: bool = False, algorithm: str = "default", accuracy_level: int | None = 4,
+                          embeddings: bool = False, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Weight-only ``bits``-bit MatMulNBits of the graph in ``src`` (a folder or .onnx) into folder
+    ``dest`` (atomically; side files copied). ``exclude``: node names to keep in float."""
+    if bits not in (4, 8):
+        raise QuantizeError(f"bits must be 4 or 8, got {bits!r}")
+    if block_size < 16 or block_size & (block_size - 1):
+        raise QuantizeError(f"block_size must be a power of two >= 16, got {block_size!r}")
+    if algorithm not in ("default", "hqq"):
+        raise QuantizeError(f"algorithm must be default (round to nearest) or hqq, got {algorithm!r}")
+    onnx = require("onnx")
+    nbits = require("onnxruntime.quantization.matmul_nbits_quantizer")
+    path = _onnx_in(src)
+    if embeddings and bits != 4:
+        log.info("embeddings stay in float: onnxruntime's GatherBlockQuantized tables are 4-bit only")
+        embeddings = False
+    ops = ("MatMul", "Gather") if embeddings else ("MatMul",)
+    if algorithm == "hqq":
+        if embeddings:
+            raise QuantizeError("embeddings=True works with algorithm 'default' only (HQQ quantizes MatMul)")
+        config = nbits.HQQWeightOnlyQuantConfig(block_size=block_size, bits=bits)
+    else:
+        config = nbits.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric, bits=bits,
+                                                    accuracy_level=accuracy_level, op_types_to_quantize=ops,
+                                                    quant_axes=(("MatMul", 0), ("Gather", 1)))
+    model = onnx.load(str(path))
+    if embeddings and _opset(model) < 21:
+        # GatherBlockQuantized's int4 tables need opset 21; the quantizer only relabels the opset,
+        # which leaves older operator forms (ReduceMean's axes attribute) invalid: convert first.
+        model = require("onnx.version_converter").convert_version(model, 21)
+    with quiet_onnxruntime(), np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        # 0/0 on all-equal blocks (masked after); HQQ hands torch a read-only numpy view (only read).
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        quantizer = nbits.MatMulNBitsQuantizer(model, nodes_to_exclude=list(exclude), algo_config=config)
+        quantizer.process()
+    model = quantizer.model.model
+    counts = _op_counts(model, ("MatMul", "MatMulNBits", "Gather", "GatherBlockQuantized"))
+
+    def fill(tmp: Path) -> None:
+        onnx.save_model(model, str(tmp / "model.onnx"), save_as_external_data=model.ByteSize() > 1_800_000_000,
+                        location="model.onnx.data")
+        _side_files(path.parent, tmp)
+
+    write_folder(Path(dest), fill)
+    info = {"method": f"MatMulNBits int{bits}", "algorithm": algorithm, "block_size": block_size,
+            "symmetric": symmetric, "accuracy_level": accuracy_level, "embeddings": embeddings, "ops": counts,
+            "size_bytes": _size(Path(dest))}
+    log.info("ONNX weight-only int%d: %s", bits, info)
+    return info
+
+
+def quantize_onnx_dynamic_int8(src: str | Path, dest: str | Path, *, per_channel: bool = True,
+                               reduce_range: bool | None = None) -> dict[str, Any]:
+    """Dynamic int8 (weights int8, activations quantized at run time) of every MatMul.
+
+    ``reduce_range`` (7-bit weights): None chooses it on CPUs without VNNI/AMX, where ONNX Runtime's
+    u8 x s8 kernels add pairs of products in 16 bits (AVX2 ``vpmaddubsw``), which saturates with full
+    8-bit weights: measured on an AVX2-only AMD EPYC, the tiny test decoder's first-step logits
+    moved by 16% of their range with 8-bit weights."""
+    if reduce_range is None:
+        from lepton.evaluation.environment import fingerprint, int8_fast
+
+        env = fingerprint()
+        reduce_range = bool(env.cpu_flags) and not int8_fast(env)
+    quantization = require("onnxruntime.quantization")
+    onnx = require("onnx")
+    path = _onnx_in(src)
+
+    def fill(tmp: Path) -> None:
+        with quiet_onnxruntime():
+            quantization.quantize_dynamic(str(path), str(tmp / "model.onnx"), per_channel=per_channel,
+                                          reduce_range=reduce_range,
+                                          weight_type=quantization.QuantType.QInt8, op_types_to_quantize=["MatMul"])
+        _side_files(path.parent, tmp)
+
+    write_folder(Path(dest), fill)
+    counts = _op_counts(onnx.load(str(Path(dest) / "model.onnx"), load_external_data=False),
+                        ("MatMul", "MatMulInteger", "DynamicQuantizeMatMul"))
+    return {"method": "dynamic int8", "per_channel": per_channel, "reduce_range": reduce_range, "ops": counts,
+            "size_bytes": _size(Path(dest))}
+
+
+def _opset(model: Any) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def _op_counts(model: Any, ops: tuple[str, ...]) -> dict[str, int]:
+    return {op: sum(n.op_type == op for n in model.graph.node) for op in ops}
+
+
+# -------------------------------------------------------------------------------------- torch
+
+class WeightOnlyLinear(nn.Module):
+    """``nn.Linear`` with int8 (per output channel, symmetric) or int4 (per ``group_size`` input
+    channels, asymmetric: code * scale + minimum) weights, dequantized at each call."""
+
+    def __init__(self, in_features: int, out_features: int, *, bits: int, group_size: int, bias: bool) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.bits, self.group_size = in_features, out_features, bits, group_size
+        groups = in_features // group_size
+        if bits == 8:
+            self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+            self.register_buffer("scales", torch.zeros(out_features, groups))
+            self.register_buffer("minimums", torch.zeros(0))
+        else:  # two 4-bit codes per byte
+            self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
+            self.register_buffer("scales", torch.zeros(out_features, groups))
+            self.register_buffer("minimums", torch.zeros(out_features, groups))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, bits: int, group_size: int | None) -> WeightOnlyLinear:
+        w = linear.weight.detach().float()
+        out_f, in_f = w.shape
+        group = group_size or in_f
+        if in_f % group:
+            raise QuantizeError(f"group_size {group} does not divide in_features {in_f}")
+        layer = cls(in_f, out_f, bits=bits, group_size=group, bias=linear.bias is not None)
+        g = w.reshape(out_f, in_f // group, group)
+        if bits == 8:
+            scale = g.abs().amax(-1).clamp(min=1e-8) / 127
+            layer.qweight.copy_(torch.round(g / scale[..., None]).clamp(-127, 127).to(torch.int8).reshape(out_f, in_f))
+        else:
+            low, high = g.amin(-1), g.amax(-1)
+            scale = (high - low).clamp(min=1e-8) / 15
+            codes = torch.round((g - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.uint8).reshape(out_f, in_f)
+            layer.qweight.copy_(codes[:, 0::2] | (codes[:, 1::2] << 4))
+            layer.minimums.copy_(low)
+        layer.scales.copy_(scale)
+        if linear.bias is not None:
+            layer.bias.copy_(linear.bias.detach())
+        return layer
+
+    def dequantized(self) -> torch.Tensor:
+        if self.bits == 8:
+            codes = self.qweight.float()
+        else:
+            codes = torch.stack([self.qweight & 15, self.qweight >> 4], dim=-1).reshape(self.out_features, -1).float()
+        g = codes.reshape(self.out_features, -1, self.group_size) * self.scales[..., None]
+        if self.bits == 4:
+            g = g + self.minimums[..., None]
+        return g.reshape(self.out_features, self.in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.linear(x, self.dequantized().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, bits={self.bits}, group_size={self.group_size}"
+
+
+def quantize_linears(model: nn.Module, *, bits: int = 8, group_size: int | None = None,
+                     exclude: tuple[str, ...] = ("lm_head",)) -> dict[str, Any]:
+    """Replace every ``nn.Linear`` (names containing an ``exclude`` entry kept; the tied output
+    layer by default) with :class:`WeightOnlyLinear`. int8 default: per output channel; int4
+    default: groups of 128 (or ``group_size``), halved for a layer whose width it does not divide. Returns the record :func:`load_weight_only` needs."""
+    if bits not in (4, 8):
+        raise QuantizeError(f"bits must be 4 or 8, got {bits!r}")
+    if bits == 4:
+        group_size = group_size or 128
+        if group_size % 2:
+            raise QuantizeError(f"group_size must be even for int4, got {group_size}")
+    before = _param_bytes(model)
+    done: dict[str, dict[str, int]] = {}
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear) or any(e in name for e in exclude):
+            continue
+        group = _fitting_group(module.in_features, group_size)
+        if bits == 4 and group is None:
+            log.warning("%s: in_features %d has no even group size <= %s; kept in float", name, module.in_features, group_size)
+            continue
+        parent, _, leaf = name.rpartition(".")
+        layer = WeightOnlyLinear.from_linear(module, bits=bits, group_size=group)
+        setattr(model.get_submodule(parent) if parent else model, leaf, layer)
+        done[name] = {"bits": bits, "group_size": layer.group_size}
+    if not done:
+        raise QuantizeError("no nn.Linear layer to quantize (all excluded or none found)")
+    return {"layers": done, "bytes_before": before, "bytes_after": _param_bytes(model)}
+
+
+def _fitting_group(in_features: int, group_size: int | None) -> int | None:
+    """``group_size`` or, where it does not divide ``in_features`` (SmolLM2's 576 with 128), the
+    largest halving of it that does, down to 16; None: per channel (int8) / no fit (int4)."""
+    size = group_size
+    while size and size >= 16:
+        if in_features % size == 0:
+            return size
+        size //= 2
+    return None
+
+
+def _param_bytes(model: nn.Module) -> int:
+    seen: set[int] = set()
+    total = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        if t is not None and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def save_weight_only(model: nn.Module, record: dict[str, Any], folder: str | Path, tokenizer: Any = None) -> Path:
+    """Config, quantized weights (safetensors) and the record, written atomically."""
+    from safetensors.torch import save_model
+
+    def fill(tmp: Path) -> None:
+        model.config.save_pretrained(tmp)
+        save_model(model, str(tmp / WEIGHTS))  # drops tied duplicates safely
+        (tmp / RECORD).write_text(json.dumps({"layers": record["layers"]}, indent=1))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+
+    return write_folder(Path(folder), fill)
+
+
+def load_weight_only(folder: str | Path) -> nn.Module:
+    """The model :func:`save_weight_only` wrote (safe load: safetensors only)."""
+    from safetensors.torch import load_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    try:
+        layers = json.loads((folder / RECORD).read_text())["layers"]
+    except (OSError, ValueError, KeyError) as err:
+        raise ArtifactError(f"{folder / RECORD}: missing or unreadable weight-only record ({err})") from err
+    model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    for name, spec in layers.items():
+        module = model.get_submodule(name)
+        parent, _, leaf = name.rpartition(".")
+        new = WeightOnlyLinear(module.in_features, module.out_features, bits=spec["bits"],
+                               group_size=spec["group_size"], bias=module.bias is not None)
+        setattr(model.get_submodule(parent) if parent else model, leaf, new)
+    missing, unexpected = load_model(model, str(folder / WEIGHTS), strict=False)
+    if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:
+        raise ArtifactError(f"{folder / WEIGHTS}: weights do not match the record (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.tie_weights()
+    return model.eval()
