@@ -22,7 +22,8 @@ import torch
 from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.evaluation.environment import describe, fingerprint
-from lepton.models import load_for_task, load_tokenizer, resolve_model
+from lepton.models import load_tokenizer, resolve_model
+from lepton.tasks.loading import load_for_task
 from lepton.stages.finetune import FinetuneConfig, finetune
 from lepton.tasks import build_task, encode
 from lepton.pipeline.recipe import TaskConfig

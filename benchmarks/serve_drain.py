@@ -46,7 +46,8 @@ def untrained_minilm(dest: Path) -> Path:
     sys.path.insert(0, str(ROOT / "src"))
     from lepton.pipeline.artifact import save_artifact
     from lepton.runtimes.bundle import ModelBundle
-    from lepton.models import load_for_task, load_tokenizer, resolve_model
+    from lepton.models import load_tokenizer, resolve_model
+    from lepton.tasks.loading import load_for_task
     from lepton.tasks import TaskSpec
 
     location = resolve_model("builtin:minilm-l6")

@@ -69,7 +69,7 @@ def build_multitask_artifact(tiny_model_dir: Path, dest: Path) -> Path:
 
     from lepton.pipeline.artifact import save_artifact
     from lepton.runtimes.bundle import ModelBundle
-    from lepton.tasks.heads import Head, make_head
+    from lepton.runtimes.heads import Head, make_head
     from lepton.models import load_tokenizer
     from lepton.tasks import TaskSpec
 

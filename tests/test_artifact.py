@@ -19,7 +19,8 @@ from lepton.pipeline.artifact import MANIFEST, load_bundle, read_manifest, save_
 from lepton.pipeline.predictor import Predictor
 from lepton.runtimes.bundle import ModelBundle, StageRecord
 from lepton.core.errors import ArtifactError, LeptonError, StorageError
-from lepton.models import load_for_task, load_tokenizer
+from lepton.models import load_tokenizer
+from lepton.tasks.loading import load_for_task
 from lepton.tasks import TaskSpec, softmax
 from tests.conftest import spec_for
 

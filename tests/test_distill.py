@@ -10,7 +10,8 @@ import torch
 import lepton
 from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.data import Columns, DataSplitConfig, load_split
-from lepton.models import load_for_task, load_tokenizer
+from lepton.models import load_tokenizer
+from lepton.tasks.loading import load_for_task
 from lepton.pipeline.recipe import TaskConfig, parse_recipe
 from lepton.stages.distill import (DistillConfig, LossPlan, TeacherCache, TeacherInfo, default_layer_map,
                                    distill, distill_loss, plan_layers, teacher_batch)

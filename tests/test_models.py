@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from lepton.core.errors import LeptonError, ModelLoadError, UnknownNameError
-from lepton.models import WEIGHT_FILES, load_for_task, load_tokenizer, resolve_model
+from lepton.models import WEIGHT_FILES, load_tokenizer, resolve_model
+from lepton.tasks.loading import load_for_task
 from tests.conftest import spec_for
 
 

@@ -23,7 +23,7 @@ def model(tiny_model_dir: Path, tmp_path_factory) -> object:
 
 
 def test_one_pass_equals_a_predict_per_task_and_runs_the_encoder_once_per_batch(model) -> None:
-    from lepton.tasks.heads import encoder_of
+    from lepton.runtimes.heads import encoder_of
 
     calls = []
     hook = encoder_of(model.bundle.model).register_forward_hook(lambda *a: calls.append(1))

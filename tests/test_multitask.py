@@ -170,7 +170,7 @@ def test_recipe_errors_name_the_key(tiny_model_dir: Path, tmp_path: Path) -> Non
 def test_forward_routes_by_task_and_weights_the_loss(tiny_model_dir: Path) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    from lepton.tasks.heads import make_head
+    from lepton.runtimes.heads import make_head
     from lepton.stages.multitask import _MultiTaskModel
     from lepton.tasks import TaskSpec
 

@@ -11,7 +11,8 @@ import torch
 
 import lepton
 from lepton.runtimes.bundle import ModelBundle, RunContext
-from lepton.models import load_for_task, load_tokenizer
+from lepton.models import load_tokenizer
+from lepton.tasks.loading import load_for_task
 from lepton.pipeline.recipe import parse_recipe
 from lepton.stages.pretrain import (Pieces, PretrainConfig, TextConfig, _collator, masked_batch,
                                     masked_lm_model, pretrain, read_documents)

@@ -1,8 +1,8 @@
 """The stage contract, checked for every registered stage on every task kind it accepts.
 
 The matrix is read from the registry (``lepton.stages.configs``) and from what each config class
-declares (``task_kinds``, ``contract_example``, ``contract_before``): a new stage joins it by
-registering, and a stage class that is defined but not registered fails
+declares (``contract_example``, ``contract_before``, or a family's own in ``register``): a new
+stage joins it by registering, and a stage class that is defined but not registered fails
 ``test_every_stage_class_is_registered_with_a_contract_example``.
 """
 
@@ -26,19 +26,18 @@ from lepton.pipeline.artifact import load_bundle, save_artifact
 from lepton.runtimes.bundle import ModelBundle, RunContext, StageRecord
 from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.runtimes import for_bundle
-from lepton.stages import StageConfig, configs, handler_for
-from lepton.models import load_for_task, load_tokenizer
+from lepton.stages import StageConfig, configs, contract_of, handler_for, stage_kinds_for
+from lepton.models import load_tokenizer
+from lepton.tasks.loading import load_for_task
 from lepton.tasks import TaskConfig, build_task, task_kinds
 from tests.task_examples import EXAMPLES
 from tests.test_artifact import TEXTS
 
 
 def accepted_task_kinds(config_cls: type[StageConfig]) -> list[str]:
-    """The task kinds the contract runs a stage on: every registered kind the stage accepts."""
-    from lepton.tasks import kind_of
-
-    return [k for k in task_kinds.names() if (config_cls.task_kinds is None or k in config_cls.task_kinds)
-            and (kind_of(k).supported_stages is None or config_cls.stage_kind in kind_of(k).supported_stages)]
+    """The task kinds the contract runs a stage on: every registered kind whose tiny model's
+    family (tests/task_examples.py) the stage has an implementation for."""
+    return [k for k in task_kinds.names() if config_cls.stage_kind in stage_kinds_for((EXAMPLES[k].family,))]
 
 
 def _task_material(kind: str, model_dirs: dict[str, Path], folder: Path) -> tuple[ModelBundle, dict, dict, Columns]:
@@ -76,7 +75,7 @@ def _run_stage(bundle: ModelBundle, settings: dict[str, Any], splits: dict, colu
     ctx = RunContext(splits=splits, seed=0, device="cpu", out_dir=work, work_dir=work, progress=False,
                      stage_dir=work / f"stage-{index}", stage_index=index,
                      stage_name=config.name or config.kind, snapshots=dict(snapshots), columns=columns)
-    out = handler_for(config, bundle.task)(bundle, config, ctx)
+    out = handler_for(config, bundle.family)(bundle, config, ctx)
     out.history.append(StageRecord(index=index, kind=config.kind, name=ctx.stage_name,
                                    settings=config.model_dump(mode="json"), started="", seconds=0.0,
                                    summary=ctx.stage_summary))
@@ -99,7 +98,7 @@ def test_stage_contract(stage_kind: str, task_kind: str, model_dirs: dict[str, P
 
     cls = configs.get(stage_kind)
     # A kind that runs the stage its own way may bring its own contract settings.
-    example, befores = kind_of(task_kind).stage_contract(cls) or (cls.contract_example, cls.contract_before)
+    example, befores = contract_of(cls, EXAMPLES[task_kind].family)
     bundle, splits, fill, columns = _task_material(task_kind, model_dirs, tmp_path)
     snapshots: dict[str, Path] = {}
     for i, before in enumerate(_filled(list(befores), fill)):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from lepton.core import __version__
 
 __all__ = ["__version__", "run", "evaluate", "compare", "load", "load_recipe", "LeptonError"]
 

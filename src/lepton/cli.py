@@ -10,8 +10,9 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from lepton import __version__
+from lepton.core import __version__
 from lepton.core.errors import LeptonError
 
 EXIT_USER_ERROR = 2
@@ -44,11 +45,33 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = p.add_subparsers(dest="command", required=True)
+    _add_run(sub)
+    _add_validate(sub)
+    _add_evaluate(sub)
+    _add_compare(sub)
+    _add_info(sub)
+    _add_keygen(sub)
+    _add_sign(sub)
+    _add_serve(sub)
+    _add_command(sub, "data", "list the data sets built into Lepton (builtin:<set>/<split> in a recipe)")
+    _add_monitor(sub)
+    from lepton.pipeline import generate_command
 
-    def add(name: str, help_: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_, description=help_, epilog=EPILOG[name])
+    generate_command.add_parser(_add_command(sub, "generate", "generate text with a saved generative model or "
+                                                              "a model spec"))
+    _search_parser(_add_command(sub, "search", "search the recipe's searchable settings for the fastest, "
+                                               "smallest model within an accuracy budget (Optuna; Pareto "
+                                               "front, best model, its recipe)"))
+    return p
 
-    r = add("run", "run a recipe: fine-tune, compress, evaluate, save")
+
+def _add_command(sub: Any, name: str, help_: str) -> argparse.ArgumentParser:
+    """A subcommand whose help and description are ``help_``, with its example as the epilog."""
+    return sub.add_parser(name, help=help_, description=help_, epilog=EPILOG[name])
+
+
+def _add_run(sub: Any) -> None:
+    r = _add_command(sub, "run", "run a recipe: fine-tune, compress, evaluate, save")
     r.add_argument("recipe", help="recipe YAML file")
     r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value, e.g. stages.0.epochs=1 (repeatable)")
@@ -65,11 +88,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="train data-parallel in N local processes (DDP: gloo on CPU, nccl on GPU); "
                         "under torchrun (torchrun --nproc_per_node N -m lepton run ...) leave it out")
 
-    v = add("validate", "check a recipe without running it; print the resolved recipe")
+
+def _add_validate(sub: Any) -> None:
+    v = _add_command(sub, "validate", "check a recipe without running it; print the resolved recipe")
     v.add_argument("recipe")
     v.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
-    e = add("evaluate", "evaluate a saved model on labelled data")
+
+def _add_evaluate(sub: Any) -> None:
+    e = _add_command(sub, "evaluate", "evaluate a saved model on labelled data")
     e.add_argument("model", help="a Lepton model folder (OUT/model)")
     e.add_argument("--data", help="data file or folder (default: the model recipe's dev split)")
     e.add_argument("--format", choices=["tsv", "csv", "jsonl", "conll", "folder"])
@@ -83,7 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("--require-signature", metavar="PUBLIC_KEY", help=SIGNATURE_HELP)
 
-    c = add("compare", "measure saved models side by side (the first is the baseline); gate on the result")
+
+def _add_compare(sub: Any) -> None:
+    c = _add_command(sub, "compare", "measure saved models side by side (the first is the baseline); gate on "
+                                     "the result")
     c.add_argument("models", nargs="+", help="Lepton model folders")
     c.add_argument("--data", help="data file or folder (default: the first model recipe's dev split)")
     c.add_argument("--limit", type=int, help="evaluate on the first N examples only")
@@ -95,24 +125,42 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.add_argument("--require-signature", metavar="PUBLIC_KEY", help=SIGNATURE_HELP)
 
-    i = add("info", "show a saved model's task, stages, scorecards and file checks")
+
+def _add_info(sub: Any) -> None:
+    i = _add_command(sub, "info", "show a saved model's task, stages, scorecards and file checks")
     i.add_argument("model")
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.add_argument("--require-signature", metavar="PUBLIC_KEY", help=SIGNATURE_HELP)
 
-    k = add("keygen", "make an Ed25519 key pair for signing models (KEY private, KEY.pub public)")
+
+def _add_keygen(sub: Any) -> None:
+    k = _add_command(sub, "keygen", "make an Ed25519 key pair for signing models (KEY private, KEY.pub public)")
     k.add_argument("key", help="path of the private key to create (never overwritten)")
 
-    g = add("sign", "sign a saved model's manifest with your private key (lepton.json.sig)")
+
+def _add_sign(sub: Any) -> None:
+    g = _add_command(sub, "sign", "sign a saved model's manifest with your private key (lepton.json.sig)")
     g.add_argument("model")
     g.add_argument("--key", required=True, help="the private key from lepton keygen")
 
-    s = add("serve", "serve a saved model over HTTP (POST /v1/predict), batching concurrent requests")
+
+def _add_serve(sub: Any) -> None:
+    s = _add_command(sub, "serve", "serve a saved model over HTTP (POST /v1/predict), batching concurrent "
+                                   "requests")
     s.add_argument("model", help="a Lepton model folder (OUT/model); its checksums are verified first")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     s.add_argument("--port", type=int, default=8000, help="default: %(default)s")
     s.add_argument("--workers", type=int, default=1,
                    help="server processes; each loads its own copy of the model (default: %(default)s)")
+    _add_serve_limits(s)
+    s.add_argument("--name", help="model name in /v1/model and responses (default: the run folder's name)")
+    s.add_argument("--access-log", action="store_true", help="log every request")
+    s.add_argument("--require-signature", metavar="PUBLIC_KEY", help=SIGNATURE_HELP)
+    _add_serve_timeouts(s)
+
+
+def _add_serve_limits(s: argparse.ArgumentParser) -> None:
+    """``lepton serve``'s batching, queue and request-size options."""
     s.add_argument("--max-batch", type=int, default=32, help="most inputs per model call (default: %(default)s)")
     s.add_argument("--model-batch", type=int, default=None,
                    help="inputs per model call within a gathered batch (default: the fastest per input, "
@@ -125,9 +173,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--max-chars", type=int, default=10_000, help="most characters per input (default: %(default)s)")
     s.add_argument("--max-body-bytes", type=int, default=1 << 20,
                    help="largest request body; beyond it 413 (default: %(default)s)")
-    s.add_argument("--name", help="model name in /v1/model and responses (default: the run folder's name)")
-    s.add_argument("--access-log", action="store_true", help="log every request")
-    s.add_argument("--require-signature", metavar="PUBLIC_KEY", help=SIGNATURE_HELP)
+
+
+def _add_serve_timeouts(s: argparse.ArgumentParser) -> None:
+    """``lepton serve``'s drain, header and body timeouts."""
     s.add_argument("--drain-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may take; those that cannot finish in "
                         "time are answered 503 with Retry-After (default: %(default)s)")
@@ -135,9 +184,11 @@ def _parser() -> argparse.ArgumentParser:
                    help="close a connection whose request headers are not complete in time (default: %(default)s)")
     s.add_argument("--body-timeout", type=float, default=30.0, metavar="SECONDS",
                    help="answer 408 when a request body stalls this long (default: %(default)s)")
-    add("data", "list the data sets built into Lepton (builtin:<set>/<split> in a recipe)")
 
-    m = add("monitor", "watch a text stream: topic and sentiment per item, surge alerts, a live dashboard")
+
+def _add_monitor(sub: Any) -> None:
+    m = _add_command(sub, "monitor", "watch a text stream: topic and sentiment per item, surge alerts, a live "
+                                     "dashboard")
     m.add_argument("models", nargs="+", metavar="MODEL", help="a multi-task model (sentiment + topic), "
                    "or two models (MODEL MODEL2; the config says which gives which)")
     m.add_argument("--config", help="monitor config YAML (default: every default)")
@@ -149,12 +200,6 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--speed", type=float, default=0.0,
                    help="replay this many times faster than the timestamps (0: as fast as possible)")
     m.add_argument("--exit-when-done", action="store_true", help="stop once every file source has ended")
-    from lepton.pipeline import generate_command
-
-    generate_command.add_parser(add("generate", "generate text with a saved generative model or a model spec"))
-    _search_parser(add("search", "search the recipe's searchable settings for the fastest, smallest model "
-                                 "within an accuracy budget (Optuna; Pareto front, best model, its recipe)"))
-    return p
 
 
 def _search_parser(s: argparse.ArgumentParser) -> None:
@@ -329,7 +374,7 @@ def _check_limit(limit: int | None) -> None:
 def _recipe_data(model: str, task: str | None, limit: int, public_key: str | None) -> dict | None:
     """The evaluation split of ``model``'s own recipe, limited to ``limit`` examples."""
     from lepton.pipeline.artifact import read_manifest
-    from lepton.tasks.heads import task_recipe
+    from lepton.pipeline.recipe import task_recipe
 
     recipe = read_manifest(model, public_key=public_key).get("recipe") or {}
     split = (recipe.get("evaluate") or {}).get("split", "dev")

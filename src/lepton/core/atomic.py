@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -79,6 +80,15 @@ def io_errors(path: Path | str, action: str = "write") -> Iterator[None]:
             raise
         where = getattr(err, "filename", None) or path
         raise StorageError(f"{where}: cannot {action}: {describe(err)}") from err
+
+
+def sha256(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fsync_file(path: Path) -> None:

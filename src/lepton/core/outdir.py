@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from lepton import __version__
+from lepton.core import __version__
 
 from lepton.core import atomic
 from lepton.core.errors import OutputFolderError

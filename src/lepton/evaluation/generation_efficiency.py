@@ -91,8 +91,10 @@ def measure(model: Any, config: GenEfficiencyConfig, *, folder: Path | None = No
     """Both scenarios side by side in this process (median of ``repeats``), memory in a fresh one."""
     import torch
 
-    if hasattr(model, "measure_efficiency"):  # an exported decoder (lepton.runtimes.ort_decoder)
-        return model.measure_efficiency(config, folder=folder)
+    if hasattr(model, "generation_timers"):  # an exported decoder (lepton.runtimes.ort_decoder)
+        run_, prefill_, threads_, size_mb, note = model.generation_timers(config.prompt_tokens, config.threads)
+        return report(config, threads_, scenarios(run_, prefill_, config), folder=folder, size_mb=size_mb,
+                      note=note)
     model.eval()
     threads = config.threads or torch.get_num_threads()
     old = torch.get_num_threads()
@@ -164,6 +166,38 @@ def _probe_main(folder: str, context: int) -> None:
         prompt = max(1, context // 2)
         _generate_s(model, _ids(model, 1, prompt), context - prompt)
     print(json.dumps({"peak_rss_mb": _vm("VmHWM")}))
+
+
+
+def measure_variants(variants: list[Any], split: Any, config: Any, *, memory: bool = True) -> list[Any]:
+    """An ``Efficiency`` per generative variant: time to first token, time per output token and
+    tokens per second (batch 1 and offline), as the harness's scorecards hold them."""
+    from lepton.evaluation.scorecard import Efficiency, LatencyStats
+    from lepton.runtimes import for_bundle
+
+    gen = GenEfficiencyConfig(repeats=max(1, min(config.rounds, 5)), threads=config.threads,
+                              offline_batch=max(config.batch_sizes))
+    out = []
+    for v in variants:
+        model = v.bundle.model
+        eff = measure(model, gen, folder=v.folder if memory else None)
+        params, nonzero = for_bundle(v.bundle).parameter_counts()
+        request = eff.single_stream["ttft_ms"] + eff.single_stream["tpot_ms"] * (eff.output_tokens - 1)
+        stats = {k: LatencyStats(p50=x, p95=x, p99=x, mean=x, min=x, max=x, n=gen.repeats,
+                                 tokens_mean=float(eff.prompt_tokens), round_medians=[x])
+                 for k, x in (("b1_real", request), ("ttft", eff.single_stream["ttft_ms"]),
+                              ("tpot", eff.single_stream["tpot_ms"]))}
+        out.append(Efficiency(
+            runtime=v.bundle.runtime, device="cpu", threads=eff.threads, warmup=1, rounds=gen.repeats,
+            latency_ms=stats,
+            throughput={"b1": eff.single_stream["tokens_per_s"], f"b{eff.offline_batch}": eff.offline["tokens_per_s"]},
+            peak_rss_mb=eff.peak_rss_mb,
+            peak_rss_note=(f"peak RSS of a fresh process generating to a context of {eff.memory_context} "
+                           "tokens (KV cache included)") if eff.peak_rss_mb else "not measured",
+            size_mb=eff.size_mb, params=params, nonzero_params=nonzero,
+            sparsity=1 - nonzero / params if params else 0.0, flops_per_item=None, seconds=0.0,
+            generative=eff.model_dump()))
+    return out
 
 
 if __name__ == "__main__":

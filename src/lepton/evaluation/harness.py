@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,8 @@ import numpy as np
 from lepton.tasks.quality import Quality, expected_calibration_error
 from lepton.evaluation.scorecard import (Calibration, Comparison, Efficiency, LatencyStats,
                                          Robustness, Scorecard)
+from lepton.core.registry import Registry
+from lepton.evaluation.generation_efficiency import measure_variants
 from lepton.runtimes import Runtime, for_bundle
 from lepton.tasks import Encoded, collate, encode, kind_of, label_ids, softmax, sorted_batches
 
@@ -61,9 +63,10 @@ def quality_of(task: Any, gold: Any, pred: Any, *, resamples: int, seed: int) ->
 
 def measure_quality(variant: Variant, split: Any, config: Any, seed: int) -> tuple[Quality, Robustness | None,
                                                                                    Calibration | None]:
-    """Quality with CIs on ``split`` (and robustness and calibration where they apply), as the
-    variant's task kind measures it."""
-    return kind_of(variant.bundle.task).measure_quality(variant, split, config, seed)
+    """Quality with CIs on ``split`` (and robustness and calibration where they apply): the
+    variant's task kind's own measurement where it has one, else ``measure_label_quality``."""
+    own = kind_of(variant.bundle.task).measure_quality(variant, split, config, seed)
+    return own if own is not None else measure_label_quality(variant, split, config, seed)
 
 
 def measure_label_quality(variant: Variant, split: Any, config: Any,
@@ -294,7 +297,8 @@ def evaluate_variants(variants: list[Variant], split: Any, config: Any, *, seed:
             log.info("evaluate %s: quality on %d %s examples", v.name, len(split), split.name)
             qualities[v.name] = measure_quality(v, split, config, seed)
     log.info("evaluate: efficiency of %d variant(s), %d interleaved rounds", len(variants), config.rounds)
-    effs = kind_of(variants[0].bundle.task).measure_efficiency(variants, split, config, memory=memory)
+    effs = efficiency_measures.get(kind_of(variants[0].bundle.task).efficiency)(variants, split, config,
+                                                                               memory=memory)
     cards = []
     for v, eff in zip(variants, effs):
         quality, robustness, calibration = qualities[v.name]
@@ -313,3 +317,10 @@ def evaluate_variants(variants: list[Variant], split: Any, config: Any, *, seed:
 
 def _notes(v: Variant, split: Any) -> list[str]:
     return kind_of(v.bundle.task).notes(v.encoded(split))
+
+
+# How a task kind's models are timed (``TaskKind.efficiency``): name -> (variants, split, config,
+# memory=...) -> an Efficiency per variant.
+efficiency_measures: Registry[Callable[..., list[Any]]] = Registry("efficiency measure")
+efficiency_measures.add("forward", measure_efficiency)
+efficiency_measures.add("generation", measure_variants)

@@ -1,13 +1,14 @@
 """Peak memory of one variant, measured in a fresh process so other variants and earlier
 training in the parent process do not count.
 
-    python -m lepton.evaluation.memprobe MODEL_FOLDER --batch 32 --length 128
+    python -m lepton.evaluation.memprobe MODEL_FOLDER --loader MODULE:FUNCTION --batch 32 --length 128
 prints JSON: {"loaded_rss_mb": ..., "peak_rss_mb": ...}.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import subprocess
 import sys
@@ -27,6 +28,8 @@ def _vm(field: str) -> float | None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("folder")
+    # The saved-model loader (lepton.runtimes.saved: the parent passes its registered one).
+    parser.add_argument("--loader", required=True)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=2)
@@ -34,8 +37,8 @@ def main() -> None:
 
     import torch
 
-    from lepton.pipeline.artifact import load_bundle
-
+    module, function = args.loader.split(":")
+    load_bundle = getattr(importlib.import_module(module), function)
     bundle = load_bundle(args.folder, verify=False)
     loaded = _vm("VmRSS")
     from lepton.runtimes import for_bundle
@@ -52,8 +55,10 @@ def main() -> None:
 
 def probe(folder: Path, *, batch: int, length: int, timeout: float = 300) -> tuple[float | None, str]:
     """(peak RSS in MB, how it was measured) for the saved model in ``folder``."""
-    cmd = [sys.executable, "-m", "lepton.evaluation.memprobe", str(folder), "--batch", str(batch),
-           "--length", str(length)]
+    from lepton.runtimes.saved import store
+
+    cmd = [sys.executable, "-m", "lepton.evaluation.memprobe", str(folder), "--loader", store().loader,
+           "--batch", str(batch), "--length", str(length)]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
         result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -10,7 +10,6 @@ from typing import Any
 
 from lepton.core.errors import ModelLoadError, UnknownNameError
 from lepton.core.registry import suggest
-from lepton.tasks import TaskSpec, kind_of
 
 log = logging.getLogger(__name__)
 
@@ -79,28 +78,13 @@ def load_tokenizer(location: str, *, trust_remote_code: bool = False) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(location, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"model: cannot load a tokenizer from {location}: {_first_line(err)}") from None
+        raise ModelLoadError(f"model: cannot load a tokenizer from {location}: {first_line(err)}") from None
     if not getattr(tok, "is_fast", False):
         raise ModelLoadError(f"model: {location} has no fast tokenizer (tokenizer.json); Lepton needs one "
                              "for word alignment and speed")
     return tok
 
 
-def load_for_task(location: str, task: TaskSpec, *, trust_remote_code: bool = False) -> Any:
-    """Load a transformers model with ``task``'s head (a classifier sized for its labels, new if
-    the checkpoint has none), as the task's kind declares it."""
-    from safetensors import SafetensorError
-
-    kind = kind_of(task)
-    try:
-        model = kind.auto_model().from_pretrained(location, trust_remote_code=trust_remote_code,
-                                                  **kind.model_kwargs(task))
-    except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as err:
-        # SafetensorError, UnpicklingError: a damaged model.safetensors or pytorch_model.bin
-        raise ModelLoadError(f"model: cannot load {location}: {_first_line(err)}") from None
-    return model
-
-
-def _first_line(err: BaseException) -> str:
+def first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__

@@ -7,7 +7,7 @@ import pickle
 from typing import Any, Literal
 
 from lepton.core.errors import ModelLoadError
-from lepton.models import _first_line, load_tokenizer, resolve_model
+from lepton.models import first_line, load_tokenizer, resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def architecture_of(location: str, *, trust_remote_code: bool = False) -> Archit
     try:
         config = AutoConfig.from_pretrained(location, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as err:
-        raise ModelLoadError(f"model: cannot read the config of {location}: {_first_line(err)}") from None
+        raise ModelLoadError(f"model: cannot read the config of {location}: {first_line(err)}") from None
     kind = config.model_type
     if getattr(config, "is_encoder_decoder", False) and kind in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
         return "seq2seq"
@@ -69,6 +69,6 @@ def load_generative(spec: str, *, trust_remote_code: bool = False) -> tuple[Any,
         model = auto_class(arch).from_pretrained(location, trust_remote_code=trust_remote_code,
                                                  dtype="float32")
     except (OSError, ValueError, RuntimeError, SafetensorError, pickle.UnpicklingError) as err:
-        raise ModelLoadError(f"model: cannot load {location}: {_first_line(err)}") from None
+        raise ModelLoadError(f"model: cannot load {location}: {first_line(err)}") from None
     model.eval()
     return model, tokenizer

@@ -17,10 +17,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from lepton import __version__
+from lepton.core import __version__
 from lepton.monitor.engine import Monitor, QueueFullError, RawItem, StoppedError
 from lepton.monitor.items import item_model
-from lepton.serve.app import _require_json
+from lepton.serve.app import require_json
 from lepton.serve.guards import BodyGuardMiddleware
 from lepton.serve.metrics import MetricsMiddleware
 
@@ -64,14 +64,28 @@ def create_app(monitor: Monitor) -> FastAPI:
     app = FastAPI(title=f"Lepton monitor: {cfg.name}", version=__version__,
                   description="Topic and sentiment over a text stream, surge alerts per topic.")
     app.state.monitor = monitor
-    IngestRequest = _ingest_request(monitor)
+    service = _MonitorService(monitor, _dashboard_page(monitor))
+    _add_ingest_route(app, monitor)
+    _add_service_routes(app, service)
+    app.add_exception_handler(RequestValidationError, service.invalid_request)
+    app.add_middleware(BodyGuardMiddleware, max_bytes=cfg.ingest.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=monitor.metrics,
+                       paths=frozenset(getattr(r, "path", "") for r in app.routes))
+    return app
+
+
+def _dashboard_page(monitor: Monitor) -> str:
+    """dashboard.html with this monitor's refresh interval and (escaped) name filled in."""
+    cfg = monitor.cfg
     page = resources.files("lepton.monitor").joinpath("dashboard.html").read_text(encoding="utf-8")
-    page = page.replace("__REFRESH_MS__", str(int(cfg.server.refresh_s * 1000))).replace(
+    return page.replace("__REFRESH_MS__", str(int(cfg.server.refresh_s * 1000))).replace(
         "__TITLE__", cfg.name.replace("<", "&lt;"))
 
-    @app.post("/v1/ingest", response_model=IngestResponse, dependencies=[Depends(_require_json)],
-              summary="Store items with their predictions (answers after the commit)",
-              responses={503: {"description": "queue full or not ready; see Retry-After"}})
+
+def _add_ingest_route(app: FastAPI, monitor: Monitor) -> None:
+    """``POST /v1/ingest``, its body model built from this monitor's limits."""
+    IngestRequest = _ingest_request(monitor)
+
     async def ingest(body: IngestRequest) -> Any:  # type: ignore[valid-type]
         if not monitor.ready:
             raise HTTPException(503, "not ready", headers={"Retry-After": RETRY_AFTER_S})
@@ -86,43 +100,47 @@ def create_app(monitor: Monitor) -> FastAPI:
             raise HTTPException(500, "storing the items failed; nothing was stored; the log has details") from None
         return IngestResponse(accepted=result.accepted, duplicates=result.duplicates)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def dashboard() -> HTMLResponse:
-        return HTMLResponse(page)
+    app.post("/v1/ingest", response_model=IngestResponse, dependencies=[Depends(require_json)],
+             summary="Store items with their predictions (answers after the commit)",
+             responses={503: {"description": "queue full or not ready; see Retry-After"}})(ingest)
 
-    @app.get("/v1/dashboard", summary="Windows per topic and alerts, as the dashboard draws them")
-    def dashboard_state(since: float | None = Query(None, description="Unix seconds")) -> Any:
-        return _dashboard_state(monitor, since)
 
-    @app.get("/v1/alerts", summary="Alert episodes, newest first")
-    def alerts(limit: int = Query(50, ge=1, le=1000)) -> Any:
-        return monitor.store.alerts(limit=limit)
+class _MonitorService:
+    """The dashboard, alert, health and metrics routes of one monitor, and its handler of invalid
+    requests, as methods."""
 
-    @app.get("/v1/alerts/{alert_id}", summary="One alert and the most negative items that drove it")
-    def alert(alert_id: int) -> Any:
-        found = monitor.store.alert(alert_id)
+    def __init__(self, monitor: Monitor, page: str) -> None:
+        self.monitor, self.page = monitor, page
+
+    async def dashboard(self) -> HTMLResponse:
+        return HTMLResponse(self.page)
+
+    def dashboard_state(self, since: float | None = Query(None, description="Unix seconds")) -> Any:
+        return _dashboard_state(self.monitor, since)
+
+    def alerts(self, limit: int = Query(50, ge=1, le=1000)) -> Any:
+        return self.monitor.store.alerts(limit=limit)
+
+    def alert(self, alert_id: int) -> Any:
+        found = self.monitor.store.alert(alert_id)
         if found is None:
             raise HTTPException(404, f"alert {alert_id}: no such alert")
-        return {**found, "items": monitor.store.alert_items(alert_id, cfg.alerts.top_items)}
+        return {**found, "items": self.monitor.store.alert_items(alert_id, self.monitor.cfg.alerts.top_items)}
 
-    @app.get("/healthz", response_model=Status)
-    async def healthz() -> Status:
+    async def healthz(self) -> Status:
         return Status(status="ok")
 
-    @app.get("/readyz", response_model=Status, responses={503: {"model": Status}})
-    async def readyz() -> Any:
-        if monitor.ready:
+    async def readyz(self) -> Any:
+        if self.monitor.ready:
             return Status(status="ready")
         return JSONResponse({"status": "starting or stopping"}, status_code=503,
                             headers={"Retry-After": RETRY_AFTER_S})
 
-    @app.get("/metrics", response_class=Response, summary="Prometheus metrics")
-    async def metrics() -> Response:
-        body, content_type = monitor.metrics.render()
+    async def metrics(self) -> Response:
+        body, content_type = self.monitor.metrics.render()
         return Response(body, media_type=content_type)
 
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(self, request: Request, exc: RequestValidationError) -> JSONResponse:
         # Name the field in one line too ("items.3.text: ..."), and never echo the input back.
         detail = []
         for e in exc.errors():
@@ -132,10 +150,19 @@ def create_app(monitor: Monitor) -> FastAPI:
                 msg = f"invalid JSON: {(e.get('ctx') or {}).get('error', msg)}"
             detail.append({"loc": list(e.get("loc", ())), "field": ".".join(map(str, loc)) or "body",
                            "msg": msg, "type": e.get("type", "invalid")})
-        monitor.metrics.bad_items.labels(channel="http").inc()
+        self.monitor.metrics.bad_items.labels(channel="http").inc()
         return JSONResponse({"detail": detail}, status_code=422)
 
-    app.add_middleware(BodyGuardMiddleware, max_bytes=cfg.ingest.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=monitor.metrics,
-                       paths=frozenset(getattr(r, "path", "") for r in app.routes))
-    return app
+
+def _add_service_routes(app: FastAPI, service: _MonitorService) -> None:
+    app.add_api_route("/", service.dashboard, methods=["GET"], response_class=HTMLResponse, include_in_schema=False)
+    app.add_api_route("/v1/dashboard", service.dashboard_state, methods=["GET"],
+                      summary="Windows per topic and alerts, as the dashboard draws them")
+    app.add_api_route("/v1/alerts", service.alerts, methods=["GET"], summary="Alert episodes, newest first")
+    app.add_api_route("/v1/alerts/{alert_id}", service.alert, methods=["GET"],
+                      summary="One alert and the most negative items that drove it")
+    app.add_api_route("/healthz", service.healthz, methods=["GET"], response_model=Status)
+    app.add_api_route("/readyz", service.readyz, methods=["GET"], response_model=Status,
+                      responses={503: {"model": Status}})
+    app.add_api_route("/metrics", service.metrics, methods=["GET"], response_class=Response,
+                      summary="Prometheus metrics")

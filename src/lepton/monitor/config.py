@@ -126,7 +126,7 @@ class MonitorConfig(StrictModel):
 def parse_config(tree: Any, *, source: str = "<monitor config>", overrides: Sequence[str] = (),
                  env: Mapping[str, str] | None = None) -> MonitorConfig:
     from lepton.core.errors import RecipeError
-    from lepton.pipeline.recipe import _format_errors, apply_override, interpolate
+    from lepton.pipeline.recipe import apply_override, format_errors, interpolate
 
     if tree is None:
         tree = {}
@@ -142,7 +142,7 @@ def parse_config(tree: Any, *, source: str = "<monitor config>", overrides: Sequ
     try:
         return MonitorConfig.model_validate(tree)
     except ValidationError as err:
-        raise MonitorConfigError(_format_errors(err, MonitorConfig, "", source)) from None
+        raise MonitorConfigError(format_errors(err, MonitorConfig, "", source)) from None
 
 
 def load_config(path: str | os.PathLike[str] | None, overrides: Sequence[str] = (),

@@ -7,7 +7,7 @@ item, so this module runs the encoder once per batch and reads each head from it
 - ONNX Runtime: the exported graph already computes every head; one ``session.run`` asks for the
   outputs of both (``logits`` for the main task, ``logits.<task>`` for the others).
 - PyTorch: the encoder runs once; each task model (the main model and the heads, which share its
-  encoder, see lepton.tasks.heads) is then called with its encoder attribute swapped, for that call,
+  encoder, see lepton.runtimes.heads) is then called with its encoder attribute swapped, for that call,
   for a module that hands back the encoder's output. The task models' own code computes the
   logits from there, so any ``...ForSequenceClassification`` works unchanged.
 
@@ -39,7 +39,7 @@ class _Replay:
 def _torch_logits(bundle: Any, tasks: list[str | None], enc: dict[str, Any]) -> list[np.ndarray]:
     import torch
 
-    from lepton.tasks.heads import encoder_of
+    from lepton.runtimes.heads import encoder_of
 
     main = bundle.model
     models = [main if t is None or t == bundle.main_task else bundle.heads[t].model for t in tasks]
@@ -81,7 +81,7 @@ def predict_tasks(predictor: Any, texts: list[str], tasks: list[str | None],
     max_length = min(s.max_length for s in specs)
     results: list[list[Any]] = [[None] * len(texts) for _ in tasks]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # little padding per batch
-    onnx = bundle.runtime == "onnxruntime"
+    onnx = bundle.runtime_info.is_graph
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         enc = bundle.tokenizer([texts[i] for i in idx], truncation=True, max_length=max_length, padding=True,

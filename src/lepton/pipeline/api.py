@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lepton import __version__
+from lepton.core import __version__
 
 from lepton.core import atomic
 
@@ -31,7 +31,7 @@ from lepton.tasks import TaskSpec, build_task
 log = logging.getLogger("lepton")
 
 
-def _device(choice: str) -> str:
+def resolve_device(choice: str) -> str:
     import torch
 
     if choice == "cuda" and not torch.cuda.is_available():
@@ -70,7 +70,7 @@ def _warn_one_class(split: Split, path: str) -> None:
                 "predict that one class", path, next(iter(seen)))
 
 
-def _saved_lepton_model(location: str, task: TaskSpec, device: str) -> ModelBundle | None:
+def saved_lepton_model(location: str, task: TaskSpec, device: str) -> ModelBundle | None:
     """A saved PyTorch Lepton model at ``location`` with this task's labels, loaded whole (pruned
     layer sizes and extra task heads included); None for anything else (a new head is made)."""
     from lepton.pipeline.artifact import MANIFEST
@@ -79,7 +79,7 @@ def _saved_lepton_model(location: str, task: TaskSpec, device: str) -> ModelBund
     if not (folder / MANIFEST).is_file():
         return None
     saved = load_bundle(folder, device=device)
-    if saved.runtime != "torch" or saved.task.kind != task.kind or saved.task.labels != task.labels:
+    if not saved.runtime_info.trainable or saved.task.kind != task.kind or saved.task.labels != task.labels:
         return None
     return saved
 
@@ -138,7 +138,7 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
                     "in this process; only use it with a model source you trust", recipe.model)
     given = out_dir if out_dir is not None else recipe.output.dir
     out = Path(given).expanduser()
-    device = distributed.setup(_device(recipe.device))  # joins the process group, if launched in one
+    device = distributed.setup(resolve_device(recipe.device))  # joins the process group, if launched in one
     main = distributed.is_main()
     # Rank 0 alone checks and claims the folder; the others write only below work/rank-N.
     claimed = outdir.claim(given, resume=resume, force=force) if main else None
@@ -174,16 +174,18 @@ def _open_run_log(out: Path, main: bool, claimed: Any) -> logging.Handler:
     return file_log
 
 
-def _starting_model(recipe: Recipe, task: TaskSpec, device: str) -> ModelBundle:
+def starting_model(recipe: Recipe, task: TaskSpec, device: str) -> ModelBundle:
     """The model the first stage gets: a saved Lepton model for this task whole, else the
     recipe's model with a new task head."""
     import torch
 
-    from lepton.models import load_for_task, load_tokenizer, resolve_model
+    from lepton.models import load_tokenizer, resolve_model
+
+    from lepton.tasks.loading import load_for_task
 
     location = resolve_model(recipe.model)
     torch.manual_seed(recipe.seed)  # the new task head's initial weights
-    saved = _saved_lepton_model(location, task, device)
+    saved = saved_lepton_model(location, task, device)
     if saved is not None:  # a Lepton artifact for this task: its structure and heads carry on
         bundle = ModelBundle(model=saved.model, tokenizer=saved.tokenizer, task=task, source=recipe.model,
                              heads=saved.heads, main_task=saved.main_task)
@@ -208,7 +210,7 @@ class _Run:
         self.splits = load_splits(recipe)
         self.task = build_task(recipe.task, self.splits.get("train"))
         self.eval_split = self.splits[recipe.evaluate.split]
-        self.bundle = _starting_model(recipe, self.task, device)
+        self.bundle = starting_model(recipe, self.task, device)
         self.variants: list[Any] = []  # lepton.evaluation.harness.Variant
         self.qualities: dict[str, Any] = {}
         self.names = _stage_names(recipe)
@@ -277,7 +279,7 @@ class _Run:
                          snapshots=dict(self.snapshots), columns=self.recipe.task.columns())
         log.info("stage %d (%s) starts", i, name)
         started, t0 = now_iso(), time.perf_counter()
-        self.bundle = handler_for(stage, self.bundle.task)(self.bundle, stage, ctx)
+        self.bundle = handler_for(stage, self.bundle.family, f"stages.{i}")(self.bundle, stage, ctx)
         record = StageRecord(index=i, kind=stage.kind, name=name,
                              settings=stage.model_dump(mode="json"), started=started,
                              seconds=round(time.perf_counter() - t0, 2), summary=ctx.stage_summary)
@@ -385,10 +387,10 @@ def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | di
     models to measure (default: the main one); its data and columns default to that task's.
     ``public_key``: refuse any model whose manifest that key's holder did not sign.
     """
-    from lepton.tasks.heads import head_bundle, task_recipe
+    from lepton.pipeline.recipe import task_recipe
 
-    from lepton.evaluation.environment import fingerprint, same_machine
-    from lepton.evaluation.harness import Variant, evaluate_variants
+    from lepton.evaluation.environment import fingerprint
+    from lepton.evaluation.harness import evaluate_variants
 
     if not models:
         raise RecipeError("compare: give at least one model folder")
@@ -397,16 +399,44 @@ def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | di
     recipe0 = manifests[0].get("recipe") or {}
     task0, data0 = task_recipe(recipe0, task)
     if data is None:
-        split_name = (recipe0.get("evaluate") or {}).get("split", "dev")
-        data = data0.get(split_name) or (data0.get("dev") if task is not None else None)
-        if data is None:
-            raise RecipeError(f"{paths[0]}: its recipe has no data.{split_name}; pass --data")
+        data = _recipe_eval_data(paths[0], recipe0, data0, task)
     data_cfg = _data_config(data)
     config = config or EvaluateConfig(**{k: v for k, v in (recipe0.get("evaluate") or {}).items()
                                          if k in EvaluateConfig.model_fields and k != "split"})
+    variants = _compare_variants(paths, task)
+    spec: TaskSpec = variants[0].bundle.task
+    task_cfg = _compare_task_config(task0 or {"kind": spec.kind}, text=text, text_pair=text_pair, label=label)
+    split = load_split(data_cfg, task_cfg.columns(), name="eval", kind=spec.split_kind)
+    if split.labels is None:
+        raise StageError(f"{data_cfg.path}: evaluation needs labelled data")
+    cards = evaluate_variants(variants, split, config, seed=seed, baseline=variants[0].name,
+                              memory=config.memory)
+    env = fingerprint(seed)
+    _warn_other_machines(paths, manifests, env)
+    return Report(lepton_version=__version__, created=now_iso(), recipe=recipe0,
+                  baseline=variants[0].name, variants=cards, environment=env,
+                  stages=[r.model_dump() for r in variants[-1].bundle.history])
+
+
+def _recipe_eval_data(path: Path, recipe: dict[str, Any], data: dict[str, Any], task: str | None) -> Any:
+    """The evaluation split of the (first) model's recipe, for ``compare`` without ``data``."""
+    split_name = (recipe.get("evaluate") or {}).get("split", "dev")
+    chosen = data.get(split_name) or (data.get("dev") if task is not None else None)
+    if chosen is None:
+        raise RecipeError(f"{path}: its recipe has no data.{split_name}; pass --data")
+    return chosen
+
+
+def _compare_variants(paths: list[Path], task: str | None) -> list[Any]:
+    """One harness Variant per model folder (``task``'s head of a multi-task model); the models
+    must solve the same kind of task with the same labels."""
+    from lepton.runtimes.heads import head_bundle
+
+    from lepton.evaluation.harness import Variant
+
     taken: set[str] = set()
     variants = []
-    for path, manifest in zip(paths, manifests):
+    for path in paths:
         try:
             bundle = head_bundle(load_bundle(path, verify=False), task)
         except LeptonError as err:
@@ -421,30 +451,29 @@ def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | di
         if v.bundle.task.labels != spec.labels:
             raise RecipeError(f"compare: {v.name} has labels {v.bundle.task.labels}, "
                               f"{variants[0].name} has {spec.labels}")
-    trained = task0 or {"kind": spec.kind}
+    return variants
+
+
+def _compare_task_config(trained: dict[str, Any], *, text: Any, text_pair: Any, label: Any) -> TaskConfig:
+    """The task config the models were trained with, with the columns the caller named instead."""
     overrides = {k: v for k, v in (("text", text), ("text_pair", text_pair), ("label", label)) if v is not None}
     try:
-        task_cfg = TaskConfig.model_validate({**trained, **overrides})
+        return TaskConfig.model_validate({**trained, **overrides})
     except ValidationError as err:
         raise RecipeError(f"task: {err.errors()[0]['msg']}") from None
-    split = load_split(data_cfg, task_cfg.columns(), name="eval", kind=spec.split_kind)
-    if split.labels is None:
-        raise StageError(f"{data_cfg.path}: evaluation needs labelled data")
-    cards = evaluate_variants(variants, split, config, seed=seed, baseline=variants[0].name,
-                              memory=config.memory)
-    env = fingerprint(seed)
+
+
+def _warn_other_machines(paths: list[Path], manifests: list[dict[str, Any]], env: Any) -> None:
+    """Log each model that was built on another machine than the one measuring it now."""
+    from lepton.evaluation.environment import Environment, same_machine
+
     for path, manifest in zip(paths, manifests):
         then = manifest.get("environment")
         if then:
-            from lepton.evaluation.environment import Environment
-
             diffs = same_machine(Environment.model_validate(then), env)
             if diffs:
                 log.warning("%s was built on a different machine (%s); all figures here are "
                             "measured now, on this one", path, "; ".join(diffs))
-    return Report(lepton_version=__version__, created=now_iso(), recipe=recipe0,
-                  baseline=variants[0].name, variants=cards, environment=env,
-                  stages=[r.model_dump() for r in variants[-1].bundle.history])
 
 
 def evaluate(model: str | os.PathLike[str], data: DataSplitConfig | dict[str, Any] | str | None = None, *,

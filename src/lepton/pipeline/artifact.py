@@ -16,16 +16,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lepton import __version__
+from lepton.core import __version__
 
 from lepton.core import atomic
+from lepton.core.atomic import sha256
+from lepton.runtimes.saved import MANIFEST, register_store
+from lepton.runtimes import runtime_info
 from lepton.runtimes.bundle import ModelBundle, StageRecord
 from lepton.core.errors import ArtifactError
 from lepton.tasks import TaskSpec, kind_of
 
 log = logging.getLogger(__name__)
 
-MANIFEST = "lepton.json"
 MANIFEST_SCHEMA_VERSION = 1
 DIGEST_KEY = "manifest_sha256"
 SIGNATURE = "lepton.json.sig"  # lepton.pipeline.signing
@@ -35,14 +37,6 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 _LOADABLE_SUFFIXES = {".json", ".safetensors", ".bin", ".onnx", ".data", ".txt", ".model", ".pt", ".pth",
                       ".ckpt", ".msgpack", ".h5", ".jinja", ".py", ".pb", ".tiktoken", ".npz", ".pkl",
                       ".pickle", ".gguf", ".onnx_data"}
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def now_iso() -> str:
@@ -57,7 +51,7 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
     def fill(tmp: Path) -> None:
         weights_format, structure, extra = _save_weights(bundle, tmp)
         if bundle.heads:
-            from lepton.tasks.heads import save_heads
+            from lepton.runtimes.heads import save_heads
 
             extra = {**extra, "main_task": bundle.main_task,
                      "heads": save_heads(bundle.heads, bundle.model, tmp, bundle.runtime)}
@@ -104,7 +98,7 @@ def _save_weights(bundle: ModelBundle, folder: Path) -> tuple[str, dict[str, Any
     from lepton.models.int8_embedding import has_int8_embeddings
     from lepton.models.structure import describe
 
-    if bundle.runtime == "onnxruntime":
+    if bundle.runtime_info.is_graph:
         bundle.model.save_pretrained(folder)  # model.onnx (+ external data) + config.json
         info = {k: v for k, v in bundle.model.info.items() if k != "unfused_path"}  # machine-local
         # "onnx-decoder": a generative model's graph with its KV cache (lepton.runtimes.ort_decoder)
@@ -207,7 +201,7 @@ def required_files(manifest: dict[str, Any]) -> list[str]:
     from lepton.models.int8 import INT8_FILE
 
     runtime = manifest.get("runtime", "torch")
-    weights_format = manifest.get("format") or ("onnx" if runtime == "onnxruntime" else "safetensors")
+    weights_format = manifest.get("format") or runtime_info(runtime).format
     weights = {"safetensors": "model.safetensors", "onnx": "model.onnx", "onnx-decoder": "model.onnx",
                "torch-dynamic-int8": INT8_FILE, "torch-int8": INT8_FILE}.get(weights_format)
     needed = ["config.json", "tokenizer_config.json"] + ([weights] if weights else [])
@@ -267,7 +261,7 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, device: st
     auto = kind_of(task).auto_model()
     structure = manifest.get("structure")
     runtime = manifest.get("runtime", "torch")
-    weights_format = manifest.get("format") or ("onnx" if runtime == "onnxruntime" else "safetensors")
+    weights_format = manifest.get("format") or runtime_info(runtime).format
     try:
         if weights_format == "onnx":
             model = _load_onnx(folder, manifest)
@@ -288,7 +282,7 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, device: st
         model.to(device).eval()
     heads = {}
     if manifest.get("heads"):
-        from lepton.tasks.heads import load_heads
+        from lepton.runtimes.heads import load_heads
 
         heads = load_heads(manifest["heads"], model, folder, "onnxruntime" if weights_format == "onnx" else "torch")
         if weights_format == "onnx":
@@ -345,3 +339,15 @@ def _load_restructured(folder: Path, auto: Any, structure: Any) -> Any:
     # assign=True keeps the saved dtypes; shapes and key sets are still checked (strict).
     model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True, assign=True)
     return model
+
+
+class _Store:
+    """This module as ``lepton.runtimes.saved`` knows it (see there why)."""
+
+    loader = f"{__name__}:load_bundle"
+    read_manifest = staticmethod(read_manifest)
+    file_digests = staticmethod(file_digests)
+    load_bundle = staticmethod(load_bundle)
+
+
+register_store(_Store())

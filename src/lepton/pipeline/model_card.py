@@ -135,15 +135,27 @@ def _why_lepton_only(manifest: dict[str, Any]) -> str:
 
 def model_card(report: Report, manifest: dict[str, Any]) -> str:
     """README.md for the saved model: Hub front matter and a human-readable body."""
-    from lepton.evaluation.environment import describe
-    from lepton.pipeline.report import smoke_note, table_rows
-
     final = report.variants[-1] if report.variants else None
     recipe = report.recipe or manifest.get("recipe") or {}
     kind = (final.quality.task if final else None) or (recipe.get("task") or {}).get("kind")
     # A kind this Lepton does not know (a manifest from a newer one): the card stays generic.
     task_kind = kind_of(kind) if kind in task_kinds else TaskKind()
-    pipeline = task_kind.pipeline_tag
+    labels = _labels(manifest, final)
+    lines = _card_intro(report, manifest, final, task_kind, labels)
+    if manifest.get("heads"):  # a multi-task model: one encoder, a head per task
+        lines += _card_tasks(manifest, kind, labels)
+    lines += _card_history(manifest)
+    lines += _card_evaluation(report, final)
+    lines += _card_usage(manifest, task_kind)
+    lines += _card_limitations(final)
+    return "\n".join(lines)
+
+
+def _card_intro(report: Report, manifest: dict[str, Any], final: Scorecard | None, task_kind: TaskKind,
+                labels: list[str]) -> list[str]:
+    """The front matter, the title, what the model is and where from, and its labels."""
+    from lepton.pipeline.report import smoke_note
+
     name = _model_name(report, manifest, final)
     source = str(manifest.get("source_model") or "an unknown model")
     base = hub_id(source)
@@ -158,35 +170,41 @@ def model_card(report: Report, manifest: dict[str, Any]) -> str:
     if smoke_note(report):
         lines += [f"**{_cell(smoke_note(report).capitalize())}: do not deploy this model.**", ""]
     lines += task_kind.card_notes(source)  # e.g. how a builtin's weights were made
-    labels = _labels(manifest, final)
     if labels:
         lines += [f"Labels ({len(labels)}): " + ", ".join(f"`{_cell(label)}`" for label in labels) + ".", ""]
+    return lines
+
+
+def _card_tasks(manifest: dict[str, Any], kind: str | None, labels: list[str]) -> list[str]:
+    """A multi-task model's tasks: kind, labels and dev score right after multi-task training."""
+    from lepton.stages import declared
 
     heads = manifest.get("heads") or {}
-    if heads:  # a multi-task model: one encoder, a head per task
-        main = str(manifest.get("main_task") or "main")
-        scores: dict[str, Any] = {}
-        from lepton.stages import declared
+    main = str(manifest.get("main_task") or "main")
+    scores: dict[str, Any] = {}
+    for record in manifest.get("history") or []:
+        if declared(record.get("kind"), "adds_heads"):
+            scores = (record.get("summary") or {}).get("dev") or {}
+    lines = ["## Tasks", "", "One shared encoder with a head per task. Dev scores were measured right after "
+             "multi-task training, each on the task's own dev set.", "",
+             "| task | kind | labels | headline on its dev set [95% CI] |", "|---|---|---|---|"]
+    for task_name, head_kind, task_labels in [(main, kind, labels), *(
+            (n, (h.get("task") or {}).get("kind"), (h.get("task") or {}).get("labels") or [])
+            for n, h in heads.items())]:
+        got = scores.get(task_name) or {}
+        head_metric = kind_of(head_kind).headline if head_kind in task_kinds else "-"
+        m = got.get(head_metric)
+        shown = f"{head_metric} {m['value']:.4f} [{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}]" if m else "-"
+        lines.append(f"| `{_cell(task_name)}`{' (main)' if task_name == main else ''} | {_cell(head_kind)} | "
+                     f"{_cell(', '.join(task_labels or []))} | {shown} |")
+    lines.append("")
+    return lines
 
-        for record in manifest.get("history") or []:
-            if declared(record.get("kind"), "adds_heads"):
-                scores = (record.get("summary") or {}).get("dev") or {}
-        lines += ["## Tasks", "", "One shared encoder with a head per task. Dev scores were measured right after "
-                  "multi-task training, each on the task's own dev set.", "",
-                  "| task | kind | labels | headline on its dev set [95% CI] |", "|---|---|---|---|"]
-        for task_name, head_kind, task_labels in [(main, kind, labels), *(
-                (n, (h.get("task") or {}).get("kind"), (h.get("task") or {}).get("labels") or [])
-                for n, h in heads.items())]:
-            got = scores.get(task_name) or {}
-            head_metric = kind_of(head_kind).headline if head_kind in task_kinds else "-"
-            m = got.get(head_metric)
-            shown = f"{head_metric} {m['value']:.4f} [{m['ci95'][0]:.4f}, {m['ci95'][1]:.4f}]" if m else "-"
-            lines.append(f"| `{_cell(task_name)}`{' (main)' if task_name == main else ''} | {_cell(head_kind)} | "
-                         f"{_cell(', '.join(task_labels or []))} | {shown} |")
-        lines.append("")
 
+def _card_history(manifest: dict[str, Any]) -> list[str]:
+    """How it was made: one numbered line per stage with its settings."""
     history = manifest.get("history") or []
-    lines += ["## How it was made", ""]
+    lines = ["## How it was made", ""]
     if history:
         for record in history:
             settings = _settings(record.get("settings") or {})
@@ -196,9 +214,16 @@ def model_card(report: Report, manifest: dict[str, Any]) -> str:
     else:
         lines.append("No stages: this is the starting model with a new task head, evaluated as is.")
     lines.append("")
+    return lines
+
+
+def _card_evaluation(report: Report, final: Scorecard | None) -> list[str]:
+    """The evaluation table with how to read it, the verdict against the baseline, and the machine."""
+    from lepton.evaluation.environment import describe
+    from lepton.pipeline.report import table_rows
 
     header, rows = table_rows(report)
-    lines += ["## Evaluation", ""]
+    lines = ["## Evaluation", ""]
     if final is not None:
         lines += [f"Every variant was evaluated on the same `{_cell(final.split)}` split "
                   f"({final.n_examples} examples); the saved model is the last row, "
@@ -219,25 +244,32 @@ def model_card(report: Report, manifest: dict[str, Any]) -> str:
     else:
         lines += ["No evaluation results.", ""]
     lines += ["## Machine", "", f"Measured on {_cell(describe(report.environment))}.", ""]
+    return lines
 
-    lines += ["## How to use", "", "With Lepton (verifies every file's checksum first):", "",
-              "```python", "import lepton", "", 'model = lepton.load("path/to/model")',
-              f'print(model.predict("{task_kind.example_input}"))', "```", ""]
+
+def _card_usage(manifest: dict[str, Any], task_kind: TaskKind) -> list[str]:
+    """How to use: with Lepton, another task of a multi-task model, and with plain transformers."""
+    heads = manifest.get("heads") or {}
+    lines = ["## How to use", "", "With Lepton (verifies every file's checksum first):", "",
+             "```python", "import lepton", "", 'model = lepton.load("path/to/model")',
+             f'print(model.predict("{task_kind.example_input}"))', "```", ""]
     if heads:
         first = next(iter(heads))
         lines += [f'Another task: `model.predict(texts, task="{_cell(first)}")`; `lepton serve` answers it at '
                   f"`POST /v1/tasks/{_cell(first)}/predict`. Plain transformers loads the main task only.", ""]
     if manifest.get("loads_in_transformers", True):
         lines += ["With plain transformers:", "", "```python", "from transformers import pipeline", "",
-                  f'clf = pipeline("{pipeline}", model="path/to/model"{task_kind.pipeline_args})',
+                  f'clf = pipeline("{task_kind.pipeline_tag}", model="path/to/model"{task_kind.pipeline_args})',
                   f'print(clf("{task_kind.example_input}"))', "```", ""]
     else:
         lines += [_why_lepton_only(manifest), ""]
+    return lines
 
-    lines += ["## Limitations", "",
-              "- Quality was measured on one dev split" + (f" (`{_cell(final.split)}`)" if final else "")
-              + "; it may differ on other data, domains or label distributions.",
-              "- Latency, throughput and speed-ups are specific to the machine above, its thread count "
-              "and runtime; measure on your own hardware before relying on them.",
-              "- The model inherits the biases and limits of its base model and its training data.", ""]
-    return "\n".join(lines)
+
+def _card_limitations(final: Scorecard | None) -> list[str]:
+    return ["## Limitations", "",
+            "- Quality was measured on one dev split" + (f" (`{_cell(final.split)}`)" if final else "")
+            + "; it may differ on other data, domains or label distributions.",
+            "- Latency, throughput and speed-ups are specific to the machine above, its thread count "
+            "and runtime; measure on your own hardware before relying on them.",
+            "- The model inherits the biases and limits of its base model and its training data.", ""]

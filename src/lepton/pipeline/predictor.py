@@ -33,7 +33,7 @@ class Predictor:
 
     def head(self, task: str | None) -> Predictor:
         """The predictor of one task of a multi-task model (None: the main task)."""
-        from lepton.tasks.heads import head_bundle
+        from lepton.runtimes.heads import head_bundle
 
         if task is None or task == self.bundle.main_task:
             return self

@@ -23,12 +23,12 @@ from pydantic import (
     model_validator,
 )
 
-from lepton import stages
+from lepton import runtimes, stages
 from lepton.core.config import StrictModel
 from lepton.data import DataSplitConfig
 from lepton.core.errors import LeptonError, RecipeError
 from lepton.core.registry import suggest
-from lepton.stages import StageConfig
+from lepton.stages import StageConfig, declared
 from lepton.tasks import ColumnRef, TaskConfig  # noqa: F401  (re-exported: recipes' task section)
 
 SCHEMA_VERSION = 1
@@ -115,7 +115,7 @@ class Recipe(StrictModel):
         runtime = "torch"
         for i, stage in enumerate(self.stages):
             accepts = stage.accepts_runtimes
-            if runtime not in accepts:
+            if not runtimes.accepts(accepts, runtime):
                 raise ValueError(f"stages.{i} ({stage.kind}) needs a {' or '.join(accepts)} model, but an "
                                  f"earlier export left an {runtime} one; move it before the export")
             runtime = stage.produces_runtime or runtime
@@ -154,11 +154,12 @@ class Recipe(StrictModel):
 
     @model_validator(mode="after")
     def _stages_fit_the_task(self) -> Recipe:
+        from lepton.stages import stage_kinds_for
         from lepton.tasks import kind_of
 
-        allowed = kind_of(self.task).supported_stages
+        allowed = stage_kinds_for(kind_of(self.task).families)
         for i, s in enumerate(self.stages):
-            if allowed is not None and s.kind not in allowed:
+            if s.kind not in allowed:
                 raise ValueError(f"stages.{i}: {s.kind} does not work on {self.task.kind} models yet "
                                  f"(stages that do: {', '.join(allowed)})")
         return self
@@ -302,7 +303,7 @@ def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | 
     return model
 
 
-def _format_errors(err: ValidationError, root: type[BaseModel], prefix: str, source: str) -> str:
+def format_errors(err: ValidationError, root: type[BaseModel], prefix: str, source: str) -> str:
     lines = []
     for item in err.errors():
         loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
@@ -339,7 +340,7 @@ def _validate_stages(raw: Any, source: str) -> list[StageConfig]:
         try:
             out.append(cls.model_validate(item))
         except ValidationError as e:
-            raise RecipeError(_format_errors(e, cls, f"stages.{i}", source)) from None
+            raise RecipeError(format_errors(e, cls, f"stages.{i}", source)) from None
     return out
 
 
@@ -366,7 +367,7 @@ def parse_recipe(tree: Any, *, source: str = "<recipe>", overrides: typing.Seque
     try:
         return Recipe.model_validate(tree)
     except ValidationError as e:
-        raise RecipeError(_format_errors(e, Recipe, "", source)) from None
+        raise RecipeError(format_errors(e, Recipe, "", source)) from None
 
 
 def read_yaml(path: str | os.PathLike[str], what: str = "recipe",
@@ -474,3 +475,18 @@ def check_layers(recipe: Recipe, source: str) -> None:
         total = stage.layers_left(total, f"{source}: stages.{i}")
 
 
+def task_recipe(recipe: dict[str, Any], name: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(task section, data section) of task ``name`` in a resolved recipe: the recipe's own, or
+    the ``tasks`` entry of the multitask stage that added it."""
+    own = (recipe.get("task") or {}, recipe.get("data") or {})
+    if name is None:
+        return own
+    for stage in recipe.get("stages") or []:
+        if not declared(stage.get("kind"), "adds_heads"):
+            continue
+        if name == stage.get("main", "main"):
+            return own
+        extra = (stage.get("tasks") or {}).get(name)
+        if extra is not None:
+            return extra.get("task") or {}, extra.get("data") or {}
+    return own

@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
+from lepton.runtimes import RuntimeInfo, runtime_info
+
 if TYPE_CHECKING:
     from lepton.data import Split
-    from lepton.stages.base import TrainHook
     from lepton.tasks import TaskSpec
 
 
@@ -27,6 +29,16 @@ class StageRecord(BaseModel):
     summary: dict[str, Any] = {}
 
 
+@runtime_checkable
+class TrainHook(Protocol):
+    """What a stage leaves in ``ModelBundle.train_hooks`` for the next training stage (e.g.
+    gradual pruning's masks): called after each optimizer step and once at the end."""
+
+    def after_step(self, model: Any, step: int, total_steps: int) -> None: ...
+
+    def finish(self, model: Any) -> dict[str, Any] | None: ...
+
+
 @dataclass
 class ModelBundle:
     model: Any  # transformers PreTrainedModel (torch runtime)
@@ -36,11 +48,24 @@ class ModelBundle:
     source: str = ""  # the model spec the run started from
     history: list[StageRecord] = field(default_factory=list)
     # What the next training stage calls after each optimizer step and once at its end (e.g.
-    # gradual pruning's masks); see lepton.stages.base.TrainHook.
+    # gradual pruning's masks); see TrainHook above.
     train_hooks: list[TrainHook] = field(default_factory=list)
-    # Multi-task models: name -> lepton.tasks.heads.Head (another task's head on this model's encoder).
+    # Multi-task models: name -> lepton.runtimes.heads.Head (another task's head on this model's encoder).
     heads: dict[str, Any] = field(default_factory=dict)
     main_task: str = "main"  # the name of ``task`` among the heads' names
+
+    @property
+    def family(self) -> str:
+        """The model family (lepton.models.family) whose implementation of a stage runs on this
+        model, as the task's kind says."""
+        from lepton.tasks.kind import kind_of
+
+        return kind_of(self.task).family(self.model)
+
+    @property
+    def runtime_info(self) -> RuntimeInfo:
+        """What this bundle's runtime is and can do (``lepton.runtimes.runtime_info``)."""
+        return runtime_info(self.runtime)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from lepton.core.errors import MissingExtraError
-from lepton.runtimes import runtimes
+from lepton.runtimes import RuntimeInfo, register
 
 log = logging.getLogger(__name__)
 
@@ -198,4 +198,4 @@ def _for_bundle(bundle: Any) -> Any:
     return own() if own is not None else OrtRuntime(bundle)
 
 
-runtimes.add("onnxruntime", _for_bundle)
+register(RuntimeInfo(name="onnxruntime", format="onnx", is_graph=True), _for_bundle)

@@ -144,17 +144,16 @@ class OrtCausalLM:
 
     # ------------------------------------------------------------------ speed
 
-    def measure_efficiency(self, config: Any, *, folder: Path | None = None) -> Any:
-        """``generative.efficiency.measure``'s scenarios on this graph (same prompts: one ordinary
-        token repeated, greedy, exactly ``output_tokens`` tokens)."""
-        from lepton.evaluation.generation_efficiency import report, scenarios
-
-        threads = int(config.threads or _default_threads())
+    def generation_timers(self, prompt_tokens: int, threads: int | None) -> tuple[Any, Any, int, float, str]:
+        """What ``lepton.evaluation.generation_efficiency.measure`` times on this graph:
+        (``run(batch, new_tokens)``, ``prefill(batch)``, threads, size in MB, a note). Same prompts
+        as for PyTorch: one ordinary token repeated, greedy, exactly ``new_tokens`` tokens."""
+        threads = int(threads or _default_threads())
         decoder = self.decoder(threads)
         token = min(1000, int(self.config.vocab_size) - 1)
 
         def prompt(batch: int) -> np.ndarray:
-            return np.full((batch, config.prompt_tokens), token, np.int64)
+            return np.full((batch, prompt_tokens), token, np.int64)
 
         def run(batch: int, new_tokens: int) -> float:
             ids = prompt(batch)
@@ -171,10 +170,9 @@ class OrtCausalLM:
             decoder.prefill(ids, np.ones_like(ids))
             return time.perf_counter() - start
 
-        return report(config, threads, scenarios(run, prefill, config), folder=folder,
-                      size_mb=self.size_bytes() / 1e6,
-                      note=f"CPU, {threads} thread(s), ONNX Runtime {self.info.get('precision', '')} graph with "
-                           "its KV cache (Lepton's loop)")
+        note = (f"CPU, {threads} thread(s), ONNX Runtime {self.info.get('precision', '')} graph with "
+                "its KV cache (Lepton's loop)")
+        return run, prefill, threads, self.size_bytes() / 1e6, note
 
     def probe(self, context: int) -> None:
         """Generate to ``context`` tokens at batch 1 (the memory probe's work)."""

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lepton.runtimes import runtimes
+from lepton.runtimes import RuntimeInfo, register
 
 
 class TorchEager:
@@ -105,4 +105,4 @@ def work_per_token(model: Any) -> tuple[int, int] | None:
     return macs_per_token, attention_width
 
 
-runtimes.add("torch", TorchEager)
+register(RuntimeInfo(name="torch", format="safetensors", trainable=True), TorchEager)

@@ -65,7 +65,7 @@ class Workspace:
 
     @classmethod
     def open(cls, recipe: Recipe, out_dir: Path, *, progress: bool = False) -> Workspace:
-        from lepton.pipeline.api import _device, load_splits
+        from lepton.pipeline.api import load_splits, resolve_device
         from lepton.models import resolve_model
 
         splits = load_splits(recipe)  # tokenized once per variant by the harness; loaded once here
@@ -74,7 +74,7 @@ class Workspace:
         base = json.dumps({"model": model_id, "task": recipe.task.model_dump(mode="json"),
                            "data": _hash_splits(splits), "seed": recipe.seed,
                            "trust_remote_code": recipe.trust_remote_code}, sort_keys=True)
-        return cls(recipe=recipe, splits=splits, device=_device(recipe.device), out_dir=out_dir,
+        return cls(recipe=recipe, splits=splits, device=resolve_device(recipe.device), out_dir=out_dir,
                    progress=progress, base_key=hashlib.sha256(base.encode()).hexdigest())
 
     @property
@@ -93,22 +93,10 @@ class Workspace:
 
     def starting_bundle(self, recipe: Recipe) -> ModelBundle:
         """The recipe's model with a fresh task head, as ``lepton.run`` builds it."""
-        import torch
-
-        from lepton.pipeline.api import _saved_lepton_model
-        from lepton.models import load_for_task, load_tokenizer, resolve_model
+        from lepton.pipeline.api import starting_model
         from lepton.tasks import build_task
 
-        task = build_task(recipe.task, self.splits.get("train"))
-        location = resolve_model(recipe.model)
-        torch.manual_seed(recipe.seed)  # the new task head's initial weights, as in lepton.run
-        saved = _saved_lepton_model(location, task, self.device)
-        if saved is not None:
-            return ModelBundle(model=saved.model, tokenizer=saved.tokenizer, task=task, source=recipe.model,
-                               heads=saved.heads, main_task=saved.main_task)
-        tokenizer = load_tokenizer(location, trust_remote_code=recipe.trust_remote_code)
-        model = load_for_task(location, task, trust_remote_code=recipe.trust_remote_code).to(self.device)
-        return ModelBundle(model=model, tokenizer=tokenizer, task=task, source=recipe.model)
+        return starting_model(recipe, build_task(recipe.task, self.splits.get("train")), self.device)
 
 
 @contextlib.contextmanager
@@ -201,7 +189,7 @@ def run_stages(ws: Workspace, recipe: Recipe, work: Path, *, shareable: int,
                                  columns=recipe.task.columns())
                 log.info("stage %d (%s) starts", i, name)
                 started, t0 = now_iso(), time.perf_counter()
-                bundle = handler_for(stage, bundle.task)(bundle, stage, ctx)
+                bundle = handler_for(stage, bundle.family, f"stages.{i}")(bundle, stage, ctx)
                 bundle.history.append(StageRecord(
                     index=i, kind=stage.kind, name=name, settings=stage.model_dump(mode="json"),
                     started=started, seconds=round(time.perf_counter() - t0, 2), summary=ctx.stage_summary))

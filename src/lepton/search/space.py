@@ -261,9 +261,9 @@ def parse_space(tree: Any, *, source: str = "<recipe>", overrides: tuple[str, ..
     try:
         settings = SearchSettings.model_validate(raw_settings)
     except ValidationError as err:
-        from lepton.pipeline.recipe import _format_errors
+        from lepton.pipeline.recipe import format_errors
 
-        raise RecipeError(_format_errors(err, SearchSettings, "search", source)) from None
+        raise RecipeError(format_errors(err, SearchSettings, "search", source)) from None
     _outside_stages(tree, source)
     stages = tree.get("stages")
     if not isinstance(stages, list) or not stages:

@@ -80,7 +80,7 @@ def require(module: str, extra: str = "serve") -> ModuleType:
         raise MissingExtraError(f"{module} is needed here: pip install 'lepton[{extra}]'") from err
 
 
-def _check_port(host: str, port: int) -> None:
+def check_port(host: str, port: int) -> None:
     """Fail in one line, before the model loads, when the address cannot be listened on."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
@@ -101,7 +101,7 @@ def serve(model_path: str | os.PathLike[str], settings: ServeSettings | None = N
     settings = settings or ServeSettings()
     require("fastapi")
     uvicorn = require("uvicorn")
-    _check_port(settings.host, settings.port)
+    check_port(settings.host, settings.port)
     from lepton.serve.guards import TimedHttpToolsProtocol
 
     common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level,

@@ -15,6 +15,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -24,10 +25,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model
 
-from lepton import __version__
+from lepton.core import __version__
 from lepton.core.errors import LeptonError
 from lepton.serve import ENV_MODEL, ENV_SETTINGS, ServeSettings
 from lepton.serve.batcher import MicroBatcher, QueueFullError, ShuttingDownError
+from lepton.serve.generation import generate_app
 from lepton.serve.guards import (
     RETRY_AFTER_S,
     BodyGuardMiddleware,
@@ -133,7 +135,7 @@ def scorecard_summaries(manifest: dict[str, Any]) -> list[ScorecardSummary]:
     return out
 
 
-def _require_json(request: Request) -> None:
+def require_json(request: Request) -> None:
     ctype = request.headers.get("content-type", "")
     kind = ctype.split(";", 1)[0].strip().lower()
     if kind != "application/json" and not (kind.startswith("application/") and kind.endswith("+json")):
@@ -231,8 +233,13 @@ def _add_predict_route(app: FastAPI, queue: MicroBatcher, task: Any, task_name: 
     async def predict(body: Request_) -> Any:  # type: ignore[valid-type]
         return {"model": name, "predictions": await _submit(queue, body.inputs)}
 
-    app.post(path, response_model=Response_, responses=_ERRORS, dependencies=[Depends(_require_json)],
+    app.post(path, response_model=Response_, responses=_ERRORS, dependencies=[Depends(require_json)],
              summary=summary, operation_id=f"predict_{task_name}" if task_name else None)(predict)
+
+
+# The apps a task kind may ask for by name (``TaskKind.serving``) other than the shared
+# prediction app this module builds ("predict").
+OWN_APPS: dict[str, Callable[[Any, ServeSettings, str], Any]] = {"generate": generate_app}
 
 
 def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | None = None, *,
@@ -245,9 +252,9 @@ def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | Non
     predictor = predictor if predictor is not None else lepton.load(model_path, public_key=settings.require_signature)
     manifest, task = predictor.manifest, predictor.task
     name = settings.name or model_name(Path(model_path))
-    own = kind_of(task).serve_app(predictor, settings, name)  # e.g. generative models' completions app
-    if own is not None:
-        return own
+    own_app = OWN_APPS.get(kind_of(task).serving(predictor.bundle.model))  # e.g. completions
+    if own_app is not None:
+        return own_app(predictor, settings, name)
     metrics = ServeMetrics()
     model_batch, tuning = _model_batch(predictor, settings)
     # One batcher per task (a batch holds one task's inputs): the main task's, then each extra
@@ -255,89 +262,112 @@ def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | Non
     heads = getattr(predictor, "tasks", [None])[1:]
     served = {None: predictor, **{task_name: predictor.head(task_name) for task_name in heads}}
     batchers = {task_name: _batcher(p, settings, model_batch, metrics) for task_name, p in served.items()}
-    batcher = batchers[None]
-    info = ModelInfo(
-        name=name, task=task.kind, labels=task.labels, pair=task.pair, max_length=task.max_length,
-        runtime=manifest.get("runtime"), source_model=manifest.get("source_model"),
-        lepton_version=manifest.get("lepton_version"), created=manifest.get("created"),
-        scorecards=scorecard_summaries(manifest), tasks=list(getattr(predictor, "tasks", [])),
-        limits=Limits(**{**settings.model_dump(include=set(Limits.model_fields)), "model_batch": model_batch}))
-
-    queues = list(batchers.values())
-
-    def begin_drain() -> None:
-        log.info("shutting down: in-flight requests have %.1f s to finish; later ones get 503",
-                 settings.drain_timeout_s)
-        for queue in queues:
-            queue.begin_drain(settings.drain_timeout_s)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        for queue in queues:
-            queue.start()  # warms the model up in the background; /readyz says when it is done
-        restore = _on_shutdown_signal(asyncio.get_running_loop(), begin_drain)
-        log.info("serving %s (%s, labels %s)", name, task.kind, task.labels)
-        try:
-            yield
-        finally:
-            restore()
-            # uvicorn has stopped listening and waited for in-flight requests; stop the queues.
-            for queue in queues:
-                queue.begin_drain(0.0)
-                await queue.close(1.0)
+    info = _model_info(predictor, manifest, task, name, settings, model_batch)
+    service = _PredictService(batchers, settings, metrics, info, task)
 
     docs = _swagger_assets()
-    app = FastAPI(title=f"Lepton model server: {name}", version=__version__, lifespan=lifespan,
+    app = FastAPI(title=f"Lepton model server: {name}", version=__version__, lifespan=service.lifespan,
                   docs_url=None, redoc_url=None,  # /docs below serves Swagger UI from local files
                   description=f"Predictions of the Lepton model {name!r} ({task.kind}). Requests "
                               "are batched with other concurrent requests on the server.")
     app.router.route_class = JSONBodyRoute  # UTF-8 and nesting errors in a body: 422 naming the field
     _add_docs(app, docs)
-    app.state.batcher, app.state.metrics, app.state.predictor = batcher, metrics, predictor
+    app.state.batcher, app.state.metrics, app.state.predictor = service.batcher, metrics, predictor
     app.state.model_batch_tuning = tuning  # what the start-up measurement found (None: not measured)
 
     for task_name, queue in batchers.items():
         _add_predict_route(app, queue, served[task_name].task, task_name, name, settings)
-
-    @app.get("/v1/model", response_model=ModelInfo, summary="The served model")
-    async def model_info() -> ModelInfo:
-        return info
-
-    @app.get("/healthz", response_model=Status, summary="The process is alive")
-    async def healthz() -> Status:
-        return Status(status="ok")
-
-    @app.get("/readyz", response_model=Status, responses={503: {"model": Status}},
-             summary="The model is loaded and warmed up")
-    async def readyz() -> Any:
-        if all(b.ready for b in queues):
-            return Status(status="ready")
-        return JSONResponse({"status": batcher.state}, status_code=503,
-                            headers={"Retry-After": RETRY_AFTER_S})
-
-    @app.get("/metrics", response_class=Response, summary="Prometheus metrics of this process",
-             responses={200: {"content": {"text/plain": {}}}})
-    async def prometheus() -> Response:
-        body, content_type = metrics.render()
-        return Response(body, media_type=content_type)
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # FastAPI's shape ({"detail": [{loc, msg, type}]}) without echoing the input back: an
-        # oversized text would otherwise return in the error.
-        detail = []
-        for e in exc.errors():
-            msg = e.get("msg", "invalid")
-            if e.get("type") == "json_invalid":
-                msg = f"invalid JSON: {(e.get('ctx') or {}).get('error', msg)}"
-            detail.append({"loc": list(e.get("loc", ())), "msg": msg, "type": e.get("type", "invalid")})
-        return JSONResponse({"detail": detail}, status_code=422)
+    _add_service_routes(app, service)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
 
     app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=metrics,  # sees the 413s and 408s too
                        paths=frozenset(getattr(r, "path", "") for r in app.routes))
     app.add_middleware(DrainGuardMiddleware)  # outermost: answers what uvicorn cancels at shutdown
     return app
+
+
+def _model_info(predictor: Any, manifest: dict[str, Any], task: Any, name: str, settings: ServeSettings,
+                model_batch: int) -> ModelInfo:
+    """What ``GET /v1/model`` answers: the model, its scorecards, tasks and this server's limits."""
+    return ModelInfo(
+        name=name, task=task.kind, labels=task.labels, pair=task.pair, max_length=task.max_length,
+        runtime=manifest.get("runtime"), source_model=manifest.get("source_model"),
+        lepton_version=manifest.get("lepton_version"), created=manifest.get("created"),
+        scorecards=scorecard_summaries(manifest), tasks=list(getattr(predictor, "tasks", [])),
+        limits=Limits(**{**settings.model_dump(include=set(Limits.model_fields)), "model_batch": model_batch}))
+
+
+class _PredictService:
+    """What the prediction app's lifespan and its model, health and metrics routes share: the
+    batchers (one per task, the main task's first), the settings, the metrics and the model info."""
+
+    def __init__(self, batchers: dict[str | None, MicroBatcher], settings: ServeSettings, metrics: ServeMetrics,
+                 info: ModelInfo, task: Any) -> None:
+        self.queues = list(batchers.values())
+        self.batcher = batchers[None]
+        self.settings, self.metrics, self.info, self.task = settings, metrics, info, task
+
+    def begin_drain(self) -> None:
+        log.info("shutting down: in-flight requests have %.1f s to finish; later ones get 503",
+                 self.settings.drain_timeout_s)
+        for queue in self.queues:
+            queue.begin_drain(self.settings.drain_timeout_s)
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI):
+        for queue in self.queues:
+            queue.start()  # warms the model up in the background; /readyz says when it is done
+        restore = _on_shutdown_signal(asyncio.get_running_loop(), self.begin_drain)
+        log.info("serving %s (%s, labels %s)", self.info.name, self.task.kind, self.task.labels)
+        try:
+            yield
+        finally:
+            restore()
+            # uvicorn has stopped listening and waited for in-flight requests; stop the queues.
+            for queue in self.queues:
+                queue.begin_drain(0.0)
+                await queue.close(1.0)
+
+    async def model_info(self) -> ModelInfo:
+        return self.info
+
+    async def healthz(self) -> Status:
+        return Status(status="ok")
+
+    async def readyz(self) -> Any:
+        if all(b.ready for b in self.queues):
+            return Status(status="ready")
+        return JSONResponse({"status": self.batcher.state}, status_code=503,
+                            headers={"Retry-After": RETRY_AFTER_S})
+
+    async def prometheus(self) -> Response:
+        body, content_type = self.metrics.render()
+        return Response(body, media_type=content_type)
+
+
+def _add_service_routes(app: FastAPI, service: _PredictService) -> None:
+    """``GET /v1/model``, ``/healthz``, ``/readyz`` and ``/metrics``, each a method of ``service``."""
+    app.add_api_route("/v1/model", service.model_info, methods=["GET"], response_model=ModelInfo,
+                      summary="The served model")
+    app.add_api_route("/healthz", service.healthz, methods=["GET"], response_model=Status,
+                      summary="The process is alive")
+    app.add_api_route("/readyz", service.readyz, methods=["GET"], response_model=Status,
+                      responses={503: {"model": Status}}, summary="The model is loaded and warmed up")
+    app.add_api_route("/metrics", service.prometheus, methods=["GET"], response_class=Response,
+                      summary="Prometheus metrics of this process", responses={200: {"content": {"text/plain": {}}}})
+
+
+async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    # FastAPI's shape ({"detail": [{loc, msg, type}]}) without echoing the input back: an
+    # oversized text would otherwise return in the error.
+    detail = []
+    for e in exc.errors():
+        msg = e.get("msg", "invalid")
+        if e.get("type") == "json_invalid":
+            msg = f"invalid JSON: {(e.get('ctx') or {}).get('error', msg)}"
+        detail.append({"loc": list(e.get("loc", ())), "msg": msg, "type": e.get("type", "invalid")})
+    return JSONResponse({"detail": detail}, status_code=422)
 
 
 def _on_shutdown_signal(loop: asyncio.AbstractEventLoop, begin_drain: Any) -> Any:

@@ -1,7 +1,8 @@
-"""The stage contract: every stage's config base class, the registry, and the train-hook protocol.
+"""The stage contract: every stage's config base class and the one registry that dispatches stages.
 
 A stage is a config class (a ``StageConfig`` subclass whose ``kind`` field is a ``Literal`` of its
-name) plus one function ``apply(bundle, config, ctx) -> bundle`` registered with ``register``.
+name) plus one function ``apply(bundle, config, ctx) -> bundle`` per model family it supports,
+each registered with ``register(Config, family=...)``.
 What a stage *is* (it trains, it is the baseline, it leaves another runtime, ...) is declared
 here as ClassVars of its config, so that no other module checks a stage kind's name.
 
@@ -11,10 +12,16 @@ This module imports no stage: stage modules import it, ``lepton.stages`` imports
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, Literal, Protocol, get_args, get_origin, runtime_checkable
+from typing import Any, ClassVar, Literal, get_args, get_origin
 
 from lepton.core.config import PlainName, StrictModel
+from lepton.core.errors import StageError
 from lepton.core.registry import Registry
+from lepton.models.family import ENCODER, families
+from lepton.runtimes.bundle import TrainHook
+
+__all__ = ["StageConfig", "StageFn", "TrainHook", "configs", "contract_of", "declared", "handler_for",
+           "handlers", "register", "stage_kinds_for"]
 
 
 class StageConfig(StrictModel):
@@ -40,7 +47,7 @@ class StageConfig(StrictModel):
     # stage; a search measures every trial against the stages up to it).
     is_baseline: ClassVar[bool] = False
     # It adds task heads on the shared encoder: its settings' ``tasks`` name them, and its summary's
-    # ``dev`` holds a score per task (reports and model cards show them; ``lepton.tasks.heads`` finds a
+    # ``dev`` holds a score per task (reports and model cards show them; ``lepton.runtimes.heads`` finds a
     # head's task and data in it).
     adds_heads: ClassVar[bool] = False
     # It leaves a quantized model: no later stage can take it (a model is quantized once; export,
@@ -49,8 +56,6 @@ class StageConfig(StrictModel):
     # The runtimes whose model it takes, and the runtime it leaves (None: the one it was given).
     accepts_runtimes: ClassVar[tuple[str, ...]] = ("torch",)
     produces_runtime: ClassVar[str | None] = None
-    # The task kinds it can work on (None: any).
-    task_kinds: ClassVar[tuple[str, ...] | None] = None
     # Minimal settings the stage contract test (tests/test_stage_contract.py) runs it with, on a
     # tiny model, and the stages that must run before it there (settings dicts, in order; a
     # stage needing a teacher names one of them by its ``name``). A new stage joins the test
@@ -85,45 +90,65 @@ class StageConfig(StrictModel):
         return total
 
 
-@runtime_checkable
-class TrainHook(Protocol):
-    """What a stage leaves in ``ModelBundle.train_hooks`` for the next training stage (e.g.
-    gradual pruning's masks): called after each optimizer step and once at the end."""
-
-    def after_step(self, model: Any, step: int, total_steps: int) -> None: ...
-
-    def finish(self, model: Any) -> dict[str, Any] | None: ...
-
-
 StageFn = Callable[..., Any]  # (ModelBundle, StageConfig, RunContext) -> ModelBundle
 
 configs: Registry[type[StageConfig]] = Registry("stage kind")
-handlers: dict[type[StageConfig], StageFn] = {}
+# (stage config class, model family) -> the function that runs that stage on that family's models
+handlers: dict[tuple[type[StageConfig], str], StageFn] = {}
+# Settings the stage contract test runs one family's implementation with, and the stages before it,
+# where the config's own ``contract_example`` / ``contract_before`` do not fit that family.
+contracts: dict[tuple[type[StageConfig], str], tuple[dict[str, Any], tuple[dict[str, Any], ...]]] = {}
 
 
-def register(config_cls: type[StageConfig]) -> Callable[[StageFn], StageFn]:
-    """Register ``fn`` as the handler of ``config_cls`` under its ``kind``."""
+def register(config_cls: type[StageConfig], *, family: str | tuple[str, ...] = ENCODER.name,
+             example: dict[str, Any] | None = None,
+             before: tuple[dict[str, Any], ...] | None = None) -> Callable[[StageFn], StageFn]:
+    """Register ``fn`` as the implementation of ``config_cls`` for the model ``family`` (one
+    name or several; see ``lepton.models.family``). The first registration of a config class adds
+    its ``kind`` to the recipe's stage kinds. ``example`` / ``before``: the contract test's
+    settings for this family when the config's own do not fit it."""
     if not config_cls.stage_kind:
         raise TypeError(f"{config_cls.__name__}: a stage config declares kind: Literal['<name>']")
+    names = (family,) if isinstance(family, str) else family
+    for name in names:
+        families.get(name)  # an unknown family is a programming error, with a suggestion
 
     def wrap(fn: StageFn) -> StageFn:
-        configs.add(config_cls.stage_kind, config_cls)
-        handlers[config_cls] = fn
+        if config_cls.stage_kind not in configs:
+            configs.add(config_cls.stage_kind, config_cls)
+        for name in names:
+            if (config_cls, name) in handlers:
+                raise ValueError(f"{config_cls.stage_kind} already has an implementation for {name} models")
+            handlers[(config_cls, name)] = fn
+            if example is not None or before is not None:
+                contracts[(config_cls, name)] = (
+                    example if example is not None else config_cls.contract_example,
+                    before if before is not None else config_cls.contract_before)
         return fn
 
     return wrap
 
 
-def handler_for(config: StageConfig, task: Any = None) -> StageFn:
-    """The function that runs ``config``: the task kind's own for this stage when it has one
-    (generative models compress, export and quantize their own way), else the registered one."""
-    if task is not None:
-        from lepton.tasks import kind_of
+def handler_for(config: StageConfig, family: str = ENCODER.name, where: str = "") -> StageFn:
+    """The function that runs ``config`` on a model of ``family`` (``ModelBundle.family``); a
+    stage with no implementation for that family is refused in one line naming both."""
+    fn = handlers.get((type(config), family))
+    if fn is None:
+        kind = type(config).stage_kind
+        known = ", ".join(f for (cls, f) in sorted(handlers, key=lambda k: k[1]) if cls is type(config))
+        raise StageError(f"{where + ': ' if where else ''}{kind} is not implemented for "
+                         f"{families.get(family).title} (it is for: {known or 'none'})")
+    return fn
 
-        own = kind_of(task).stage_handler(config)
-        if own is not None:
-            return own
-    return handlers[type(config)]
+
+def stage_kinds_for(family_names: tuple[str, ...]) -> tuple[str, ...]:
+    """The stage kinds with an implementation for any of ``family_names``."""
+    return tuple(sorted({cls.stage_kind for (cls, f) in handlers if f in family_names}))
+
+
+def contract_of(config_cls: type[StageConfig], family: str) -> tuple[dict[str, Any], tuple[dict[str, Any], ...]]:
+    """(settings, stages before) the contract test runs ``config_cls`` with on ``family``."""
+    return contracts.get((config_cls, family), (config_cls.contract_example, config_cls.contract_before))
 
 
 def declared(kind: Any, attribute: str) -> Any:

@@ -1,5 +1,6 @@
-"""What the generative stage handlers share: real prompts from the recipe's data, the greedy
-agreement of two models on them, and a new bundle around a replaced model."""
+"""What the stages' implementations for generative models (decoder-only and encoder-decoder)
+share: their training data, real prompts from the recipe's data, the greedy agreement of two models
+on them, a new bundle around a replaced model, and the generation settings a trained model keeps."""
 
 from __future__ import annotations
 
@@ -9,6 +10,27 @@ from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
 
 DOC_PROMPT_CHARS = 200  # language modelling: a document's opening as the prompt
+
+
+def training_data(bundle: ModelBundle, ctx: RunContext) -> tuple[Any, Any]:
+    """data.train and data.dev (None when absent) encoded as the task kind encodes them."""
+    from lepton.tasks import kind_of
+
+    kind = kind_of(bundle.task)
+    train = kind.encode(ctx.split("train"), bundle.task, bundle.tokenizer)
+    dev_split = ctx.splits.get("dev")
+    dev = kind.encode(dev_split, bundle.task, bundle.tokenizer) if dev_split is not None else None
+    return train, dev
+
+
+def record_generation(bundle: ModelBundle) -> None:
+    """The recipe's generation settings as the model's generation_config.json."""
+    from lepton.tasks.generate import pad_ids
+    from lepton.tasks.generative_kind import settings_of
+
+    eos, pad = pad_ids(bundle.tokenizer)
+    bundle.model.generation_config = settings_of(bundle.task).to_generation_config(
+        eos_token_id=eos, pad_token_id=pad, base=bundle.model.generation_config)
 
 
 def real_prompts(bundle: ModelBundle, ctx: RunContext, split_name: str, items: int) -> tuple[list[str], str]:
@@ -61,16 +83,12 @@ def _common_prefix(a: str, b: str) -> int:
 
 
 def require_torch_decoder(bundle: ModelBundle, ctx: RunContext, stage: str) -> Any:
-    """The bundle's PyTorch decoder-only model, or one line saying why this stage cannot take it."""
-    from lepton.tasks.generate import is_encoder_decoder
-
+    """The bundle's PyTorch decoder-only model, or one line saying why this stage cannot take it
+    (the registry dispatches only decoder-only models here)."""
     where = f"stages.{ctx.stage_index}"
-    if bundle.runtime != "torch":
+    if not bundle.runtime_info.trainable:
         raise StageError(f"{where}: {stage} needs the PyTorch model; this one already runs on {bundle.runtime} "
                          f"(put {stage} before export)")
-    if is_encoder_decoder(bundle.model):
-        raise StageError(f"{where}: {stage} of an encoder-decoder generative model is not supported yet "
-                         "(decoder-only models are)")
     return bundle.model
 
 
@@ -82,9 +100,8 @@ def scoring_batches(bundle: ModelBundle, ctx: RunContext, batches: int, batch_si
     """Right-padded (ids, mask) batches of the first training examples (prompt and target) for an
     importance measure, and how many examples they hold."""
     from lepton.tasks.prompt_encoding import collate, pad_id_of
-    from lepton.tasks import kind_of
 
-    train, _ = kind_of(bundle.task).training_data(bundle, ctx)
+    train, _ = training_data(bundle, ctx)
     n = min(len(train), SCORED_EXAMPLES, batches * batch_size)
     if n == 0:
         raise StageError(f"{where}: the importance measure needs training examples in data.train")

@@ -96,7 +96,7 @@ def _train(bundle, config, ctx, data, batch_fn, model, dev_enc, label, **extra) 
 def _train_lora(bundle, config, ctx, data, batch_fn, dev_enc, label) -> dict[str, Any]:
     import torch
 
-    from lepton.stages.finetune import (
+    from lepton.stages.adapters import (
         LoraSettings,
         adapter_config,
         save_adapter,

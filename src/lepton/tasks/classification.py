@@ -23,14 +23,3 @@ class ClassificationKind(TaskKind):
 
     def build_spec(self, config: TaskConfig, train: Split | None) -> TaskSpec:
         return label_set_spec(config, train)
-
-    def measure_quality(self, variant: Any, split: Split, config: Any, seed: int) -> tuple[Any, Any, Any]:
-        from lepton.evaluation.harness import measure_label_quality
-
-        return measure_label_quality(variant, split, config, seed)
-
-    def measure_efficiency(self, variants: list[Any], split: Split, config: Any, *, memory: bool) -> list[Any]:
-        # Latency of one forward pass per batch: what a classifier's request costs.
-        from lepton.evaluation.harness import measure_efficiency
-
-        return measure_efficiency(variants, split, config, memory=memory)

@@ -29,7 +29,7 @@ def cut_at_stop(text: str, stops: Sequence[str]) -> str:
     return text[:cut]
 
 
-def _pad_ids(tokenizer: Any) -> tuple[Any, Any]:
+def pad_ids(tokenizer: Any) -> tuple[Any, Any]:
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     return eos, pad
@@ -45,7 +45,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str],
         return model.generate_texts(tokenizer, prompts, settings, max_prompt_tokens=max_prompt_tokens)
     if tokenizer.pad_token is None:  # decoder-only tokenizers often have none; padding is masked
         tokenizer.pad_token = tokenizer.eos_token
-    eos, pad = _pad_ids(tokenizer)
+    eos, pad = pad_ids(tokenizer)
     config = settings.to_generation_config(eos_token_id=eos, pad_token_id=pad,
                                            base=getattr(model, "generation_config", None))
     if settings.stop:

@@ -74,8 +74,14 @@ class TaskKind:
     labels_per_text: ClassVar[bool] = False
     uses_labels: ClassVar[bool] = True  # the task has a fixed label set (a classification head)
     pools: ClassVar[bool] = False  # its head reads the encoder's pooled output (BERT's pooler)
-    # The stage kinds that can work on this kind's models (None: every stage that accepts it).
-    supported_stages: ClassVar[tuple[str, ...] | None] = None
+    # The model families (lepton.models.family) this kind's models belong to; which one a given
+    # model is, ``family`` says. The stages a recipe may hold are those with an implementation for
+    # one of them (lepton.stages.register).
+    families: ClassVar[tuple[str, ...]] = ("encoder",)
+    # How the evaluation times this kind's models (a name in lepton.evaluation's efficiency
+    # registry): "forward" (one forward pass per batch, what a classifier's request costs) or
+    # "generation" (time to first token, time per output token, tokens per second).
+    efficiency: ClassVar[str] = "forward"
 
     # ------------------------------------------------------------------ metrics
 
@@ -141,13 +147,15 @@ class TaskKind:
 
     # ------------------------------------------------------------------ the evaluation standard
 
-    def measure_quality(self, variant: Any, split: Split, config: Any, seed: int) -> tuple[Any, Any, Any]:
-        """(Quality, Robustness or None, Calibration or None) of a harness ``Variant`` on ``split``."""
-        raise NotImplementedError
+    def family(self, model: Any) -> str:
+        """The model family (one of ``families``) of ``model``, a model of this kind."""
+        return self.families[0]
 
-    def measure_efficiency(self, variants: list[Any], split: Split, config: Any, *, memory: bool) -> list[Any]:
-        """An ``Efficiency`` per variant, timed side by side (interleaved) on ``split``."""
-        raise NotImplementedError
+    def measure_quality(self, variant: Any, split: Split, config: Any, seed: int) -> tuple[Any, Any, Any] | None:
+        """(Quality, Robustness or None, Calibration or None) of a harness ``Variant`` on ``split``
+        when this kind measures it its own way (generating text, say); None: the harness's
+        measurement of label predictions (one prediction pass, quality with CIs)."""
+        return None
 
     # ------------------------------------------------------------------ serving and cards
 
@@ -167,36 +175,17 @@ class TaskKind:
         """Whether ``item`` passed to ``predict`` is one input (not a list of inputs)."""
         return isinstance(item, str)
 
-    def serve_app(self, predictor: Any, settings: Any, name: str) -> Any:
-        """The HTTP app serving this kind, or None for the shared prediction app (``/v1/predict``
-        with micro-batching) that classifiers use."""
-        return None
+    def serving(self, model: Any) -> str:
+        """Which HTTP app serves ``model`` (a name in ``lepton.serve``'s app registry): "predict",
+        the shared prediction app (``/v1/predict`` with micro-batching) that classifiers use, or
+        "generate" (OpenAI-style completions with iteration-level batching and streaming)."""
+        return "predict"
 
     def warmup_input(self, task: TaskSpec) -> Any:
         """An input that exercises the model (a server warms up with it)."""
         return ("warm up", "warm up") if task.pair else "warm up"
 
-    # ------------------------------------------------------------------ kinds that train their own way
-
-    def stage_handler(self, config: Any) -> Any:
-        """This kind's own function for the stage ``config`` (same signature as a registered
-        stage: ``(bundle, config, ctx) -> bundle``), or None for the registered one."""
-        return None
-
-    def stage_contract(self, config_cls: Any) -> tuple[dict[str, Any], tuple[dict[str, Any], ...]] | None:
-        """(settings, stages before) the stage contract test runs ``config_cls`` with on this kind,
-        when its own ``handler`` needs others than the stage's ``contract_example``; None: those."""
-        return None
-
-    def finetune(self, bundle: Any, config: Any, ctx: Any) -> dict[str, Any] | None:
-        """The finetune stage's work for this kind, returning its summary; None: the stage's own
-        (classifier) training runs. Generative kinds train prompt/target pairs here."""
-        return None
-
-    def pretrain(self, bundle: Any, config: Any, ctx: Any, texts: list[str]) -> dict[str, Any] | None:
-        """Continued pretraining on ``texts`` with this kind's objective; None: the stage's own
-        masked-LM pretraining runs (encoders)."""
-        return None
+    # ------------------------------------------------------------------ generation and cards
 
     def generate(self, predictor: Any, prompts: list[str], **settings: Any) -> list[str]:
         """Generated text per prompt (``Predictor.generate``)."""

@@ -183,6 +183,38 @@ def sequence_quality(
     macro F1 is the mean of per-class F1s, not the F1 of macro precision and recall. For two labels
     "f1" is the F1 of label index 1 (the positive class). Zero divisions give 0 (module docstring).
     """
+    true, pred = _sequence_label_ids(y_true, y_pred, labels, resamples, confidence)
+    k = len(labels)
+    n = true.size
+
+    codes = true * k + pred
+    confusion = np.bincount(codes, minlength=k * k).reshape(k, k)
+    point = _sequence_stats(confusion)
+
+    idx = _resample_indices(n, resamples, seed)
+    samples = _sequence_stats(_resampled_confusions(codes, idx, k))
+
+    names = ["accuracy", "macro_precision", "macro_recall", "macro_f1"] + (["f1"] if k == 2 else [])
+    metrics = {name: _metric(point[name], samples[name], n, confidence) for name in names}
+    return Quality(
+        task="sequence_classification",
+        headline="accuracy",
+        metrics=metrics,
+        per_class=_class_rows(point, confusion.sum(axis=1), labels),
+        labels=list(labels),
+        confusion=confusion.tolist(),
+        bootstrap=_bootstrap_info(resamples, seed, confidence),
+    )
+
+
+def _sequence_label_ids(
+    y_true: Sequence[int] | np.ndarray,
+    y_pred: Sequence[int] | np.ndarray,
+    labels: list[str],
+    resamples: int,
+    confidence: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Check `sequence_quality`'s arguments; returns the true and predicted label ids."""
     if not labels:
         raise ValueError("labels must not be empty")
     if len(set(labels)) != len(labels):
@@ -195,13 +227,12 @@ def sequence_quality(
         raise ValueError(f"y_true has {true.size} items but y_pred has {pred.size}")
     if true.size == 0:
         raise ValueError("cannot measure quality on zero examples")
-    n = true.size
+    return true, pred
 
-    codes = true * k + pred
-    confusion = np.bincount(codes, minlength=k * k).reshape(k, k)
-    point = _sequence_stats(confusion)
 
-    idx = _resample_indices(n, resamples, seed)
+def _resampled_confusions(codes: np.ndarray, idx: np.ndarray, k: int) -> np.ndarray:
+    """One K x K confusion matrix per bootstrap resample (rows of `idx`) of the codes true*K+pred."""
+    n = codes.size
     resampled = np.empty((idx.shape[0], k, k), dtype=np.int64)
     for rows in _row_chunks(idx.shape[0], n):
         block = codes[idx[rows]]
@@ -210,12 +241,12 @@ def sequence_quality(
         resampled[rows] = np.bincount(
             (block + offsets).ravel(), minlength=height * k * k
         ).reshape(height, k, k)
-    samples = _sequence_stats(resampled)
+    return resampled
 
-    names = ["accuracy", "macro_precision", "macro_recall", "macro_f1"] + (["f1"] if k == 2 else [])
-    metrics = {name: _metric(point[name], samples[name], n, confidence) for name in names}
-    support = confusion.sum(axis=1)
-    per_class = [
+
+def _class_rows(point: dict[str, np.ndarray], support: np.ndarray, labels: Sequence[str]) -> list[ClassRow]:
+    """Per-class precision, recall, F1 and support rows, in the order of `labels`."""
+    return [
         ClassRow(
             label=label,
             precision=float(point["_precision"][i]),
@@ -225,15 +256,6 @@ def sequence_quality(
         )
         for i, label in enumerate(labels)
     ]
-    return Quality(
-        task="sequence_classification",
-        headline="accuracy",
-        metrics=metrics,
-        per_class=per_class,
-        labels=list(labels),
-        confusion=confusion.tolist(),
-        bootstrap=_bootstrap_info(resamples, seed, confidence),
-    )
 
 
 # ------------------------------------------------------------------------ token classification
@@ -283,6 +305,32 @@ def token_quality(
     tokens whose tag is exactly right). Zero divisions give 0 (module docstring).
     """
     _check_bootstrap(resamples, confidence)
+    _check_tag_lists(true_tags, pred_tags)
+
+    types, counts = _sentence_counts(true_tags, pred_tags)
+    t = len(types)
+    n = len(true_tags)
+
+    point = _token_stats(counts.sum(axis=0).astype(np.float64), t)
+    idx = _resample_indices(n, resamples, seed)
+    samples = _token_stats(_resampled_sums(counts, idx), t)
+
+    names = ["entity_precision", "entity_recall", "entity_f1", "macro_entity_f1", "token_accuracy"]
+    metrics = {name: _metric(point[name], samples[name], n, confidence) for name in names}
+    support = counts[:, 2 * t : 3 * t].sum(axis=0)
+    return Quality(
+        task="token_classification",
+        headline="entity_f1",
+        metrics=metrics,
+        per_class=_class_rows(point, support, types),
+        labels=types,
+        confusion=None,
+        bootstrap=_bootstrap_info(resamples, seed, confidence),
+    )
+
+
+def _check_tag_lists(true_tags: list[list[str]], pred_tags: list[list[str]]) -> None:
+    """The same number of sentences (at least one), each a list with as many predictions as tags."""
     if len(true_tags) != len(pred_tags):
         raise ValueError(
             f"true_tags has {len(true_tags)} sentences but pred_tags has {len(pred_tags)}"
@@ -295,12 +343,17 @@ def token_quality(
         if len(true) != len(pred):
             raise ValueError(f"sentence {i} has {len(true)} true tags but {len(pred)} predicted")
 
+
+def _sentence_counts(
+    true_tags: list[list[str]], pred_tags: list[list[str]]
+) -> tuple[list[str], np.ndarray]:
+    """The entity types (sorted) and per-sentence counts (N, 3T+2): tp per type, predicted per
+    type, true per type, correct tokens, tokens (the layout `_token_stats` reads)."""
     true_entities = [_sentence_entities(tags) for tags in true_tags]
     pred_entities = [_sentence_entities(tags) for tags in pred_tags]
     types = sorted({name for ents in true_entities + pred_entities for name in ents})
     t = len(types)
-    n = len(true_tags)
-    counts = np.zeros((n, 3 * t + 2), dtype=np.int64)
+    counts = np.zeros((len(true_tags), 3 * t + 2), dtype=np.int64)
     for i, (true_ents, pred_ents) in enumerate(zip(true_entities, pred_entities)):
         for j, name in enumerate(types):
             gold, guess = true_ents.get(name, set()), pred_ents.get(name, set())
@@ -309,33 +362,7 @@ def token_quality(
             counts[i, 2 * t + j] = len(gold)
         counts[i, 3 * t] = sum(a == b for a, b in zip(true_tags[i], pred_tags[i]))
         counts[i, 3 * t + 1] = len(true_tags[i])
-
-    point = _token_stats(counts.sum(axis=0).astype(np.float64), t)
-    idx = _resample_indices(n, resamples, seed)
-    samples = _token_stats(_resampled_sums(counts, idx), t)
-
-    names = ["entity_precision", "entity_recall", "entity_f1", "macro_entity_f1", "token_accuracy"]
-    metrics = {name: _metric(point[name], samples[name], n, confidence) for name in names}
-    support = counts[:, 2 * t : 3 * t].sum(axis=0)
-    per_class = [
-        ClassRow(
-            label=name,
-            precision=float(point["_precision"][j]),
-            recall=float(point["_recall"][j]),
-            f1=float(point["_f1"][j]),
-            support=int(support[j]),
-        )
-        for j, name in enumerate(types)
-    ]
-    return Quality(
-        task="token_classification",
-        headline="entity_f1",
-        metrics=metrics,
-        per_class=per_class,
-        labels=types,
-        confusion=None,
-        bootstrap=_bootstrap_info(resamples, seed, confidence),
-    )
+    return types, counts
 
 
 # --------------------------------------------------------------------- comparing two variants

@@ -15,7 +15,29 @@ from typing import Any
 
 from lepton.serve.generation.engine import EngineError, GenerationEngine, TorchEngine
 
-__all__ = ["EngineError", "GenerateSettings", "GenerationEngine", "TorchEngine", "create_generate_app"]
+__all__ = ["EngineError", "GenerateSettings", "GenerationEngine", "TorchEngine", "create_generate_app",
+           "generate_app"]
+
+
+def generate_app(predictor: Any, settings: Any, name: str) -> Any:
+    """The completions app for a loaded generative ``predictor`` (``lepton serve``): PyTorch
+    models through ``TorchEngine``, an exported decoder through ONNX Runtime's ``OrtEngine``."""
+    from lepton.serve.generation.app import GenerateSettings, create_generate_app
+
+    model = predictor.bundle.model
+    engine = None
+    if hasattr(model, "decoder"):  # an exported decoder: the ONNX Runtime engine
+        from lepton.serve.generation.ort_engine import OrtEngine
+
+        limit = getattr(model.config, "max_position_embeddings", None) or 2048
+        engine = OrtEngine(model.decoder(getattr(settings, "threads", None)), max_context=int(limit))
+
+    config = getattr(model, "generation_config", None)
+    defaults = {k: getattr(config, k) for k in ("max_new_tokens", "temperature", "top_p", "top_k",
+                                                "do_sample", "eos_token_id")
+                if config is not None and getattr(config, k, None) is not None}
+    return create_generate_app(model.eval(), predictor.bundle.tokenizer, GenerateSettings.from_serve(settings),
+                               model_name=name, generation_defaults=defaults, engine=engine)
 
 
 def __getattr__(name: str) -> Any:

@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -25,7 +26,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lepton import __version__
+from lepton.core import __version__
 from lepton.serve.batcher import QueueFullError, ShuttingDownError
 from lepton.serve.generation.engine import GenerationEngine, TorchEngine
 from lepton.serve.generation.metrics import GenerateMetrics
@@ -113,49 +114,86 @@ def create_generate_app(model: Any, tokenizer: Any, settings: Any = None, *, mod
     metrics = GenerateMetrics()
     scheduler = Scheduler(engine, tokenizer, eos_token_ids=_eos_ids(model, tokenizer, defaults),
                           max_batch=settings.max_batch, max_queue=settings.max_queue, metrics=metrics)
-    max_prompt = min(settings.max_prompt_tokens, engine.max_context - 1)
-    created = int(time.time())
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        from lepton.serve.app import _on_shutdown_signal
-
-        await asyncio.to_thread(_warm_up, engine, tokenizer)
-        scheduler.start(asyncio.get_running_loop())
-        restore = _on_shutdown_signal(asyncio.get_running_loop(),
-                                      lambda: scheduler.begin_drain(settings.drain_timeout_s))
-        log.info("serving %s (generative; max context %d tokens)", model_name, engine.max_context)
-        try:
-            yield
-        finally:
-            restore()
-            await scheduler.close(5.0)
+    service = _GenerateService(engine, tokenizer, scheduler, settings, metrics, model_name=model_name,
+                               defaults=defaults)
 
     from lepton.serve.app import _add_docs, _swagger_assets
 
-    app = FastAPI(title=f"Lepton generative server: {model_name}", version=__version__, lifespan=lifespan,
+    app = FastAPI(title=f"Lepton generative server: {model_name}", version=__version__, lifespan=service.lifespan,
                   docs_url=None, redoc_url=None,  # /docs from local files, as lepton.serve.app does
                   description="Text generation; requests share decode steps with other concurrent requests.")
     app.router.route_class = _JSONRoute
     _add_docs(app, _swagger_assets())
     app.state.scheduler, app.state.metrics, app.state.engine = scheduler, metrics, engine
+    _add_routes(app, service)
+    _add_error_handlers(app)
+    app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_s)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, paths=frozenset(getattr(r, "path", "") for r in app.routes))
+    app.add_middleware(DrainGuardMiddleware)
+    return app
+
+
+def _add_routes(app: FastAPI, service: "_GenerateService") -> None:
+    """The routes of a generative server, each a method of ``service``."""
+    app.add_api_route("/v1/generate", service.generate, methods=["POST"],
+                      summary="Generate text (Lepton's own request shape)")
+    app.add_api_route("/v1/completions", service.completions, methods=["POST"],
+                      summary="OpenAI-compatible text completion")
+    app.add_api_route("/v1/chat/completions", service.chat_completions, methods=["POST"],
+                      summary="OpenAI-compatible chat completion")
+    app.add_api_route("/v1/models", service.models, methods=["GET"],
+                      summary="The served model, in OpenAI's list shape")
+    app.add_api_route("/healthz", service.healthz, methods=["GET"], summary="The process is alive")
+    app.add_api_route("/readyz", service.readyz, methods=["GET"], summary="The model is loaded and takes requests")
+    app.add_api_route("/metrics", service.prometheus, methods=["GET"], response_class=Response,
+                      summary="Prometheus metrics of this process")
+
+
+class _GenerateService:
+    """What a generative server's routes share: the engine, the scheduler, the tokenizer, the
+    settings and metrics, the artifact's generation defaults and the served model's name."""
+
+    def __init__(self, engine: GenerationEngine, tokenizer: Any, scheduler: Scheduler, settings: GenerateSettings,
+                 metrics: GenerateMetrics, *, model_name: str, defaults: dict[str, Any]) -> None:
+        self.engine, self.tokenizer, self.scheduler = engine, tokenizer, scheduler
+        self.settings, self.metrics = settings, metrics
+        self.model_name, self.defaults = model_name, defaults
+        self.max_prompt = min(settings.max_prompt_tokens, engine.max_context - 1)
+        self.created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI):
+        from lepton.serve.app import _on_shutdown_signal
+
+        await asyncio.to_thread(_warm_up, self.engine, self.tokenizer)
+        self.scheduler.start(asyncio.get_running_loop())
+        restore = _on_shutdown_signal(asyncio.get_running_loop(),
+                                      lambda: self.scheduler.begin_drain(self.settings.drain_timeout_s))
+        log.info("serving %s (generative; max context %d tokens)", self.model_name, self.engine.max_context)
+        try:
+            yield
+        finally:
+            restore()
+            await self.scheduler.close(5.0)
 
     # ------------------------------------------------------------------ helpers
 
-    def token_limit(requested: int | None, field: str, n_prompt: int, fallback: int) -> int:
-        room = engine.max_context - n_prompt
+    def token_limit(self, requested: int | None, field: str, n_prompt: int, fallback: int) -> int:
+        settings, max_context = self.settings, self.engine.max_context
+        room = max_context - n_prompt
         if requested is None:
-            return max(1, min(int(defaults.get("max_new_tokens") or fallback), settings.max_new_tokens, room))
+            return max(1, min(int(self.defaults.get("max_new_tokens") or fallback), settings.max_new_tokens, room))
         if requested > settings.max_new_tokens:
             raise APIError(400, f"{field}: {requested} is over this server's limit of {settings.max_new_tokens}",
                            param=field)
         if requested > room:
             raise APIError(400, f"{field}: the prompt ({n_prompt} tokens) plus {requested} new tokens is over the "
-                                f"model's context of {engine.max_context} tokens", param=field,
+                                f"model's context of {max_context} tokens", param=field,
                            code="context_length_exceeded")
         return requested
 
-    def sampling(body: Any, max_new: int, temperature_fallback: float) -> SamplingParams:
+    def sampling(self, body: Any, max_new: int, temperature_fallback: float) -> SamplingParams:
+        defaults = self.defaults
         greedy_default = defaults.get("do_sample") is False
         temperature = body.temperature
         if temperature is None:
@@ -167,24 +205,25 @@ def create_generate_app(model: Any, tokenizer: Any, settings: Any = None, *, mod
             top_k=body.top_k if body.top_k is not None else int(defaults.get("top_k") or 0),
             seed=body.seed, stop=tuple(stop), ignore_eos=body.ignore_eos)
 
-    async def encode(text: str, *, special: bool = True) -> list[int]:
+    async def encode(self, text: str, *, special: bool = True) -> list[int]:
+        tokenizer = self.tokenizer
         return await asyncio.to_thread(lambda: list(tokenizer(text, add_special_tokens=special)["input_ids"]))
 
-    def check_prompt(ids: list[int], field: str) -> None:
+    def check_prompt(self, ids: list[int], field: str) -> None:
         if not ids:
             raise APIError(400, f"{field}: the prompt has no tokens", param=field)
-        if len(ids) > max_prompt:
-            raise APIError(400, f"{field}: {len(ids)} tokens is over the limit of {max_prompt} prompt tokens",
+        if len(ids) > self.max_prompt:
+            raise APIError(400, f"{field}: {len(ids)} tokens is over the limit of {self.max_prompt} prompt tokens",
                            param=field, code="context_length_exceeded")
 
-    def check_model(requested: str | None) -> None:
-        if requested is not None and requested != model_name:
-            raise APIError(404, f"model: {requested!r} is not served here (this server serves {model_name!r})",
+    def check_model(self, requested: str | None) -> None:
+        if requested is not None and requested != self.model_name:
+            raise APIError(404, f"model: {requested!r} is not served here (this server serves {self.model_name!r})",
                            param="model", code="model_not_found")
 
-    def submit(ids: list[int], params: SamplingParams) -> GenerationHandle:
+    def submit(self, ids: list[int], params: SamplingParams) -> GenerationHandle:
         try:
-            return scheduler.submit(ids, params)
+            return self.scheduler.submit(ids, params)
         except QueueFullError as err:
             raise APIError(503, f"server busy: {err}; retry later", kind="server_error", code="server_busy",
                            headers={"Retry-After": RETRY_AFTER_S}) from None
@@ -192,97 +231,19 @@ def create_generate_app(model: Any, tokenizer: Any, settings: Any = None, *, mod
             raise APIError(503, str(err), kind="server_error", code="shutting_down",
                            headers={"Retry-After": RETRY_AFTER_S}) from None
 
-    async def complete(request: Request, handle: GenerationHandle) -> Chunk:
-        """The whole result; cancels the request if the client disconnects first."""
-        watcher = asyncio.create_task(_cancel_on_disconnect(request, handle))
-        try:
-            result = await handle.result()
-        finally:
-            watcher.cancel()
-            handle.cancel()  # no-op when done; frees the slot if this task itself was cancelled
-        if result.finish_reason == "error":
-            raise APIError(503 if "shutting down" in (result.error or "") else 500,
-                           result.error or "generation failed", kind="server_error")
-        return result
-
-    async def stream(handle: GenerationHandle, first: list[str], shape: Callable[[Chunk], list[Any]],
-                     usage_chunk: Callable[[Chunk], Any] | None) -> AsyncIterator[str]:
-        try:
-            for line in first:
-                yield line
-            async for chunk in handle:
-                if chunk.finish_reason == "error":
-                    yield _sse(APIError(500, chunk.error or "generation failed", kind="server_error").body())
-                    break
-                for payload in shape(chunk):
-                    yield _sse(payload)
-                if chunk.finish_reason is not None and usage_chunk is not None:
-                    yield _sse(usage_chunk(chunk))
-            yield "data: [DONE]\n\n"
-        finally:  # the client went away (the response task is cancelled) or the stream ended
-            handle.cancel()
-
-    def sse_response(body: AsyncIterator[str]) -> StreamingResponse:
-        return StreamingResponse(body, media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    def usage(c: Chunk) -> dict[str, int]:
-        return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                "total_tokens": c.prompt_tokens + c.completion_tokens}
-
-    # ------------------------------------------------------------------ routes
-
-    @app.post("/v1/generate", summary="Generate text (Lepton's own request shape)")
-    async def generate(body: GenerateRequest, request: Request) -> Any:
-        ids = await encode(body.prompt)
-        check_prompt(ids, "prompt")
-        params = sampling(body, token_limit(body.max_new_tokens, "max_new_tokens", len(ids), 128), 0.0)
-        handle = submit(ids, params)
-        rid = f"gen-{uuid.uuid4().hex}"
-        if body.stream:
-            def shape(c: Chunk) -> list[Any]:
-                if c.finish_reason is None:
-                    return [{"id": rid, "text": c.text, "token_ids": c.token_ids}]
-                return [{"id": rid, "text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason,
-                         "usage": usage(c)}]
-            return sse_response(stream(handle, [], shape, None))
-        r = await complete(request, handle)
-        return {"id": rid, "model": model_name, "text": r.text, "token_ids": r.token_ids,
-                "finish_reason": r.finish_reason, "usage": usage(r)}
-
-    @app.post("/v1/completions", summary="OpenAI-compatible text completion")
-    async def completions(body: CompletionRequest, request: Request) -> Any:
-        check_model(body.model)
+    async def completion_prompt(self, body: CompletionRequest) -> list[int]:
+        """A completion's prompt as token ids: the text (or the first of several) encoded, or the ids given."""
         if isinstance(body.prompt, str) or isinstance(body.prompt[0], str):
-            ids = await encode(body.prompt if isinstance(body.prompt, str) else body.prompt[0])
-        else:
-            ids = list(body.prompt)
-            vocab = len(tokenizer)
-            if any(not 0 <= t < vocab for t in ids):
-                raise APIError(400, f"prompt: token ids must be in [0, {vocab})", param="prompt")
-        check_prompt(ids, "prompt")
-        params = sampling(body, token_limit(body.max_tokens, "max_tokens", len(ids), 16), 1.0)
-        handle = submit(ids, params)
-        cid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        head = {"id": cid, "object": "text_completion", "created": now, "model": model_name}
-        if body.stream:
-            with_usage = bool(body.stream_options and body.stream_options.include_usage)
-            extra = {"usage": None} if with_usage else {}
+            return await self.encode(body.prompt if isinstance(body.prompt, str) else body.prompt[0])
+        ids = list(body.prompt)
+        vocab = len(self.tokenizer)
+        if any(not 0 <= t < vocab for t in ids):
+            raise APIError(400, f"prompt: token ids must be in [0, {vocab})", param="prompt")
+        return ids
 
-            def shape(c: Chunk) -> list[Any]:
-                if not c.text and c.finish_reason is None:
-                    return []
-                return [{**head, "choices": [{"text": c.text, "index": 0, "logprobs": None,
-                                              "finish_reason": c.finish_reason}], **extra}]
-            tail = (lambda c: {**head, "choices": [], "usage": usage(c)}) if with_usage else None
-            return sse_response(stream(handle, [], shape, tail))
-        r = await complete(request, handle)
-        return {**head, "choices": [{"text": r.text, "index": 0, "logprobs": None, "finish_reason": r.finish_reason}],
-                "usage": usage(r)}
-
-    @app.post("/v1/chat/completions", summary="OpenAI-compatible chat completion")
-    async def chat_completions(body: ChatRequest, request: Request) -> Any:
-        check_model(body.model)
+    async def chat_prompt(self, body: ChatRequest) -> list[int]:
+        """A chat's messages through the model's chat template, as token ids."""
+        tokenizer = self.tokenizer
         if not getattr(tokenizer, "chat_template", None):
             raise APIError(400, "messages: this model has no chat template; use /v1/completions", param="messages")
         messages = [{"role": m.role, "content": m.text()} for m in body.messages]
@@ -290,59 +251,154 @@ def create_generate_app(model: Any, tokenizer: Any, settings: Any = None, *, mod
             text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as err:  # noqa: BLE001 - a template may refuse a role order (raise_exception)
             raise APIError(400, f"messages: the chat template refused them: {err}", param="messages") from None
-        ids = await encode(text, special=False)  # the template writes the special tokens itself
-        check_prompt(ids, "messages")
-        field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-        limit = token_limit(body.max_completion_tokens or body.max_tokens, field, len(ids), 512)
-        handle = submit(ids, sampling(body, limit, 1.0))
-        cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        head = {"id": cid, "object": "chat.completion.chunk", "created": now, "model": model_name}
+        return await self.encode(text, special=False)  # the template writes the special tokens itself
+
+    # ------------------------------------------------------------------ routes
+
+    async def generate(self, body: GenerateRequest, request: Request) -> Any:
+        ids = await self.encode(body.prompt)
+        self.check_prompt(ids, "prompt")
+        params = self.sampling(body, self.token_limit(body.max_new_tokens, "max_new_tokens", len(ids), 128), 0.0)
+        handle = self.submit(ids, params)
+        rid = f"gen-{uuid.uuid4().hex}"
+        if body.stream:
+            return _sse_response(_stream(handle, [], partial(_generate_chunks, rid), None))
+        r = await _complete(request, handle)
+        return {"id": rid, "model": self.model_name, "text": r.text, "token_ids": r.token_ids,
+                "finish_reason": r.finish_reason, "usage": _usage(r)}
+
+    async def completions(self, body: CompletionRequest, request: Request) -> Any:
+        self.check_model(body.model)
+        ids = await self.completion_prompt(body)
+        self.check_prompt(ids, "prompt")
+        params = self.sampling(body, self.token_limit(body.max_tokens, "max_tokens", len(ids), 16), 1.0)
+        handle = self.submit(ids, params)
+        cid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": cid, "object": "text_completion", "created": now, "model": self.model_name}
         if body.stream:
             with_usage = bool(body.stream_options and body.stream_options.include_usage)
             extra = {"usage": None} if with_usage else {}
+            tail = partial(_usage_chunk, head) if with_usage else None
+            return _sse_response(_stream(handle, [], partial(_completion_chunks, head, extra), tail))
+        r = await _complete(request, handle)
+        return {**head, "choices": [{"text": r.text, "index": 0, "logprobs": None, "finish_reason": r.finish_reason}],
+                "usage": _usage(r)}
 
-            def choice(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
-                return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-                        **extra}
-
-            def shape(c: Chunk) -> list[Any]:
-                out = [choice({"content": c.text}, None)] if c.text else []
-                if c.finish_reason is not None:
-                    out.append(choice({}, c.finish_reason))
-                return out
-            tail = (lambda c: {**head, "choices": [], "usage": usage(c)}) if with_usage else None
-            first = [_sse(choice({"role": "assistant", "content": ""}, None))]
-            return sse_response(stream(handle, first, shape, tail))
-        r = await complete(request, handle)
+    async def chat_completions(self, body: ChatRequest, request: Request) -> Any:
+        self.check_model(body.model)
+        ids = await self.chat_prompt(body)
+        self.check_prompt(ids, "messages")
+        field = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+        limit = self.token_limit(body.max_completion_tokens or body.max_tokens, field, len(ids), 512)
+        handle = self.submit(ids, self.sampling(body, limit, 1.0))
+        cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        head = {"id": cid, "object": "chat.completion.chunk", "created": now, "model": self.model_name}
+        if body.stream:
+            with_usage = bool(body.stream_options and body.stream_options.include_usage)
+            extra = {"usage": None} if with_usage else {}
+            tail = partial(_usage_chunk, head) if with_usage else None
+            first = [_sse(_chat_choice(head, extra, {"role": "assistant", "content": ""}, None))]
+            return _sse_response(_stream(handle, first, partial(_chat_chunks, head, extra), tail))
+        r = await _complete(request, handle)
         return {**head, "object": "chat.completion",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": r.text}, "logprobs": None,
-                             "finish_reason": r.finish_reason}], "usage": usage(r)}
+                             "finish_reason": r.finish_reason}], "usage": _usage(r)}
 
-    @app.get("/v1/models", summary="The served model, in OpenAI's list shape")
-    async def models() -> Any:
-        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": created,
-                                            "owned_by": "lepton", "max_model_len": engine.max_context}]}
+    async def models(self) -> Any:
+        return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created,
+                                            "owned_by": "lepton", "max_model_len": self.engine.max_context}]}
 
-    @app.get("/healthz", summary="The process is alive")
-    async def healthz() -> Any:
+    async def healthz(self) -> Any:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="The model is loaded and takes requests")
-    async def readyz() -> Any:
-        if scheduler.accepting:
+    async def readyz(self) -> Any:
+        if self.scheduler.accepting:
             return {"status": "ready"}
         return JSONResponse({"status": "not ready"}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
 
-    @app.get("/metrics", response_class=Response, summary="Prometheus metrics of this process")
-    async def prometheus() -> Response:
-        body, content_type = metrics.render()
+    async def prometheus(self) -> Response:
+        body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)
 
-    _add_error_handlers(app)
-    app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_s)
-    app.add_middleware(MetricsMiddleware, metrics=metrics, paths=frozenset(getattr(r, "path", "") for r in app.routes))
-    app.add_middleware(DrainGuardMiddleware)
-    return app
+
+# ---------------------------------------------------------------------- responses and streams
+
+
+async def _complete(request: Request, handle: GenerationHandle) -> Chunk:
+    """The whole result; cancels the request if the client disconnects first."""
+    watcher = asyncio.create_task(_cancel_on_disconnect(request, handle))
+    try:
+        result = await handle.result()
+    finally:
+        watcher.cancel()
+        handle.cancel()  # no-op when done; frees the slot if this task itself was cancelled
+    if result.finish_reason == "error":
+        raise APIError(503 if "shutting down" in (result.error or "") else 500,
+                       result.error or "generation failed", kind="server_error")
+    return result
+
+
+async def _stream(handle: GenerationHandle, first: list[str], shape: Callable[[Chunk], list[Any]],
+                  usage_chunk: Callable[[Chunk], Any] | None) -> AsyncIterator[str]:
+    try:
+        for line in first:
+            yield line
+        async for chunk in handle:
+            if chunk.finish_reason == "error":
+                yield _sse(APIError(500, chunk.error or "generation failed", kind="server_error").body())
+                break
+            for payload in shape(chunk):
+                yield _sse(payload)
+            if chunk.finish_reason is not None and usage_chunk is not None:
+                yield _sse(usage_chunk(chunk))
+        yield "data: [DONE]\n\n"
+    finally:  # the client went away (the response task is cancelled) or the stream ended
+        handle.cancel()
+
+
+def _sse_response(body: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(body, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _usage(c: Chunk) -> dict[str, int]:
+    return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+            "total_tokens": c.prompt_tokens + c.completion_tokens}
+
+
+def _usage_chunk(head: dict[str, Any], c: Chunk) -> dict[str, Any]:
+    """The last chunk of an OpenAI stream asked for with ``stream_options.include_usage``."""
+    return {**head, "choices": [], "usage": _usage(c)}
+
+
+def _generate_chunks(rid: str, c: Chunk) -> list[Any]:
+    """The events of one chunk of a /v1/generate stream."""
+    if c.finish_reason is None:
+        return [{"id": rid, "text": c.text, "token_ids": c.token_ids}]
+    return [{"id": rid, "text": c.text, "token_ids": c.token_ids, "finish_reason": c.finish_reason,
+             "usage": _usage(c)}]
+
+
+def _completion_chunks(head: dict[str, Any], extra: dict[str, Any], c: Chunk) -> list[Any]:
+    """The events of one chunk of a /v1/completions stream (none for an empty chunk that does not end it)."""
+    if not c.text and c.finish_reason is None:
+        return []
+    return [{**head, "choices": [{"text": c.text, "index": 0, "logprobs": None,
+                                  "finish_reason": c.finish_reason}], **extra}]
+
+
+def _chat_choice(head: dict[str, Any], extra: dict[str, Any], delta: dict[str, Any],
+                 finish: str | None) -> dict[str, Any]:
+    return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            **extra}
+
+
+def _chat_chunks(head: dict[str, Any], extra: dict[str, Any], c: Chunk) -> list[Any]:
+    """The events of one chunk of a /v1/chat/completions stream: its text, then the finish."""
+    out = [_chat_choice(head, extra, {"content": c.text}, None)] if c.text else []
+    if c.finish_reason is not None:
+        out.append(_chat_choice(head, extra, {}, c.finish_reason))
+    return out
 
 
 def _add_error_handlers(app: FastAPI) -> None:

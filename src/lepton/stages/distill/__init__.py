@@ -118,7 +118,7 @@ class TeacherInfo:
 
 
 def _weights_sha(folder: Path) -> str:
-    from lepton.pipeline.artifact import sha256
+    from lepton.core.atomic import sha256
     from lepton.models import WEIGHT_FILES
 
     digest = hashlib.sha256()
@@ -139,7 +139,7 @@ def resolve_teacher(config: DistillConfig, bundle: ModelBundle, ctx: RunContext)
     """Find the teacher (an earlier stage by name, or a folder) and check it fits the student."""
     from transformers import AutoConfig
 
-    from lepton.pipeline.artifact import MANIFEST, file_digests, read_manifest
+    from lepton.runtimes.saved import is_saved_model, store
 
     where = f"stages.{ctx.stage_index}.teacher"
     name = config.teacher
@@ -152,10 +152,10 @@ def resolve_teacher(config: DistillConfig, bundle: ModelBundle, ctx: RunContext)
             raise StageError(f"{where}: {name!r} is neither an earlier stage of this recipe nor a model "
                              f"folder{suggest(name, earlier)} (earlier stages: "
                              f"{', '.join(earlier) or 'none'})")
-    lepton = (folder / MANIFEST).is_file()
+    lepton = is_saved_model(folder)
     heads: list[int] | None = None
     if lepton:
-        manifest = read_manifest(folder, verify=name not in ctx.snapshots)
+        manifest = store().read_manifest(folder, verify=name not in ctx.snapshots)
         labels = (manifest.get("task") or {}).get("labels")
         if labels != bundle.task.labels:
             raise StageError(f"{where}: the teacher ({described}) predicts {labels}, the student "
@@ -165,7 +165,7 @@ def resolve_teacher(config: DistillConfig, bundle: ModelBundle, ctx: RunContext)
         if kind != bundle.task.kind:
             raise StageError(f"{where}: the teacher ({described}) is a {kind} model, the student "
                              f"a {bundle.task.kind} model")
-        identity = file_digests(folder, manifest).get("model.safetensors") or _weights_sha(folder)
+        identity = store().file_digests(folder, manifest).get("model.safetensors") or _weights_sha(folder)
         structure = manifest.get("structure")
         if isinstance(structure, dict):
             heads = [int(h) for h in structure.get("num_attention_heads", [])]
@@ -187,11 +187,11 @@ def resolve_teacher(config: DistillConfig, bundle: ModelBundle, ctx: RunContext)
 
 
 def load_teacher(info: TeacherInfo, bundle: ModelBundle, ctx: RunContext, *, eager: bool) -> Any:
-    from lepton.pipeline.artifact import load_bundle
+    from lepton.runtimes.saved import store
 
     where = f"stages.{ctx.stage_index}.teacher"
     if info.lepton:
-        teacher = load_bundle(info.folder, verify=False, device=ctx.device)
+        teacher = store().load_bundle(info.folder, verify=False, device=ctx.device)
         model, tokenizer = teacher.model, teacher.tokenizer
     else:
         from lepton.models import load_tokenizer
@@ -326,12 +326,7 @@ def distill(bundle: ModelBundle, config: DistillConfig, ctx: RunContext) -> Mode
     info = resolve_teacher(config, bundle, ctx)
     torch.manual_seed(ctx.seed)  # the projections' initial weights
     plan, notes = plan_layers(config, bundle, info, where)
-    data = encode(split, bundle.task, bundle.tokenizer)
-    n_transfer = 0
-    if config.transfer is not None:
-        data, n_transfer = _with_transfer(data, config.transfer, bundle, where, ctx.columns)
-    if config.alpha_task > 0 and data.labels is None:
-        raise StageError(f"{where}.alpha_task: the task loss needs labelled data.train")
+    data, n_transfer = _training_data(split, config, bundle, ctx, where)
     token_level = kind_of(bundle.task).token_level
     hidden = sorted({j for _, j in plan.hidden_pairs})
     attention = sorted({j for _, j in plan.attention_pairs})
@@ -341,7 +336,57 @@ def distill(bundle: ModelBundle, config: DistillConfig, ctx: RunContext) -> Mode
     previous_attn = student.config._attn_implementation
     if eager:
         student.set_attn_implementation("eager")
+    cache, live_teacher, cache_info = _teacher_outputs(config, info, bundle, ctx, data, pad, token_level,
+                                                       hidden, attention, eager)
+    loss_fn = _DistillLoss(config, plan, cache, live_teacher, hidden, attention, ctx.device)
 
+    def restore_attention() -> None:
+        if eager:
+            student.set_attn_implementation(previous_attn)
+
+    extra = [plan.projections] if len(plan.projections) else []
+    summary = train(bundle, config, ctx, TrainJob(
+        data=data, loss_fn=loss_fn, extra=extra, metric=metric, evaluate=dev_evaluator(student, bundle, ctx),
+        on_trained=restore_attention, label="distill"))
+    passes = summary["items"] / max(len(data), 1)  # teacher passes over the data a live teacher makes
+    if cache is not None:
+        _record_cache_savings(cache_info, passes)
+    summary.update({
+        "teacher": info.described, "teacher_folder": str(info.folder),
+        "temperature": config.temperature,
+        "alphas": {"task": config.alpha_task, "kd": config.alpha_kd, "hidden": config.alpha_hidden,
+                   "attention": config.alpha_attention},
+        "layer_map": {str(i): j for i, j in plan.mapping.items()} or None,
+        "projections": len(plan.projections),
+        "loss_parts_mean": loss_fn.parts_mean(),
+        "teacher_cache": cache_info,
+        "skipped_rows": len(split.skipped),
+        "transfer_examples": n_transfer,
+    })
+    if notes:
+        summary["notes"] = notes
+    ctx.stage_summary = summary
+    return bundle
+
+
+def _training_data(split: Any, config: DistillConfig, bundle: ModelBundle, ctx: RunContext,
+                   where: str) -> tuple[Encoded, int]:
+    """data.train encoded, followed by the transfer text if any; and how many transfer examples."""
+    data = encode(split, bundle.task, bundle.tokenizer)
+    n_transfer = 0
+    if config.transfer is not None:
+        data, n_transfer = _with_transfer(data, config.transfer, bundle, where, ctx.columns)
+    if config.alpha_task > 0 and data.labels is None:
+        raise StageError(f"{where}.alpha_task: the task loss needs labelled data.train")
+    return data, n_transfer
+
+
+def _teacher_outputs(config: DistillConfig, info: TeacherInfo, bundle: ModelBundle, ctx: RunContext,
+                     data: Encoded, pad: int, token_level: bool, hidden: list[int], attention: list[int],
+                     eager: bool) -> tuple[TeacherCache | None, Any, dict[str, Any]]:
+    """Where the teacher's outputs come from: the cache (read, or built now), or, with the cache off
+    or too large, the teacher itself running beside the student. Returns (cache, live teacher,
+    the summary's ``teacher_cache``); one of the first two is None."""
     cache_info: dict[str, Any] = {"enabled": config.cache_teacher}
     cache: TeacherCache | None = None
     live_teacher = None
@@ -360,61 +405,56 @@ def distill(bundle: ModelBundle, config: DistillConfig, ctx: RunContext) -> Mode
         cache_info["status"] = "off"
     if cache is None:
         live_teacher = load_teacher(info, bundle, ctx, eager=eager)
+    return cache, live_teacher, cache_info
 
-    need_hidden, need_attention = bool(plan.hidden_pairs), bool(plan.attention_pairs)
-    totals: dict[str, float] = {}
-    batches_seen = [0]
 
-    def loss_fn(model: Any, batch: dict[str, torch.Tensor], idx: list[int]) -> torch.Tensor:
+class _DistillLoss:
+    """The training loss (``TrainJob.loss_fn``): the student's outputs against the teacher's for
+    the batch, from the cache or the live teacher; sums each loss part for the summary."""
+
+    def __init__(self, config: DistillConfig, plan: LossPlan, cache: TeacherCache | None,
+                 live_teacher: Any, hidden: list[int], attention: list[int], device: Any) -> None:
+        self.config, self.plan = config, plan
+        self.cache, self.live_teacher = cache, live_teacher
+        self.hidden, self.attention = hidden, attention
+        self.device = device
+        self.need_hidden, self.need_attention = bool(plan.hidden_pairs), bool(plan.attention_pairs)
+        self.totals: dict[str, float] = {}
+        self.batches_seen = 0
+
+    def __call__(self, model: Any, batch: dict[str, torch.Tensor], idx: list[int]) -> torch.Tensor:
         # A batch of transfer text only has no gold label: no task loss for it.
         labelled = "labels" in batch and bool((batch["labels"] != IGNORE).any())
-        use_task = config.alpha_task > 0 and labelled
+        use_task = self.config.alpha_task > 0 and labelled
         inputs = batch if use_task else {k: v for k, v in batch.items() if k != "labels"}
-        out = model(**inputs, output_hidden_states=need_hidden, output_attentions=need_attention)
+        out = model(**inputs, output_hidden_states=self.need_hidden,
+                    output_attentions=self.need_attention)
         width = int(batch["input_ids"].shape[1])
-        if cache is not None:
-            teacher = cache.for_batch(idx, width, ctx.device)
+        if self.cache is not None:
+            teacher = self.cache.for_batch(idx, width, self.device)
         else:
-            teacher = teacher_batch(live_teacher, batch, hidden, attention)
-        loss, parts = distill_loss(out, teacher, batch["attention_mask"], config, plan,
+            teacher = teacher_batch(self.live_teacher, batch, self.hidden, self.attention)
+        loss, parts = distill_loss(out, teacher, batch["attention_mask"], self.config, self.plan,
                                    use_task=use_task)
         for k, v in parts.items():
-            totals[k] = totals.get(k, 0.0) + v
-        batches_seen[0] += 1
+            self.totals[k] = self.totals.get(k, 0.0) + v
+        self.batches_seen += 1
         return loss
 
-    def restore_attention() -> None:
-        if eager:
-            student.set_attn_implementation(previous_attn)
+    def parts_mean(self) -> dict[str, float]:
+        """Each loss part's mean over the batches trained on."""
+        return {k: round(v / max(self.batches_seen, 1), 6) for k, v in self.totals.items()}
 
-    extra = [plan.projections] if len(plan.projections) else []
-    summary = train(bundle, config, ctx, TrainJob(
-        data=data, loss_fn=loss_fn, extra=extra, metric=metric, evaluate=dev_evaluator(student, bundle, ctx),
-        on_trained=restore_attention, label="distill"))
-    passes = summary["items"] / max(len(data), 1)  # teacher passes over the data a live teacher makes
-    if cache is not None:
-        saved_passes = passes - (0 if cache_info["status"] == "hit" else 1)
-        hit = cache_info["status"] == "hit"
-        cost = cache_info["load_seconds"] if hit else cache_info["write_seconds"]
-        cache_info["teacher_passes_avoided"] = round(max(saved_passes, 0.0), 3)
-        cache_info["seconds_saved_estimate"] = round(
-            max(saved_passes, 0.0) * cache_info["teacher_pass_seconds"] - cost, 2)
-    summary.update({
-        "teacher": info.described, "teacher_folder": str(info.folder),
-        "temperature": config.temperature,
-        "alphas": {"task": config.alpha_task, "kd": config.alpha_kd, "hidden": config.alpha_hidden,
-                   "attention": config.alpha_attention},
-        "layer_map": {str(i): j for i, j in plan.mapping.items()} or None,
-        "projections": len(plan.projections),
-        "loss_parts_mean": {k: round(v / max(batches_seen[0], 1), 6) for k, v in totals.items()},
-        "teacher_cache": cache_info,
-        "skipped_rows": len(split.skipped),
-        "transfer_examples": n_transfer,
-    })
-    if notes:
-        summary["notes"] = notes
-    ctx.stage_summary = summary
-    return bundle
+
+def _record_cache_savings(cache_info: dict[str, Any], passes: float) -> None:
+    """Add the teacher passes the cache avoided and the seconds that saved (net of reading or
+    writing it) to ``cache_info``; ``passes``: the passes over the data a live teacher makes."""
+    saved_passes = passes - (0 if cache_info["status"] == "hit" else 1)
+    hit = cache_info["status"] == "hit"
+    cost = cache_info["load_seconds"] if hit else cache_info["write_seconds"]
+    cache_info["teacher_passes_avoided"] = round(max(saved_passes, 0.0), 3)
+    cache_info["seconds_saved_estimate"] = round(
+        max(saved_passes, 0.0) * cache_info["teacher_pass_seconds"] - cost, 2)
 
 
 def _with_transfer(data: Encoded, cfg: DataSplitConfig, bundle: ModelBundle, where: str,

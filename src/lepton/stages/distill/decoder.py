@@ -24,17 +24,16 @@ import torch
 
 from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
-from lepton.stages.decoder_dispatch import handles
-from lepton.stages.decoder_common import require_torch_decoder
+from lepton.stages.base import register
+from lepton.stages.decoder_common import require_torch_decoder, training_data
 from lepton.stages.distill import DistillConfig, default_layer_map
 
 log = logging.getLogger(__name__)
 
 
-@handles(DistillConfig)
+@register(DistillConfig, family="decoder")
 def distill_decoder(bundle: ModelBundle, config: DistillConfig, ctx: RunContext) -> ModelBundle:
     from lepton.stages.training_decoder import train_generative
-    from lepton.tasks import kind_of
 
     where = f"stages.{ctx.stage_index}"
     student = require_torch_decoder(bundle, ctx, "distill")
@@ -44,7 +43,7 @@ def distill_decoder(bundle: ModelBundle, config: DistillConfig, ctx: RunContext)
         raise StageError(f"{where}.method: distillation trains every weight of a decoder (method: full)")
     teacher, described = _teacher(config, bundle, ctx)
     layer_map = _layer_map(config, student, teacher, where)
-    train, dev = kind_of(bundle.task).training_data(bundle, ctx)
+    train, dev = training_data(bundle, ctx)
     teacher.to(ctx.device).eval()
 
     def loss_fn(model: Any, batch: dict[str, Any], _: list[int]) -> torch.Tensor:
@@ -76,7 +75,7 @@ def distill_decoder(bundle: ModelBundle, config: DistillConfig, ctx: RunContext)
 
 
 def _teacher(config: DistillConfig, bundle: ModelBundle, ctx: RunContext) -> tuple[Any, str]:
-    from lepton.pipeline.artifact import MANIFEST, load_bundle
+    from lepton.runtimes.saved import is_saved_model, store
     from lepton.models.decoder import load_generative
 
     where = f"stages.{ctx.stage_index}.teacher"
@@ -87,9 +86,9 @@ def _teacher(config: DistillConfig, bundle: ModelBundle, ctx: RunContext) -> tup
         if not folder.is_dir():
             raise StageError(f"{where}: {config.teacher!r} is neither an earlier stage of this recipe nor a model "
                              f"folder (earlier stages: {', '.join(sorted(ctx.snapshots)) or 'none'})")
-    if (folder / MANIFEST).is_file():
-        teacher_bundle = load_bundle(folder, verify=config.teacher not in ctx.snapshots)
-        if teacher_bundle.runtime != "torch":
+    if is_saved_model(folder):
+        teacher_bundle = store().load_bundle(folder, verify=config.teacher not in ctx.snapshots)
+        if not teacher_bundle.runtime_info.trainable:
             raise StageError(f"{where}: the teacher ({described}) runs on {teacher_bundle.runtime}; "
                              "distill from a PyTorch model (a stage before export)")
         teacher = teacher_bundle.model

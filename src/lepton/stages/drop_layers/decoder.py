@@ -12,13 +12,13 @@ from typing import Any
 
 from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
-from lepton.stages.decoder_dispatch import handles
+from lepton.stages.base import register
 from lepton.stages.decoder_common import require_torch_decoder, scoring_batches
 from lepton.stages.drop_layers import DropLayersConfig, choose_layers
 
 log = logging.getLogger(__name__)
 
-@handles(DropLayersConfig)
+@register(DropLayersConfig, family="decoder")
 def drop_decoder_layers(bundle: ModelBundle, config: DropLayersConfig, ctx: RunContext) -> ModelBundle:
     from lepton.models import decoder_structure as dc
 

@@ -111,7 +111,7 @@ def export_onnx(model: torch.nn.Module, example: dict[str, torch.Tensor], path: 
                 token_level: bool, heads: dict[str, Any] | None = None) -> list[str]:
     """Trace ``model`` (float, CPU) to ``path``; returns the graph's input names. ``heads``:
     name -> (task model sharing ``model``'s encoder, token level?) for extra outputs."""
-    from lepton.tasks.heads import bind
+    from lepton.runtimes.heads import bind
 
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in example]
     heads = heads or {}
@@ -174,18 +174,39 @@ def optimize_graph(src: Path, dest: Path, config: Any, *, fuse_attention: bool) 
 @register(ExportConfig)
 def export(bundle: ModelBundle, config: ExportConfig, ctx: RunContext) -> ModelBundle:
     """Export to ONNX, optionally fuse, check parity; the bundle then runs on ONNX Runtime."""
-    from lepton.models import int8 as torch_int8
-    from lepton.runtimes import for_bundle
-    from lepton.runtimes.ort import ONNX_FILE, OnnxModel, OrtRuntime, require
-    from lepton.runtimes.torch_eager import work_per_token
-    from lepton.models.structure import describe
+    from lepton.runtimes.ort import require
 
     where = f"stages.{ctx.stage_index}"
     require("onnx")
     require("onnxruntime")
     model = bundle.model
-    if bundle.runtime != "torch":
+    if not bundle.runtime_info.trainable:
         raise StageError(f"{where}: export needs a PyTorch model; this one already runs on {bundle.runtime}")
+    _check_float32(model, where)
+    folder = ctx.stage_dir or ctx.work_dir / f"stage-{ctx.stage_index}-export"
+    folder.mkdir(parents=True, exist_ok=True)
+    batches, split_name = parity_inputs(bundle, ctx, config.parity_split, config.parity_items,
+                                        config.parity_batch)
+    example = _example_with_padding(batches)
+    summary, path, raw, names = _write_graph(bundle, config, example, folder)
+    candidate = _onnx_bundle(bundle, config, path, raw, names)
+    check = _check_parity(bundle, candidate, batches, split_name, config.atol, summary)
+    summary["size_mb"] = round(path.stat().st_size / 1e6, 3)
+    ctx.stage_summary = summary
+    log.info("export: %s, max |logit diff| %.2e on %d %s inputs, %.1f%% same predictions",
+             path.name, check["max_abs_diff"], check["compared"], split_name, 100 * check["agreement"])
+    if check["max_abs_diff"] > config.atol:
+        hint = " (try optimize: false)" if config.optimize else ""
+        raise StageError(f"{where}: ONNX parity failed: max |logit difference| {check['max_abs_diff']:.3g} "
+                         f"> atol {config.atol:g} on {check['compared']} {split_name} inputs "
+                         f"({100 * check['agreement']:.1f}% same predictions){hint}")
+    return candidate
+
+
+def _check_float32(model: Any, where: str) -> None:
+    """Export takes a float32 model: quantizing and casting come after it, on the ONNX graph."""
+    from lepton.models import int8 as torch_int8
+
     if torch_int8.is_dynamic_int8(model):
         raise StageError(f"{where}: export a float model: put quantize after export "
                          "(ONNX Runtime quantizes the exported graph)")
@@ -193,12 +214,16 @@ def export(bundle: ModelBundle, config: ExportConfig, ctx: RunContext) -> ModelB
     if dtype != torch.float32:
         raise StageError(f"{where}: export a float32 model (this one is {dtype}); "
                          "cast after export with quantize: fp16")
-    folder = ctx.stage_dir or ctx.work_dir / f"stage-{ctx.stage_index}-export"
-    folder.mkdir(parents=True, exist_ok=True)
-    batches, split_name = parity_inputs(bundle, ctx, config.parity_split, config.parity_items,
-                                        config.parity_batch)
-    example = _example_with_padding(batches)
 
+
+def _write_graph(bundle: ModelBundle, config: ExportConfig, example: dict[str, torch.Tensor],
+                 folder: Path) -> tuple[dict[str, Any], Path, Path, list[str]]:
+    """Export the model (every head an output of the one graph) to ONNX in ``folder``, then, with
+    ``optimize``, fuse it. Returns the summary so far, the graph's path, the unfused graph's path
+    (the same file when not optimized) and the graph's input names."""
+    from lepton.runtimes.ort import ONNX_FILE
+
+    model = bundle.model
     t0 = time.perf_counter()
     raw = folder / "unfused.onnx"
     heads = {name: (head.model, kind_of(head.task).token_level) for name, head in bundle.heads.items()}
@@ -221,7 +246,17 @@ def export(bundle: ModelBundle, config: ExportConfig, ctx: RunContext) -> ModelB
         raw.replace(path)
         raw = path
         summary["optimized"] = False
+    return summary, path, raw, names
 
+
+def _onnx_bundle(bundle: ModelBundle, config: ExportConfig, path: Path, raw: Path,
+                 names: list[str]) -> ModelBundle:
+    """The bundle that runs the exported graph on ONNX Runtime, with the same task, heads and history."""
+    from lepton.models.structure import describe
+    from lepton.runtimes.ort import OnnxModel
+    from lepton.runtimes.torch_eager import work_per_token
+
+    model = bundle.model
     work = work_per_token(model)
     info = {"exporter": EXPORTER, "opset": config.opset, "optimized": config.optimize,
             "inputs": names, "structure": describe(model), "quantization": None,
@@ -229,30 +264,31 @@ def export(bundle: ModelBundle, config: ExportConfig, ctx: RunContext) -> ModelB
             # In memory only (a machine-local path): the unfused graph, for static quantization.
             "unfused_path": str(raw)}
     onnx_model = OnnxModel(path=path, config=copy.deepcopy(model.config), info=info)
-    from lepton.tasks.heads import Head, head_bundle
+    from lepton.runtimes.heads import Head
 
-    candidate = ModelBundle(model=onnx_model, tokenizer=bundle.tokenizer, task=bundle.task,
-                            runtime="onnxruntime", source=bundle.source, history=bundle.history,
-                            train_hooks=bundle.train_hooks, main_task=bundle.main_task,
-                            heads={n: Head(task=h.task, model=None) for n, h in bundle.heads.items()})
+    return ModelBundle(model=onnx_model, tokenizer=bundle.tokenizer, task=bundle.task,
+                       runtime="onnxruntime", source=bundle.source, history=bundle.history,
+                       train_hooks=bundle.train_hooks, main_task=bundle.main_task,
+                       heads={n: Head(task=h.task, model=None) for n, h in bundle.heads.items()})
+
+
+def _check_parity(bundle: ModelBundle, candidate: ModelBundle, batches: list[dict[str, torch.Tensor]],
+                  split_name: str, atol: float, summary: dict[str, Any]) -> dict[str, Any]:
+    """The exported graph's logits against the PyTorch model's on the parity inputs, every head's
+    output too, into ``summary``; returns the worst output's comparison."""
+    from lepton.runtimes import for_bundle
+    from lepton.runtimes.ort import OrtRuntime
+    from lepton.runtimes.heads import head_bundle
+
     check = compare_logits(for_bundle(bundle), OrtRuntime(candidate), batches)
-    summary["parity"] = {"split": split_name, "atol": config.atol, **check}
+    summary["parity"] = {"split": split_name, "atol": atol, **check}
     for name in bundle.heads:  # every head's output against its PyTorch model, same inputs
         head_check = compare_logits(for_bundle(head_bundle(bundle, name)),
                                     OrtRuntime(head_bundle(candidate, name)), batches)
         summary.setdefault("heads_parity", {})[name] = head_check
         if head_check["max_abs_diff"] > check["max_abs_diff"]:
             check = {**head_check, "head": name}  # the worst output decides the parity check
-    summary["size_mb"] = round(path.stat().st_size / 1e6, 3)
-    ctx.stage_summary = summary
-    log.info("export: %s, max |logit diff| %.2e on %d %s inputs, %.1f%% same predictions",
-             path.name, check["max_abs_diff"], check["compared"], split_name, 100 * check["agreement"])
-    if check["max_abs_diff"] > config.atol:
-        hint = " (try optimize: false)" if config.optimize else ""
-        raise StageError(f"{where}: ONNX parity failed: max |logit difference| {check['max_abs_diff']:.3g} "
-                         f"> atol {config.atol:g} on {check['compared']} {split_name} inputs "
-                         f"({100 * check['agreement']:.1f}% same predictions){hint}")
-    return candidate
+    return check
 
 
 def _example_with_padding(batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ import torch
 from lepton.core.atomic import write_folder
 from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
-from lepton.stages.decoder_dispatch import handles
+from lepton.stages.base import register
 from lepton.stages.decoder_common import real_prompts, rebundle, require_torch_decoder
 from lepton.stages.export import ExportConfig
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 PARITY_NEW_TOKENS = 16
 
 
-@handles(ExportConfig, example={"parity_items": 4})
+@register(ExportConfig, family="decoder", example={"parity_items": 4})
 def export_decoder(bundle: ModelBundle, config: ExportConfig, ctx: RunContext) -> ModelBundle:
     from lepton.stages.export.onnx_decoder import (
         EXPORTER,
@@ -42,7 +42,7 @@ def export_decoder(bundle: ModelBundle, config: ExportConfig, ctx: RunContext) -
         folder_size,
     )
     from lepton.runtimes.ort_decoder import OrtCausalLM
-    from lepton.stages.quantize.weight_only import WeightOnlyLinear
+    from lepton.models.weight_only import WeightOnlyLinear
     from lepton.runtimes.ort import require
 
     where = f"stages.{ctx.stage_index}"

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -38,9 +39,9 @@ from pydantic import Field, field_validator
 
 from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.config import PlainName, StrictModel
-from lepton.data import DataSplitConfig, load_split
+from lepton.data import DataSplitConfig, Split, load_split
 from lepton.core.errors import StageError
-from lepton.tasks.heads import Head, check_name, make_head
+from lepton.runtimes.heads import Head, check_name, make_head
 from lepton.stages.base import register
 from lepton.stages.training import TrainJob, TrainSettings, evaluate_dev, train
 from lepton.tasks import (
@@ -137,12 +138,41 @@ def plan_epoch(sizes: list[int], lengths: list[list[int]], batch_size: int, prob
 @register(MultitaskConfig)
 def multitask(bundle: ModelBundle, config: MultitaskConfig, ctx: RunContext) -> ModelBundle:
     """Train the main task and every extra task on one shared encoder; keep every head."""
-    from lepton.evaluation.harness import predict_logits, quality_of
-    from lepton.runtimes import for_bundle
-
     where = f"stages.{ctx.stage_index}"
-    if bundle.runtime != "torch":
+    if not bundle.runtime_info.trainable:
         raise StageError(f"{where}: multitask training needs a PyTorch model")
+    _check_settings(config, where)
+    tasks = _load_tasks(bundle, config, ctx, where)
+    models = _task_models(bundle, tasks, ctx.seed, where)
+    mt = _MultiTaskModel(models, tasks.weights)
+    pad = bundle.tokenizer.pad_token_id or 0
+    data = _TrainData.build(tasks, bundle.tokenizer, config, ctx.seed, pad)
+    dev = _DevSets.build(tasks, models, bundle.tokenizer, ctx.device)
+
+    metric = "loss" if config.metric == "loss" else "mean_headline"
+    log.info("%s: %s sampling, task probabilities %s", where, config.sampling,
+             ", ".join(f"{n} {p:.3f}" for n, p in zip(tasks.names, data.probs)))
+    summary = train(bundle, config, ctx, TrainJob(
+        data=data.combined, model=mt, batch_fn=data.batch, plan=data.plan,
+        evaluate=dev.evaluate if dev.sets else None, metric=metric, label="multitask"))
+
+    bundle.heads = {name: Head(task=spec, model=models[name])
+                    for name, spec in zip(tasks.names[1:], tasks.specs[1:])}
+    bundle.main_task = config.main
+    tasks_summary = dev.final_scores(pad, ctx.seed)
+    summary.update({
+        "tasks": tasks.names, "main_task": config.main,
+        "train_examples_per_task": dict(zip(tasks.names, data.sizes)),
+        "sampling": config.sampling, "temperature": config.temperature,
+        "task_probabilities": {n: round(p, 4) for n, p in zip(tasks.names, data.probs)},
+        "dev": tasks_summary,
+    })
+    ctx.stage_summary = summary
+    return bundle
+
+
+def _check_settings(config: MultitaskConfig, where: str) -> None:
+    """The main task's name is usable and free; selection is on the mean headline or the loss."""
     check_name(config.main, f"{where}.main")
     if config.main in config.tasks:
         raise StageError(f"{where}.tasks.{config.main}: that name is the main task's ({where}.main)")
@@ -150,12 +180,23 @@ def multitask(bundle: ModelBundle, config: MultitaskConfig, ctx: RunContext) -> 
         raise StageError(f"{where}.metric: multitask selects on the mean of each task's headline "
                          "metric, or on 'loss'; leave it out or write loss")
 
-    # Tasks: the main one (the recipe's task and data), then the extra ones in recipe order.
-    names = [config.main]
-    specs: list[TaskSpec] = [bundle.task]
-    trains = [ctx.split("train")]
-    devs = [ctx.splits.get("dev")]
-    weights = [config.main_weight]
+
+@dataclass
+class _Tasks:
+    """The stage's tasks in order: the main one (the recipe's task and data), then the extra ones
+    in recipe order."""
+
+    names: list[str]
+    specs: list[TaskSpec]
+    trains: list[Split]
+    devs: list[Split | None]
+    weights: list[float]
+
+
+def _load_tasks(bundle: ModelBundle, config: MultitaskConfig, ctx: RunContext, where: str) -> _Tasks:
+    """The main task from the run, each extra task from its own data; all need labelled training data."""
+    tasks = _Tasks(names=[config.main], specs=[bundle.task], trains=[ctx.split("train")],
+                   devs=[ctx.splits.get("dev")], weights=[config.main_weight])
     for name, extra in config.tasks.items():
         check_name(name, f"{where}.tasks")
         columns, kind = extra.task.columns(), extra.task.split_kind
@@ -164,65 +205,100 @@ def multitask(bundle: ModelBundle, config: MultitaskConfig, ctx: RunContext) -> 
                      if extra.data.dev is not None else None)
         log.info("%s: task %s: %d train, %s dev examples", where, name, len(train_split),
                  len(dev_split) if dev_split is not None else "no")
-        names.append(name)
-        specs.append(build_task(extra.task, train_split))
-        trains.append(train_split)
-        devs.append(dev_split)
-        weights.append(extra.weight)
-    for name, split in zip(names, trains):
+        tasks.names.append(name)
+        tasks.specs.append(build_task(extra.task, train_split))
+        tasks.trains.append(train_split)
+        tasks.devs.append(dev_split)
+        tasks.weights.append(extra.weight)
+    for name, split in zip(tasks.names, tasks.trains):
         if split.labels is None:
             raise StageError(f"{where}: task {name} needs labelled training data")
+    return tasks
 
-    # One head per task; the main head is the bundle's model, the others share its encoder.
-    torch.manual_seed(ctx.seed)  # the new heads' initial weights
-    models: dict[str, Any] = {config.main: bundle.model}
-    for name, spec in zip(names[1:], specs[1:]):
+
+def _task_models(bundle: ModelBundle, tasks: _Tasks, seed: int, where: str) -> dict[str, Any]:
+    """One head per task; the main head is the bundle's model, the others share its encoder."""
+    torch.manual_seed(seed)  # the new heads' initial weights
+    models: dict[str, Any] = {tasks.names[0]: bundle.model}
+    for name, spec in zip(tasks.names[1:], tasks.specs[1:]):
         existing = bundle.heads.get(name)
         if existing is not None and existing.task.labels == spec.labels and existing.task.kind == spec.kind:
-            from lepton.tasks.heads import bind
+            from lepton.runtimes.heads import bind
 
             models[name] = bind(existing.model, bundle.model)  # keep training an earlier head
         else:
             models[name] = make_head(bundle.model, spec, f"{where}.tasks.{name}")
-    mt = _MultiTaskModel(models, weights)
+    return models
 
-    # All tasks' examples in one index space (task t holds offsets[t] .. offsets[t+1]-1).
-    encoded = [encode(split, spec, bundle.tokenizer) for split, spec in zip(trains, specs)]
-    offsets = [0]
-    for enc in encoded:
-        offsets.append(offsets[-1] + len(enc))
-    combined = Encoded.concat(encoded)
-    sizes = [len(e) for e in encoded]
-    probs = sampling_probabilities(sizes, config.sampling, config.temperature)
-    lengths = [e.lengths for e in encoded]
 
-    def plan(epoch: int) -> list[list[int]]:
-        return [[offsets[t] + i for i in local]
-                for t, local in plan_epoch(sizes, lengths, config.batch_size, probs, seed=ctx.seed,
-                                           epoch=epoch, group_by_length=config.group_by_length)]
+@dataclass
+class _TrainData:
+    """All tasks' examples in one index space (task t holds offsets[t] .. offsets[t+1]-1), with the
+    epoch plan and the batches (each of one task, tagged with its ``task_id``) the trainer asks for."""
 
-    pad = bundle.tokenizer.pad_token_id or 0
+    combined: Encoded
+    offsets: list[int]
+    sizes: list[int]
+    lengths: list[list[int]]
+    probs: list[float]
+    batch_size: int
+    group_by_length: bool
+    seed: int
+    pad: int
 
-    def batch_fn(idx: list[int]) -> dict[str, torch.Tensor]:
-        t = next(k for k in range(len(sizes)) if offsets[k] <= idx[0] < offsets[k + 1])
-        batch = collate(combined, idx, pad)
+    @classmethod
+    def build(cls, tasks: _Tasks, tokenizer: Any, config: MultitaskConfig, seed: int,
+              pad: int) -> _TrainData:
+        encoded = [encode(split, spec, tokenizer) for split, spec in zip(tasks.trains, tasks.specs)]
+        offsets = [0]
+        for enc in encoded:
+            offsets.append(offsets[-1] + len(enc))
+        combined = Encoded.concat(encoded)
+        sizes = [len(e) for e in encoded]
+        probs = sampling_probabilities(sizes, config.sampling, config.temperature)
+        return cls(combined=combined, offsets=offsets, sizes=sizes, lengths=[e.lengths for e in encoded],
+                   probs=probs, batch_size=config.batch_size, group_by_length=config.group_by_length,
+                   seed=seed, pad=pad)
+
+    def plan(self, epoch: int) -> list[list[int]]:
+        return [[self.offsets[t] + i for i in local]
+                for t, local in plan_epoch(self.sizes, self.lengths, self.batch_size, self.probs,
+                                           seed=self.seed, epoch=epoch,
+                                           group_by_length=self.group_by_length)]
+
+    def batch(self, idx: list[int]) -> dict[str, torch.Tensor]:
+        t = next(k for k in range(len(self.sizes)) if self.offsets[k] <= idx[0] < self.offsets[k + 1])
+        batch = collate(self.combined, idx, self.pad)
         batch["task_id"] = torch.tensor([t])
         return batch
 
-    # Dev: each task on its own dev set; selection on the mean headline metric.
-    dev_sets = []
-    for name, spec, dev in zip(names, specs, devs):
-        if dev is not None and dev.labels is not None:
-            dev_sets.append((name, spec, encode(dev, spec, bundle.tokenizer), label_ids(dev, spec)))
 
-    def surrogate(name: str, spec: TaskSpec) -> ModelBundle:
-        return ModelBundle(model=models[name], tokenizer=bundle.tokenizer, task=spec)
+@dataclass
+class _DevSets:
+    """Each task's labelled dev set (name, task, encoded inputs, gold labels), scored by its own
+    head: the mean headline metric for model selection, bootstrap CIs at the end."""
 
-    def evaluate() -> dict[str, float]:
+    sets: list[tuple[str, TaskSpec, Encoded, Any]]
+    models: dict[str, Any]
+    tokenizer: Any
+    device: Any
+
+    @classmethod
+    def build(cls, tasks: _Tasks, models: dict[str, Any], tokenizer: Any, device: Any) -> _DevSets:
+        sets = []
+        for name, spec, dev in zip(tasks.names, tasks.specs, tasks.devs):
+            if dev is not None and dev.labels is not None:
+                sets.append((name, spec, encode(dev, spec, tokenizer), label_ids(dev, spec)))
+        return cls(sets=sets, models=models, tokenizer=tokenizer, device=device)
+
+    def surrogate(self, name: str, spec: TaskSpec) -> ModelBundle:
+        return ModelBundle(model=self.models[name], tokenizer=self.tokenizer, task=spec)
+
+    def evaluate(self) -> dict[str, float]:
         scores: dict[str, float] = {}
         headline, losses = [], []
-        for name, spec, enc, gold in dev_sets:
-            m = evaluate_dev(models[name], enc, surrogate(name, spec), gold, ctx.device)
+        for name, spec, enc, gold in self.sets:
+            m = evaluate_dev(self.models[name], enc, self.surrogate(name, spec), gold, self.device)
             for key, value in m.items():
                 scores[f"{name}/{key}"] = value
             headline.append(m[kind_of(spec).headline])
@@ -231,33 +307,21 @@ def multitask(bundle: ModelBundle, config: MultitaskConfig, ctx: RunContext) -> 
         scores["loss"] = sum(losses) / len(losses)
         return scores
 
-    metric = "loss" if config.metric == "loss" else "mean_headline"
-    log.info("%s: %s sampling, task probabilities %s", where, config.sampling,
-             ", ".join(f"{n} {p:.3f}" for n, p in zip(names, probs)))
-    summary = train(bundle, config, ctx, TrainJob(
-        data=combined, model=mt, batch_fn=batch_fn, plan=plan, evaluate=evaluate if dev_sets else None,
-        metric=metric, label="multitask"))
+    def final_scores(self, pad: int, seed: int) -> dict[str, Any]:
+        """Final scores of every task on its own dev set, with bootstrap CIs."""
+        from lepton.evaluation.harness import predict_logits, quality_of
+        from lepton.runtimes import for_bundle
 
-    bundle.heads = {name: Head(task=spec, model=models[name]) for name, spec in zip(names[1:], specs[1:])}
-    bundle.main_task = config.main
-
-    # Final scores of every task on its own dev set, with bootstrap CIs.
-    tasks_summary: dict[str, Any] = {}
-    for name, spec, enc, gold in dev_sets:
-        sub = surrogate(name, spec)
-        sub.model.eval()
-        pred_logits = predict_logits(for_bundle(sub), enc, pad)
-        quality = quality_of(spec, gold, kind_of(spec).predictions(pred_logits, enc, spec), resamples=1000, seed=ctx.seed)
-        tasks_summary[name] = {
-            "kind": spec.kind, "labels": spec.labels, "dev_examples": len(enc),
-            **{k: {"value": round(m.value, 4), "ci95": [round(m.ci95_low, 4), round(m.ci95_high, 4)]}
-               for k, m in quality.metrics.items()},
-        }
-    summary.update({
-        "tasks": names, "main_task": config.main, "train_examples_per_task": dict(zip(names, sizes)),
-        "sampling": config.sampling, "temperature": config.temperature,
-        "task_probabilities": {n: round(p, 4) for n, p in zip(names, probs)},
-        "dev": tasks_summary,
-    })
-    ctx.stage_summary = summary
-    return bundle
+        tasks_summary: dict[str, Any] = {}
+        for name, spec, enc, gold in self.sets:
+            sub = self.surrogate(name, spec)
+            sub.model.eval()
+            pred_logits = predict_logits(for_bundle(sub), enc, pad)
+            quality = quality_of(spec, gold, kind_of(spec).predictions(pred_logits, enc, spec),
+                                 resamples=1000, seed=seed)
+            tasks_summary[name] = {
+                "kind": spec.kind, "labels": spec.labels, "dev_examples": len(enc),
+                **{k: {"value": round(m.value, 4), "ci95": [round(m.ci95_low, 4), round(m.ci95_high, 4)]}
+                   for k, m in quality.metrics.items()},
+            }
+        return tasks_summary

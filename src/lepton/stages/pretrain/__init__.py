@@ -313,18 +313,21 @@ def pseudo_perplexity(model: Any, pieces: Pieces, indices: list[int], mask_id: i
 # The stage
 
 
-@register(PretrainConfig)
-def pretrain(bundle: ModelBundle, config: PretrainConfig, ctx: RunContext) -> ModelBundle:
-    """Continue pretraining the encoder with masked-LM on raw text; the task head is untouched."""
+def read_stage_documents(config: PretrainConfig, ctx: RunContext) -> list[str]:
+    """The stage's documents (``text``), at least two: some are held out for scoring."""
     where = f"stages.{ctx.stage_index}"
     docs = read_documents(config.text, f"{where}.text")
     if len(docs) < 2:
         raise DataError(f"{where}.text: {len(docs)} document; pretraining needs at least 2 "
                         "(some are held out for scoring)")
-    own = kind_of(bundle.task).pretrain(bundle, config, ctx, docs)  # the objective follows the model
-    if own is not None:
-        ctx.stage_summary = own
-        return bundle
+    return docs
+
+
+@register(PretrainConfig)
+def pretrain(bundle: ModelBundle, config: PretrainConfig, ctx: RunContext) -> ModelBundle:
+    """Continue pretraining the encoder with masked-LM on raw text; the task head is untouched."""
+    where = f"stages.{ctx.stage_index}"
+    docs = read_stage_documents(config, ctx)
     order = list(range(len(docs)))
     random.Random(ctx.seed).shuffle(order)
     n_held = min(len(docs) - 1, max(1, round(config.held_out * len(docs))))

@@ -16,14 +16,14 @@ from typing import Any
 
 from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
-from lepton.stages.decoder_dispatch import handles
+from lepton.stages.base import register
 from lepton.stages.decoder_common import require_torch_decoder, scoring_batches
 from lepton.stages.prune import PruneConfig
 
 log = logging.getLogger(__name__)
 
 
-@handles(PruneConfig, example={"method": "ffn", "sparsity": 0.5, "importance": "gradient"})
+@register(PruneConfig, family="decoder", example={"method": "ffn", "sparsity": 0.5, "importance": "gradient"})
 def prune_decoder(bundle: ModelBundle, config: PruneConfig, ctx: RunContext) -> ModelBundle:
     from lepton.models import decoder_structure as dc
 

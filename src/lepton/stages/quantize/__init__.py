@@ -47,6 +47,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from lepton.runtimes import runtime_info
 from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
 from lepton.stages.quantize.ort import ort_quantize
@@ -121,9 +122,9 @@ class QuantizeConfig(StageConfig):
         return self
 
     def runtime_problem(self, runtime: str) -> str | None:
-        if runtime == "torch" and self.method in ("static_int8", "weight_only"):
+        if runtime_info(runtime).trainable and self.method in ("static_int8", "weight_only"):
             return f"{self.method} runs on ONNX Runtime; add an export stage before it"
-        if runtime == "onnxruntime" and self.method == "bf16":
+        if runtime_info(runtime).is_graph and self.method == "bf16":
             return "bf16 is not available on ONNX Runtime's CPU provider; quantize before export, or use fp16"
         return None
 
@@ -163,14 +164,14 @@ def quantize(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext) -> Mo
     folder.mkdir(parents=True, exist_ok=True)
     for stale in ("calibration.json", "smoothed.onnx"):  # never reuse another run's ranges
         (folder / stale).unlink(missing_ok=True)
-    if bundle.runtime not in ("torch", "onnxruntime"):
+    if not (bundle.runtime_info.trainable or bundle.runtime_info.is_graph):
         raise StageError(f"{where}: quantize does not know runtime {bundle.runtime!r}")
     summary: dict[str, Any] = {"method": config.method, "runtime": bundle.runtime, **cpu_check(config.method)}
     reference = for_bundle(bundle)
     size_before = reference.size_bytes()
 
     def quantize_once(skip: frozenset[str] = frozenset(), file: str = "") -> tuple[ModelBundle, dict[str, Any]]:
-        if bundle.runtime == "torch":
+        if bundle.runtime_info.trainable:
             model, details = torch_quantize(bundle, config, where, skip)
         else:
             model, details = ort_quantize(bundle, config, ctx, folder, where, skip, file)

@@ -33,7 +33,7 @@ from typing import Any
 
 from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
-from lepton.stages.decoder_dispatch import handles
+from lepton.stages.base import register
 from lepton.stages.decoder_common import agreement, real_prompts, rebundle
 from lepton.runtimes import for_bundle
 from lepton.stages.quantize import QuantizeConfig
@@ -41,18 +41,18 @@ from lepton.stages.quantize import QuantizeConfig
 log = logging.getLogger(__name__)
 
 
-@handles(QuantizeConfig, example={"method": "weight_only", "bits": 4, "group_size": 16, "check_items": 4},
+@register(QuantizeConfig, family=("decoder", "encoder-decoder"), example={"method": "weight_only", "bits": 4, "group_size": 16, "check_items": 4},
          before=({"kind": "export", "parity_items": 4},))
 def quantize_generative(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext) -> ModelBundle:
     where = f"stages.{ctx.stage_index}"
     if (config.sensitivity or config.max_drop is not None) and not (
-            bundle.runtime == "onnxruntime" and config.method == "weight_only"):
+            bundle.runtime_info.is_graph and config.method == "weight_only"):
         raise StageError(f"{where}.sensitivity: sensitivity and max_drop work with method weight_only on an "
                          "exported decoder (put export before this stage)")
     t0 = time.perf_counter()
-    if bundle.runtime == "onnxruntime":
+    if bundle.runtime_info.is_graph:
         model, details = _on_ort(bundle, config, ctx, where)
-    elif bundle.runtime == "torch":
+    elif bundle.runtime_info.trainable:
         model, details = _on_torch(bundle, config, where)
     else:
         raise StageError(f"{where}: quantize does not know runtime {bundle.runtime!r}")
@@ -151,7 +151,7 @@ def mixed_precision(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext
     sensitive groups back in float until the headline metric is within budget."""
     import numpy as np
 
-    from lepton.stages.export.onnx_decoder import encode_left_padded
+    from lepton.runtimes.ort_decoder_loop import encode_left_padded
     from lepton.tasks import kind_of
 
     kind = kind_of(bundle.task)

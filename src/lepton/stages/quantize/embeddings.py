@@ -57,7 +57,7 @@ def quantize_embeddings(bundle: ModelBundle, config: QuantizeEmbeddingsConfig, c
     from lepton.runtimes.parity import compare_logits, parity_inputs
 
     where = f"stages.{ctx.stage_index}"
-    if bundle.runtime != "torch":
+    if not bundle.runtime_info.trainable:
         raise StageError(f"{where}: quantize_embeddings works on the PyTorch model; put it before export")
     reference = ModelBundle(model=copy.deepcopy(bundle.model), tokenizer=bundle.tokenizer, task=bundle.task)
     size_before = for_bundle(reference).size_bytes()

@@ -167,96 +167,136 @@ def ort_quantize(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, f
 def _ort_convert(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, dest: Path,
                  where: str, skip: frozenset[str] = frozenset()) -> dict[str, Any]:
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_dynamic,
-        quantize_static,
-    )
 
-    source = bundle.model
-    details: dict[str, Any] = {}
     # Graphs from the transformer optimizer carry no type for some weights; without this
     # quantize_dynamic fails with "Unable to find data type for weight_name" (MEASURED.md).
     float_type = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     if config.method == "dynamic_int8":
-        from lepton.models.int8_embedding import scale_gathers
+        return _ort_dynamic_int8(bundle.model, config, dest, skip, float_type)
+    if config.method == "static_int8":
+        return _ort_static_int8(bundle, config, ctx, dest, where, skip, float_type)
+    if config.method == "weight_only":
+        return _ort_weight_only(bundle.model, config, dest, skip)
+    return _ort_fp16(bundle.model, dest)
 
-        proto = source.proto()
-        excluded = [n.name for n in proto.graph.node
-                    if n.name in skip or any(p in n.name for p in config.exclude)]
-        scales = scale_gathers(proto)  # 8-bit tables' row scales stay float32 (per-row int8 already)
-        quantize_dynamic(str(source.path), str(dest), per_channel=config.per_channel,
-                         reduce_range=config.reduce_range, weight_type=QuantType.QInt8,
-                         nodes_to_exclude=(excluded + scales) or None, extra_options=dict(float_type))
-        details["kept_float"] = len(excluded)
-        if scales:
-            details["int8_embedding_tables"] = len(scales)
-    elif config.method == "static_int8":
-        unfused = source.info.get("unfused_path")
-        src = Path(unfused) if unfused and Path(unfused).is_file() else source.path
-        fused = src == source.path and bool(source.info.get("optimized"))
-        details["graph"] = "fused" if fused else "unfused export"
-        if fused:
-            details["note"] = ("quantized the fused graph (the unfused export was not at hand): the "
-                               "fused Attention op stays float and ONNX Runtime may run int8 MatMuls "
-                               "as weight-only kernels")
-        proto = onnx.load(str(src))
-        nodes = [n for n in weight_matmuls(proto, config.exclude) if n not in skip]
-        if not nodes:
-            raise StageError(f"{where}: no MatMul with a weight left to quantize (exclude: {config.exclude})")
-        # Linears on 2-D inputs (the pooler, the classifier) trace to Gemm: int8 too, so no float
-        # weight matrix is left (ONNX Runtime fuses their QDQ pairs into QGemm).
-        gemms = [n for n in weight_gemms(proto, config.exclude) if n not in skip]
-        inputs = calibration_inputs(bundle, ctx, config, [i.name for i in proto.graph.input])
-        if config.smooth_quant:
-            smoothed = dest.parent / "smoothed.onnx"
-            if not smoothed.is_file():  # the same for every trial of this stage
-                details["smooth_quant"] = smooth_quant(proto, inputs, config.smooth_alpha, smoothed)
-            src = smoothed
-        method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
-                  "entropy": CalibrationMethod.Entropy}[config.calibration]
-        extra: dict[str, Any] = dict(float_type)
-        if config.calibration == "percentile":
-            extra["CalibPercentile"] = config.percentile
-        # op_types_to_quantize also limits which tensors calibration records: MatMul inputs and
-        # outputs, not the attention mask (whose -3.4e38 entries break histogram calibration).
-        cache = dest.parent / "calibration.json"  # ranges for this stage's later trials (mixed precision)
-        quantize_static(str(src), str(dest), _Reader(inputs), quant_format=QuantFormat.QDQ,
-                        per_channel=config.per_channel, reduce_range=config.reduce_range,
-                        activation_type=QuantType.QUInt8 if config.activation_type == "uint8" else QuantType.QInt8,
-                        weight_type=QuantType.QInt8, nodes_to_quantize=nodes + gemms,
-                        op_types_to_quantize=["MatMul", "Gemm"],
-                        calibrate_method=method, extra_options=extra, calibration_cache_path=str(cache))
-        details["quantized_matmuls"] = len(nodes)
-        details["quantized_gemms"] = len(gemms)
-        details["calibration"] = {"method": config.calibration, "split": config.calibration_split,
-                                  "items": len(inputs), "seed": ctx.seed}
-        if config.calibration == "percentile":
-            details["calibration"]["percentile"] = config.percentile
-    elif config.method == "weight_only":
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-        excluded = [n.name for n in source.proto().graph.node
-                    if n.name in skip or any(p in n.name for p in config.exclude)]
-        quantizer = MatMulNBitsQuantizer(source.proto(), bits=config.bits, block_size=config.group_size,
-                                         is_symmetric=True, accuracy_level=config.accuracy_level,
-                                         nodes_to_exclude=excluded)
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(dest))
-        details.update(bits=config.bits, group_size=config.group_size, accuracy_level=config.accuracy_level,
-                       kept_float=len(excluded),
-                       note=(f"weight-only: int{config.bits} weights in groups of {config.group_size} "
-                             "(MatMulNBits); the fused attention's QKV projection and the embeddings stay float"))
-    else:  # fp16
-        from onnxruntime.transformers.onnx_model import OnnxModel as OrtGraph
+def _ort_dynamic_int8(source: Any, config: QuantizeConfig, dest: Path, skip: frozenset[str],
+                      float_type: dict[str, Any]) -> dict[str, Any]:
+    """Dynamic int8 (weights int8, activations quantized at run time) with ``quantize_dynamic``."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        graph = OrtGraph(source.proto())
-        graph.convert_float_to_float16(keep_io_types=True)
-        graph.save_model_to_file(str(dest))
-        details["note"] = ("fp16 weights and compute where ONNX Runtime has fp16 kernels; inputs and "
-                           "outputs stay as they were")
+    from lepton.models.int8_embedding import scale_gathers
+
+    details: dict[str, Any] = {}
+    proto = source.proto()
+    excluded = [n.name for n in proto.graph.node
+                if n.name in skip or any(p in n.name for p in config.exclude)]
+    scales = scale_gathers(proto)  # 8-bit tables' row scales stay float32 (per-row int8 already)
+    quantize_dynamic(str(source.path), str(dest), per_channel=config.per_channel,
+                     reduce_range=config.reduce_range, weight_type=QuantType.QInt8,
+                     nodes_to_exclude=(excluded + scales) or None, extra_options=dict(float_type))
+    details["kept_float"] = len(excluded)
+    if scales:
+        details["int8_embedding_tables"] = len(scales)
+    return details
+
+
+def _ort_static_int8(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, dest: Path,
+                     where: str, skip: frozenset[str], float_type: dict[str, Any]) -> dict[str, Any]:
+    """Static int8 (QDQ) of the weight MatMuls and Gemms, calibrated on ``calibration_split``
+    (SmoothQuant first, with ``smooth_quant``), with ``quantize_static``."""
+    import onnx
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    details: dict[str, Any] = {}
+    src = _static_source(bundle.model, details)
+    proto = onnx.load(str(src))
+    nodes = [n for n in weight_matmuls(proto, config.exclude) if n not in skip]
+    if not nodes:
+        raise StageError(f"{where}: no MatMul with a weight left to quantize (exclude: {config.exclude})")
+    # Linears on 2-D inputs (the pooler, the classifier) trace to Gemm: int8 too, so no float
+    # weight matrix is left (ONNX Runtime fuses their QDQ pairs into QGemm).
+    gemms = [n for n in weight_gemms(proto, config.exclude) if n not in skip]
+    inputs = calibration_inputs(bundle, ctx, config, [i.name for i in proto.graph.input])
+    if config.smooth_quant:
+        smoothed = dest.parent / "smoothed.onnx"
+        if not smoothed.is_file():  # the same for every trial of this stage
+            details["smooth_quant"] = smooth_quant(proto, inputs, config.smooth_alpha, smoothed)
+        src = smoothed
+    method, extra = _calibration_options(config, float_type)
+    # op_types_to_quantize also limits which tensors calibration records: MatMul inputs and
+    # outputs, not the attention mask (whose -3.4e38 entries break histogram calibration).
+    cache = dest.parent / "calibration.json"  # ranges for this stage's later trials (mixed precision)
+    quantize_static(str(src), str(dest), _Reader(inputs), quant_format=QuantFormat.QDQ,
+                    per_channel=config.per_channel, reduce_range=config.reduce_range,
+                    activation_type=QuantType.QUInt8 if config.activation_type == "uint8" else QuantType.QInt8,
+                    weight_type=QuantType.QInt8, nodes_to_quantize=nodes + gemms,
+                    op_types_to_quantize=["MatMul", "Gemm"],
+                    calibrate_method=method, extra_options=extra, calibration_cache_path=str(cache))
+    details["quantized_matmuls"] = len(nodes)
+    details["quantized_gemms"] = len(gemms)
+    details["calibration"] = {"method": config.calibration, "split": config.calibration_split,
+                              "items": len(inputs), "seed": ctx.seed}
+    if config.calibration == "percentile":
+        details["calibration"]["percentile"] = config.percentile
+    return details
+
+
+def _static_source(source: Any, details: dict[str, Any]) -> Path:
+    """The graph static int8 starts from: the unfused export where it is at hand (the fused
+    Attention op has no QDQ form), else the model's own graph; notes the choice in ``details``."""
+    unfused = source.info.get("unfused_path")
+    src = Path(unfused) if unfused and Path(unfused).is_file() else source.path
+    fused = src == source.path and bool(source.info.get("optimized"))
+    details["graph"] = "fused" if fused else "unfused export"
+    if fused:
+        details["note"] = ("quantized the fused graph (the unfused export was not at hand): the "
+                           "fused Attention op stays float and ONNX Runtime may run int8 MatMuls "
+                           "as weight-only kernels")
+    return src
+
+
+def _calibration_options(config: QuantizeConfig, float_type: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """``quantize_static``'s calibration method and extra options for ``config.calibration``."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[config.calibration]
+    extra: dict[str, Any] = dict(float_type)
+    if config.calibration == "percentile":
+        extra["CalibPercentile"] = config.percentile
+    return method, extra
+
+
+def _ort_weight_only(source: Any, config: QuantizeConfig, dest: Path, skip: frozenset[str]) -> dict[str, Any]:
+    """Weight-only int4/int8 (MatMulNBits) with ONNX Runtime's ``MatMulNBitsQuantizer``."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    details: dict[str, Any] = {}
+    excluded = [n.name for n in source.proto().graph.node
+                if n.name in skip or any(p in n.name for p in config.exclude)]
+    quantizer = MatMulNBitsQuantizer(source.proto(), bits=config.bits, block_size=config.group_size,
+                                     is_symmetric=True, accuracy_level=config.accuracy_level,
+                                     nodes_to_exclude=excluded)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(dest))
+    details.update(bits=config.bits, group_size=config.group_size, accuracy_level=config.accuracy_level,
+                   kept_float=len(excluded),
+                   note=(f"weight-only: int{config.bits} weights in groups of {config.group_size} "
+                         "(MatMulNBits); the fused attention's QKV projection and the embeddings stay float"))
+    return details
+
+
+def _ort_fp16(source: Any, dest: Path) -> dict[str, Any]:
+    """fp16 weights and compute, inputs and outputs kept as they were."""
+    from onnxruntime.transformers.onnx_model import OnnxModel as OrtGraph
+
+    details: dict[str, Any] = {}
+    graph = OrtGraph(source.proto())
+    graph.convert_float_to_float16(keep_io_types=True)
+    graph.save_model_to_file(str(dest))
+    details["note"] = ("fp16 weights and compute where ONNX Runtime has fp16 kernels; inputs and "
+                       "outputs stay as they were")
     return details
 
 

@@ -38,16 +38,13 @@ from torch import nn
 
 from lepton.core.atomic import write_folder
 from lepton.core.errors import ArtifactError, StageError
+from lepton.models.weight_only import QuantizeError, WeightOnlyLinear
 from lepton.runtimes.ort import quiet_onnxruntime, require
 
 log = logging.getLogger(__name__)
 
 RECORD = "weight_quant.json"
 WEIGHTS = "model.safetensors"
-
-
-class QuantizeError(StageError):
-    """A quantization setting is out of range or the model cannot be quantized as asked."""
 
 
 # --------------------------------------------------------------------------------------- ONNX
@@ -162,64 +159,6 @@ def _op_counts(model: Any, ops: tuple[str, ...]) -> dict[str, int]:
 
 
 # -------------------------------------------------------------------------------------- torch
-
-class WeightOnlyLinear(nn.Module):
-    """``nn.Linear`` with int8 (per output channel, symmetric) or int4 (per ``group_size`` input
-    channels, asymmetric: code * scale + minimum) weights, dequantized at each call."""
-
-    def __init__(self, in_features: int, out_features: int, *, bits: int, group_size: int, bias: bool) -> None:
-        super().__init__()
-        self.in_features, self.out_features, self.bits, self.group_size = in_features, out_features, bits, group_size
-        groups = in_features // group_size
-        if bits == 8:
-            self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
-            self.register_buffer("scales", torch.zeros(out_features, groups))
-            self.register_buffer("minimums", torch.zeros(0))
-        else:  # two 4-bit codes per byte
-            self.register_buffer("qweight", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
-            self.register_buffer("scales", torch.zeros(out_features, groups))
-            self.register_buffer("minimums", torch.zeros(out_features, groups))
-        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear, *, bits: int, group_size: int | None) -> WeightOnlyLinear:
-        w = linear.weight.detach().float()
-        out_f, in_f = w.shape
-        group = group_size or in_f
-        if in_f % group:
-            raise QuantizeError(f"group_size {group} does not divide in_features {in_f}")
-        layer = cls(in_f, out_f, bits=bits, group_size=group, bias=linear.bias is not None)
-        g = w.reshape(out_f, in_f // group, group)
-        if bits == 8:
-            scale = g.abs().amax(-1).clamp(min=1e-8) / 127
-            layer.qweight.copy_(torch.round(g / scale[..., None]).clamp(-127, 127).to(torch.int8).reshape(out_f, in_f))
-        else:
-            low, high = g.amin(-1), g.amax(-1)
-            scale = (high - low).clamp(min=1e-8) / 15
-            codes = torch.round((g - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.uint8).reshape(out_f, in_f)
-            layer.qweight.copy_(codes[:, 0::2] | (codes[:, 1::2] << 4))
-            layer.minimums.copy_(low)
-        layer.scales.copy_(scale)
-        if linear.bias is not None:
-            layer.bias.copy_(linear.bias.detach())
-        return layer
-
-    def dequantized(self) -> torch.Tensor:
-        if self.bits == 8:
-            codes = self.qweight.float()
-        else:
-            codes = torch.stack([self.qweight & 15, self.qweight >> 4], dim=-1).reshape(self.out_features, -1).float()
-        g = codes.reshape(self.out_features, -1, self.group_size) * self.scales[..., None]
-        if self.bits == 4:
-            g = g + self.minimums[..., None]
-        return g.reshape(self.out_features, self.in_features)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.dequantized().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
-
-    def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, bits={self.bits}, group_size={self.group_size}"
-
 
 def quantize_linears(model: nn.Module, *, bits: int = 8, group_size: int | None = None,
                      exclude: tuple[str, ...] = ("lm_head",)) -> dict[str, Any]:

@@ -312,7 +312,7 @@ def _kept_ids(bundle: ModelBundle, config: TrimVocabConfig, ctx: RunContext,
 def trim_vocab(bundle: ModelBundle, config: TrimVocabConfig, ctx: RunContext) -> ModelBundle:
     """Trim the tokenizer and the embedding rows to the pieces the data needs."""
     where = f"stages.{ctx.stage_index}"
-    if bundle.runtime != "torch":
+    if not bundle.runtime_info.trainable:
         raise StageError(f"{where}: trim_vocab works on the PyTorch model; put it before export")
     old_tok = bundle.tokenizer
     keep, info = _kept_ids(bundle, config, ctx, where)

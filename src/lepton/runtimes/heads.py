@@ -54,25 +54,6 @@ def head_bundle(bundle: Any, name: str | None) -> Any:
                        main_task=name)
 
 
-def task_recipe(recipe: dict[str, Any], name: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(task section, data section) of task ``name`` in a resolved recipe: the recipe's own, or
-    the ``tasks`` entry of the multitask stage that added it."""
-    from lepton.stages import declared  # here: the stages import this module
-
-    own = (recipe.get("task") or {}, recipe.get("data") or {})
-    if name is None:
-        return own
-    for stage in recipe.get("stages") or []:
-        if not declared(stage.get("kind"), "adds_heads"):
-            continue
-        if name == stage.get("main", "main"):
-            return own
-        extra = (stage.get("tasks") or {}).get(name)
-        if extra is not None:
-            return extra.get("task") or {}, extra.get("data") or {}
-    return own
-
-
 def check_name(name: str, where: str) -> None:
     if not _NAME.match(name):
         raise StageError(f"{where}: task name {name!r} must be 1-64 letters, digits, '_', '.' or '-', "
