@@ -279,16 +279,19 @@ def cli_cases() -> list[Case]:
     add("recipe missing dev split", "recipe", lambda x: ["validate", x.recipe_with(delete("data.dev"))])
     for path, value in BAD_VALUES:
         expect, why = ACCEPTED_VALUES.get((path, repr(value)), ("error", ""))
-        add(f"{path}: {value!r}"[:70], "recipe values", lambda x, p=path, v=value: ["validate", x.recipe_with(set_value(p, v))],
+        add(f"{path}: {value!r}"[:70], "recipe values",
+            lambda x, p=path, v=value: ["validate", x.recipe_with(set_value(p, v))],
             expect=expect, why=why)
     for what, stages in BAD_STAGES:
         add(what, "stage orders and settings", lambda x, s=stages: ["validate", x.recipe_with(set_value("stages", s))])
 
     # --- --set overrides
     for what, override in [("no =", "stages.0.epochs"), ("empty key", "=1"), ("empty part", "stages..epochs=1"),
-                           ("index out of range", "stages.7.epochs=1"), ("word index on a list", "stages.first.epochs=1"),
+                           ("index out of range", "stages.7.epochs=1"),
+                           ("word index on a list", "stages.first.epochs=1"),
                            ("key below a value", "seed.x=1"), ("bad YAML value", "stages.0.epochs=[1"),
-                           ("deep YAML value", "x=" + "[" * 3000 + "]" * 3000), ("negative index out", "stages.-9.lr=1"),
+                           ("deep YAML value", "x=" + "[" * 3000 + "]" * 3000),
+                           ("negative index out", "stages.-9.lr=1"),
                            ("alias bomb value", "x=" + "&a [1,1,1,1,1,1,1,1,1,1]"), ("unknown key", "modle=x"),
                            ("stage name path", "stages.0.name=../../victim")]:
         add(f"--set {what}", "overrides", lambda x, o=override: ["validate", x.recipe, "--set", o])
@@ -404,13 +407,15 @@ def cli_cases() -> list[Case]:
         add(f"serve {what}", "serve", lambda x, a=args: ["serve", x.model, "--port", "0"] + fill(x, a))
     add("serve a damaged model", "serve", lambda x: ["serve", damaged_model(x, "flipped weight"), "--port", "0"])
     add("serve a missing model", "serve", lambda x: ["serve", "/no/model", "--port", "0"])
-    add("keygen over an existing key", "keys", lambda x: ["keygen", str(x.fix / "key")], protect=lambda x: [x.fix / "key"])
+    add("keygen over an existing key", "keys", lambda x: ["keygen", str(x.fix / "key")],
+        protect=lambda x: [x.fix / "key"])
     add("keygen into a missing folder", "keys", lambda x: ["keygen", str(x.d / "no" / "k")])
     add("keygen into /proc", "keys", lambda x: ["keygen", "/proc/lepton-kit-key"])
     add("sign with a public key", "keys", lambda x: ["sign", str(x.copy_model()), "--key", str(x.fix / "key.pub")])
     add("sign with a missing key", "keys", lambda x: ["sign", str(x.copy_model()), "--key", "/no/key"])
     add("sign with a garbage key", "keys", lambda x: ["sign", str(x.copy_model()), "--key", x.write("k", "garbage")])
-    add("sign a damaged model", "keys", lambda x: ["sign", damaged_model(x, "flipped weight"), "--key", str(x.fix / "key")])
+    add("sign a damaged model", "keys",
+        lambda x: ["sign", damaged_model(x, "flipped weight"), "--key", str(x.fix / "key")])
     add("sign a folder that is not a model", "keys", lambda x: ["sign", str(x.d), "--key", str(x.fix / "key")])
     add("info on a tampered signed model", "keys", lambda x: ["info", signed_tampered(x), "--require-signature",
                                                               str(x.fix / "key.pub")])
@@ -420,7 +425,8 @@ def cli_cases() -> list[Case]:
     add("--nproc -3", "usage", lambda x: ["run", x.recipe, "--nproc", "-3"])
 
     # --- real processes and real file systems
-    add("SIGINT during a run", "signals", lambda x: ["run", x.recipe, "-o", str(x.d / "o")], special="subprocess-sigint")
+    add("SIGINT during a run", "signals", lambda x: ["run", x.recipe, "-o", str(x.d / "o")],
+        special="subprocess-sigint")
     add("disk full during a --force run (tmpfs)", "file system",
         lambda x: ["run", x.recipe], special="tmpfs-full")
     add("read-only file system (tmpfs ro)", "file system", lambda x: ["run", x.recipe], special="tmpfs-ro")
@@ -778,17 +784,20 @@ def server_cases() -> list[tuple[str, Any]]:
         ("lone surrogate escape", ("POST", "/v1/predict", j, b'{"inputs": ["\\ud800"]}')),
         ("duplicate keys", ("POST", "/v1/predict", j, b'{"inputs": ["a"], "inputs": [1]}')),
         ("Content-Length not a number", ("raw", head + b"Content-Length: abc\r\n\r\n{}", "status")),
-        ("Content-Length and chunked", ("raw", head + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "status")),
+        ("Content-Length and chunked",
+         ("raw", head + b"Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", "status")),
         ("bad chunk size", ("raw", head + b"Transfer-Encoding: chunked\r\n\r\nZZ\r\nab\r\n0\r\n\r\n", "status")),
         ("garbage request line", ("raw", b"HELLO THERE\r\n\r\n", "status")),
         ("HTTP/9.9", ("raw", b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n", "status")),
         ("header line without colon", ("raw", b"GET /healthz HTTP/1.1\r\nHost x\r\n\r\n", "status")),
-        ("100 KB header", ("raw", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", "status")),
+        ("100 KB header",
+         ("raw", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", "status")),
         ("NUL in the path", ("raw", b"GET /he\x00althz HTTP/1.1\r\nHost: x\r\n\r\n", "status")),
         ("headers that never end", ("raw", head, "close")),
         ("connect and send nothing", ("raw", b"", "close")),
         ("body shorter than Content-Length", ("raw", head + b"Content-Length: 100\r\n\r\n{\"inputs\": ", "close")),
-        ("Expect: 100-continue over the limit", ("raw", head + b"Content-Length: 999999\r\nExpect: 100-continue\r\n\r\n", "status")),
+        ("Expect: 100-continue over the limit",
+         ("raw", head + b"Content-Length: 999999\r\nExpect: 100-continue\r\n\r\n", "status")),
         ("empty text", ("POST", "/v1/predict", j, b'{"inputs": [""]}')),
         ("whitespace-only text", ("POST", "/v1/predict", j, b'{"inputs": ["   \\t  "]}')),
         ("control characters", ("POST", "/v1/predict", j, b'{"inputs": ["\\u0000\\u0007\\u001b[31m"]}')),

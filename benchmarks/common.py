@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from lepton.evaluation.scorecard import Report
 from lepton.pipeline.artifact import now_iso
 from lepton.runtimes.bundle import ModelBundle, RunContext, StageRecord
-from lepton.evaluation.scorecard import Report
 from lepton.stages import configs, handler_for
 
 log = logging.getLogger("benchmark")

@@ -20,10 +20,9 @@ from pathlib import Path
 import yaml
 
 import lepton
+from common import save_results
 from lepton.pipeline.recipe import parse_recipe
 from lepton.pipeline.report import print_table, to_markdown
-
-from common import save_results
 
 ROOT = Path(__file__).resolve().parents[1]
 RECOVER = {"kind": "finetune", "name": "recover", "epochs": 2, "lr": 1.0e-4, "batch_size": 32}

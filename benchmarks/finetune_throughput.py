@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.evaluation.environment import describe, fingerprint
 from lepton.models import load_tokenizer, resolve_model
-from lepton.tasks.loading import load_for_task
+from lepton.pipeline.recipe import TaskConfig
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.stages.finetune import FinetuneConfig, finetune
 from lepton.tasks import build_task, encode
-from lepton.pipeline.recipe import TaskConfig
+from lepton.tasks.loading import load_for_task
 
 DATA = Path(os.environ.get("LEPTON_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

@@ -26,19 +26,19 @@ from typing import Any
 
 import torch
 
-from lepton.runtimes.bundle import ModelBundle, RunContext
-from lepton.data import DataSplitConfig, Columns, load_split
+from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.data.parallel import ParallelSplitConfig, PromptSpec, load_parallel
 from lepton.evaluation.generation_efficiency import GenEfficiencyConfig, measure
-from lepton.tasks.prompt_encoding import encode_causal, encode_documents, render_prompt
-from lepton.tasks.generate import generate
 from lepton.models.decoder import load_generative
-from lepton.tasks.scoring import document_losses
-from lepton.tasks.generation_settings import GenerationSettings
-from lepton.tasks.text_metrics import lm_scores, paired_lm, paired_text, text_scores
-from lepton.stages.training_decoder import train_generative
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.stages.finetune import FinetuneConfig
+from lepton.stages.training_decoder import train_generative
 from lepton.tasks import TaskSpec
+from lepton.tasks.generate import generate
+from lepton.tasks.generation_settings import GenerationSettings
+from lepton.tasks.prompt_encoding import encode_causal, encode_documents, render_prompt
+from lepton.tasks.scoring import document_losses
+from lepton.tasks.text_metrics import lm_scores, paired_lm, text_scores
 
 log = logging.getLogger("benchmark")
 ROOT = Path(__file__).resolve().parents[1]

@@ -2,7 +2,8 @@
 is built from, and the "compressed" student. Reuses benchmarks/generative.py's prompt, data and
 fine-tuning code (full fine-tuning, loss on the German tokens, keep-best on val loss).
 
-    taskset -c 1 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/generative_finetuned.py finetune --train-pairs 300
+    taskset -c 1 env OMP_NUM_THREADS=1 PYTHONPATH=src \\
+        python benchmarks/generative_finetuned.py finetune --train-pairs 300
     taskset -c 1 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/generative_finetuned.py compress ...
 
 Folders go to $LEPTON_CACHE/generative-bench/ (never into git); a JSON record of each step goes to
@@ -26,7 +27,6 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import generative as gb  # noqa: E402  (benchmarks/generative.py: prompt, pairs, finetune)
-
 from lepton.models.decoder import load_generative  # noqa: E402
 
 CACHE = Path(os.environ.get("LEPTON_CACHE", Path.home() / ".cache" / "lepton")) / "generative-bench"
@@ -101,7 +101,8 @@ def cmd_compress(args) -> None:
     info = dc.drop_decoder_layers(student, drop)
     prune = None
     if args.ffn_keep < 1.0:
-        fb = collate(enc.input_ids[:args.importance_examples], enc.labels[:args.importance_examples], pad, seq2seq=False)
+        fb = collate(enc.input_ids[:args.importance_examples], enc.labels[:args.importance_examples], pad,
+                     seq2seq=False)
         prune = dc.prune_ffn(student, args.ffn_keep, dc.ffn_importance(student, fb["input_ids"], fb["attention_mask"]))
     params_after = sum(p.numel() for p in student.parameters())
     teacher_dev, before_dev = dev_loss(teacher), dev_loss(student)
@@ -117,7 +118,7 @@ def cmd_compress(args) -> None:
     t_rec = time.perf_counter()
     history = []
     step = 0
-    for epoch in range(args.epochs):
+    for _epoch in range(args.epochs):
         rng.shuffle(batches)
         for rows in batches:
             b = collate([enc.input_ids[i] for i in rows], [enc.labels[i] for i in rows], pad, seq2seq=False)

@@ -60,7 +60,8 @@ def main() -> None:
             (f"{sp['ttft_p50_ms']:.0f} / {sp['ttft_p95_ms']:.0f}" if sp else "-"),
             fmt(s.get("peak_rss_mb"), ".0f"),
             fmt(s.get("size_bytes") and s["size_bytes"] / 1e6, ".1f"),
-            (f"{base_rt['size_bytes'] / s['size_bytes']:.2f}x" if s.get("size_bytes") and base_rt.get("size_bytes") else "-"),
+            (f"{base_rt['size_bytes'] / s['size_bytes']:.2f}x"
+             if s.get("size_bytes") and base_rt.get("size_bytes") else "-"),
         ]) + " |")
     # verdicts
     verdicts = []
@@ -104,9 +105,11 @@ def main() -> None:
                 f"{peer['ttft_p50_ms']:.0f} ms")
     else:
         verdict(f"ahead of llama.cpp under {conc} concurrent requests", None, "serving run missing")
-    out = {"rows": rows, "verdicts": verdicts, "finetune": ft, "compress": {k: v for k, v in cp.items() if k != "recovery"}
+    out = {"rows": rows, "verdicts": verdicts, "finetune": ft,
+           "compress": {k: v for k, v in cp.items() if k != "recovery"}
            | ({"recovery": {k: v for k, v in cp["recovery"].items() if k != "history"}} if cp else {}),
-           "runtimes_setup": rt_all.get("setup"), "versions": rt_all.get("versions"), "serve_versions": sv.get("versions")}
+           "runtimes_setup": rt_all.get("setup"), "versions": rt_all.get("versions"),
+           "serve_versions": sv.get("versions")}
     header = ("| variant | BLEU [95% CI] | BLEU vs torch-fp32 [95% CI] | chrF [95% CI] | chrF vs torch-fp32 | "
               "TTFT ms (128-token prompt) | TPOT ms | tokens/s batch 1 | TPOT vs torch | tokens/s, 8 concurrent | "
               "TTFT p50 / p95 ms, 8 concurrent | peak RSS MB | size MB | smaller |")

@@ -16,7 +16,8 @@ venv's Python) and saves its hypotheses to the cache; ``report`` scores them all
 bootstrap differences against torch-fp32 on the same sentences.
 
     taskset -c 1 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/generative_quality.py run torch-fp32 --model DIR
-    taskset -c 1 env OMP_NUM_THREADS=1 PYTHONPATH=src benchmarks/peers/.venv/bin/python benchmarks/generative_quality.py run llamacpp-q4_0 --model DIR
+    taskset -c 1 env OMP_NUM_THREADS=1 PYTHONPATH=src benchmarks/peers/.venv/bin/python \\
+        benchmarks/generative_quality.py run llamacpp-q4_0 --model DIR
     PYTHONPATH=src python benchmarks/generative_quality.py report --model DIR
 """
 
@@ -84,13 +85,15 @@ def run_variant(args) -> None:
     eos = {tok.eos_token_id} | set([cfg_eos] if isinstance(cfg_eos, int) else (cfg_eos or []))
     v = args.variant
     t_build = time.perf_counter()
-    path = model_dir if v == "torch-fp32" else variant_path(v, model_dir, Path(args.compressed) if args.compressed else None)
+    path = (model_dir if v == "torch-fp32"
+            else variant_path(v, model_dir, Path(args.compressed) if args.compressed else None))
     build_s = time.perf_counter() - t_build
     parity = None
     if v in ("ort-fp32", "ort-int4-compressed"):
         # The fp32 export against PyTorch on real prompts (raises on a greedy mismatch).
-        from lepton.stages.export.onnx_decoder import check_parity
         from transformers import AutoModelForCausalLM
+
+        from lepton.stages.export.onnx_decoder import check_parity
         src = Path(args.compressed) if v == "ort-int4-compressed" else model_dir
         ref = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
         parity = check_parity(ref, tok, path.parent / "ort-fp32" if v == "ort-int4-compressed" else path,
@@ -98,9 +101,10 @@ def run_variant(args) -> None:
         del ref
     t0 = time.perf_counter()
     if v == "torch-fp32":
+        from transformers import AutoModelForCausalLM
+
         from lepton.tasks.generate import generate
         from lepton.tasks.generation_settings import GenerationSettings
-        from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         hyps = generate(model, tok, prompts, GenerationSettings(max_new_tokens=MAX_NEW, batch_size=64, stop=[STOP]),
                         max_prompt_tokens=256)
@@ -160,8 +164,9 @@ def run_variant(args) -> None:
     out = hyp_file(model_dir, v, args.limit)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"variant": v, "path": str(path), "hypotheses": hyps, "generate_s": round(seconds, 1),
-                               "build_s": round(build_s, 1), "parity_fp32_export": parity, "batch": args.batch if v.startswith("ort") else
-                               (64 if v == "torch-fp32" else 1), "sentences": len(hyps),
+                               "build_s": round(build_s, 1), "parity_fp32_export": parity,
+                               "batch": args.batch if v.startswith("ort") else (64 if v == "torch-fp32" else 1),
+                               "sentences": len(hyps),
                                "affinity": sorted(os.sched_getaffinity(0)),
                                "omp": os.environ.get("OMP_NUM_THREADS"), "finished": time.strftime("%H:%M:%S")},
                               ensure_ascii=False))
@@ -196,8 +201,8 @@ def report(args) -> None:
         results[v] = entry
         print(f"{v}: BLEU {entry['bleu']['value']:.2f} chrF {entry['chrf']['value']:.2f}", flush=True)
     lines = ["# Translation quality of each runtime variant (fine-tuned SmolLM2-135M, Multi30k test 2016)", "",
-             f"Model: `{model_dir}`; {len(refs)} sentences; greedy, at most {MAX_NEW} new tokens, cut at the first line "
-             "break; the same chat prompt token ids in every runtime. CIs: percentile bootstrap over sentences "
+             f"Model: `{model_dir}`; {len(refs)} sentences; greedy, at most {MAX_NEW} new tokens, cut at the first "
+             "line break; the same chat prompt token ids in every runtime. CIs: percentile bootstrap over sentences "
              f"({args.resamples} resamples; BLEU recomputed from summed n-gram statistics); deltas: paired bootstrap "
              "on the same sentences, variant minus torch-fp32. Every process pinned to core 1 (`taskset -c 1`), "
              "OMP_NUM_THREADS=1, one intra-op thread.", "",
@@ -223,8 +228,9 @@ def report(args) -> None:
     out = Path(args.out)
     out.with_suffix(".md").write_text("\n".join(lines))
     out.with_suffix(".json").write_text(json.dumps({"model": str(model_dir), "sentences": len(refs),
-                                                    "results": results, "runs": {v: {k: x for k, x in r.items() if k != "hypotheses"}
-                                                                                 for v, r in runs.items()},
+                                                    "results": results,
+                                                    "runs": {v: {k: x for k, x in r.items() if k != "hypotheses"}
+                                                             for v, r in runs.items()},
                                                     "hypotheses": {v: r["hypotheses"] for v, r in runs.items()}},
                                                    indent=1, ensure_ascii=False))
     print("\n".join(lines))

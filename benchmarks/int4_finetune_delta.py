@@ -51,7 +51,8 @@ def main() -> None:
     from lepton.evaluation.environment import describe, fingerprint
     from lepton.models.decoder import load_generative
 
-    base, tuned = load_file(str(Path(args.base) / "model.safetensors")), load_file(str(Path(args.tuned) / "model.safetensors"))
+    base, tuned = (load_file(str(Path(args.base) / "model.safetensors")),
+                   load_file(str(Path(args.tuned) / "model.safetensors")))
     change = step = 0.0
     n = 0
     for k, w in base.items():
@@ -61,7 +62,8 @@ def main() -> None:
             change += (tuned[k].float() - w.float()).abs().mean().item()
             n += 1
     model, tok = load_generative(args.tuned)
-    lines = gzip.open(DATA / "multi30k" / "val.en.gz", "rt", encoding="utf-8").read().splitlines()[100:100 + args.prompts]
+    lines = (gzip.open(DATA / "multi30k" / "val.en.gz", "rt", encoding="utf-8").read()
+             .splitlines()[100:100 + args.prompts])
     prompts = [tok.apply_chat_template([{"role": "system", "content": SYSTEM},
                                         {"role": "user", "content": f"Translate English to German: {s}"}],
                                        tokenize=False, add_generation_prompt=True) for s in lines]
@@ -86,8 +88,10 @@ def main() -> None:
     text = ["# Why int4 loses the fine-tune", "", f"Machine: {describe(fingerprint())}; 1 thread.", "",
             f"Base: `{args.base}`; fine-tuned: `{args.tuned}`.", "",
             f"- Mean change per weight from the fine-tune (decoder Linears): **{change / n:.2e}**",
-            f"- Mean int4 step (groups of 32): **{step / n:.2e}**; the change is **{change / step * 100:.2f}%** of a step",
-            "", f"Decoder Linears rounded to 4 bits (embeddings and output in float), {len(prompts)} Multi30k val prompts, greedy, 24 new tokens, against the unrounded fine-tuned model:", "",
+            f"- Mean int4 step (groups of 32): **{step / n:.2e}**; "
+            f"the change is **{change / step * 100:.2f}%** of a step",
+            "", f"Decoder Linears rounded to 4 bits (embeddings and output in float), {len(prompts)} Multi30k val "
+                "prompts, greedy, 24 new tokens, against the unrounded fine-tuned model:", "",
             "| rounding | first token same | sequences identical |", "|---|---|---|"]
     text += [f"| {label} | {share:.1%} | {same} / {len(prompts)} |" for label, share, same in rows]
     out = ROOT / "benchmarks" / "results" / "int4_finetune_delta.md"

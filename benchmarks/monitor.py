@@ -295,11 +295,13 @@ def render(r: dict[str, Any], _: str) -> str:
         lambda m: f"{m['throughput_items_s']['median']} ({', '.join(map(str, m['throughput_items_s']['rounds']))})")
     row("ingest to stored, p50 / p99 ms at a paced rate",
         lambda m: f"{m['latency_at_rate']['p50_ms']} / {m['latency_at_rate']['p99_ms']} "
-                  f"(at {m['latency_at_rate']['rate_items_s']}/s, achieved {m['latency_at_rate']['achieved_items_s']}/s, "
+                  f"(at {m['latency_at_rate']['rate_items_s']}/s, "
+                  f"achieved {m['latency_at_rate']['achieved_items_s']}/s, "
                   f"n {m['latency_at_rate']['n']})")
     row("full replay, items/s", lambda m: f"{m['full_replay']['items_per_s']} ({m['full_replay']['seconds']} s)")
     row("ingest to stored, p50 / p99 ms in the full replay (queue always full)",
-        lambda m: f"{m['full_replay']['latency_saturated']['p50_ms']} / {m['full_replay']['latency_saturated']['p99_ms']}")
+        lambda m: f"{m['full_replay']['latency_saturated']['p50_ms']} / "
+                  f"{m['full_replay']['latency_saturated']['p99_ms']}")
     row("topic accuracy on the stream's AG News items", lambda m: m["quality"]["topic_accuracy_agnews_items"])
     row("sentiment accuracy on its PhraseBank items", lambda m: m["quality"]["sentiment_accuracy_phrasebank_items"])
     row("surge items predicted Business + negative", lambda m: m["quality"]["surge_items_predicted_business_negative"])

@@ -58,7 +58,8 @@ def main() -> None:
     if produced[0].name != "model_quantized.onnx":
         shutil.move(produced[0], out / "model_quantized.onnx")
     (out / "peer.json").write_text(json.dumps({
-        "tool": "optimum ORTQuantizer", "config": f"AutoQuantizationConfig.{target}(is_static=False, per_channel=False)",
+        "tool": "optimum ORTQuantizer",
+        "config": f"AutoQuantizationConfig.{target}(is_static=False, per_channel=False)",
         "versions": {p: version(p) for p in ("optimum", "optimum-onnx", "onnxruntime", "transformers", "torch")},
         "cpu_avx512_vnni": "avx512_vnni" in flags}, indent=2))
     print(out / "model_quantized.onnx")

@@ -29,19 +29,18 @@ from typing import Any
 import numpy as np
 
 import lepton
-from lepton.pipeline.api import compare
-from lepton.pipeline.artifact import load_bundle, save_artifact
-from lepton.runtimes.bundle import RunContext
+from common import stage
 from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.evaluation.environment import describe, fingerprint, int8_fast
 from lepton.evaluation.harness import predict_logits
-from lepton.tasks.quality import paired_bootstrap
+from lepton.pipeline.api import compare
+from lepton.pipeline.artifact import load_bundle, save_artifact
 from lepton.pipeline.recipe import EvaluateConfig
 from lepton.pipeline.report import print_table, to_markdown
 from lepton.runtimes import for_bundle
+from lepton.runtimes.bundle import RunContext
 from lepton.tasks import encode, label_ids
-
-from common import stage
+from lepton.tasks.quality import paired_bootstrap
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sst2"

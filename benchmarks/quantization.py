@@ -27,15 +27,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lepton.pipeline.api import compare
-from lepton.pipeline.artifact import load_bundle, now_iso, save_artifact
-from lepton.runtimes.bundle import ModelBundle, RunContext, StageRecord
+from common import save_results, stage
 from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.evaluation.environment import describe, fingerprint, int8_fast
+from lepton.pipeline.api import compare
+from lepton.pipeline.artifact import load_bundle, now_iso, save_artifact
 from lepton.pipeline.recipe import EvaluateConfig
 from lepton.pipeline.report import print_table, to_markdown
-
-from common import save_results, stage
+from lepton.runtimes.bundle import ModelBundle, RunContext, StageRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sst2"
@@ -177,8 +176,8 @@ def main() -> None:
              "optimum-dyn-int8", *(["pytorch-bf16"] if args.bf16 else [])]
     models = [baseline] + [out / n for n in order if (out / n / "lepton.json").is_file()]
     models += [Path(m) for m in args.include]
-    config = EvaluateConfig(latency_items=args.latency_items, rounds=args.rounds, robustness=False, threads=args.threads,
-                            memory=args.memory, batch_sizes=[1, 32], fixed_length=128)
+    config = EvaluateConfig(latency_items=args.latency_items, rounds=args.rounds, robustness=False,
+                            threads=args.threads, memory=args.memory, batch_sizes=[1, 32], fixed_length=128)
     report = compare(models, dev_cfg, text="sentence", label="label", config=config)
     print_table(report)
     checks = targets(report)

@@ -28,11 +28,10 @@ from pathlib import Path
 import yaml
 
 import lepton
+from common import save_results
 from lepton.evaluation.environment import describe, fingerprint
 from lepton.pipeline.recipe import EvaluateConfig
 from lepton.pipeline.report import print_table, to_markdown
-
-from common import save_results
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = ("finetune", "distill", "pretrain")
@@ -67,7 +66,8 @@ def targets(report, best: str, trials: int, wall_s: float, peer: str | None) -> 
     lines = [f"- found in {trials} trials (target: at most 40), search wall time {wall_s / 60:.1f} min",
              f"- accuracy change {c.delta * 100:+.2f} points vs the fine-tuned baseline, 95% CI "
              f"[{c.ci95_low * 100:+.2f}, {c.ci95_high * 100:+.2f}], {c.verdict} (target: within 1.0 point, "
-             f"not significant): {'met' if -c.delta * 100 <= 1.0 and not (c.significant and c.delta < 0) else 'MISSED'}",
+             f"not significant): "
+             f"{'met' if -c.delta * 100 <= 1.0 and not (c.significant and c.delta < 0) else 'MISSED'}",
              f"- {c.speedup_b1:.2f}x faster than the baseline at batch 1, {c.smaller:.2f}x smaller"]
     if peer and peer in cards:
         ratio = cards[peer].efficiency.latency_ms["b1_real"].p50 / b.efficiency.latency_ms["b1_real"].p50
@@ -147,7 +147,8 @@ def main() -> None:
     best_card = report.variants[-1].name
     lines = ["# Search on SST-2 with all-MiniLM-L6-v2: the best model within 1 point, side by side",
              "", f"Machine: {describe(fingerprint())}", "",
-             f"Search: {args.recipe} with {' '.join('--set ' + o for o in overrides_for(tree, args)) or 'no overrides'}; "
+             f"Search: {args.recipe} with "
+             f"{' '.join('--set ' + o for o in overrides_for(tree, args)) or 'no overrides'}; "
              f"{data['trials_complete']} trials complete, {data['trials_failed']} failed, "
              f"{len(data['front'])} on the front within the budget; wall time {wall / 60:.1f} min "
              f"(baseline training included).", "", "## Targets", "",

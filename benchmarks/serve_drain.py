@@ -44,11 +44,11 @@ def sentences() -> list[str]:
 
 def untrained_minilm(dest: Path) -> Path:
     sys.path.insert(0, str(ROOT / "src"))
+    from lepton.models import load_tokenizer, resolve_model
     from lepton.pipeline.artifact import save_artifact
     from lepton.runtimes.bundle import ModelBundle
-    from lepton.models import load_tokenizer, resolve_model
-    from lepton.tasks.loading import load_for_task
     from lepton.tasks import TaskSpec
+    from lepton.tasks.loading import load_for_task
 
     location = resolve_model("builtin:minilm-l6")
     labels = ["negative", "positive"]
@@ -173,7 +173,8 @@ def main() -> None:
         f"server defaults (max batch 32, max wait 5 ms, max queue 256); load average {load_before:.1f} "
         "before the run (other jobs on the machine).", "",
         f"## {args.clients} concurrent clients for {args.seconds:.0f} s", "",
-        "| answers | by status | 5xx other than 503 + Retry-After | throughput | p50 | p99 |", "|---|---|---|---|---|---|",
+        "| answers | by status | 5xx other than 503 + Retry-After | throughput | p50 | p99 |",
+        "|---|---|---|---|---|---|",
         f"| {sum(counts.values())} | {dict(counts)} | {bad(counts)} | {sum(counts.values()) / took:.1f} req/s | "
         f"{p(0.5):.0f} ms | {p(0.99):.0f} ms |", "",
         f"## SIGTERM with {args.backlog} requests x {args.backlog_inputs} long inputs in flight, "

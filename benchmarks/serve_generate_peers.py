@@ -210,7 +210,8 @@ def main() -> None:
                 r = asyncio.run(run_clients(servers[name], bodies[name], c))
                 rows[mode].append(r)
                 print(f"round {rnd + 1} {mode}: {r['tokens_per_s']:.1f} tokens/s, TTFT p50 {r['ttft_p50_ms']:.0f} ms "
-                      f"p95 {r['ttft_p95_ms']:.0f} ms ({r['tokens']} tokens, {r['wall_s']:.1f} s, {r['finish']})", flush=True)
+                      f"p95 {r['ttft_p95_ms']:.0f} ms ({r['tokens']} tokens, {r['wall_s']:.1f} s, {r['finish']})",
+                      flush=True)
     finally:
         for p in (lepton, llama):
             p.terminate()
@@ -226,9 +227,10 @@ def main() -> None:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), "unknown")
-    med = {m: {k: statistics.median(r[k] for r in rs) for k in ("tokens_per_s", "ttft_p50_ms", "ttft_p95_ms", "tpot_p50_ms")}
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown")
+    med = {m: {k: statistics.median(r[k] for r in rs)
+               for k in ("tokens_per_s", "ttft_p50_ms", "ttft_p95_ms", "tpot_p50_ms")}
            for m, rs in rows.items()}
     lines = ["# 8 concurrent streaming clients: Lepton's server (ORT int4) vs llama.cpp's server (4-bit GGUF)", "",
              f"- Model: fine-tuned SmolLM2-135M (`{args.model}`); Lepton: `{args.int4}` (OrtEngine, max_batch "
@@ -238,12 +240,13 @@ def main() -> None:
              f"- Workload per mode: {args.requests} requests (Multi30k test-2016 sentences in the chat prompt), "
              f"streamed /v1/completions, greedy, exactly {args.max_new_tokens} new tokens; {args.rounds} rounds, "
              "order reversed each round; median of the rounds shown",
-             f"- Prompt token ids identical between llama.cpp's tokenizer and the HF tokenizer (first 4 prompts): {same}",
+             "- Prompt token ids identical between llama.cpp's tokenizer and the HF tokenizer "
+             f"(first 4 prompts): {same}",
              f"- Versions: {json.dumps(versions)}", "",
              "| mode | tokens/s | TTFT p50 ms | TTFT p95 ms | time/token p50 ms | all rounds tokens/s |",
              "|---|---:|---:|---:|---:|---|"]
     for m, v in med.items():
-        every = ", ".join("%.1f" % r["tokens_per_s"] for r in rows[m])
+        every = ", ".join(f"{r['tokens_per_s']:.1f}" for r in rows[m])
         lines.append(f"| {m} | {v['tokens_per_s']:.1f} | {v['ttft_p50_ms']:.0f} | {v['ttft_p95_ms']:.0f} | "
                      f"{v['tpot_p50_ms']:.1f} | {every} |")
     out = Path(args.out)

@@ -29,15 +29,14 @@ from typing import Any
 import yaml
 
 import lepton
-from lepton.pipeline.api import compare
-from lepton.pipeline.artifact import load_bundle, save_artifact
-from lepton.runtimes.bundle import RunContext
+from common import save_results, stage
 from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.evaluation.environment import describe, fingerprint
+from lepton.pipeline.api import compare
+from lepton.pipeline.artifact import load_bundle, save_artifact
 from lepton.pipeline.recipe import EvaluateConfig, parse_recipe
 from lepton.pipeline.report import print_table, to_markdown
-
-from common import save_results, stage
+from lepton.runtimes.bundle import RunContext
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("LEPTON_DATA", ROOT.parent / "shared" / "data")) / "sst2"

@@ -82,7 +82,7 @@ def build_stream(out: Path, *, background: int = 22_000, hours: float = 20.0, se
     items = []
     rate = background / (hours * HOUR)
     t = START
-    for i in range(background):
+    for _ in range(background):
         t += rng.expovariate(rate)
         if rng.random() < 0.92:
             label, text = rng.choice(ag)

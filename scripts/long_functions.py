@@ -1,6 +1,8 @@
 """List functions in src/ longer than a limit (default 60 lines), longest first; exit 1 if any."""
-import ast, sys
+import ast
+import sys
 from pathlib import Path
+
 ROOT = Path(__file__).resolve().parents[1] / "src"
 limit = int(sys.argv[1]) if len(sys.argv) > 1 else 60
 rows = []

@@ -1,9 +1,13 @@
 """List imports that run up the layers (file:line, deferred or not)."""
-import ast, sys
+import ast
+import sys
 from pathlib import Path
+
 sys.path.insert(0, str(Path(__file__).parent))
 import import_graph as g
-ORDER = ["core", "data", "models", "tasks", "runtimes", "evaluation", "stages", "pipeline", "serve", "search|monitor", "cli"]
+
+ORDER = ["core", "data", "models", "tasks", "runtimes", "evaluation", "stages", "pipeline", "serve", "search|monitor",
+         "cli"]
 rank = {}
 for i, names in enumerate(ORDER):
     for n in names.split("|"):

@@ -67,10 +67,10 @@ def build_multitask_artifact(tiny_model_dir: Path, dest: Path) -> Path:
     import torch
     from transformers import AutoConfig, BertForSequenceClassification
 
+    from lepton.models import load_tokenizer
     from lepton.pipeline.artifact import save_artifact
     from lepton.runtimes.bundle import ModelBundle
     from lepton.runtimes.heads import Head, make_head
-    from lepton.models import load_tokenizer
     from lepton.tasks import TaskSpec
 
     sentiment = TaskSpec(kind="sequence_classification", labels=["negative", "neutral", "positive"],

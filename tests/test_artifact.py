@@ -15,13 +15,13 @@ import pytest
 import torch
 
 import lepton
+from lepton.core.errors import ArtifactError, LeptonError, StorageError
+from lepton.models import load_tokenizer
 from lepton.pipeline.artifact import MANIFEST, load_bundle, read_manifest, save_artifact
 from lepton.pipeline.predictor import Predictor
 from lepton.runtimes.bundle import ModelBundle, StageRecord
-from lepton.core.errors import ArtifactError, LeptonError, StorageError
-from lepton.models import load_tokenizer
-from lepton.tasks.loading import load_for_task
 from lepton.tasks import TaskSpec, softmax
+from lepton.tasks.loading import load_for_task
 from tests.conftest import spec_for
 
 TEXTS = ["a great and lovely film", "dull, boring and weak.", "ok",

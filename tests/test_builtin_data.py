@@ -7,9 +7,9 @@ import gzip
 import pytest
 
 from lepton.cli import main
+from lepton.core.errors import DataError, RecipeError, UnknownNameError
 from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.data.datasets import BUILTIN_DATA, builtin_path
-from lepton.core.errors import DataError, RecipeError, UnknownNameError
 from lepton.pipeline.recipe import parse_recipe
 
 SST2 = Columns(text="sentence", label="label")

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from lepton.data import Columns, DataSplitConfig, Split, load_split
 from lepton.core.errors import DataError, LeptonError
+from lepton.data import Columns, DataSplitConfig, Split, load_split
 
 
 def data_root() -> Path:

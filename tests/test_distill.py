@@ -8,14 +8,23 @@ import pytest
 import torch
 
 import lepton
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.models import load_tokenizer
-from lepton.tasks.loading import load_for_task
 from lepton.pipeline.recipe import TaskConfig, parse_recipe
-from lepton.stages.distill import (DistillConfig, LossPlan, TeacherCache, TeacherInfo, default_layer_map,
-                                   distill, distill_loss, plan_layers, teacher_batch)
+from lepton.runtimes.bundle import ModelBundle, RunContext
+from lepton.stages.distill import (
+    DistillConfig,
+    LossPlan,
+    TeacherCache,
+    TeacherInfo,
+    default_layer_map,
+    distill,
+    distill_loss,
+    plan_layers,
+    teacher_batch,
+)
 from lepton.tasks import build_task, collate, encode
+from lepton.tasks.loading import load_for_task
 from tests.conftest import tiny_recipe, write_conll, write_sentiment_tsv
 
 FAST_EVAL = {"batch_sizes": [1], "latency_items": 5, "warmup": 0, "throughput_batches": 1,

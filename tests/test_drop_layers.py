@@ -11,11 +11,11 @@ import pytest
 import torch
 
 import lepton
-from lepton.pipeline.artifact import MANIFEST, save_artifact
-from lepton.runtimes.bundle import ModelBundle, RunContext
-from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.core.errors import RecipeError, StageError
+from lepton.data import Columns, DataSplitConfig, load_split
+from lepton.pipeline.artifact import MANIFEST, save_artifact
 from lepton.pipeline.recipe import parse_recipe
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.stages import configs, handler_for
 from lepton.stages.drop_layers import choose_layers
 from tests.conftest import tiny_recipe, write_sentiment_tsv

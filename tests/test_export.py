@@ -15,12 +15,12 @@ import torch
 pytest.importorskip("onnxruntime")
 
 import lepton
-from lepton.pipeline.artifact import MANIFEST, load_bundle, read_manifest, save_artifact
-from lepton.runtimes.bundle import ModelBundle, RunContext
-from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.core.errors import ArtifactError, RecipeError, StageError
+from lepton.data import Columns, DataSplitConfig, load_split
+from lepton.pipeline.artifact import MANIFEST, load_bundle, read_manifest, save_artifact
 from lepton.pipeline.recipe import parse_recipe
 from lepton.runtimes import for_bundle
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.stages import configs, handler_for
 from tests.conftest import tiny_recipe, write_conll, write_sentiment_tsv
 from tests.test_artifact import TEXTS, sequence_bundle, token_bundle
@@ -195,7 +195,8 @@ def test_pytorch_stage_after_export_is_a_recipe_error(tiny_model_dir, tmp_path):
     raw["stages"] = [{"kind": "export"}, {"kind": "finetune", "epochs": 1}]
     with pytest.raises(RecipeError, match=r"stages.1 \(finetune\) needs a torch model.*move it before the export"):
         parse_recipe(raw)
-    raw["stages"] = [{"kind": "finetune", "epochs": 1}, {"kind": "export"}, {"kind": "quantize", "method": "dynamic_int8"}]
+    raw["stages"] = [{"kind": "finetune", "epochs": 1}, {"kind": "export"},
+                     {"kind": "quantize", "method": "dynamic_int8"}]
     assert [s.kind for s in parse_recipe(raw).stages] == ["finetune", "export", "quantize"]
 
 

@@ -140,7 +140,8 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model_dir: Path, to
     recipe = tiny_recipe(tiny_model_dir, train, dev, tmp_path / "unused", epochs=2, checkpoint_every=3)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(Path(__file__).resolve().parents[1] / p) for p in ("src", ""))}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(str(Path(__file__).resolve().parents[1] / p) for p in ("src", ""))}
 
     clean = _cli(["run", str(path), "-o", str(tmp_path / "clean"), "--no-progress"], env)
     assert clean.returncode == 0, clean.stderr
@@ -176,7 +177,9 @@ def test_resume_refuses_a_changed_recipe(tiny_model_dir: Path, toy: tuple[Path, 
     recipe = tiny_recipe(tiny_model_dir, train, dev, tmp_path / "o", epochs=1, checkpoint_every=2)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(Path(__file__).resolve().parents[1] / p) for p in ("src", "")), "LEPTON_TEST_KILL_AT_STEP": "5"}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(str(Path(__file__).resolve().parents[1] / p) for p in ("src", "")),
+           "LEPTON_TEST_KILL_AT_STEP": "5"}
     assert _cli(["run", str(path), "--no-progress"], env).returncode == -9
     env.pop("LEPTON_TEST_KILL_AT_STEP")
     changed = _cli(["run", str(path), "--resume", "--set", "stages.0.lr=0.002"], env)

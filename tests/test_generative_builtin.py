@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from lepton.models import gguf as gguf_convert
 from lepton.evaluation.generation_efficiency import GenEfficiencyConfig, measure, weights_mb
-from lepton.models.decoder import load_generative
+from lepton.models import gguf as gguf_convert
 from lepton.models import resolve_model
+from lepton.models.decoder import load_generative
 from tests.gen_tiny import save_tiny_llama
 
 

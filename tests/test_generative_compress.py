@@ -82,11 +82,11 @@ def test_exported_decoder_scores_like_pytorch(llama_dir, tmp_path):
     equals PyTorch's teacher-forced loss."""
     from transformers import AutoModelForCausalLM
 
-    from lepton.tasks.prompt_encoding import encode_causal, pad_id_of
-    from lepton.stages.export.onnx_decoder import export_torch
-    from lepton.runtimes.ort_decoder import OrtCausalLM
-    from lepton.tasks.scoring import token_nll_sums
     from lepton.models import load_tokenizer
+    from lepton.runtimes.ort_decoder import OrtCausalLM
+    from lepton.stages.export.onnx_decoder import export_torch
+    from lepton.tasks.prompt_encoding import encode_causal, pad_id_of
+    from lepton.tasks.scoring import token_nll_sums
 
     model = AutoModelForCausalLM.from_pretrained(llama_dir).eval()
     tok = load_tokenizer(str(llama_dir))

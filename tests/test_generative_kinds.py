@@ -179,8 +179,8 @@ def test_generate_command_on_a_saved_model_and_on_a_model_folder(llama_dir, tmp_
     assert out.returncode == 0, out.stderr
     texts = json.loads(out.stdout)
     assert len(texts) == 2
-    from lepton.tasks.generate import generate
     from lepton.models.decoder import load_generative
+    from lepton.tasks.generate import generate
     from lepton.tasks.generation_settings import GenerationSettings
 
     model, tok = load_generative(str(llama_dir))

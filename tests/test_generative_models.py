@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from lepton.core.errors import LeptonError, ModelLoadError
-from lepton.tasks.prompt_encoding import IGNORE, collate, encode_causal, encode_documents, encode_seq2seq
-from lepton.tasks.generate import cut_at_stop, generate
 from lepton.models.decoder import architecture_of, load_generative
-from lepton.tasks.scoring import document_losses, target_losses
+from lepton.tasks.generate import cut_at_stop, generate
 from lepton.tasks.generation_settings import GenerationSettings, GenerationSettingsError
+from lepton.tasks.prompt_encoding import IGNORE, collate, encode_causal, encode_documents, encode_seq2seq
+from lepton.tasks.scoring import document_losses, target_losses
 from tests.gen_tiny import save_tiny_llama, save_tiny_t5
 
 PROMPTS = ["a man runs", "two children play with the ball in the park", "the dog", "a red cat sits"]
@@ -125,7 +125,8 @@ def test_target_losses_match_the_models_own_loss(llama, t5):
 def test_document_losses_bits_per_byte_is_finite(llama):
     _, model, tok = llama
     losses = document_losses(model, tok, ["two children play in the park", "a dog"], max_length=6)
-    assert all(n > 0 for n in losses.nll) and losses.tokens[1] == len(tok("a dog", add_special_tokens=False)["input_ids"])
+    assert (all(n > 0 for n in losses.nll)
+            and losses.tokens[1] == len(tok("a dog", add_special_tokens=False)["input_ids"]))
     # A random model over ~320 tokens: about ln(320) nats a token.
     per_token = sum(losses.nll) / sum(losses.tokens)
     assert abs(per_token - math.log(len(tok))) < 1.0

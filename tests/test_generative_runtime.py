@@ -16,10 +16,17 @@ import torch
 pytest.importorskip("onnxruntime")
 
 from lepton.models import decoder_structure as dc  # noqa: E402
-from lepton.stages.quantize import weight_only as wq  # noqa: E402
-from lepton.stages.export.onnx_decoder import ParityError, check_parity, export_decoder  # noqa: E402
 from lepton.runtimes.ort_decoder_loop import (  # noqa: E402
-    GenerationError, OrtDecoder, SamplingSettings, encode_left_padded, generate, generate_ids, merge_states)
+    GenerationError,
+    OrtDecoder,
+    SamplingSettings,
+    encode_left_padded,
+    generate,
+    generate_ids,
+    merge_states,
+)
+from lepton.stages.export.onnx_decoder import ParityError, check_parity, export_decoder  # noqa: E402
+from lepton.stages.quantize import weight_only as wq  # noqa: E402
 
 PROMPTS = ["w1 w2 w3", "w5 w9 w10 w11 w12 w40 w50", "w7", "w100 w101 w102 w103"]
 

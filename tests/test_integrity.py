@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 import lepton
-from lepton.pipeline.artifact import DIGEST_KEY, MANIFEST, manifest_digest, read_manifest, save_artifact
 from lepton.core.errors import ArtifactError, SignatureError
-from lepton.pipeline.signing import SIGNATURE, keygen, sign
+from lepton.pipeline.artifact import DIGEST_KEY, MANIFEST, manifest_digest, read_manifest, save_artifact
+from lepton.pipeline.signing import SIGNATURE, keygen
 from tests.test_artifact import sequence_bundle
 from tests.test_cli import _quiet_transformers, assert_user_error, cli  # noqa: F401  (fixture)
 
@@ -153,7 +153,8 @@ def test_a_model_signed_by_another_key_or_not_at_all_is_refused(capsys, model, k
     assert_user_error(cli(capsys, "compare", model, "--require-signature", keys["public"]), "trusted key")
 
 
-@pytest.mark.parametrize("content", [b"", b"not a key", b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"])
+@pytest.mark.parametrize("content", [b"", b"not a key",
+                                     b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"])
 def test_a_bad_key_file_is_one_line(capsys, model, tmp_path, content):
     key = tmp_path / "key.pub"
     key.write_bytes(content)

@@ -9,14 +9,14 @@ import torch
 from safetensors.torch import load_file
 
 import lepton
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.models import load_tokenizer
-from lepton.tasks.loading import load_for_task
 from lepton.pipeline.recipe import TaskConfig, parse_recipe
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.stages.finetune import FinetuneConfig, LoraSettings, adapter_config, wrap_with_adapters
 from lepton.stages.training import TrainJob, train
 from lepton.tasks import build_task, collate, encode
+from lepton.tasks.loading import load_for_task
 from tests.conftest import spec_for, tiny_recipe, write_sentiment_tsv
 
 pytest.importorskip("peft")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from lepton.tasks.quality import token_quality
 from lepton.pipeline.model_card import hub_id, model_card
 from lepton.pipeline.report import table_rows
+from lepton.tasks.quality import token_quality
 from tests.test_report_html import EVIL, build_report
 
 HISTORY = [
@@ -132,8 +132,8 @@ def test_restructured_model_says_it_loads_only_through_lepton() -> None:
 
 
 def test_saved_model_carries_the_card_under_its_checksums(tiny_model_dir, tmp_path) -> None:
-    from lepton.pipeline.artifact import read_manifest, save_artifact
     from lepton.core.errors import ArtifactError
+    from lepton.pipeline.artifact import read_manifest, save_artifact
     from tests.test_artifact import sequence_bundle
 
     card = model_card(build_report(), manifest())

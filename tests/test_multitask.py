@@ -295,7 +295,8 @@ def test_multitask_resume_after_sigkill_matches_an_uninterrupted_run(tiny_model_
     tree = multitask_recipe(tiny_model_dir, tmp_path, epochs=2, checkpoint_every=4)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(tree))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(Path(__file__).resolve().parents[1] / p) for p in ("src", ""))}
+    env = {**os.environ,
+           "PYTHONPATH": os.pathsep.join(str(Path(__file__).resolve().parents[1] / p) for p in ("src", ""))}
 
     def cli(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "lepton", "run", str(path), "--no-progress", *args],

@@ -10,13 +10,21 @@ import pytest
 import torch
 
 import lepton
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.models import load_tokenizer
-from lepton.tasks.loading import load_for_task
 from lepton.pipeline.recipe import parse_recipe
-from lepton.stages.pretrain import (Pieces, PretrainConfig, TextConfig, _collator, masked_batch,
-                                    masked_lm_model, pretrain, read_documents)
+from lepton.runtimes.bundle import ModelBundle, RunContext
+from lepton.stages.pretrain import (
+    Pieces,
+    PretrainConfig,
+    TextConfig,
+    _collator,
+    masked_batch,
+    masked_lm_model,
+    pretrain,
+    read_documents,
+)
 from lepton.tasks import TaskSpec
+from lepton.tasks.loading import load_for_task
 from tests.conftest import tiny_recipe, write_sentiment_tsv
 
 FAST_EVAL = {"batch_sizes": [1], "latency_items": 5, "warmup": 0, "throughput_batches": 1,

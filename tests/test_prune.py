@@ -11,15 +11,15 @@ import pytest
 import torch
 
 import lepton
-from lepton.pipeline.artifact import MANIFEST, save_artifact
-from lepton.runtimes.bundle import ModelBundle, RunContext
-from lepton.data import Columns, DataSplitConfig, load_split
 from lepton.core.errors import RecipeError, StageError
+from lepton.data import Columns, DataSplitConfig, load_split
+from lepton.models.structure import describe
+from lepton.pipeline.artifact import MANIFEST, save_artifact
 from lepton.pipeline.recipe import parse_recipe
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.stages import configs, handler_for
 from lepton.stages.prune.masks import cubic_sparsity, encoder_linears
 from lepton.stages.prune.structured import gradient_importance, magnitude_importance
-from lepton.models.structure import describe
 from lepton.tasks import collate, encode
 from tests.conftest import tiny_recipe, write_sentiment_tsv
 from tests.test_artifact import TEXTS, logits_of, sequence_bundle
@@ -183,7 +183,7 @@ def test_ffn_pruning_per_layer_stays_a_plain_transformers_model(tiny4_dir, train
     bundle = sequence_bundle(tiny4_dir)
     prune(bundle, make_ctx(tmp_path, train_split), method="ffn", sparsity=0.25, scope="layer",
           batches=2, batch_size=8)
-    assert [l.intermediate.dense.out_features for l in layers_of(bundle.model)] == [48, 48, 48]
+    assert [layer.intermediate.dense.out_features for layer in layers_of(bundle.model)] == [48, 48, 48]
     assert bundle.model.config.intermediate_size == 48 and describe(bundle.model) is None
     expected = logits_of(bundle.model, bundle.tokenizer, TEXTS)
     folder = save_artifact(bundle, tmp_path / "model")
@@ -206,10 +206,10 @@ def test_pruned_model_round_trips_through_lepton_load(tiny4_dir, train_split, tm
     folder = save_artifact(bundle, tmp_path / "model")
     manifest = json.loads((folder / MANIFEST).read_text())
     assert manifest["loads_in_transformers"] is False
-    assert manifest["structure"]["num_attention_heads"] == [l.attention.self.num_attention_heads
-                                                            for l in layers_of(bundle.model)]
-    assert manifest["structure"]["intermediate_size"] == [l.intermediate.dense.out_features
-                                                          for l in layers_of(bundle.model)]
+    assert manifest["structure"]["num_attention_heads"] == [layer.attention.self.num_attention_heads
+                                                            for layer in layers_of(bundle.model)]
+    assert manifest["structure"]["intermediate_size"] == [layer.intermediate.dense.out_features
+                                                          for layer in layers_of(bundle.model)]
     loaded = lepton.load(folder)
     assert torch.allclose(logits_of(loaded.bundle.model, loaded.bundle.tokenizer, TEXTS), expected, atol=1e-6)
     assert loaded.predict(TEXTS[0])[0]["label"] in ("neg", "pos")
@@ -384,7 +384,7 @@ def test_pruning_every_head_of_a_layer_is_refused(tiny4_dir, train_split, tmp_pa
     with pytest.raises(StageError) as info:
         prune(bundle, make_ctx(tmp_path, train_split), method="heads", importance="magnitude", **settings)
     assert message in str(info.value)
-    assert all(l.attention.self.num_attention_heads == HEADS for l in layers_of(bundle.model))  # untouched
+    assert all(layer.attention.self.num_attention_heads == HEADS for layer in layers_of(bundle.model))  # untouched
 
 
 # ------------------------------------------------------------------- a whole recipe

@@ -13,11 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 import lepton
-from lepton.pipeline.artifact import load_bundle, save_artifact
 from lepton.core.errors import RecipeError
-from lepton.stages.finetune.qat import FakeQuantLinear, QatSettings, insert_fake_quant
+from lepton.pipeline.artifact import load_bundle, save_artifact
 from lepton.pipeline.recipe import parse_recipe
 from lepton.runtimes import for_bundle
+from lepton.stages.finetune.qat import FakeQuantLinear, QatSettings, insert_fake_quant
 from tests.conftest import tiny_recipe, write_sentiment_tsv
 from tests.test_artifact import TEXTS, sequence_bundle
 from tests.test_export import apply, batch_of, make_ctx, sentiment_splits

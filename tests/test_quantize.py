@@ -13,12 +13,12 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from lepton.pipeline.artifact import MANIFEST, load_bundle, read_manifest, save_artifact
-from lepton.data import Columns, DataSplitConfig, Split, load_split
 from lepton.core.errors import ArtifactError, RecipeError, StageError
+from lepton.data import Columns, DataSplitConfig, Split, load_split
+from lepton.models.int8 import INT8_FILE, is_dynamic_int8
+from lepton.pipeline.artifact import MANIFEST, load_bundle, read_manifest, save_artifact
 from lepton.pipeline.recipe import parse_recipe
 from lepton.runtimes import for_bundle
-from lepton.models.int8 import INT8_FILE, is_dynamic_int8
 from tests.conftest import tiny_recipe, write_conll, write_sentiment_tsv
 from tests.test_artifact import TEXTS, sequence_bundle
 from tests.test_export import apply, batch_of, make_ctx, sentiment_splits
@@ -136,8 +136,8 @@ def test_ort_static_int8_calibration_methods(onnx_bundle, splits, tmp_path, cali
 
 
 def test_static_int8_calibration_sample_is_seeded(onnx_bundle, splits, tmp_path):
-    from lepton.stages.quantize.ort import calibration_inputs
     from lepton.stages.quantize import QuantizeConfig
+    from lepton.stages.quantize.ort import calibration_inputs
 
     config = QuantizeConfig(method="static_int8", calibration_items=8)
     names = ["input_ids", "attention_mask", "token_type_ids"]

@@ -9,8 +9,8 @@ import pytest
 import yaml
 
 from lepton.core.errors import RecipeError, UnknownNameError
-from lepton.pipeline.recipe import Recipe, apply_override, interpolate, load_recipe, parse_recipe
 from lepton.core.registry import Registry, suggest
+from lepton.pipeline.recipe import Recipe, apply_override, interpolate, load_recipe, parse_recipe
 from lepton.stages.finetune import FinetuneConfig
 
 

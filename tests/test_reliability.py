@@ -15,10 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lepton.core import atomic
-
-from lepton.core import outdir
 from lepton.cli import main
+from lepton.core import atomic, outdir
 from lepton.core.errors import OutputFolderError, StorageError
 from tests.conftest import tiny_recipe, write_sentiment_tsv
 from tests.test_cli import _quiet_transformers, assert_user_error, cli  # noqa: F401  (fixture)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from lepton.evaluation.environment import fingerprint
-from lepton.tasks.quality import sequence_quality
 from lepton.evaluation.scorecard import Comparison, Efficiency, LatencyStats, Report, Scorecard
 from lepton.pipeline.report import table_rows, to_markdown
 from lepton.pipeline.schema import render
+from lepton.tasks.quality import sequence_quality
 
 ROOT = Path(__file__).resolve().parents[1]
 

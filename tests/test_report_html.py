@@ -12,12 +12,10 @@ import pytest
 
 from lepton.core.errors import MissingExtraError
 from lepton.evaluation.environment import fingerprint
-from lepton.tasks.quality import sequence_quality
-from lepton.evaluation.scorecard import (Calibration, Comparison, Efficiency, LatencyStats, Report,
-                                         Robustness, Scorecard)
-
+from lepton.evaluation.scorecard import Calibration, Comparison, Efficiency, LatencyStats, Report, Robustness, Scorecard
 from lepton.pipeline import report as report_module
 from lepton.pipeline.report_html import pareto_front, to_html
+from lepton.tasks.quality import sequence_quality
 from tests.conftest import chromium, needs_chromium
 
 try:

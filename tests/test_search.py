@@ -23,7 +23,6 @@ optuna = pytest.importorskip("optuna", reason="lepton[search] is not installed")
 
 from lepton.search import parse_space, search  # noqa: E402
 
-
 # ---------------------------------------------------------------------------------------------
 # The space
 

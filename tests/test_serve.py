@@ -50,9 +50,9 @@ def _build(tiny_model_dir: Path, dest: Path, *, kind: str, labels: list[str], pa
     import torch
     from transformers import AutoConfig, BertForSequenceClassification, BertForTokenClassification
 
+    from lepton.models import load_tokenizer
     from lepton.pipeline.artifact import save_artifact
     from lepton.runtimes.bundle import ModelBundle
-    from lepton.models import load_tokenizer
     from lepton.tasks import TaskSpec
 
     config = AutoConfig.from_pretrained(tiny_model_dir, num_labels=len(labels))

@@ -6,7 +6,6 @@ invalid UTF-8 and too-deep JSON are a 422 naming the field; /docs loads nothing 
 from __future__ import annotations
 
 import concurrent.futures
-import json
 import signal
 import socket
 import time

@@ -22,14 +22,14 @@ pytest.importorskip("onnxruntime")  # the export stage is in the matrix
 
 import lepton
 import lepton.stages
-from lepton.pipeline.artifact import load_bundle, save_artifact
-from lepton.runtimes.bundle import ModelBundle, RunContext, StageRecord
 from lepton.data import Columns, DataSplitConfig, load_split
-from lepton.runtimes import for_bundle
-from lepton.stages import StageConfig, configs, contract_of, handler_for, stage_kinds_for
 from lepton.models import load_tokenizer
-from lepton.tasks.loading import load_for_task
+from lepton.pipeline.artifact import load_bundle, save_artifact
+from lepton.runtimes import for_bundle
+from lepton.runtimes.bundle import ModelBundle, RunContext, StageRecord
+from lepton.stages import StageConfig, configs, contract_of, handler_for, stage_kinds_for
 from lepton.tasks import TaskConfig, build_task, task_kinds
+from lepton.tasks.loading import load_for_task
 from tests.task_examples import EXAMPLES
 from tests.test_artifact import TEXTS
 
@@ -94,7 +94,6 @@ def _matrix() -> list[Any]:
 
 @pytest.mark.parametrize(("stage_kind", "task_kind"), _matrix())
 def test_stage_contract(stage_kind: str, task_kind: str, model_dirs: dict[str, Path], tmp_path: Path) -> None:
-    from lepton.tasks import kind_of
 
     cls = configs.get(stage_kind)
     # A kind that runs the stage its own way may bring its own contract settings.

@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import lepton
-from lepton.pipeline.artifact import MANIFEST, save_artifact
-from lepton.data import Columns, DataSplitConfig, Split, load_split
 from lepton.core.errors import RecipeError, StageError
+from lepton.data import Columns, DataSplitConfig, Split, load_split
 from lepton.models.int8_embedding import Int8Embedding, int8_embeddings, quantize_rows
+from lepton.pipeline.artifact import MANIFEST, save_artifact
 from lepton.pipeline.recipe import parse_recipe
 from lepton.runtimes import for_bundle
 from lepton.stages.trim_vocab import changed_tokens, trim_model

@@ -256,8 +256,8 @@ def _child_argv(args: argparse.Namespace) -> list[str]:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from lepton.core import distributed
-    from lepton.pipeline.api import run
     from lepton.core.errors import RecipeError
+    from lepton.pipeline.api import run
     from lepton.pipeline.recipe import load_recipe
     from lepton.pipeline.report import print_table
 
@@ -297,7 +297,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
             except ValueError:
                 raise RecipeError(f"--max-drop {spec!r}: expected METRIC=POINTS, e.g. accuracy=1.0") from None
     objectives = [o.strip() for o in args.objectives.split(",") if o.strip()] if args.objectives else None
-    result = search(args.recipe, out_dir=args.output, overrides=[*args.overrides, *(["smoke=true"] if args.smoke else [])],
+    result = search(args.recipe, out_dir=args.output,
+                    overrides=[*args.overrides, *(["smoke=true"] if args.smoke else [])],
                     trials=args.trials, max_drop=max_drop, objectives=objectives, timeout=args.timeout,
                     storage=args.storage, study_name=args.study_name, sampler=args.sampler,
                     progress=not args.no_progress)
@@ -335,8 +336,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from lepton.pipeline.api import evaluate
     from lepton.core.errors import RecipeError
+    from lepton.pipeline.api import evaluate
     from lepton.pipeline.recipe import EvaluateConfig
     from lepton.pipeline.report import print_table
 
@@ -452,8 +453,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _check_gate_metrics(model: str, max_drop: list[str], task: str | None) -> None:
     """Unknown --max-drop metrics fail before measuring, where the model's scorecards name them."""
-    from lepton.pipeline.artifact import read_manifest
     from lepton.core.errors import RecipeError
+    from lepton.pipeline.artifact import read_manifest
 
     if not max_drop:
         return
@@ -527,7 +528,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     log_level = "debug" if args.debug else "warning" if args.quiet else "info"
     settings = ServeSettings.build(
         host=args.host, port=args.port, workers=args.workers, max_batch=args.max_batch,
-        model_batch=args.model_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue, max_inputs=args.max_inputs,
+        model_batch=args.model_batch, max_wait_ms=args.max_wait_ms, max_queue=args.max_queue,
+        max_inputs=args.max_inputs,
         max_chars=args.max_chars, max_body_bytes=args.max_body_bytes, name=args.name,
         access_log=args.access_log, log_level=log_level, require_signature=args.require_signature,
         drain_timeout_s=args.drain_timeout, header_timeout_s=args.header_timeout,

@@ -21,9 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from lepton.core import __version__
-
-from lepton.core import atomic
+from lepton.core import __version__, atomic
 from lepton.core.errors import OutputFolderError
 
 log = logging.getLogger(__name__)

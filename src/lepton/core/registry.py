@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Generic, TypeVar
 
 from lepton.core.errors import UnknownNameError
@@ -11,7 +11,7 @@ from lepton.core.errors import UnknownNameError
 T = TypeVar("T")
 
 
-def suggest(name: str, known: list[str] | set[str] | tuple[str, ...]) -> str:
+def suggest(name: str, known: Iterable[str]) -> str:
     """'; did you mean X?' for the closest known name, or '' when nothing is close."""
     hint = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
     return f"; did you mean {hint[0]!r}?" if hint else ""

@@ -18,13 +18,13 @@ import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from lepton.data import datasets
 from lepton.core.config import StrictModel
 from lepton.core.errors import DataError, UnknownNameError
+from lepton.data import datasets
 
 __all__ = ["Columns", "DataSplitConfig", "Split", "load_split"]
 

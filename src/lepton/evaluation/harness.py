@@ -17,13 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from lepton.tasks.quality import Quality, expected_calibration_error
-from lepton.evaluation.scorecard import (Calibration, Comparison, Efficiency, LatencyStats,
-                                         Robustness, Scorecard)
 from lepton.core.registry import Registry
 from lepton.evaluation.generation_efficiency import measure_variants
+from lepton.evaluation.scorecard import Calibration, Comparison, Efficiency, LatencyStats, Robustness, Scorecard
 from lepton.runtimes import Runtime, for_bundle
 from lepton.tasks import Encoded, collate, encode, kind_of, label_ids, softmax, sorted_batches
+from lepton.tasks.quality import Quality, expected_calibration_error
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +222,8 @@ def measure_efficiency(variants: list[Variant], split: Any, config: Any, *,
             runtime=p.runtime.name, device=p.runtime.device, threads=threads, warmup=config.warmup,
             rounds=config.rounds, latency_ms=latency, throughput=throughput, throughput_spread=spread,
             peak_rss_mb=peak, peak_rss_note=note, size_mb=p.runtime.size_bytes() / 1e6,
-            size_compressed_mb=_compressed_mb(p.runtime), params=total, nonzero_params=nonzero, sparsity=1 - nonzero / total if total else 0.0,
+            size_compressed_mb=_compressed_mb(p.runtime), params=total, nonzero_params=nonzero,
+            sparsity=1 - nonzero / total if total else 0.0,
             flops_per_item=p.runtime.flops_per_item(float(np.mean(p.enc.lengths))),
             seconds=per_variant))
     return out

@@ -94,7 +94,8 @@ def least_important_layers(scores: Sequence[float], count: int, *, protect: Sequ
 
 def _ffn(layer: nn.Module) -> nn.Module:
     mlp = getattr(layer, "mlp", None)
-    if mlp is None or not all(isinstance(getattr(mlp, n, None), nn.Linear) for n in ("gate_proj", "up_proj", "down_proj")):
+    if mlp is None or not all(isinstance(getattr(mlp, n, None), nn.Linear)
+                              for n in ("gate_proj", "up_proj", "down_proj")):
         raise CompressError(f"{type(layer).__name__}: no gated FFN (mlp.gate_proj/up_proj/down_proj)")
     return mlp
 
@@ -199,7 +200,8 @@ def hidden_state_loss(student_hidden: Sequence[torch.Tensor], teacher_hidden: Se
     for si, ti in layer_map:
         a, b = student_hidden[si].float(), teacher_hidden[ti].float()
         if a.shape != b.shape:
-            raise CompressError(f"distill: hidden states {si} and {ti} differ in shape {tuple(a.shape)} vs {tuple(b.shape)}")
+            raise CompressError(f"distill: hidden states {si} and {ti} differ in shape "
+                                f"{tuple(a.shape)} vs {tuple(b.shape)}")
         if attention_mask is not None:
             a, b = a[attention_mask.bool()], b[attention_mask.bool()]
         losses.append(nn.functional.mse_loss(a, b))

@@ -133,7 +133,7 @@ def size_bytes(model: nn.Module) -> int:
 def counts(model: nn.Module) -> tuple[int, int]:
     """(total, non-zero) weights: float parameters plus each quantized Linear's int8 weight and bias."""
     tensors = [p.detach() for p in model.parameters()]
-    tensors += [getattr(m, "weight_q") for m in _int8_tables(model)]
+    tensors += [m.weight_q for m in _int8_tables(model)]
     for module in quantized_linears(model).values():
         with _quiet():
             weight, bias = module._packed_params._weight_bias()

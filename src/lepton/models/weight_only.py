@@ -47,7 +47,8 @@ class WeightOnlyLinear(nn.Module):
         else:
             low, high = g.amin(-1), g.amax(-1)
             scale = (high - low).clamp(min=1e-8) / 15
-            codes = torch.round((g - low[..., None]) / scale[..., None]).clamp(0, 15).to(torch.uint8).reshape(out_f, in_f)
+            codes = (torch.round((g - low[..., None]) / scale[..., None])
+                     .clamp(0, 15).to(torch.uint8).reshape(out_f, in_f))
             layer.qweight.copy_(codes[:, 0::2] | (codes[:, 1::2] << 4))
             layer.minimums.copy_(low)
         layer.scales.copy_(scale)
@@ -66,7 +67,8 @@ class WeightOnlyLinear(nn.Module):
         return g.reshape(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.linear(x, self.dequantized().to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
+        return nn.functional.linear(x, self.dequantized().to(x.dtype),
+                                    None if self.bias is None else self.bias.to(x.dtype))
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, bits={self.bits}, group_size={self.group_size}"

@@ -13,19 +13,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lepton.core import __version__
-
-from lepton.core import atomic
-
-from lepton.core import distributed
-
-from lepton.core import outdir
-from lepton.pipeline.artifact import load_bundle, now_iso, read_manifest, save_artifact
-from lepton.runtimes.bundle import ModelBundle, RunContext, StageRecord
-from lepton.data import DataSplitConfig, Split, load_split
+from lepton.core import __version__, atomic, distributed, outdir
 from lepton.core.errors import LeptonError, RecipeError, StageError, StorageError
+from lepton.data import DataSplitConfig, Split, load_split
 from lepton.evaluation.scorecard import Report
+from lepton.pipeline.artifact import load_bundle, now_iso, read_manifest, save_artifact
 from lepton.pipeline.recipe import EvaluateConfig, Recipe, TaskConfig, load_recipe
+from lepton.runtimes.bundle import ModelBundle, RunContext, StageRecord
 from lepton.tasks import TaskSpec, build_task
 
 log = logging.getLogger("lepton")
@@ -180,7 +174,6 @@ def starting_model(recipe: Recipe, task: TaskSpec, device: str) -> ModelBundle:
     import torch
 
     from lepton.models import load_tokenizer, resolve_model
-
     from lepton.tasks.loading import load_for_task
 
     location = resolve_model(recipe.model)
@@ -341,8 +334,8 @@ class _Run:
 
 def _cached_quality(cache: Path, v: Any) -> tuple[Any, Any, Any]:
     """The interrupted run's quality of variant ``v`` (its predictions filled in)."""
-    from lepton.tasks.quality import Quality
     from lepton.evaluation.scorecard import Calibration, Robustness
+    from lepton.tasks.quality import Quality
 
     try:
         saved = json.loads(cache.read_text(encoding="utf-8"))
@@ -387,10 +380,9 @@ def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | di
     models to measure (default: the main one); its data and columns default to that task's.
     ``public_key``: refuse any model whose manifest that key's holder did not sign.
     """
-    from lepton.pipeline.recipe import task_recipe
-
     from lepton.evaluation.environment import fingerprint
     from lepton.evaluation.harness import evaluate_variants
+    from lepton.pipeline.recipe import task_recipe
 
     if not models:
         raise RecipeError("compare: give at least one model folder")
@@ -430,9 +422,8 @@ def _recipe_eval_data(path: Path, recipe: dict[str, Any], data: dict[str, Any], 
 def _compare_variants(paths: list[Path], task: str | None) -> list[Any]:
     """One harness Variant per model folder (``task``'s head of a multi-task model); the models
     must solve the same kind of task with the same labels."""
-    from lepton.runtimes.heads import head_bundle
-
     from lepton.evaluation.harness import Variant
+    from lepton.runtimes.heads import head_bundle
 
     taken: set[str] = set()
     variants = []

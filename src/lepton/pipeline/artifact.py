@@ -16,14 +16,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from lepton.core import __version__
-
-from lepton.core import atomic
+from lepton.core import __version__, atomic
 from lepton.core.atomic import sha256
-from lepton.runtimes.saved import MANIFEST, register_store
+from lepton.core.errors import ArtifactError
 from lepton.runtimes import runtime_info
 from lepton.runtimes.bundle import ModelBundle, StageRecord
-from lepton.core.errors import ArtifactError
+from lepton.runtimes.saved import MANIFEST, register_store
 from lepton.tasks import TaskSpec, kind_of
 
 log = logging.getLogger(__name__)

@@ -45,10 +45,10 @@ def run(args: argparse.Namespace) -> int:
 
         outputs = lepton.load(args.model).generate(args.prompts, **given)
     else:
-        from lepton.tasks.prompt_encoding import render_prompt
-        from lepton.tasks.generate import generate
         from lepton.models.decoder import load_generative
+        from lepton.tasks.generate import generate
         from lepton.tasks.generation_settings import GenerationSettings
+        from lepton.tasks.prompt_encoding import render_prompt
 
         settings = GenerationSettings.parse(given)  # before the (slow) load: a bad value fails fast
         model, tokenizer = load_generative(args.model)

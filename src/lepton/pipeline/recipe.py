@@ -25,9 +25,9 @@ from pydantic import (
 
 from lepton import runtimes, stages
 from lepton.core.config import StrictModel
-from lepton.data import DataSplitConfig
 from lepton.core.errors import LeptonError, RecipeError
 from lepton.core.registry import suggest
+from lepton.data import DataSplitConfig
 from lepton.stages import StageConfig, declared
 from lepton.tasks import ColumnRef, TaskConfig  # noqa: F401  (re-exported: recipes' task section)
 
@@ -177,7 +177,7 @@ class Recipe(StrictModel):
             return self  # a saved Lepton model: its head is trained already
         head_trainers = [n for n in stages.configs.names() if stages.configs.get(n).trains_head]
         raise ValueError("no stage trains the task head (one of: " + ", ".join(head_trainers) + "): the "
-                         f"model would ship with an untrained, random head; add a finetune stage, or "
+                         "model would ship with an untrained, random head; add a finetune stage, or "
                          "start from a saved Lepton model (model: OUT/model)")
 
     @model_validator(mode="after")
@@ -255,7 +255,8 @@ def apply_override(tree: dict[str, Any], assignment: str) -> None:
         last = depth == len(parts) - 1
         if isinstance(node, list):
             if not part.lstrip("-").isdigit():
-                raise RecipeError(f"--set {key}: {'.'.join(parts[:depth]) or 'root'} is a list; use an index, not {part!r}")
+                raise RecipeError(f"--set {key}: {'.'.join(parts[:depth]) or 'root'} is a list; "
+                                  f"use an index, not {part!r}")
             idx = int(part)
             if not -len(node) <= idx < len(node):
                 raise RecipeError(f"--set {key}: index {idx} out of range "

@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from lepton.core.errors import MissingExtraError  # report.html
 from lepton.core import atomic
+from lepton.core.errors import MissingExtraError  # report.html
 from lepton.evaluation.scorecard import Report, Scorecard
 
 log = logging.getLogger(__name__)  # report.html
@@ -146,11 +146,13 @@ def _markdown_efficiency(card: Scorecard) -> list[str]:
         extra = f" (min {spread[0]:.1f}, max {spread[2]:.1f} over {e.rounds} rounds)" if spread else ""
         unit = "generated tokens/s" if e.generative else "items/s"
         lines.append(f"| throughput {key} ({unit}) | {value:.1f}{extra} |")
-    lines += [f"| peak RSS (MB) | {e.peak_rss_mb:.0f} ({e.peak_rss_note}) |" if e.peak_rss_mb else f"| peak RSS | {e.peak_rss_note} |",
+    lines += [(f"| peak RSS (MB) | {e.peak_rss_mb:.0f} ({e.peak_rss_note}) |" if e.peak_rss_mb
+               else f"| peak RSS | {e.peak_rss_note} |"),
               f"| size (MB) | {e.size_mb:.1f}" + (f" ({e.size_compressed_mb:.1f} compressed with zlib)"
                                                 if e.size_compressed_mb else "") + " |",
               f"| parameters | {e.params:,} ({e.nonzero_params:,} non-zero, sparsity {e.sparsity:.3f}) |",
-              f"| FLOPs per item (estimate) | {e.flops_per_item / 1e9:.3f} G |" if e.flops_per_item else "| FLOPs | n/a |",
+              (f"| FLOPs per item (estimate) | {e.flops_per_item / 1e9:.3f} G |" if e.flops_per_item
+               else "| FLOPs | n/a |"),
               f"| warm-up calls | {e.warmup} |"]
     return lines
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lepton.core.errors import ArtifactError, StageError
+from lepton.runtimes import runtime_info
 from lepton.tasks import TaskSpec, kind_of
 
 HEADS_DIR = "heads"
@@ -37,8 +38,8 @@ class Head:
 
 def head_bundle(bundle: Any, name: str | None) -> Any:
     """The bundle of one task of a multi-task model (None or the main task's name: ``bundle``)."""
-    from lepton.runtimes.bundle import ModelBundle
     from lepton.core.errors import LeptonError
+    from lepton.runtimes.bundle import ModelBundle
 
     if name is None or name == bundle.main_task:
         return bundle
@@ -48,7 +49,7 @@ def head_bundle(bundle: Any, name: str | None) -> Any:
     head = bundle.heads[name]
     # PyTorch: the head's model on the main model's encoder; ONNX Runtime: the same graph read
     # at the head's output (an exported multi-task model computes every head in one pass).
-    model = bundle.model.head(name) if bundle.runtime == "onnxruntime" else bind(head.model, bundle.model)
+    model = bundle.model.head(name) if bundle.runtime_info.is_graph else bind(head.model, bundle.model)
     return ModelBundle(model=model, tokenizer=bundle.tokenizer, task=head.task,
                        runtime=bundle.runtime, source=bundle.source, history=bundle.history,
                        main_task=name)
@@ -106,7 +107,7 @@ def save_heads(heads: dict[str, Head], main: Any, folder: Path, runtime: str = "
 
     if not heads:
         return {}
-    if runtime == "onnxruntime":
+    if runtime_info(runtime).is_graph:
         return {name: {"task": head.task.model_dump(), "output": f"logits.{name}"} for name, head in heads.items()}
     (folder / HEADS_DIR).mkdir(exist_ok=True)
     entry = {}
@@ -133,7 +134,7 @@ def load_heads(entry: Any, main: Any, folder: Path, runtime: str = "torch") -> d
     for name, item in entry.items():
         try:
             task = TaskSpec.model_validate(item["task"])
-            if runtime == "onnxruntime":
+            if runtime_info(runtime).is_graph:
                 if item["output"] != f"logits.{name}":
                     raise KeyError(name)
                 heads[name] = Head(task=task, model=None)

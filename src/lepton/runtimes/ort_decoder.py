@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from lepton.core.errors import LeptonError
-from lepton.tasks.generate import cut_at_stop
 from lepton.runtimes.ort_decoder_loop import left_pad
+from lepton.tasks.generate import cut_at_stop
 
 WEIGHTS_FORMAT = "onnx-decoder"
 GRAPH_FILES = ("model.onnx", "model.onnx.data", "model.onnx_data")

@@ -159,7 +159,8 @@ def read_spec(session: Any, folder: Path) -> DecoderSpec:
     present = tuple(n.replace("past_key_values.", "present.") for n in past)
     missing = [n for n in ("input_ids", "attention_mask", *present, "logits") if n not in inputs and n not in outputs]
     if not past or missing:
-        raise GenerationError(f"{folder}: not a decoder graph with a KV cache (missing {missing or 'past_key_values.*'})")
+        raise GenerationError(f"{folder}: not a decoder graph with a KV cache "
+                              f"(missing {missing or 'past_key_values.*'})")
     shape = inputs[past[0]].shape
     kv_heads, head_dim = shape[1], shape[3]
     if not isinstance(head_dim, int) or not isinstance(kv_heads, int):
@@ -195,7 +196,8 @@ class OrtDecoder:
     def _value(self, array: np.ndarray) -> Any:
         return self._ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
 
-    def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list[Any]) -> tuple[np.ndarray, list[Any]]:
+    def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray,
+             past: list[Any]) -> tuple[np.ndarray, list[Any]]:
         feeds = {"input_ids": self._value(ids.astype(np.int64)), "attention_mask": self._value(mask)}
         if self.spec.has_position_ids:
             feeds["position_ids"] = self._value(positions.astype(np.int64))
@@ -244,7 +246,8 @@ def eos_ids(tokenizer: Any, eos_token_id: int | Sequence[int] | None) -> set[int
     return {int(eos_token_id)} if isinstance(eos_token_id, (int, np.integer)) else {int(i) for i in eos_token_id}
 
 
-def encode_left_padded(tokenizer: Any, prompts: Sequence[str], *, add_special_tokens: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def encode_left_padded(tokenizer: Any, prompts: Sequence[str], *,
+                       add_special_tokens: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Token ids and mask of ``prompts``, padded on the left (the pad id is never attended to)."""
     rows = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
     return left_pad(rows, tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.tasks import collate, encode, kind_of, sorted_batches
 
 

@@ -117,10 +117,11 @@ def _settings(s: dict[str, Any]) -> str:
 
 def to_markdown(data: dict[str, Any]) -> str:
     base = data["baseline"]
+    budget = ", ".join(f"{m} at most {p} points below the baseline" for m, p in data["max_drop_points"].items())
     lines = [f"# Search {data['study']}: the Pareto front", "",
              f"{data['trials_complete']} trials complete, {data['trials_failed']} failed "
              f"(of {data['trials_wanted']} asked). Objectives: {', '.join(data['objectives'])}. "
-             f"Budget: {', '.join(f'{m} at most {p} points below the baseline' for m, p in data['max_drop_points'].items())}. "
+             f"Budget: {budget}. "
              f"Baseline {base['name']}: " + ", ".join(f"{m} {v:.4f}" for m, v in base["metrics"].items()
                                                        if m in data["max_drop_points"] or m in data["objectives"]),
              "", "Speed-ups and size ratios are against the baseline, timed interleaved with it in the "
@@ -194,10 +195,10 @@ def plain_recipe_text(space: Any, settings: dict[str, Any], trial: int, out_dir:
 def write_best(worker: Any, row: dict[str, Any], out_dir: Path) -> Path:
     """OUT/best: the best trial's model measured with the full standard against the baseline."""
     from lepton import __version__
-    from lepton.pipeline.artifact import load_bundle, now_iso, save_artifact
     from lepton.evaluation.environment import fingerprint
     from lepton.evaluation.harness import Variant, evaluate_variants
     from lepton.evaluation.scorecard import Report
+    from lepton.pipeline.artifact import load_bundle, now_iso, save_artifact
     from lepton.pipeline.model_card import model_card
     from lepton.pipeline.report import write_report
     from lepton.search.prefix import run_stages

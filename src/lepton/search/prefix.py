@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lepton.runtimes.bundle import ModelBundle, RunContext, StageRecord
 from lepton.pipeline.recipe import Recipe
+from lepton.runtimes.bundle import ModelBundle, RunContext, StageRecord
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +65,8 @@ class Workspace:
 
     @classmethod
     def open(cls, recipe: Recipe, out_dir: Path, *, progress: bool = False) -> Workspace:
-        from lepton.pipeline.api import load_splits, resolve_device
         from lepton.models import resolve_model
+        from lepton.pipeline.api import load_splits, resolve_device
 
         splits = load_splits(recipe)  # tokenized once per variant by the harness; loaded once here
         location = Path(resolve_model(recipe.model))

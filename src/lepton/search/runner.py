@@ -54,8 +54,8 @@ def _finetune_prefix(space: SearchSpace, recipe: Recipe) -> int:
 
 
 def build_baseline(space: SearchSpace, ws: Workspace, recipe: Recipe, eval_config: Any) -> Baseline:
-    from lepton.pipeline.artifact import load_bundle
     from lepton.evaluation.harness import Variant, measure_quality
+    from lepton.pipeline.artifact import load_bundle
     from lepton.search.prefix import _save_into_cache
 
     k = _finetune_prefix(space, recipe)
@@ -171,8 +171,8 @@ class Worker:
         return tuple(same.values)
 
     def _run(self, trial: Any, values: dict[str, Any]) -> tuple[float, ...]:
-        from lepton.pipeline.artifact import save_artifact
         from lepton.evaluation.harness import Variant, evaluate_variants
+        from lepton.pipeline.artifact import save_artifact
 
         recipe = self.space.plain_recipe(values)  # RecipeError: a bad combination
         folder = self.ws.out_dir / "trials" / str(trial.number)

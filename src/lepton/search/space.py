@@ -28,8 +28,8 @@ from pydantic import Field, ValidationError
 
 from lepton.core.config import StrictModel
 from lepton.core.errors import RecipeError
-from lepton.pipeline.recipe import Recipe, parse_recipe
 from lepton.core.registry import suggest
+from lepton.pipeline.recipe import Recipe, parse_recipe
 
 CHOICE_KEYS = frozenset({"choices"})
 RANGE_KEYS = frozenset({"low", "high", "step", "log"})

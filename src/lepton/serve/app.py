@@ -252,7 +252,7 @@ def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | Non
     predictor = predictor if predictor is not None else lepton.load(model_path, public_key=settings.require_signature)
     manifest, task = predictor.manifest, predictor.task
     name = settings.name or model_name(Path(model_path))
-    own_app = OWN_APPS.get(kind_of(task).serving(predictor.bundle.model))  # e.g. completions
+    own_app = OWN_APPS.get(kind_of(task).serving(predictor))  # e.g. completions
     if own_app is not None:
         return own_app(predictor, settings, name)
     metrics = ServeMetrics()

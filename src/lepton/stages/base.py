@@ -38,6 +38,7 @@ class StageConfig(StrictModel):
     name: PlainName | None = None
 
     # The recipe name of this stage; derived from the ``kind`` Literal, never written by hand.
+    stage_kind: ClassVar[str] = ""
     # It runs the shared training loop (and so applies training hooks, such as gradual pruning's
     # masks): a stage that leaves hooks needs one of these after it.
     trains: ClassVar[bool] = False

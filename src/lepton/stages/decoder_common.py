@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
+from lepton.runtimes.bundle import ModelBundle, RunContext
 
 DOC_PROMPT_CHARS = 200  # language modelling: a document's opening as the prompt
 

@@ -38,12 +38,10 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from lepton.core import atomic
-
-from lepton.core import distributed
-from lepton.runtimes.bundle import ModelBundle, RunContext
+from lepton.core import atomic, distributed
 from lepton.core.errors import StageError
 from lepton.core.progress import StepProgress
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.stages.base import StageConfig
 from lepton.tasks import Encoded, collate, kind_of, sorted_batches, train_batches
 

@@ -14,10 +14,10 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
-from lepton.tasks.prompt_encoding import GenEncoded, collate, pad_id_of
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.tasks.generate import is_encoder_decoder
+from lepton.tasks.prompt_encoding import GenEncoded, collate, pad_id_of
 from lepton.tasks.scoring import token_nll_sums
 
 log = logging.getLogger(__name__)

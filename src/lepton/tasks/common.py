@@ -15,8 +15,8 @@ import numpy as np
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from lepton.core.config import StrictModel
-from lepton.data import Columns
 from lepton.core.errors import DataError, LabelError
+from lepton.data import Columns
 from lepton.tasks.generation_settings import GenerationSettings
 
 if TYPE_CHECKING:

@@ -43,8 +43,8 @@ class Generation(GenerativeKind):
                              system=task.options.get("system"))
 
     def encode_for(self, model: Any, split: Split, task: TaskSpec, tokenizer: Any) -> Any:
-        from lepton.tasks.prompt_encoding import encode_causal, encode_seq2seq
         from lepton.tasks.generate import is_encoder_decoder
+        from lepton.tasks.prompt_encoding import encode_causal, encode_seq2seq
 
         limits = {"max_prompt_tokens": task.max_length,
                   "max_target_tokens": int(task.options.get("max_target_length") or 128)}

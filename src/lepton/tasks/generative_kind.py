@@ -10,14 +10,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from pydantic import BaseModel, Field
 
 from lepton.core.errors import LeptonError, StageError
 from lepton.tasks.kind import Paired, TaskKind
 
 if TYPE_CHECKING:
-    from lepton.data import Split
     from lepton.tasks.common import TaskConfig, TaskSpec
 
 log = logging.getLogger(__name__)
@@ -99,12 +97,12 @@ class GenerativeKind(TaskKind):
         rendered = [self.render(predictor.bundle.tokenizer, task, p) for p in prompts]
         return generate(predictor.bundle.model, predictor.bundle.tokenizer, rendered, merged)
 
-    def serving(self, model: Any) -> str:
+    def serving(self, predictor: Any) -> str:
         """Decoder-only models: OpenAI-style completions with iteration-level batching and
         streaming (lepton.serve.generation). Encoder-decoders keep the shared app for now."""
         from lepton.tasks.generate import is_encoder_decoder
 
-        return "predict" if is_encoder_decoder(model) else "generate"
+        return "predict" if is_encoder_decoder(predictor.bundle.model) else "generate"
 
     def render(self, tokenizer: Any, task: TaskSpec, prompt: str) -> str:
         return prompt

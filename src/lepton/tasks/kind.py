@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
     from lepton.data import Split
-    from lepton.tasks.quality import Quality
     from lepton.tasks.common import Encoded, TaskConfig, TaskSpec
+    from lepton.tasks.quality import Quality
 
 
 @dataclass(frozen=True)
@@ -175,10 +175,11 @@ class TaskKind:
         """Whether ``item`` passed to ``predict`` is one input (not a list of inputs)."""
         return isinstance(item, str)
 
-    def serving(self, model: Any) -> str:
-        """Which HTTP app serves ``model`` (a name in ``lepton.serve``'s app registry): "predict",
-        the shared prediction app (``/v1/predict`` with micro-batching) that classifiers use, or
-        "generate" (OpenAI-style completions with iteration-level batching and streaming)."""
+    def serving(self, predictor: Any) -> str:
+        """Which HTTP app serves a loaded ``predictor`` of this kind (a name in ``lepton.serve``'s app
+        registry): "predict", the shared prediction app (``/v1/predict`` with micro-batching) that
+        classifiers use, or "generate" (OpenAI-style completions with iteration-level batching and
+        streaming)."""
         return "predict"
 
     def warmup_input(self, task: TaskSpec) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from lepton.tasks.generate import is_encoder_decoder
 from lepton.tasks.prompt_encoding import (
     IGNORE,
     GenEncoded,
@@ -18,7 +19,6 @@ from lepton.tasks.prompt_encoding import (
     encode_seq2seq,
     pad_id_of,
 )
-from lepton.tasks.generate import is_encoder_decoder
 from lepton.tasks.text_metrics import DocumentLoss
 
 

@@ -14,8 +14,8 @@ from lepton.tasks.kind import MetricInfo, Paired, register_task_kind
 
 if TYPE_CHECKING:
     from lepton.data import Split
-    from lepton.tasks.quality import Quality
     from lepton.tasks.common import TaskSpec
+    from lepton.tasks.quality import Quality
 
 
 class ClassPrediction(BaseModel):

@@ -16,8 +16,8 @@ from lepton.tasks.kind import MetricInfo, Paired, register_task_kind
 
 if TYPE_CHECKING:
     from lepton.data import Split
-    from lepton.tasks.quality import Quality
     from lepton.tasks.common import TaskConfig, TaskSpec
+    from lepton.tasks.quality import Quality
 
 _WORD = re.compile(r"\S+")
 
@@ -55,7 +55,8 @@ class TokenClassification(ClassificationKind):
     card_what = "token classification (named entities, IOB2 tags)"
     example_input = "Angela Merkel visited Paris."
     pipeline_args = ', aggregation_strategy="simple"'
-    metrics = (MetricInfo("entity_f1"), MetricInfo("token_accuracy"), MetricInfo("loss", higher_is_better=False, upper=None))
+    metrics = (MetricInfo("entity_f1"), MetricInfo("token_accuracy"),
+               MetricInfo("loss", higher_is_better=False, upper=None))
     token_level = True
 
     def check_config(self, config: TaskConfig) -> None:

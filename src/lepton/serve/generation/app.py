@@ -33,8 +33,7 @@ from lepton.serve.generation.metrics import GenerateMetrics
 from lepton.serve.generation.sampling import SamplingParams
 from lepton.serve.generation.scheduler import Chunk, GenerationHandle, Scheduler
 from lepton.serve.generation.schemas import ChatRequest, CompletionRequest, GenerateRequest
-from lepton.serve.guards import (RETRY_AFTER_S, BodyError, BodyGuardMiddleware, DrainGuardMiddleware,
-                                 JSONBodyRoute)
+from lepton.serve.guards import RETRY_AFTER_S, BodyError, BodyGuardMiddleware, DrainGuardMiddleware, JSONBodyRoute
 from lepton.serve.metrics import MetricsMiddleware
 
 log = logging.getLogger(__name__)

@@ -49,16 +49,22 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from lepton.runtimes.bundle import ModelBundle, RunContext
-from lepton.data import DataSplitConfig
 from lepton.core.errors import StageError
 from lepton.core.registry import suggest
-from lepton.stages.base import register
-from lepton.stages.training import TrainJob, TrainSettings, dev_evaluator, task_metric, train
+from lepton.data import DataSplitConfig
 from lepton.models.structure import layer_list, layer_sizes
+from lepton.runtimes.bundle import ModelBundle, RunContext
+from lepton.stages.base import register
+from lepton.stages.distill.teacher_cache import (
+    TeacherBatch,
+    TeacherCache,
+    cache_key,
+    read_cache,
+    teacher_batch,
+    write_cache,
+)
+from lepton.stages.training import TrainJob, TrainSettings, dev_evaluator, task_metric, train
 from lepton.tasks import IGNORE, Encoded, encode, kind_of
-from lepton.stages.distill.teacher_cache import (TeacherBatch, TeacherCache, cache_key, read_cache, teacher_batch,
-                                  write_cache)
 
 log = logging.getLogger(__name__)
 

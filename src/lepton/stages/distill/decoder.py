@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.stages.base import register
 from lepton.stages.decoder_common import require_torch_decoder, training_data
 from lepton.stages.distill import DistillConfig, default_layer_map
@@ -75,8 +75,8 @@ def distill_decoder(bundle: ModelBundle, config: DistillConfig, ctx: RunContext)
 
 
 def _teacher(config: DistillConfig, bundle: ModelBundle, ctx: RunContext) -> tuple[Any, str]:
-    from lepton.runtimes.saved import is_saved_model, store
     from lepton.models.decoder import load_generative
+    from lepton.runtimes.saved import is_saved_model, store
 
     where = f"stages.{ctx.stage_index}.teacher"
     if config.teacher in ctx.snapshots:
@@ -96,7 +96,8 @@ def _teacher(config: DistillConfig, bundle: ModelBundle, ctx: RunContext) -> tup
         teacher, _ = load_generative(str(folder))
     if teacher.config.vocab_size != bundle.model.config.vocab_size:
         raise StageError(f"{where}: the teacher ({described}) has a vocabulary of {teacher.config.vocab_size}, "
-                         f"the student {bundle.model.config.vocab_size}; token-level distillation needs the same tokenizer")
+                         f"the student {bundle.model.config.vocab_size}; "
+                         "token-level distillation needs the same tokenizer")
     return teacher, described
 
 

@@ -23,10 +23,10 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, field_validator, model_validator
 
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import RecipeError, StageError
-from lepton.stages.base import StageConfig, register
 from lepton.models.structure import layer_list, sync_config
+from lepton.runtimes.bundle import ModelBundle, RunContext
+from lepton.stages.base import StageConfig, register
 from lepton.tasks import collate, encode, train_batches
 
 log = logging.getLogger(__name__)

@@ -32,8 +32,8 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field
 
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.runtimes.parity import compare_logits, parity_inputs
 from lepton.stages.base import StageConfig, register
 from lepton.tasks import kind_of
@@ -277,8 +277,8 @@ def _check_parity(bundle: ModelBundle, candidate: ModelBundle, batches: list[dic
     """The exported graph's logits against the PyTorch model's on the parity inputs, every head's
     output too, into ``summary``; returns the worst output's comparison."""
     from lepton.runtimes import for_bundle
-    from lepton.runtimes.ort import OrtRuntime
     from lepton.runtimes.heads import head_bundle
+    from lepton.runtimes.ort import OrtRuntime
 
     check = compare_logits(for_bundle(bundle), OrtRuntime(candidate), batches)
     summary["parity"] = {"split": split_name, "atol": atol, **check}

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from lepton.core.atomic import write_folder
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.stages.base import register
 from lepton.stages.decoder_common import real_prompts, rebundle, require_torch_decoder
 from lepton.stages.export import ExportConfig
@@ -34,6 +34,9 @@ PARITY_NEW_TOKENS = 16
 
 @register(ExportConfig, family="decoder", example={"parity_items": 4})
 def export_decoder(bundle: ModelBundle, config: ExportConfig, ctx: RunContext) -> ModelBundle:
+    from lepton.models.weight_only import WeightOnlyLinear
+    from lepton.runtimes.ort import require
+    from lepton.runtimes.ort_decoder import OrtCausalLM
     from lepton.stages.export.onnx_decoder import (
         EXPORTER,
         ONNX_FILE,
@@ -41,9 +44,6 @@ def export_decoder(bundle: ModelBundle, config: ExportConfig, ctx: RunContext) -
         export_torch,
         folder_size,
     )
-    from lepton.runtimes.ort_decoder import OrtCausalLM
-    from lepton.models.weight_only import WeightOnlyLinear
-    from lepton.runtimes.ort import require
 
     where = f"stages.{ctx.stage_index}"
     require("onnx")

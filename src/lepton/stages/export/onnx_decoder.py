@@ -134,7 +134,8 @@ def export_torch(model: torch.nn.Module, path: Path, *, opset: int = 17, last_lo
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", message=".*aten::index.*")
             warnings.filterwarnings("ignore", category=DeprecationWarning)  # the TorchScript exporter's notice
-            torch.onnx.export(_FlatCache(model, last_logits_only), tuple(example), str(path), opset_version=opset, dynamo=False,
+            torch.onnx.export(_FlatCache(model, last_logits_only), tuple(example), str(path), opset_version=opset,
+                              dynamo=False,
                               input_names=["input_ids", "attention_mask", "position_ids", *past_names],
                               output_names=["logits", *present_names], dynamic_axes=axes, do_constant_folding=True)
     except Exception as err:  # the exporter raises many types; the cause goes in the message
@@ -144,7 +145,8 @@ def export_torch(model: torch.nn.Module, path: Path, *, opset: int = 17, last_lo
     return path
 
 
-def export_genai(model_dir: Path, out_dir: Path, *, precision: str = "fp32", extra_options: dict[str, str] | None = None) -> None:
+def export_genai(model_dir: Path, out_dir: Path, *, precision: str = "fp32",
+                 extra_options: dict[str, str] | None = None) -> None:
     """ONNX Runtime GenAI's model builder on a local transformers folder, writing into ``out_dir``."""
     if precision not in GENAI_PRECISIONS:
         raise ExportError(f"precision must be one of {', '.join(GENAI_PRECISIONS)}, got {precision!r}")
@@ -180,13 +182,15 @@ def export_decoder(model_dir: str | Path, out_dir: str | Path, *, backend: str =
     if backend not in ("genai", "torch"):
         raise ExportError(f"backend must be torch or genai, got {backend!r}")
     if backend == "torch" and precision != "fp32":
-        raise ExportError(f"backend 'torch' exports fp32; quantize with lepton.stages.quantize.weight_only, not precision={precision!r}")
+        raise ExportError("backend 'torch' exports fp32; quantize with lepton.stages.quantize.weight_only, "
+                          f"not precision={precision!r}")
     info: dict[str, Any] = {"source": str(model_dir), "precision": precision, "backend": backend}
 
     def fill(tmp: Path) -> None:
         if backend == "genai":
             export_genai(model_dir, tmp, precision=precision, extra_options=extra_options)
-            info["exporter"] = "onnxruntime-genai model builder " + importlib.import_module("onnxruntime_genai").__version__
+            info["exporter"] = ("onnxruntime-genai model builder "
+                                + importlib.import_module("onnxruntime_genai").__version__)
         else:
             from transformers import AutoModelForCausalLM
 
@@ -210,7 +214,8 @@ def _copy_side_files(model_dir: Path, dest: Path) -> None:
 
 def folder_size(folder: Path, suffixes: Sequence[str] = (".onnx", ".data", ".onnx_data")) -> int:
     """Bytes of the graph and its weights (external data included), not tokenizer files."""
-    return sum(p.stat().st_size for p in Path(folder).iterdir() if p.suffix in suffixes or p.name.endswith(".onnx.data"))
+    return sum(p.stat().st_size for p in Path(folder).iterdir()
+               if p.suffix in suffixes or p.name.endswith(".onnx.data"))
 
 
 def _torch_greedy(model: Any, ids: np.ndarray, mask: np.ndarray, max_new_tokens: int, eos: set[int],

@@ -21,32 +21,26 @@ removes it at the end: the stage still outputs an ordinary float model.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, ValidationInfo, field_validator, model_validator
-
-from lepton.core import atomic
+from pydantic import ValidationInfo, field_validator, model_validator
 
 from lepton.core import outdir
+from lepton.core.errors import StageError
 from lepton.runtimes.bundle import ModelBundle, RunContext
-from lepton.core.config import StrictModel
-from lepton.core.errors import MissingExtraError, StageError
-from lepton.stages.finetune.qat import QatSettings, insert_fake_quant
 from lepton.stages.adapters import (
     AdaLoraSettings,
-    AdapterSettings,
     LoraSettings,
     RankAllocatorState,
     adapter_config,
-    default_modules_to_save,
     save_adapter,
     wrap_with_adapters,
 )
 from lepton.stages.base import register
+from lepton.stages.finetune.qat import QatSettings, insert_fake_quant
 from lepton.stages.training import TrainJob, TrainSettings, dev_evaluator, plan_steps, task_metric, train
-from lepton.tasks import encode, kind_of
+from lepton.tasks import encode
 
 log = logging.getLogger(__name__)
 

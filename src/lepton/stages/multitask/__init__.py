@@ -37,10 +37,10 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, field_validator
 
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.config import PlainName, StrictModel
-from lepton.data import DataSplitConfig, Split, load_split
 from lepton.core.errors import StageError
+from lepton.data import DataSplitConfig, Split, load_split
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.runtimes.heads import Head, check_name, make_head
 from lepton.stages.base import register
 from lepton.stages.training import TrainJob, TrainSettings, evaluate_dev, train
@@ -49,9 +49,9 @@ from lepton.tasks import (
     TaskConfig,
     TaskSpec,
     build_task,
-    kind_of,
     collate,
     encode,
+    kind_of,
     label_ids,
     train_batches,
 )

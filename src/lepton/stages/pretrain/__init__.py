@@ -44,12 +44,12 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, field_validator
 
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.config import StrictModel
 from lepton.core.errors import DataError, StageError
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.stages.base import register
 from lepton.stages.training import TrainJob, TrainSettings, train
-from lepton.tasks import Encoded, kind_of, sorted_batches
+from lepton.tasks import Encoded, sorted_batches
 
 log = logging.getLogger(__name__)
 
@@ -323,16 +323,40 @@ def read_stage_documents(config: PretrainConfig, ctx: RunContext) -> list[str]:
     return docs
 
 
+def _split_documents(docs: list[str], config: PretrainConfig, seed: int) -> tuple[list[str], list[str]]:
+    """(training documents, held-out documents), a seeded share held out, at least one each."""
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    n_held = min(len(docs) - 1, max(1, round(config.held_out * len(docs))))
+    return [docs[i] for i in sorted(order[n_held:])], [docs[i] for i in sorted(order[:n_held])]
+
+
+def _held_out_batches(held: Pieces, tokenizer: Any, config: PretrainConfig, seed: int,
+                      pad: int) -> tuple[list[Any], set[int]]:
+    """The held-out pieces scored (at most ``held_out_max``) as masked batches, and their indices.
+    One fixed masking from its own seeded generator (the global RNG, which training's masking
+    uses, is left alone)."""
+    scoring = _collator(tokenizer, config)
+    scoring.generator = torch.Generator().manual_seed(seed + 1)
+    held_idx = sorted_batches(held.encoded.lengths, 32)
+    kept = set(sorted(range(len(held)))[:config.held_out_max])
+    batches = [masked_batch(held, [i for i in idx if i in kept], scoring, pad, config.whole_word_mask)
+               for idx in held_idx if any(i in kept for i in idx)]
+    return batches, kept
+
+
+def _pseudo_perplexity_summary(before: dict[str, float], after: dict[str, float], pieces: int) -> dict[str, Any]:
+    return {"measure": f"each token masked in turn, {pieces} held-out pieces",
+            "before": round(before["pseudo_perplexity"], 4),
+            "after": round(after["pseudo_perplexity"], 4), "tokens": after["tokens"]}
+
+
 @register(PretrainConfig)
 def pretrain(bundle: ModelBundle, config: PretrainConfig, ctx: RunContext) -> ModelBundle:
     """Continue pretraining the encoder with masked-LM on raw text; the task head is untouched."""
     where = f"stages.{ctx.stage_index}"
     docs = read_stage_documents(config, ctx)
-    order = list(range(len(docs)))
-    random.Random(ctx.seed).shuffle(order)
-    n_held = min(len(docs) - 1, max(1, round(config.held_out * len(docs))))
-    held_docs = [docs[i] for i in sorted(order[:n_held])]
-    train_docs = [docs[i] for i in sorted(order[n_held:])]
+    train_docs, held_docs = _split_documents(docs, config, ctx.seed)
     tokenizer = bundle.tokenizer
     max_length = config.max_length or bundle.task.max_length
     train_pieces = Pieces(train_docs, tokenizer, max_length)
@@ -341,14 +365,7 @@ def pretrain(bundle: ModelBundle, config: PretrainConfig, ctx: RunContext) -> Mo
 
     mlm, head = masked_lm_model(bundle, where)
     mlm.to(ctx.device)
-    # Held-out scoring: one fixed masking from its own seeded generator (the global RNG, which
-    # training's masking uses, is left alone).
-    scoring = _collator(tokenizer, config)
-    scoring.generator = torch.Generator().manual_seed(ctx.seed + 1)
-    held_idx = sorted_batches(held.encoded.lengths, 32)
-    kept = set(sorted(range(len(held)))[:config.held_out_max])
-    held_batches = [masked_batch(held, [i for i in idx if i in kept], scoring, pad, config.whole_word_mask)
-                    for idx in held_idx if any(i in kept for i in idx)]
+    held_batches, kept = _held_out_batches(held, tokenizer, config, ctx.seed, pad)
     sample = list(range(min(config.pseudo_perplexity_sample, len(held))))
     mask_id = tokenizer.mask_token_id
 
@@ -382,9 +399,6 @@ def pretrain(bundle: ModelBundle, config: PretrainConfig, ctx: RunContext) -> Mo
         },
     })
     if pppl_before is not None and pppl_after is not None:
-        summary["pseudo_perplexity"] = {
-            "measure": f"each token masked in turn, {len(sample)} held-out pieces",
-            "before": round(pppl_before["pseudo_perplexity"], 4),
-            "after": round(pppl_after["pseudo_perplexity"], 4), "tokens": pppl_after["tokens"]}
+        summary["pseudo_perplexity"] = _pseudo_perplexity_summary(pppl_before, pppl_after, len(sample))
     ctx.stage_summary = summary
     return bundle

@@ -44,11 +44,11 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
+from lepton.runtimes.bundle import ModelBundle, RunContext
+from lepton.stages.base import StageConfig, register
 from lepton.stages.prune.masks import UNSTRUCTURED_NOTE, MaskKeeper, encoder_linears, masked_oneshot
 from lepton.stages.prune.structured import remove_structures
-from lepton.stages.base import StageConfig, register
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.stages.base import register
 from lepton.stages.decoder_common import require_torch_decoder, scoring_batches
 from lepton.stages.prune import PruneConfig

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
+from lepton.runtimes.bundle import ModelBundle, RunContext
 
 if TYPE_CHECKING:
     from lepton.stages.prune import PruneConfig

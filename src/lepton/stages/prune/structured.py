@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
 from lepton.models.structure import describe, encoder_layers, remove_heads, remove_neurons, sync_config
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.tasks import collate, encode, train_batches
 
 if TYPE_CHECKING:
@@ -31,8 +31,8 @@ def gradient_importance(model: Any, batches: list[dict], device: str, what: str)
     output (``what="heads"``) or each FFN neuron's activation (``what="ffn"``)."""
     layers = encoder_layers(model)
     assert layers is not None
-    sizes = [(l.attention.self.num_attention_heads if what == "heads" else l.intermediate.dense.out_features)
-             for l in layers]
+    sizes = [(layer.attention.self.num_attention_heads if what == "heads" else layer.intermediate.dense.out_features)
+             for layer in layers]
     masks = [torch.ones(n, device=device, requires_grad=True) for n in sizes]
     handles = []
     for layer, mask in zip(layers, masks):
@@ -155,15 +155,15 @@ def remove_structures(bundle: ModelBundle, config: PruneConfig, ctx: RunContext,
         chosen = select_lowest(scores, float(config.sparsity or 0), config.scope, what, where)
         summary["scope"] = config.scope
         if what == "heads":
-            summary["head_scores"] = {str(l): [round(float(v), 6) for v in s] for l, s in enumerate(scores)}
+            summary["head_scores"] = {str(i): [round(float(v), 6) for v in s] for i, s in enumerate(scores)}
     for layer, index in chosen.items():
         (remove_heads if what == "heads" else remove_neurons)(layers[layer], index)
     sync_config(model)
     if what == "heads":
-        summary["heads_removed"] = {str(l): v for l, v in chosen.items() if v}
-        summary["heads_per_layer"] = [int(l.attention.self.num_attention_heads) for l in layers]
+        summary["heads_removed"] = {str(i): v for i, v in chosen.items() if v}
+        summary["heads_per_layer"] = [int(layer.attention.self.num_attention_heads) for layer in layers]
     else:
-        summary["neurons_removed"] = {str(l): len(v) for l, v in chosen.items() if v}
-        summary["intermediate_size"] = [int(l.intermediate.dense.out_features) for l in layers]
+        summary["neurons_removed"] = {str(i): len(v) for i, v in chosen.items() if v}
+        summary["intermediate_size"] = [int(layer.intermediate.dense.out_features) for layer in layers]
     summary["loads_in_transformers"] = describe(model) is None
     return summary

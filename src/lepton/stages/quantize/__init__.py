@@ -1,12 +1,24 @@
 """``quantize``: lower-precision weights (and activations) for the current model, on the runtime
 it runs on.
 
-| method | PyTorch (``runtime: torch``) | ONNX Runtime (after ``export``) |
-|---|---|---|
-| ``dynamic_int8`` | ``torch.ao`` dynamic quantization of ``nn.Linear`` (int8 weights; activations quantized per call) | ``quantize_dynamic``: MatMul, fused Attention, embeddings |
-| ``static_int8`` | not available: add ``export`` first | ``quantize_static``, QDQ format, weights per channel, activations calibrated on a seeded sample of ``data.train`` |
-| ``weight_only`` | not available (see ``WEIGHT_ONLY_TORCH_NOTE``) | MatMulNBits: int4 or int8 (``bits``) weights in groups of ``group_size`` along the input; ``accuracy_level: 4`` computes with int8 activations |
-| ``fp16`` / ``bf16`` | casts the weights | ``fp16``: ONNX Runtime's float16 conversion (inputs/outputs stay as they were); ``bf16``: not available |
+Each method on PyTorch (``runtime: torch``) and on ONNX Runtime (after ``export``):
+
+- ``dynamic_int8``
+  - PyTorch: ``torch.ao`` dynamic quantization of ``nn.Linear`` (int8 weights; activations
+    quantized per call)
+  - ONNX Runtime: ``quantize_dynamic``: MatMul, fused Attention, embeddings
+- ``static_int8``
+  - PyTorch: not available: add ``export`` first
+  - ONNX Runtime: ``quantize_static``, QDQ format, weights per channel, activations calibrated on
+    a seeded sample of ``data.train``
+- ``weight_only``
+  - PyTorch: not available (see ``WEIGHT_ONLY_TORCH_NOTE``)
+  - ONNX Runtime: MatMulNBits: int4 or int8 (``bits``) weights in groups of ``group_size`` along
+    the input; ``accuracy_level: 4`` computes with int8 activations
+- ``fp16`` / ``bf16``
+  - PyTorch: casts the weights
+  - ONNX Runtime: ``fp16``: ONNX Runtime's float16 conversion (inputs/outputs stay as they were);
+    ``bf16``: not available
 
 ``per_channel`` (default true) gives each output channel of a weight its own scale: outputs stay
 much closer to float32 than one scale per tensor. ``exclude`` keeps layers in float: module names
@@ -47,14 +59,14 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from lepton.core.errors import StageError
 from lepton.runtimes import runtime_info
 from lepton.runtimes.bundle import ModelBundle, RunContext
-from lepton.core.errors import StageError
+from lepton.runtimes.parity import compare_logits, parity_inputs
+from lepton.stages.base import StageConfig, register
 from lepton.stages.quantize.ort import ort_quantize
 from lepton.stages.quantize.sensitivity import mixed_precision
 from lepton.stages.quantize.torch_dynamic import torch_quantize
-from lepton.runtimes.parity import compare_logits, parity_inputs
-from lepton.stages.base import StageConfig, register
 
 log = logging.getLogger(__name__)
 

@@ -31,18 +31,19 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
+from lepton.runtimes import for_bundle
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.stages.base import register
 from lepton.stages.decoder_common import agreement, real_prompts, rebundle
-from lepton.runtimes import for_bundle
 from lepton.stages.quantize import QuantizeConfig
 
 log = logging.getLogger(__name__)
 
 
-@register(QuantizeConfig, family=("decoder", "encoder-decoder"), example={"method": "weight_only", "bits": 4, "group_size": 16, "check_items": 4},
-         before=({"kind": "export", "parity_items": 4},))
+@register(QuantizeConfig, family=("decoder", "encoder-decoder"),
+          example={"method": "weight_only", "bits": 4, "group_size": 16, "check_items": 4},
+          before=({"kind": "export", "parity_items": 4},))
 def quantize_generative(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext) -> ModelBundle:
     where = f"stages.{ctx.stage_index}"
     if (config.sensitivity or config.max_drop is not None) and not (

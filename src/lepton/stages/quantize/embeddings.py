@@ -21,8 +21,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.stages.base import StageConfig, register
 
 log = logging.getLogger(__name__)

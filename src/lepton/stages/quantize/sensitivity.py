@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.core.errors import StageError
-from lepton.stages.quantize.ort import weight_matmuls
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.runtimes.parity import check_split_fits
+from lepton.stages.quantize.ort import weight_matmuls
 from lepton.tasks import encode
 
 if TYPE_CHECKING:

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lepton.runtimes.bundle import ModelBundle
 from lepton.core.errors import StageError
+from lepton.runtimes.bundle import ModelBundle
 
 if TYPE_CHECKING:
     from lepton.stages.quantize import QuantizeConfig

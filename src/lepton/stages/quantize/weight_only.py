@@ -33,11 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from lepton.core.atomic import write_folder
-from lepton.core.errors import ArtifactError, StageError
+from lepton.core.errors import ArtifactError
 from lepton.models.weight_only import QuantizeError, WeightOnlyLinear
 from lepton.runtimes.ort import quiet_onnxruntime, require
 
@@ -164,7 +163,8 @@ def quantize_linears(model: nn.Module, *, bits: int = 8, group_size: int | None 
                      exclude: tuple[str, ...] = ("lm_head",)) -> dict[str, Any]:
     """Replace every ``nn.Linear`` (names containing an ``exclude`` entry kept; the tied output
     layer by default) with :class:`WeightOnlyLinear`. int8 default: per output channel; int4
-    default: groups of 128 (or ``group_size``), halved for a layer whose width it does not divide. Returns the record :func:`load_weight_only` needs."""
+    default: groups of 128 (or ``group_size``), halved for a layer whose width it does not divide.
+    Returns the record :func:`load_weight_only` needs."""
     if bits not in (4, 8):
         raise QuantizeError(f"bits must be 4 or 8, got {bits!r}")
     if bits == 4:
@@ -178,7 +178,8 @@ def quantize_linears(model: nn.Module, *, bits: int = 8, group_size: int | None 
             continue
         group = _fitting_group(module.in_features, group_size)
         if bits == 4 and group is None:
-            log.warning("%s: in_features %d has no even group size <= %s; kept in float", name, module.in_features, group_size)
+            log.warning("%s: in_features %d has no even group size <= %s; kept in float",
+                        name, module.in_features, group_size)
             continue
         parent, _, leaf = name.rpartition(".")
         layer = WeightOnlyLinear.from_linear(module, bits=bits, group_size=group)
@@ -243,6 +244,7 @@ def load_weight_only(folder: str | Path) -> nn.Module:
         setattr(model.get_submodule(parent) if parent else model, leaf, new)
     missing, unexpected = load_model(model, str(folder / WEIGHTS), strict=False)
     if unexpected or [m for m in missing if not m.endswith("lm_head.weight")]:
-        raise ArtifactError(f"{folder / WEIGHTS}: weights do not match the record (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ArtifactError(f"{folder / WEIGHTS}: weights do not match the record "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.tie_weights()
     return model.eval()

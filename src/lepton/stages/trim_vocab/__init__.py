@@ -41,9 +41,9 @@ import torch
 from pydantic import Field, field_validator, model_validator
 from torch import nn
 
-from lepton.runtimes.bundle import ModelBundle, RunContext
-from lepton.data import DataSplitConfig
 from lepton.core.errors import StageError
+from lepton.data import DataSplitConfig
+from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.stages.base import StageConfig, register
 
 log = logging.getLogger(__name__)
