@@ -1,17 +1,24 @@
-"""List imports that run up the layers (file:line, deferred or not)."""
+"""List the imports that run up the layers (file:line), deferred ones included; exit 1 if any.
+
+The layer order is read from ``[tool.importlinter]`` in pyproject.toml (what ``lint-imports``
+enforces); this script counts every offending import instead of one chain per pair.
+"""
+
 import ast
 import sys
 from pathlib import Path
 
+import tomllib
+
 sys.path.insert(0, str(Path(__file__).parent))
 import import_graph as g
 
-ORDER = ["core", "data", "models", "tasks", "runtimes", "evaluation", "stages", "pipeline", "serve", "search|monitor",
-         "cli"]
+config = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+layers = next(c for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers")["layers"]
 rank = {}
-for i, names in enumerate(ORDER):
+for i, names in enumerate(reversed(layers)):  # pyproject lists the top layer first
     for n in names.split("|"):
-        rank["lepton." + n] = i
+        rank[n.strip()] = i
 files = sorted((g.ROOT / "lepton").rglob("*.py"))
 mods = {g.module_name(f) for f in files}
 n = 0
@@ -35,3 +42,4 @@ for f in files:
                 n += 1
                 print(f"{f.relative_to(g.ROOT)}:{node.lineno}: {src.split('.')[1]} -> {name}")
 print(n, "upward imports")
+sys.exit(1 if n else 0)
