@@ -515,9 +515,9 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_sign(args: argparse.Namespace) -> int:
-    from lepton.pipeline.signing import sign
+    from lepton.pipeline.artifact import sign_model
 
-    path, kid = sign(args.model, args.key)
+    path, kid = sign_model(args.model, args.key)
     print(f"{path}: signed with key {kid}")
     return 0
 

@@ -21,6 +21,7 @@ from lepton.core.atomic import sha256
 from lepton.core.errors import ArtifactError
 from lepton.runtimes import runtime_info
 from lepton.runtimes.bundle import ModelBundle, StageRecord
+from lepton.runtimes.formats import formats
 from lepton.runtimes.saved import MANIFEST, register_store
 from lepton.tasks import TaskSpec, kind_of
 
@@ -155,6 +156,14 @@ def read_manifest(path: str | os.PathLike[str], *, verify: bool = True,
     return manifest
 
 
+def sign_model(model_dir: str | os.PathLike[str], private_key: str | os.PathLike[str]) -> tuple[Path, str]:
+    """Verify every file of ``model_dir`` (never vouch for a damaged model), then sign its manifest
+    into ``lepton.json.sig`` (``lepton sign``); (signature path, key id)."""
+    from lepton.pipeline import signing
+
+    return signing.sign_manifest(model_dir, private_key, verify=read_manifest)
+
+
 def check_manifest(folder: Path, manifest: dict[str, Any]) -> None:
     """The manifest's own integrity: its digest (manifests written before it had one are read
     as they are) and its files map."""
@@ -196,12 +205,9 @@ def _safe_relative(name: Any) -> bool:
 def required_files(manifest: dict[str, Any]) -> list[str]:
     """The files a model of this manifest's format cannot load without: they must be listed (so
     deleting an entry cannot take a file out of the checks)."""
-    from lepton.models.int8 import INT8_FILE
-
     runtime = manifest.get("runtime", "torch")
     weights_format = manifest.get("format") or runtime_info(runtime).format
-    weights = {"safetensors": "model.safetensors", "onnx": "model.onnx", "onnx-decoder": "model.onnx",
-               "torch-dynamic-int8": INT8_FILE, "torch-int8": INT8_FILE}.get(weights_format)
+    weights = formats.get(weights_format).weights_file if weights_format in formats else None
     needed = ["config.json", "tokenizer_config.json"] + ([weights] if weights else [])
     heads = manifest.get("heads")
     if isinstance(heads, dict):
@@ -260,30 +266,19 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, device: st
     structure = manifest.get("structure")
     runtime = manifest.get("runtime", "torch")
     weights_format = manifest.get("format") or runtime_info(runtime).format
+    if weights_format not in formats:
+        raise ArtifactError(f"{folder / MANIFEST}: unknown weights format {weights_format!r}")
+    fmt = formats.get(weights_format)
     try:
-        if weights_format == "onnx":
-            model = _load_onnx(folder, manifest)
-        elif weights_format == "onnx-decoder":
-            from lepton.runtimes.ort_decoder import OrtCausalLM
-
-            info = manifest.get("onnx")
-            model = OrtCausalLM(folder, info=dict(info) if isinstance(info, dict) else {})
-        elif weights_format in ("torch-dynamic-int8", "torch-int8"):
-            model = _load_int8(folder, auto, structure)
-        elif weights_format == "safetensors":
-            model = auto.from_pretrained(folder) if structure is None else _load_restructured(folder, auto, structure)
-        else:
-            raise ArtifactError(f"{folder / MANIFEST}: unknown weights format {weights_format!r}")
+        model = fmt.load(folder, manifest, auto, structure, device)
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # damaged, with verify=False
         raise ArtifactError(f"{folder}: cannot load the model ({str(err).splitlines()[0]})") from None
-    if weights_format == "safetensors":
-        model.to(device).eval()
     heads = {}
     if manifest.get("heads"):
         from lepton.runtimes.heads import load_heads
 
-        heads = load_heads(manifest["heads"], model, folder, "onnxruntime" if weights_format == "onnx" else "torch")
-        if weights_format == "onnx":
+        heads = load_heads(manifest["heads"], model, folder, fmt.runtime)
+        if runtime_info(fmt.runtime).is_graph:
             outputs = {o.name for o in model.session().get_outputs()}
             missing = [n for n in heads if f"logits.{n}" not in outputs]
             if missing:
@@ -292,51 +287,6 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, device: st
                        runtime=runtime, source=manifest.get("source_model", ""),
                        history=[StageRecord.model_validate(r) for r in manifest.get("history", [])],
                        heads=heads, main_task=str(manifest.get("main_task") or "main"))
-
-
-def _load_onnx(folder: Path, manifest: dict[str, Any]) -> Any:
-    """An OnnxModel over the folder's model.onnx (run on ONNX Runtime's CPU provider)."""
-    from transformers import AutoConfig
-
-    from lepton.runtimes.ort import ONNX_FILE, OnnxModel
-
-    path = folder / ONNX_FILE
-    if not path.is_file():
-        raise ArtifactError(f"{path}: missing (the manifest says this is an ONNX model)")
-    info = manifest.get("onnx")
-    return OnnxModel(path=path, config=AutoConfig.from_pretrained(folder),
-                     info=dict(info) if isinstance(info, dict) else {})
-
-
-def _load_int8(folder: Path, auto: Any, structure: Any) -> Any:
-    """Build the float model from config (and structure), then quantize and load the int8 weights."""
-    from transformers import AutoConfig
-
-    from lepton.models import int8 as torch_int8
-    from lepton.models.structure import rebuild
-
-    model = auto.from_config(AutoConfig.from_pretrained(folder))
-    if structure is not None:
-        if not isinstance(structure, dict):
-            raise ArtifactError(f"{folder / MANIFEST}: structure is malformed")
-        rebuild(model, structure)
-    return torch_int8.load_int8(model, folder)  # stays on CPU: PyTorch's dynamic int8 kernels are CPU-only
-
-
-def _load_restructured(folder: Path, auto: Any, structure: Any) -> Any:
-    """Build from config, shrink the layers to the recorded sizes, then load every weight strictly."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig
-
-    from lepton.models.structure import rebuild
-
-    if not isinstance(structure, dict):
-        raise ValueError(f"{MANIFEST}: structure is malformed")
-    model = auto.from_config(AutoConfig.from_pretrained(folder))
-    rebuild(model, structure)
-    # assign=True keeps the saved dtypes; shapes and key sets are still checked (strict).
-    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True, assign=True)
-    return model
 
 
 class _Store:

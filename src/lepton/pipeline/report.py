@@ -11,6 +11,10 @@ from typing import Any
 from lepton.core import atomic
 from lepton.core.errors import MissingExtraError  # report.html
 from lepton.evaluation.scorecard import Report, Scorecard
+from lepton.pipeline.report_table import smoke_note, table_rows
+
+__all__ = ["json_schema", "load_report", "print_table", "smoke_note", "table_rows", "to_markdown",
+           "write_report"]
 
 log = logging.getLogger(__name__)  # report.html
 _warned_no_html = False  # report.html: warn once per process that matplotlib is missing
@@ -19,43 +23,6 @@ _warned_no_html = False  # report.html: warn once per process that matplotlib is
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of report.json, derived from the one typed definition."""
     return Report.model_json_schema()
-
-
-def _metric_cell(card: Scorecard) -> str:
-    m = card.quality.metrics[card.quality.headline]
-    return f"{m.value:.4f} [{m.ci95_low:.4f}, {m.ci95_high:.4f}]"
-
-
-def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the side-by-side table of every variant."""
-    headline = report.variants[0].quality.headline if report.variants else "metric"
-    header = ["variant", f"{headline} [95% CI]", "Δ vs baseline [95% CI]", "b1 p50 ms", "b1 p95 ms",
-              "throughput", "size MB", "params", "speed-up", "smaller", "verdict"]
-    rows = []
-    for card in report.variants:
-        eff = card.efficiency
-        lat = eff.latency_ms.get("b1_real")
-        thr = ", ".join(f"{v:.1f}/s@{k}" for k, v in eff.throughput.items()) or "-"
-        delta = speed = smaller = "-"
-        verdict = "baseline" if card.name == report.baseline else "-"
-        c = card.comparison
-        if c is not None:
-            mark = "*" if c.significant else ""
-            delta = f"{c.delta:+.4f}{mark} [{c.ci95_low:+.4f}, {c.ci95_high:+.4f}]"
-            speed = f"{c.speedup_b1:.2f}x" if c.speedup_b1 else "-"
-            smaller = f"{c.smaller:.2f}x" if c.smaller else "-"
-            verdict = f"{c.verdict}; {c.label}"
-        rows.append([card.name, _metric_cell(card), delta,
-                     f"{lat.p50:.2f}" if lat else "-", f"{lat.p95:.2f}" if lat else "-", thr,
-                     f"{eff.size_mb:.1f}", f"{eff.params / 1e6:.2f}M", speed, smaller, verdict])
-    return header, rows
-
-
-def smoke_note(report: Report) -> str | None:
-    """The warning a smoke run's report carries (None for a real run)."""
-    from lepton.core.config import SMOKE_NOTE
-
-    return SMOKE_NOTE if isinstance(report.recipe, dict) and report.recipe.get("smoke") else None
 
 
 def to_markdown(report: Report) -> str:

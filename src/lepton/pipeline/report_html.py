@@ -269,7 +269,7 @@ def _details(card: Scorecard) -> list[str]:
 def to_html(report: Report) -> str:
     """The whole report as one self-contained HTML page (needs matplotlib: ``lepton[report]``)."""
     from lepton.evaluation.environment import describe
-    from lepton.pipeline.report import smoke_note, table_rows
+    from lepton.pipeline.report_table import smoke_note, table_rows
 
     mpl = _require_matplotlib()
     name = report.recipe.get("name") if isinstance(report.recipe, dict) else None

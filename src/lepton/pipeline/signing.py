@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +105,14 @@ def _load_key(path: str | os.PathLike[str], private: bool) -> Any:
     return key
 
 
-def sign(model_dir: str | os.PathLike[str], private_key: str | os.PathLike[str]) -> tuple[Path, str]:
-    """Sign ``model_dir``'s manifest (after verifying every file) into ``lepton.json.sig``."""
-    from lepton.pipeline.artifact import read_manifest
-
+def sign_manifest(model_dir: str | os.PathLike[str], private_key: str | os.PathLike[str], *,
+                  verify: Callable[[Path], Any]) -> tuple[Path, str]:
+    """Sign ``model_dir``'s manifest into ``lepton.json.sig`` once ``verify`` (the artifact's
+    manifest reader, ``lepton.pipeline.artifact.sign_model``) has checked every file: never vouch
+    for a damaged model."""
     folder = Path(model_dir)
     key = _load_key(private_key, private=True)
-    read_manifest(folder)  # never vouch for a damaged model
+    verify(folder)
     data = (folder / MANIFEST).read_bytes()
     record = {"algorithm": "ed25519", "key_id": key_id(key.public_key()),
               "manifest_sha256": hashlib.sha256(data).hexdigest(),

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel
 
-from lepton.runtimes import RuntimeInfo, runtime_info
+from lepton.runtimes.registry import RuntimeInfo, runtime_info
 
 if TYPE_CHECKING:
     from lepton.data import Split

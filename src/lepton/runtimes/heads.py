@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from lepton.core.errors import ArtifactError, StageError
-from lepton.runtimes import runtime_info
+from lepton.runtimes.registry import runtime_info
 from lepton.tasks import TaskSpec, kind_of
 
 HEADS_DIR = "heads"

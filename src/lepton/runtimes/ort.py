@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from lepton.core.errors import MissingExtraError
-from lepton.runtimes import RuntimeInfo, register
+from lepton.core.errors import ArtifactError, MissingExtraError
+from lepton.runtimes.formats import WeightsFormat, register_format
+from lepton.runtimes.registry import RuntimeInfo, register
 
 log = logging.getLogger(__name__)
 
@@ -198,4 +199,17 @@ def _for_bundle(bundle: Any) -> Any:
     return own() if own is not None else OrtRuntime(bundle)
 
 
+def _load_onnx(folder: Path, manifest: dict[str, Any], auto: Any, structure: Any, device: str) -> Any:
+    """An OnnxModel over the folder's model.onnx (run on ONNX Runtime's CPU provider)."""
+    from transformers import AutoConfig
+
+    path = folder / ONNX_FILE
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing (the manifest says this is an ONNX model)")
+    info = manifest.get("onnx")
+    return OnnxModel(path=path, config=AutoConfig.from_pretrained(folder),
+                     info=dict(info) if isinstance(info, dict) else {})
+
+
 register(RuntimeInfo(name="onnxruntime", format="onnx", is_graph=True), _for_bundle)
+register_format(WeightsFormat("onnx", "onnxruntime", ONNX_FILE, _load_onnx))

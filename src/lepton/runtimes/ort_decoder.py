@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from lepton.core.errors import LeptonError
+from lepton.runtimes.formats import WeightsFormat, register_format
 from lepton.runtimes.ort_decoder_loop import left_pad
 from lepton.tasks.generate import cut_at_stop
 
@@ -267,3 +268,12 @@ def _stop_check(tokenizer: Any, stops: Sequence[str]) -> Any:
         return cut_at_stop(text, stops) != text
 
     return stopped
+
+
+def _load_onnx_decoder(folder: Path, manifest: dict[str, Any], auto: Any, structure: Any, device: str) -> Any:
+    """An exported decoder (its graph with a KV cache) run by Lepton's ONNX Runtime loop."""
+    info = manifest.get("onnx")
+    return OrtCausalLM(folder, info=dict(info) if isinstance(info, dict) else {})
+
+
+register_format(WeightsFormat("onnx-decoder", "onnxruntime", "model.onnx", _load_onnx_decoder))

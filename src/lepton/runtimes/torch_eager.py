@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from lepton.runtimes import RuntimeInfo, register
+from lepton.core.errors import ArtifactError
+from lepton.models.int8 import INT8_FILE
+from lepton.runtimes.formats import WeightsFormat, register_format
+from lepton.runtimes.registry import RuntimeInfo, register
+from lepton.runtimes.saved import MANIFEST
 
 
 class TorchEager:
@@ -105,4 +110,45 @@ def work_per_token(model: Any) -> tuple[int, int] | None:
     return macs_per_token, attention_width
 
 
+def _load_safetensors(folder: Path, manifest: dict[str, Any], auto: Any, structure: Any, device: str) -> Any:
+    """transformers' own loading; a model whose layers no longer match its config (pruned) is
+    built from config, shrunk to the recorded sizes, then every weight loaded strictly."""
+    model = auto.from_pretrained(folder) if structure is None else _load_restructured(folder, auto, structure)
+    return model.to(device).eval()
+
+
+def _load_restructured(folder: Path, auto: Any, structure: Any) -> Any:
+    from safetensors.torch import load_file
+    from transformers import AutoConfig
+
+    from lepton.models.structure import rebuild
+
+    if not isinstance(structure, dict):
+        raise ValueError(f"{MANIFEST}: structure is malformed")
+    model = auto.from_config(AutoConfig.from_pretrained(folder))
+    rebuild(model, structure)
+    # assign=True keeps the saved dtypes; shapes and key sets are still checked (strict).
+    model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True, assign=True)
+    return model
+
+
+def _load_int8(folder: Path, manifest: dict[str, Any], auto: Any, structure: Any, device: str) -> Any:
+    """Build the float model from config (and structure), then quantize and load the int8 weights;
+    it stays on the CPU (PyTorch's dynamic int8 kernels are CPU-only)."""
+    from transformers import AutoConfig
+
+    from lepton.models import int8 as torch_int8
+    from lepton.models.structure import rebuild
+
+    model = auto.from_config(AutoConfig.from_pretrained(folder))
+    if structure is not None:
+        if not isinstance(structure, dict):
+            raise ArtifactError(f"{folder / MANIFEST}: structure is malformed")
+        rebuild(model, structure)
+    return torch_int8.load_int8(model, folder)
+
+
 register(RuntimeInfo(name="torch", format="safetensors", trainable=True), TorchEager)
+register_format(WeightsFormat("safetensors", "torch", "model.safetensors", _load_safetensors))
+for _name in ("torch-dynamic-int8", "torch-int8"):
+    register_format(WeightsFormat(_name, "torch", INT8_FILE, _load_int8))
