@@ -153,7 +153,7 @@ def probe_memory(folder: Path, context: int, timeout: float = 600) -> float | No
 
 
 def _probe_main(folder: str, context: int) -> None:
-    from lepton.evaluation.memprobe import _vm
+    from lepton.evaluation.memprobe import vm_status_mb
 
     if (Path(folder) / "model.onnx").is_file():  # an exported decoder
         from lepton.runtimes.ort_decoder import OrtCausalLM
@@ -165,7 +165,7 @@ def _probe_main(folder: str, context: int) -> None:
         model, _ = load_generative(folder)
         prompt = max(1, context // 2)
         _generate_s(model, _ids(model, 1, prompt), context - prompt)
-    print(json.dumps({"peak_rss_mb": _vm("VmHWM")}))
+    print(json.dumps({"peak_rss_mb": vm_status_mb("VmHWM")}))
 
 
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 
-def _vm(field: str) -> float | None:
+def vm_status_mb(field: str) -> float | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -40,7 +40,7 @@ def main() -> None:
     module, function = args.loader.split(":")
     load_bundle = getattr(importlib.import_module(module), function)
     bundle = load_bundle(args.folder, verify=False)
-    loaded = _vm("VmRSS")
+    loaded = vm_status_mb("VmRSS")
     from lepton.runtimes import for_bundle
 
     runtime = for_bundle(bundle)
@@ -50,7 +50,7 @@ def main() -> None:
         batch["token_type_ids"] = torch.zeros_like(ids)
     for _ in range(args.repeats):
         runtime.logits(batch)
-    print(json.dumps({"loaded_rss_mb": loaded, "peak_rss_mb": _vm("VmHWM")}))
+    print(json.dumps({"loaded_rss_mb": loaded, "peak_rss_mb": vm_status_mb("VmHWM")}))
 
 
 def probe(folder: Path, *, batch: int, length: int, timeout: float = 300) -> tuple[float | None, str]:

@@ -116,7 +116,7 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _save_into_cache(ws: Workspace, bundle: ModelBundle, key: str, recipe: Recipe, k: int) -> Path:
+def save_into_cache(ws: Workspace, bundle: ModelBundle, key: str, recipe: Recipe, k: int) -> Path:
     from lepton.pipeline.artifact import save_artifact
 
     folder = ws.cache_dir / key
@@ -195,7 +195,7 @@ def run_stages(ws: Workspace, recipe: Recipe, work: Path, *, shareable: int,
                     started=started, seconds=round(time.perf_counter() - t0, 2), summary=ctx.stage_summary))
                 log.info("stage %d (%s) done in %.1f s", i, name, bundle.history[-1].seconds)
                 if share and not bundle.train_hooks:
-                    found = _save_into_cache(ws, bundle, keys[i + 1], recipe, i + 1)
+                    found = save_into_cache(ws, bundle, keys[i + 1], recipe, i + 1)
                 elif name in teachers:  # a later distill reads it from disk
                     found = save_artifact(bundle, work / f"stage-{i}-{stage.kind}" / SNAPSHOT,
                                           recipe=recipe.resolved_dict())

@@ -56,7 +56,7 @@ def _finetune_prefix(space: SearchSpace, recipe: Recipe) -> int:
 def build_baseline(space: SearchSpace, ws: Workspace, recipe: Recipe, eval_config: Any) -> Baseline:
     from lepton.evaluation.harness import Variant, measure_quality
     from lepton.pipeline.artifact import load_bundle
-    from lepton.search.prefix import _save_into_cache
+    from lepton.search.prefix import save_into_cache
 
     k = _finetune_prefix(space, recipe)
     base_recipe = recipe.model_copy(update={"stages": recipe.stages[:k]})
@@ -64,7 +64,7 @@ def build_baseline(space: SearchSpace, ws: Workspace, recipe: Recipe, eval_confi
     if k:
         run_stages(ws, base_recipe, work, shareable=k, cache_last=True)
     key = ws.prefix_key(base_recipe, k)
-    folder = ws.cached(key) or _save_into_cache(ws, ws.starting_bundle(base_recipe), key, base_recipe, 0)
+    folder = ws.cached(key) or save_into_cache(ws, ws.starting_bundle(base_recipe), key, base_recipe, 0)
     shutil.rmtree(work, ignore_errors=True)
     name = recipe.stage_names()[k - 1] if k else "pretrained"
     variant = Variant(name=name, stage_path=recipe.stage_names()[:k],

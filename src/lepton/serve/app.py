@@ -265,13 +265,13 @@ def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | Non
     info = _model_info(predictor, manifest, task, name, settings, model_batch)
     service = _PredictService(batchers, settings, metrics, info, task)
 
-    docs = _swagger_assets()
+    docs = swagger_assets()
     app = FastAPI(title=f"Lepton model server: {name}", version=__version__, lifespan=service.lifespan,
                   docs_url=None, redoc_url=None,  # /docs below serves Swagger UI from local files
                   description=f"Predictions of the Lepton model {name!r} ({task.kind}). Requests "
                               "are batched with other concurrent requests on the server.")
     app.router.route_class = JSONBodyRoute  # UTF-8 and nesting errors in a body: 422 naming the field
-    _add_docs(app, docs)
+    add_docs(app, docs)
     app.state.batcher, app.state.metrics, app.state.predictor = service.batcher, metrics, predictor
     app.state.model_batch_tuning = tuning  # what the start-up measurement found (None: not measured)
 
@@ -318,7 +318,7 @@ class _PredictService:
     async def lifespan(self, app: FastAPI):
         for queue in self.queues:
             queue.start()  # warms the model up in the background; /readyz says when it is done
-        restore = _on_shutdown_signal(asyncio.get_running_loop(), self.begin_drain)
+        restore = on_shutdown_signal(asyncio.get_running_loop(), self.begin_drain)
         log.info("serving %s (%s, labels %s)", self.info.name, self.task.kind, self.task.labels)
         try:
             yield
@@ -370,7 +370,7 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
     return JSONResponse({"detail": detail}, status_code=422)
 
 
-def _on_shutdown_signal(loop: asyncio.AbstractEventLoop, begin_drain: Any) -> Any:
+def on_shutdown_signal(loop: asyncio.AbstractEventLoop, begin_drain: Any) -> Any:
     """Call ``begin_drain`` on the loop when SIGTERM or SIGINT arrives, then whatever handled the
     signal before (uvicorn's, which stops listening and waits for open requests). Returns a
     function that puts the previous handlers back. Only the main thread can set signal handlers
@@ -395,7 +395,7 @@ def _on_shutdown_signal(loop: asyncio.AbstractEventLoop, begin_drain: Any) -> An
     return restore
 
 
-def _swagger_assets() -> Path | None:
+def swagger_assets() -> Path | None:
     """The folder of Swagger UI's files from the swagger-ui-bundle package, None if missing."""
     try:
         import swagger_ui_bundle
@@ -405,7 +405,7 @@ def _swagger_assets() -> Path | None:
     return folder if (folder / "swagger-ui-bundle.js").is_file() else None
 
 
-def _add_docs(app: FastAPI, assets: Path | None) -> None:
+def add_docs(app: FastAPI, assets: Path | None) -> None:
     """/docs from local files: no page of this server loads anything from the internet. Without
     swagger-ui-bundle, /docs is off (the schema stays at /openapi.json)."""
     if assets is None:

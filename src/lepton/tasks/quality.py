@@ -58,14 +58,14 @@ class Quality(BaseModel):
 # ----------------------------------------------------------------------------------- helpers
 
 
-def _check_bootstrap(resamples: int, confidence: float) -> None:
+def check_bootstrap(resamples: int, confidence: float) -> None:
     if int(resamples) != resamples or resamples < 1:
         raise ValueError(f"resamples must be a positive integer, got {resamples!r}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must lie strictly between 0 and 1, got {confidence!r}")
 
 
-def _resample_indices(n: int, resamples: int, seed: int) -> np.ndarray:
+def resample_indices(n: int, resamples: int, seed: int) -> np.ndarray:
     """A (resamples, n) array of indices drawn with replacement; int32 to halve its memory."""
     rng = np.random.default_rng(seed)
     dtype = np.int32 if n < 2**31 else np.int64
@@ -94,7 +94,7 @@ def _prf(tp: np.ndarray, n_pred: np.ndarray, n_true: np.ndarray):
     return precision, recall, f1
 
 
-def _metric(value: float, samples: np.ndarray, n: int, confidence: float) -> Metric:
+def metric_ci(value: float, samples: np.ndarray, n: int, confidence: float) -> Metric:
     alpha = 1.0 - confidence
     low, high = np.quantile(samples, [alpha / 2, 1.0 - alpha / 2])
     return Metric(value=float(value), ci95_low=float(low), ci95_high=float(high), n=int(n))
@@ -104,7 +104,7 @@ def _bootstrap_info(resamples: int, seed: int, confidence: float) -> dict[str, i
     return {"resamples": int(resamples), "seed": int(seed), "confidence": float(confidence)}
 
 
-def _resampled_sums(counts: np.ndarray, idx: np.ndarray) -> np.ndarray:
+def resampled_sums(counts: np.ndarray, idx: np.ndarray) -> np.ndarray:
     """Column sums of `counts` (n, m) over each resample in `idx` (B, n) -> (B, m).
 
     Each block of resamples becomes a (rows, n) multiplicity matrix (how often each unit was
@@ -191,11 +191,11 @@ def sequence_quality(
     confusion = np.bincount(codes, minlength=k * k).reshape(k, k)
     point = _sequence_stats(confusion)
 
-    idx = _resample_indices(n, resamples, seed)
+    idx = resample_indices(n, resamples, seed)
     samples = _sequence_stats(_resampled_confusions(codes, idx, k))
 
     names = ["accuracy", "macro_precision", "macro_recall", "macro_f1"] + (["f1"] if k == 2 else [])
-    metrics = {name: _metric(point[name], samples[name], n, confidence) for name in names}
+    metrics = {name: metric_ci(point[name], samples[name], n, confidence) for name in names}
     return Quality(
         task="sequence_classification",
         headline="accuracy",
@@ -219,7 +219,7 @@ def _sequence_label_ids(
         raise ValueError("labels must not be empty")
     if len(set(labels)) != len(labels):
         raise ValueError(f"labels must be unique, got {labels}")
-    _check_bootstrap(resamples, confidence)
+    check_bootstrap(resamples, confidence)
     k = len(labels)
     true = _as_label_ids(y_true, "y_true", k)
     pred = _as_label_ids(y_pred, "y_pred", k)
@@ -304,7 +304,7 @@ def token_quality(
     type seen in either tags or predictions, like seqeval's "macro avg"), token_accuracy (share of
     tokens whose tag is exactly right). Zero divisions give 0 (module docstring).
     """
-    _check_bootstrap(resamples, confidence)
+    check_bootstrap(resamples, confidence)
     _check_tag_lists(true_tags, pred_tags)
 
     types, counts = _sentence_counts(true_tags, pred_tags)
@@ -312,11 +312,11 @@ def token_quality(
     n = len(true_tags)
 
     point = _token_stats(counts.sum(axis=0).astype(np.float64), t)
-    idx = _resample_indices(n, resamples, seed)
-    samples = _token_stats(_resampled_sums(counts, idx), t)
+    idx = resample_indices(n, resamples, seed)
+    samples = _token_stats(resampled_sums(counts, idx), t)
 
     names = ["entity_precision", "entity_recall", "entity_f1", "macro_entity_f1", "token_accuracy"]
-    metrics = {name: _metric(point[name], samples[name], n, confidence) for name in names}
+    metrics = {name: metric_ci(point[name], samples[name], n, confidence) for name in names}
     support = counts[:, 2 * t : 3 * t].sum(axis=0)
     return Quality(
         task="token_classification",
@@ -398,7 +398,7 @@ def _mcnemar_exact(a_only: int, b_only: int) -> float:
     return min(1.0, 2.0 * tail)
 
 
-def _two_sided_p(delta: float, samples: np.ndarray) -> float:
+def two_sided_p(delta: float, samples: np.ndarray) -> float:
     """Twice the share of resampled deltas on the other side of 0 (or at 0), capped at 1."""
     if delta > 0:
         return min(1.0, 2.0 * float(np.mean(samples <= 0)))
@@ -423,7 +423,7 @@ def paired_bootstrap(
     the observed delta is 0); p_mcnemar, the exact McNemar test on the discordant pairs;
     significant, whether the CI excludes 0; and n, the number of examples.
     """
-    _check_bootstrap(resamples, confidence)
+    check_bootstrap(resamples, confidence)
     a = _as_correct(correct_a, "correct_a")
     b = _as_correct(correct_b, "correct_b")
     if a.size != b.size:
@@ -434,13 +434,13 @@ def paired_bootstrap(
     diff = b.astype(np.int8) - a.astype(np.int8)
     delta = float(diff.mean())
 
-    idx = _resample_indices(n, resamples, seed)
+    idx = resample_indices(n, resamples, seed)
     samples = np.empty(idx.shape[0], dtype=np.float64)
     for rows in _row_chunks(idx.shape[0], n):
         samples[rows] = diff[idx[rows]].mean(axis=1)
-    ci = _metric(delta, samples, n, confidence)
+    ci = metric_ci(delta, samples, n, confidence)
 
-    p_bootstrap = _two_sided_p(delta, samples)
+    p_bootstrap = two_sided_p(delta, samples)
     p_mcnemar = _mcnemar_exact(int(np.sum(a & ~b)), int(np.sum(b & ~a)))
     return {
         "delta": delta,
@@ -521,15 +521,15 @@ def paired_entity_f1(true_tags: list[list[str]], pred_a: list[list[str]], pred_b
                      resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict:
     """Entity F1 of b minus a, paired over sentences: the same keys as `paired_bootstrap`
     (p_mcnemar is None: entity F1 has no per-item right/wrong to pair)."""
-    _check_bootstrap(resamples, confidence)
+    check_bootstrap(resamples, confidence)
     ca, cb = _entity_counts(true_tags, pred_a), _entity_counts(true_tags, pred_b)
     n = len(true_tags)
     if n == 0:
         raise ValueError("cannot compare variants on zero sentences")
     delta = float(_micro_f1(cb.sum(0).astype(float)) - _micro_f1(ca.sum(0).astype(float)))
-    idx = _resample_indices(n, resamples, seed)
-    samples = _micro_f1(_resampled_sums(cb, idx).astype(float)) - _micro_f1(_resampled_sums(ca, idx).astype(float))
-    ci = _metric(delta, samples, n, confidence)
-    p = _two_sided_p(delta, samples)
+    idx = resample_indices(n, resamples, seed)
+    samples = _micro_f1(resampled_sums(cb, idx).astype(float)) - _micro_f1(resampled_sums(ca, idx).astype(float))
+    ci = metric_ci(delta, samples, n, confidence)
+    p = two_sided_p(delta, samples)
     return {"delta": delta, "ci95_low": ci.ci95_low, "ci95_high": ci.ci95_high, "p_bootstrap": p,
             "p_mcnemar": None, "significant": bool(ci.ci95_low > 0 or ci.ci95_high < 0), "n": n}

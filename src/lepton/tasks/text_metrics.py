@@ -23,11 +23,11 @@ from pydantic import BaseModel
 
 from lepton.tasks.quality import (
     Metric,
-    _check_bootstrap,
-    _metric,
-    _resample_indices,
-    _resampled_sums,
-    _two_sided_p,
+    check_bootstrap,
+    metric_ci,
+    resample_indices,
+    resampled_sums,
+    two_sided_p,
 )
 
 
@@ -69,31 +69,31 @@ def _exact(hypotheses: Sequence[str], references: Sequence[str]) -> np.ndarray:
 def text_scores(hypotheses: Sequence[str], references: Sequence[str], *, resamples: int = 1000,
                 seed: int = 0, confidence: float = 0.95) -> TextScores:
     """Corpus BLEU, chrF (sacrebleu defaults, 0-100) and exact match (0-1), each with a CI."""
-    _check_bootstrap(resamples, confidence)
+    check_bootstrap(resamples, confidence)
     _check_pairs(hypotheses, references)
     n = len(hypotheses)
-    idx = _resample_indices(n, resamples, seed)
+    idx = resample_indices(n, resamples, seed)
     metrics: dict[str, Metric] = {}
     signatures: dict[str, str] = {}
     for name in ("bleu", "chrf"):
         metric = _sacre(name)
         value = metric.corpus_score(list(hypotheses), [list(references)]).score
         stats = _sentence_stats(metric, hypotheses, references)
-        samples = _scores_from_sums(metric, _resampled_sums(stats, idx))
-        metrics[name] = _metric(value, samples, n, confidence)
+        samples = _scores_from_sums(metric, resampled_sums(stats, idx))
+        metrics[name] = metric_ci(value, samples, n, confidence)
         signatures[name] = str(metric.get_signature())
     exact = _exact(hypotheses, references)
-    samples = _resampled_sums(exact[:, None], idx)[:, 0] / n
-    metrics["exact_match"] = _metric(exact.mean(), samples, n, confidence)
+    samples = resampled_sums(exact[:, None], idx)[:, 0] / n
+    metrics["exact_match"] = metric_ci(exact.mean(), samples, n, confidence)
     return TextScores(metrics=metrics, signatures=signatures,
                       bootstrap={"resamples": int(resamples), "seed": int(seed),
                                  "confidence": float(confidence)})
 
 
 def _paired(delta: float, samples: np.ndarray, n: int, confidence: float) -> dict:
-    ci = _metric(delta, samples, n, confidence)
+    ci = metric_ci(delta, samples, n, confidence)
     return {"delta": delta, "ci95_low": ci.ci95_low, "ci95_high": ci.ci95_high,
-            "p_bootstrap": _two_sided_p(delta, samples), "p_mcnemar": None,
+            "p_bootstrap": two_sided_p(delta, samples), "p_mcnemar": None,
             "significant": bool(ci.ci95_low > 0 or ci.ci95_high < 0), "n": n}
 
 
@@ -101,22 +101,22 @@ def paired_text(references: Sequence[str], hyp_a: Sequence[str], hyp_b: Sequence
                 resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict[str, dict]:
     """System b minus system a on the same sentences, per metric (bleu, chrf, exact_match):
     the keys of ``evaluation.quality.paired_bootstrap``."""
-    _check_bootstrap(resamples, confidence)
+    check_bootstrap(resamples, confidence)
     _check_pairs(hyp_a, references)
     _check_pairs(hyp_b, references)
     n = len(references)
-    idx = _resample_indices(n, resamples, seed)
+    idx = resample_indices(n, resamples, seed)
     out: dict[str, dict] = {}
     for name in ("bleu", "chrf"):
         metric = _sacre(name)
         sa, sb = _sentence_stats(metric, hyp_a, references), _sentence_stats(metric, hyp_b, references)
         delta = (_scores_from_sums(metric, sb.sum(0)[None])[0]
                  - _scores_from_sums(metric, sa.sum(0)[None])[0])
-        samples = (_scores_from_sums(metric, _resampled_sums(sb, idx))
-                   - _scores_from_sums(metric, _resampled_sums(sa, idx)))
+        samples = (_scores_from_sums(metric, resampled_sums(sb, idx))
+                   - _scores_from_sums(metric, resampled_sums(sa, idx)))
         out[name] = _paired(float(delta), samples, n, confidence)
     diff = _exact(hyp_b, references) - _exact(hyp_a, references)
-    samples = _resampled_sums(diff[:, None], idx)[:, 0] / n
+    samples = resampled_sums(diff[:, None], idx)[:, 0] / n
     out["exact_match"] = _paired(float(diff.mean()), samples, n, confidence)
     return out
 
@@ -148,13 +148,13 @@ def _lm_table(losses: DocumentLoss) -> np.ndarray:
 def lm_scores(losses: DocumentLoss, *, resamples: int = 1000, seed: int = 0,
               confidence: float = 0.95) -> dict[str, Metric]:
     """Token-level perplexity (exp of mean NLL per token) and bits per byte, CIs over documents."""
-    _check_bootstrap(resamples, confidence)
+    check_bootstrap(resamples, confidence)
     table = _lm_table(losses)
     n = table.shape[0]
     ppl, bpb = _lm_values(table.sum(0)[None])
-    s_ppl, s_bpb = _lm_values(_resampled_sums(table, _resample_indices(n, resamples, seed)))
-    return {"perplexity": _metric(float(ppl[0]), s_ppl, n, confidence),
-            "bits_per_byte": _metric(float(bpb[0]), s_bpb, n, confidence)}
+    s_ppl, s_bpb = _lm_values(resampled_sums(table, resample_indices(n, resamples, seed)))
+    return {"perplexity": metric_ci(float(ppl[0]), s_ppl, n, confidence),
+            "bits_per_byte": metric_ci(float(bpb[0]), s_bpb, n, confidence)}
 
 
 def paired_lm(a: DocumentLoss, b: DocumentLoss, *, resamples: int = 1000, seed: int = 0,
@@ -162,14 +162,14 @@ def paired_lm(a: DocumentLoss, b: DocumentLoss, *, resamples: int = 1000, seed: 
     """Model b minus model a on the same documents, for perplexity and bits per byte.
 
     Token counts may differ (different tokenizers); the documents and their bytes must not."""
-    _check_bootstrap(resamples, confidence)
+    check_bootstrap(resamples, confidence)
     ta, tb = _lm_table(a), _lm_table(b)
     if ta.shape != tb.shape or not np.array_equal(ta[:, 2], tb[:, 2]):
         raise ValueError("paired language-model scores need the same documents (same bytes)")
     n = ta.shape[0]
-    idx = _resample_indices(n, resamples, seed)
+    idx = resample_indices(n, resamples, seed)
     pa, ba = _lm_values(ta.sum(0)[None])
     pb, bb = _lm_values(tb.sum(0)[None])
-    ra, rb = _lm_values(_resampled_sums(ta, idx)), _lm_values(_resampled_sums(tb, idx))
+    ra, rb = _lm_values(resampled_sums(ta, idx)), _lm_values(resampled_sums(tb, idx))
     return {"perplexity": _paired(float(pb[0] - pa[0]), rb[0] - ra[0], n, confidence),
             "bits_per_byte": _paired(float(bb[0] - ba[0]), rb[1] - ra[1], n, confidence)}

@@ -116,13 +116,13 @@ def create_generate_app(model: Any, tokenizer: Any, settings: Any = None, *, mod
     service = _GenerateService(engine, tokenizer, scheduler, settings, metrics, model_name=model_name,
                                defaults=defaults)
 
-    from lepton.serve.app import _add_docs, _swagger_assets
+    from lepton.serve.app import add_docs, swagger_assets
 
     app = FastAPI(title=f"Lepton generative server: {model_name}", version=__version__, lifespan=service.lifespan,
                   docs_url=None, redoc_url=None,  # /docs from local files, as lepton.serve.app does
                   description="Text generation; requests share decode steps with other concurrent requests.")
     app.router.route_class = _JSONRoute
-    _add_docs(app, _swagger_assets())
+    add_docs(app, swagger_assets())
     app.state.scheduler, app.state.metrics, app.state.engine = scheduler, metrics, engine
     _add_routes(app, service)
     _add_error_handlers(app)
@@ -162,11 +162,11 @@ class _GenerateService:
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI):
-        from lepton.serve.app import _on_shutdown_signal
+        from lepton.serve.app import on_shutdown_signal
 
         await asyncio.to_thread(_warm_up, self.engine, self.tokenizer)
         self.scheduler.start(asyncio.get_running_loop())
-        restore = _on_shutdown_signal(asyncio.get_running_loop(),
+        restore = on_shutdown_signal(asyncio.get_running_loop(),
                                       lambda: self.scheduler.begin_drain(self.settings.drain_timeout_s))
         log.info("serving %s (generative; max context %d tokens)", self.model_name, self.engine.max_context)
         try:
