@@ -21,7 +21,7 @@ from lepton.core.atomic import sha256
 from lepton.core.errors import ArtifactError
 from lepton.runtimes import runtime_info
 from lepton.runtimes.bundle import ModelBundle, StageRecord
-from lepton.runtimes.formats import formats
+from lepton.runtimes.formats import find_format
 from lepton.runtimes.saved import MANIFEST, register_store
 from lepton.tasks import TaskSpec, kind_of
 
@@ -76,7 +76,7 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
             # "torch-dynamic-int8": int8 Linears that only Lepton loads (see lepton.models.int8);
             # "torch-int8": float Linears with 8-bit embedding tables (lepton.models.int8_embedding).
             "format": weights_format,
-            "loads_in_transformers": structure is None and weights_format == "safetensors",
+            "loads_in_transformers": structure is None and _loads_in_transformers(weights_format),
             **extra,
             "scorecards": scorecards or [],
             "files": files,
@@ -202,12 +202,17 @@ def _safe_relative(name: Any) -> bool:
     return all(part not in ("", ".", "..") for part in name.split("/"))
 
 
+def _loads_in_transformers(format_name: str) -> bool:
+    fmt = find_format(format_name)
+    return fmt is not None and fmt.loads_in_transformers
+
+
 def required_files(manifest: dict[str, Any]) -> list[str]:
     """The files a model of this manifest's format cannot load without: they must be listed (so
     deleting an entry cannot take a file out of the checks)."""
     runtime = manifest.get("runtime", "torch")
-    weights_format = manifest.get("format") or runtime_info(runtime).format
-    weights = formats.get(weights_format).weights_file if weights_format in formats else None
+    fmt = find_format(manifest.get("format") or runtime_info(runtime).format)
+    weights = fmt.weights_file if fmt is not None else None
     needed = ["config.json", "tokenizer_config.json"] + ([weights] if weights else [])
     heads = manifest.get("heads")
     if isinstance(heads, dict):
@@ -265,10 +270,10 @@ def load_bundle(path: str | os.PathLike[str], *, verify: bool = True, device: st
     auto = kind_of(task).auto_model()
     structure = manifest.get("structure")
     runtime = manifest.get("runtime", "torch")
-    weights_format = manifest.get("format") or runtime_info(runtime).format
-    if weights_format not in formats:
-        raise ArtifactError(f"{folder / MANIFEST}: unknown weights format {weights_format!r}")
-    fmt = formats.get(weights_format)
+    format_name = manifest.get("format") or runtime_info(runtime).format
+    fmt = find_format(format_name)
+    if fmt is None:
+        raise ArtifactError(f"{folder / MANIFEST}: unknown weights format {format_name!r}")
     try:
         model = fmt.load(folder, manifest, auto, structure, device)
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:  # damaged, with verify=False

@@ -120,15 +120,11 @@ def _labels(manifest: dict[str, Any], final: Scorecard | None) -> list[str]:
 
 
 def _why_lepton_only(manifest: dict[str, Any]) -> str:
-    weights = manifest.get("format")
-    if weights == "onnx-decoder":
-        return ("The weights are an ONNX graph with its KV cache (`model.onnx`), run by ONNX Runtime with "
-                "Lepton's generation loop: load it with `lepton.load`, or serve it with `lepton serve`.")
-    if weights == "onnx":
-        return ("The weights are an ONNX graph (`model.onnx`): `lepton.load` runs it on ONNX Runtime, and "
-                "plain `onnxruntime.InferenceSession` loads it too.")
-    if weights in ("torch-dynamic-int8", "torch-int8"):
-        return "The weights are PyTorch int8 tensors that only `lepton.load` rebuilds."
+    from lepton.runtimes.formats import find_format
+
+    fmt = find_format(manifest.get("format")) if isinstance(manifest.get("format"), str) else None
+    if fmt is not None and fmt.how_it_loads:
+        return fmt.how_it_loads
     return ("Pruning left layers of different sizes, which a transformers config cannot describe: "
             "this model loads only through `lepton.load`.")
 

@@ -212,4 +212,7 @@ def _load_onnx(folder: Path, manifest: dict[str, Any], auto: Any, structure: Any
 
 
 register(RuntimeInfo(name="onnxruntime", format="onnx", is_graph=True), _for_bundle)
-register_format(WeightsFormat("onnx", "onnxruntime", ONNX_FILE, _load_onnx))
+register_format(WeightsFormat(
+    "onnx", "onnxruntime", ONNX_FILE, _load_onnx,
+    how_it_loads=("The weights are an ONNX graph (`model.onnx`): `lepton.load` runs it on ONNX Runtime, and "
+                  "plain `onnxruntime.InferenceSession` loads it too.")))

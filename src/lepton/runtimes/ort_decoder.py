@@ -276,4 +276,7 @@ def _load_onnx_decoder(folder: Path, manifest: dict[str, Any], auto: Any, struct
     return OrtCausalLM(folder, info=dict(info) if isinstance(info, dict) else {})
 
 
-register_format(WeightsFormat("onnx-decoder", "onnxruntime", "model.onnx", _load_onnx_decoder))
+register_format(WeightsFormat(
+    "onnx-decoder", "onnxruntime", "model.onnx", _load_onnx_decoder,
+    how_it_loads=("The weights are an ONNX graph with its KV cache (`model.onnx`), run by ONNX Runtime with "
+                  "Lepton's generation loop: load it with `lepton.load`, or serve it with `lepton serve`.")))

@@ -53,11 +53,24 @@ def register(info: RuntimeInfo, factory: Callable[[Any], Runtime]) -> None:
     runtimes.add(info.name, factory)
 
 
+_loaded: list[bool] = []
+
+
+def load_builtin() -> None:
+    """Import the built-in runtimes (they register themselves and their weights formats) on first
+    use, so that importing ``lepton.runtimes`` (the bundle, say) does not load torch."""
+    if _loaded:
+        return
+    _loaded.append(True)
+    from lepton.runtimes import ort, ort_decoder, torch_eager  # noqa: F401
+
+
 def runtime_info(name: str) -> RuntimeInfo:
     """What runtime ``name`` is and can do. A name no runtime registered (a manifest written
     elsewhere or edited) gets an info with no capability, so each caller refuses it as it refuses
     any runtime that lacks what it needs (running it, ``for_bundle``, is the error naming it);
     its weights are read as safetensors, the format of manifests that name none."""
+    load_builtin()
     if isinstance(name, str) and name in infos:  # an edited manifest may hold anything
         return infos.get(name)
     return RuntimeInfo(name=name, format="safetensors")
@@ -69,5 +82,6 @@ def accepts(accepted: Iterable[str], runtime: str) -> bool:
 
 
 def for_bundle(bundle: Any) -> Runtime:
+    load_builtin()
     factory = runtimes.get(bundle.runtime)
     return factory(bundle)

@@ -149,6 +149,9 @@ def _load_int8(folder: Path, manifest: dict[str, Any], auto: Any, structure: Any
 
 
 register(RuntimeInfo(name="torch", format="safetensors", trainable=True), TorchEager)
-register_format(WeightsFormat("safetensors", "torch", "model.safetensors", _load_safetensors))
+register_format(WeightsFormat("safetensors", "torch", "model.safetensors", _load_safetensors,
+                              loads_in_transformers=True))
 for _name in ("torch-dynamic-int8", "torch-int8"):
-    register_format(WeightsFormat(_name, "torch", INT8_FILE, _load_int8))
+    register_format(WeightsFormat(
+        _name, "torch", INT8_FILE, _load_int8,
+        how_it_loads="The weights are PyTorch int8 tensors that only `lepton.load` rebuilds."))

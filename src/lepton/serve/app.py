@@ -29,7 +29,6 @@ from lepton.core import __version__
 from lepton.core.errors import LeptonError
 from lepton.serve import ENV_MODEL, ENV_SETTINGS, ServeSettings
 from lepton.serve.batcher import MicroBatcher, QueueFullError, ShuttingDownError
-from lepton.serve.generation import generate_app
 from lepton.serve.guards import (
     RETRY_AFTER_S,
     BodyGuardMiddleware,
@@ -239,7 +238,14 @@ def _add_predict_route(app: FastAPI, queue: MicroBatcher, task: Any, task_name: 
 
 # The apps a task kind may ask for by name (``TaskKind.serving``) other than the shared
 # prediction app this module builds ("predict").
-OWN_APPS: dict[str, Callable[[Any, ServeSettings, str], Any]] = {"generate": generate_app}
+def _generate_app(predictor: Any, settings: ServeSettings, name: str) -> Any:
+    # Imported here: the generation engine loads torch, which the prediction app does not need.
+    from lepton.serve.generation import generate_app
+
+    return generate_app(predictor, settings, name)
+
+
+OWN_APPS: dict[str, Callable[[Any, ServeSettings, str], Any]] = {"generate": _generate_app}
 
 
 def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | None = None, *,

@@ -21,7 +21,6 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 from pydantic import BaseModel
-from seqeval.metrics.sequence_labeling import get_entities
 
 # Bound on the elements of one temporary (rows x n) block while resampling: keeps memory to tens
 # of MB however large B * n is.
@@ -282,6 +281,10 @@ def _token_stats(sums: np.ndarray, n_types: int) -> dict[str, np.ndarray]:
 
 
 def _sentence_entities(tags: list[str]) -> dict[str, set[tuple[int, int]]]:
+    # seqeval loads scikit-learn (about a second): imported where entities are read, so that
+    # importing the metrics (every task kind does) stays quick.
+    from seqeval.metrics.sequence_labeling import get_entities
+
     entities: dict[str, set[tuple[int, int]]] = {}
     for type_name, start, end in get_entities(list(tags)):
         entities.setdefault(type_name, set()).add((start, end))
@@ -503,6 +506,8 @@ def expected_calibration_error(
 
 def _entity_counts(true_tags: list[list[str]], pred_tags: list[list[str]]) -> np.ndarray:
     """Per sentence: (correct entities, predicted entities, true entities), any type."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
     out = np.zeros((len(true_tags), 3), dtype=np.int64)
     for i, (true, pred) in enumerate(zip(true_tags, pred_tags)):
         gold = set(get_entities(list(true)))
