@@ -12,8 +12,6 @@ app, so the schema states this server's own limits and input shape (texts or tex
 import asyncio
 import logging
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -27,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_mod
 
 from lepton.core import __version__
 from lepton.core.errors import LeptonError
-from lepton.serve import ENV_MODEL, ENV_SETTINGS, ServeSettings
+from lepton.serve.appkit import add_docs, on_shutdown_signal, swagger_assets
 from lepton.serve.batcher import MicroBatcher, QueueFullError, ShuttingDownError
 from lepton.serve.guards import (
     RETRY_AFTER_S,
@@ -36,6 +34,7 @@ from lepton.serve.guards import (
     JSONBodyRoute,
 )
 from lepton.serve.metrics import MetricsMiddleware, ServeMetrics
+from lepton.serve.settings import ENV_MODEL, ENV_SETTINGS, ServeSettings
 from lepton.tasks import kind_of
 
 log = logging.getLogger(__name__)
@@ -374,60 +373,6 @@ async def _invalid_request(request: Request, exc: RequestValidationError) -> JSO
             msg = f"invalid JSON: {(e.get('ctx') or {}).get('error', msg)}"
         detail.append({"loc": list(e.get("loc", ())), "msg": msg, "type": e.get("type", "invalid")})
     return JSONResponse({"detail": detail}, status_code=422)
-
-
-def on_shutdown_signal(loop: asyncio.AbstractEventLoop, begin_drain: Any) -> Any:
-    """Call ``begin_drain`` on the loop when SIGTERM or SIGINT arrives, then whatever handled the
-    signal before (uvicorn's, which stops listening and waits for open requests). Returns a
-    function that puts the previous handlers back. Only the main thread can set signal handlers
-    (a TestClient runs the app in another): there it does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = {}
-
-    def handler(sig: int, frame: Any) -> None:
-        loop.call_soon_threadsafe(begin_drain)
-        before = previous.get(sig)
-        if callable(before):
-            before(sig, frame)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous[sig] = signal.signal(sig, handler)
-
-    def restore() -> None:
-        for sig, before in previous.items():
-            signal.signal(sig, before)
-
-    return restore
-
-
-def swagger_assets() -> Path | None:
-    """The folder of Swagger UI's files from the swagger-ui-bundle package, None if missing."""
-    try:
-        import swagger_ui_bundle
-    except ImportError:
-        return None
-    folder = Path(swagger_ui_bundle.swagger_ui_path)
-    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
-
-
-def add_docs(app: FastAPI, assets: Path | None) -> None:
-    """/docs from local files: no page of this server loads anything from the internet. Without
-    swagger-ui-bundle, /docs is off (the schema stays at /openapi.json)."""
-    if assets is None:
-        log.info("/docs is off: swagger-ui-bundle is not installed (the schema is at /openapi.json)")
-        return
-    from fastapi.openapi.docs import get_swagger_ui_html
-    from fastapi.staticfiles import StaticFiles
-
-    app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
-
-    @app.get("/docs", include_in_schema=False)
-    async def swagger_ui() -> Any:
-        return get_swagger_ui_html(openapi_url=app.openapi_url, title=f"{app.title}: API",
-                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-                                   swagger_css_url="/docs-assets/swagger-ui.css",
-                                   swagger_favicon_url="/docs-assets/favicon-32x32.png")
 
 
 def factory() -> FastAPI:

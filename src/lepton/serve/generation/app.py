@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lepton.core import __version__
+from lepton.serve.appkit import add_docs, on_shutdown_signal, swagger_assets
 from lepton.serve.batcher import QueueFullError, ShuttingDownError
 from lepton.serve.generation.engine import GenerationEngine, TorchEngine
 from lepton.serve.generation.metrics import GenerateMetrics
@@ -116,8 +117,6 @@ def create_generate_app(model: Any, tokenizer: Any, settings: Any = None, *, mod
     service = _GenerateService(engine, tokenizer, scheduler, settings, metrics, model_name=model_name,
                                defaults=defaults)
 
-    from lepton.serve.app import add_docs, swagger_assets
-
     app = FastAPI(title=f"Lepton generative server: {model_name}", version=__version__, lifespan=service.lifespan,
                   docs_url=None, redoc_url=None,  # /docs from local files, as lepton.serve.app does
                   description="Text generation; requests share decode steps with other concurrent requests.")
@@ -162,8 +161,6 @@ class _GenerateService:
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI):
-        from lepton.serve.app import on_shutdown_signal
-
         await asyncio.to_thread(_warm_up, self.engine, self.tokenizer)
         self.scheduler.start(asyncio.get_running_loop())
         restore = on_shutdown_signal(asyncio.get_running_loop(),
