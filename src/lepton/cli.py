@@ -229,10 +229,10 @@ def _model_folder(path: str) -> str:
     """A run folder (``OUT``) stands for the model inside it (``OUT/model``)."""
     from pathlib import Path
 
-    from lepton.pipeline.artifact import MANIFEST
+    from lepton.runtimes.saved import is_saved_model
 
     folder = Path(path)
-    if not (folder / MANIFEST).is_file() and (folder / "model" / MANIFEST).is_file():
+    if not is_saved_model(folder) and is_saved_model(folder / "model"):
         return str(folder / "model")
     return path
 

@@ -168,7 +168,6 @@ def _probe_main(folder: str, context: int) -> None:
     print(json.dumps({"peak_rss_mb": vm_status_mb("VmHWM")}))
 
 
-
 def measure_variants(variants: list[Any], split: Any, config: Any, *, memory: bool = True) -> list[Any]:
     """An ``Efficiency`` per generative variant: time to first token, time per output token and
     tokens per second (batch 1 and offline), as the harness's scorecards hold them."""

@@ -20,6 +20,7 @@ from lepton.evaluation.scorecard import Report
 from lepton.pipeline.artifact import load_bundle, now_iso, read_manifest, save_artifact
 from lepton.pipeline.recipe import EvaluateConfig, Recipe, TaskConfig, load_recipe
 from lepton.runtimes.bundle import ModelBundle, RunContext, StageRecord
+from lepton.runtimes.saved import is_saved_model
 from lepton.tasks import TaskSpec, build_task
 
 log = logging.getLogger("lepton")
@@ -67,10 +68,8 @@ def _warn_one_class(split: Split, path: str) -> None:
 def saved_lepton_model(location: str, task: TaskSpec, device: str) -> ModelBundle | None:
     """A saved PyTorch Lepton model at ``location`` with this task's labels, loaded whole (pruned
     layer sizes and extra task heads included); None for anything else (a new head is made)."""
-    from lepton.pipeline.artifact import MANIFEST
-
     folder = Path(location)
-    if not (folder / MANIFEST).is_file():
+    if not is_saved_model(folder):
         return None
     saved = load_bundle(folder, device=device)
     if not saved.runtime_info.trainable or saved.task.kind != task.kind or saved.task.labels != task.labels:
@@ -214,7 +213,7 @@ class _Run:
     def execute(self) -> Report | None:
         if self.recipe.evaluate.baseline and self.main:
             folder = self.work / "pretrained" / "snapshot"
-            if not (self.resume and (folder / "lepton.json").is_file()):
+            if not (self.resume and is_saved_model(folder)):
                 save_artifact(self.bundle, folder, recipe=self.recipe.resolved_dict())
             self._remember("pretrained", [], self.bundle, folder)
         if self._training_done(-1):
@@ -236,7 +235,7 @@ class _Run:
         snapshot = stage_dir / "snapshot"
         # A stage that leaves training hooks (masks the next finetune must keep) is re-run
         # rather than restored: the hooks live in memory, not in the snapshot.
-        reuse = self.resume and (snapshot / "lepton.json").is_file() and not (stage_dir / "hooks").exists()
+        reuse = self.resume and is_saved_model(snapshot) and not (stage_dir / "hooks").exists()
         if i <= self.last_training:
             # Rank 0's answer; also a barrier: the snapshots it wrote (a teacher) are in place.
             reuse = distributed.broadcast_object(reuse)

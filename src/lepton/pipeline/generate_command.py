@@ -37,10 +37,10 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from lepton.pipeline.artifact import MANIFEST
+    from lepton.runtimes.saved import is_saved_model
 
     given = settings_of(args)
-    if (Path(args.model) / MANIFEST).is_file():
+    if is_saved_model(Path(args.model)):
         import lepton
 
         outputs = lepton.load(args.model).generate(args.prompts, **given)

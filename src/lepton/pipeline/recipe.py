@@ -28,6 +28,7 @@ from lepton.core.config import StrictModel
 from lepton.core.errors import LeptonError, RecipeError
 from lepton.core.registry import suggest
 from lepton.data import DataSplitConfig
+from lepton.runtimes.saved import is_saved_model
 from lepton.stages import StageConfig, declared
 from lepton.tasks import ColumnRef, TaskConfig  # noqa: F401  (re-exported: recipes' task section)
 
@@ -173,7 +174,7 @@ class Recipe(StrictModel):
 
         if not kind_of(self.task).uses_labels:
             return self  # no new head: a generative model's output layer is pretrained
-        if (Path(self.model).expanduser() / "lepton.json").is_file():
+        if is_saved_model(Path(self.model).expanduser()):
             return self  # a saved Lepton model: its head is trained already
         head_trainers = [n for n in stages.configs.names() if stages.configs.get(n).trains_head]
         raise ValueError("no stage trains the task head (one of: " + ", ".join(head_trainers) + "): the "

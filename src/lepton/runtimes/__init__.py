@@ -9,12 +9,9 @@ from lepton.runtimes.registry import (
     RuntimeInfo,
     accepts,
     for_bundle,
-    infos,
     load_builtin,
     register,
     runtime_info,
-    runtimes,
 )
 
-__all__ = ["Runtime", "RuntimeInfo", "accepts", "for_bundle", "infos", "load_builtin", "register", "runtime_info",
-           "runtimes"]
+__all__ = ["Runtime", "RuntimeInfo", "accepts", "for_bundle", "load_builtin", "register", "runtime_info"]

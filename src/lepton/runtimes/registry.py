@@ -3,6 +3,7 @@ bundle (``for_bundle``). Runtime modules register here; ``lepton.runtimes`` load
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -43,25 +44,19 @@ class RuntimeInfo:
     is_graph: bool = False
 
 
-runtimes: Registry[Any] = Registry("runtime")
-infos: Registry[RuntimeInfo] = Registry("runtime")
+# name -> (what the runtime is, how it runs a bundle)
+_runtimes: Registry[tuple[RuntimeInfo, Callable[[Any], Runtime]]] = Registry("runtime")
 
 
 def register(info: RuntimeInfo, factory: Callable[[Any], Runtime]) -> None:
     """Register a runtime: what it is (``runtime_info``) and how it runs a bundle (``for_bundle``)."""
-    infos.add(info.name, info)
-    runtimes.add(info.name, factory)
+    _runtimes.add(info.name, (info, factory))
 
 
-_loaded: list[bool] = []
-
-
+@functools.cache
 def load_builtin() -> None:
     """Import the built-in runtimes (they register themselves and their weights formats) on first
     use, so that importing ``lepton.runtimes`` (the bundle, say) does not load torch."""
-    if _loaded:
-        return
-    _loaded.append(True)
     from lepton.runtimes import ort, ort_decoder, torch_eager  # noqa: F401
 
 
@@ -71,8 +66,8 @@ def runtime_info(name: str) -> RuntimeInfo:
     any runtime that lacks what it needs (running it, ``for_bundle``, is the error naming it);
     its weights are read as safetensors, the format of manifests that name none."""
     load_builtin()
-    if isinstance(name, str) and name in infos:  # an edited manifest may hold anything
-        return infos.get(name)
+    if isinstance(name, str) and name in _runtimes:  # an edited manifest may hold anything
+        return _runtimes.get(name)[0]
     return RuntimeInfo(name=name, format="safetensors")
 
 
@@ -83,5 +78,5 @@ def accepts(accepted: Iterable[str], runtime: str) -> bool:
 
 def for_bundle(bundle: Any) -> Runtime:
     load_builtin()
-    factory = runtimes.get(bundle.runtime)
+    _, factory = _runtimes.get(bundle.runtime)
     return factory(bundle)

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from lepton.core import atomic
+from lepton.runtimes.saved import is_saved_model
 from lepton.search.study import OBJECTIVES
 
 log = logging.getLogger(__name__)
@@ -206,12 +207,12 @@ def write_best(worker: Any, row: dict[str, Any], out_dir: Path) -> Path:
     dest = out_dir / "best"
     marker = {"trial": row["trial"], "max_drop": worker.max_drop}
     if (dest / "trial.json").is_file() and json.loads((dest / "trial.json").read_text()) == marker \
-            and (dest / "model" / "lepton.json").is_file():
+            and is_saved_model(dest / "model"):
         return dest  # written already, by this worker or another
     space, ws = worker.space, worker.ws
     recipe = space.plain_recipe(row["settings"])
     model = Path(row["model"]) if row.get("model") else None
-    if model is not None and (model / "lepton.json").is_file():
+    if model is not None and is_saved_model(model):
         bundle = load_bundle(model, device=ws.device)
     else:  # measured by a worker on another machine: build it again from its plain recipe
         log.info("best trial %d: its model is not in this folder, building it from its recipe", row["trial"])

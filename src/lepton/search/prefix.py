@@ -26,6 +26,7 @@ from typing import Any
 
 from lepton.pipeline.recipe import Recipe
 from lepton.runtimes.bundle import ModelBundle, RunContext, StageRecord
+from lepton.runtimes.saved import is_saved_model
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class Workspace:
 
     def cached(self, key: str) -> Path | None:
         folder = self.cache_dir / key / SNAPSHOT
-        return folder if (folder / "lepton.json").is_file() else None
+        return folder if is_saved_model(folder) else None
 
     def starting_bundle(self, recipe: Recipe) -> ModelBundle:
         """The recipe's model with a fresh task head, as ``lepton.run`` builds it."""

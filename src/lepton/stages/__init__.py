@@ -21,8 +21,8 @@ from lepton.stages.base import (
     stage_kinds_for,
 )
 
-# The built-in stages register themselves on import: each technique's package (its encoder
-# implementation) and, where it has them, its implementations for generative models.
+# The built-in stages register themselves on import: each technique's package registers its
+# implementations (the encoder one in its __init__, the generative one in its decoder module).
 from lepton.stages import (  # noqa: E402, F401  (isort: skip)
     distill,
     drop_layers,
@@ -34,14 +34,6 @@ from lepton.stages import (  # noqa: E402, F401  (isort: skip)
     quantize,
     trim_vocab,
 )
-from lepton.stages.distill import decoder as _distill_decoder  # noqa: E402, F401
-from lepton.stages.drop_layers import decoder as _drop_layers_decoder  # noqa: E402, F401
-from lepton.stages.export import decoder as _export_decoder  # noqa: E402, F401
-from lepton.stages.finetune import decoder as _finetune_decoder  # noqa: E402, F401
-from lepton.stages.pretrain import decoder as _pretrain_decoder  # noqa: E402, F401
-from lepton.stages.prune import decoder as _prune_decoder  # noqa: E402, F401
-from lepton.stages.quantize import decoder as _quantize_decoder  # noqa: E402, F401
-from lepton.stages.quantize import embeddings as _quantize_embeddings  # noqa: E402, F401
 
 __all__ = ["StageConfig", "StageFn", "TrainHook", "configs", "contract_of", "declared", "handler_for",
            "handlers", "register", "stage_kinds_for"]

@@ -96,9 +96,9 @@ StageFn = Callable[..., Any]  # (ModelBundle, StageConfig, RunContext) -> ModelB
 configs: Registry[type[StageConfig]] = Registry("stage kind")
 # (stage config class, model family) -> the function that runs that stage on that family's models
 handlers: dict[tuple[type[StageConfig], str], StageFn] = {}
-# Settings the stage contract test runs one family's implementation with, and the stages before it,
-# where the config's own ``contract_example`` / ``contract_before`` do not fit that family.
-contracts: dict[tuple[type[StageConfig], str], tuple[dict[str, Any], tuple[dict[str, Any], ...]]] = {}
+# The settings and the stages before it (each None: the config's own ``contract_example`` /
+# ``contract_before``) that the stage contract test runs one family's implementation with.
+contracts: dict[tuple[type[StageConfig], str], tuple[dict[str, Any] | None, tuple[dict[str, Any], ...] | None]] = {}
 
 
 def register(config_cls: type[StageConfig], *, family: str | tuple[str, ...] = ENCODER.name,
@@ -121,10 +121,7 @@ def register(config_cls: type[StageConfig], *, family: str | tuple[str, ...] = E
             if (config_cls, name) in handlers:
                 raise ValueError(f"{config_cls.stage_kind} already has an implementation for {name} models")
             handlers[(config_cls, name)] = fn
-            if example is not None or before is not None:
-                contracts[(config_cls, name)] = (
-                    example if example is not None else config_cls.contract_example,
-                    before if before is not None else config_cls.contract_before)
+            contracts[(config_cls, name)] = (example, before)
         return fn
 
     return wrap
@@ -149,7 +146,9 @@ def stage_kinds_for(family_names: tuple[str, ...]) -> tuple[str, ...]:
 
 def contract_of(config_cls: type[StageConfig], family: str) -> tuple[dict[str, Any], tuple[dict[str, Any], ...]]:
     """(settings, stages before) the contract test runs ``config_cls`` with on ``family``."""
-    return contracts.get((config_cls, family), (config_cls.contract_example, config_cls.contract_before))
+    example, before = contracts.get((config_cls, family), (None, None))
+    return (example if example is not None else config_cls.contract_example,
+            before if before is not None else config_cls.contract_before)
 
 
 def declared(kind: Any, attribute: str) -> Any:

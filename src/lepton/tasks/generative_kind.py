@@ -60,15 +60,14 @@ class GenerativeKind(TaskKind):
     labels_per_text = False
     families = ("decoder", "encoder-decoder")
     efficiency = "generation"
+    pipeline_tag = "text-generation"
+    hub_task_name = "Text Generation"
+    example_input = "Translate English to German: A dog runs on the beach."
 
     def family(self, model: Any) -> str:
         from lepton.tasks.generate import is_encoder_decoder
 
         return "encoder-decoder" if is_encoder_decoder(model) else "decoder"
-
-    pipeline_tag = "text-generation"
-    hub_task_name = "Text Generation"
-    example_input = "Translate English to German: A dog runs on the beach."
 
     def auto_model(self) -> Any:
         return AutoGenerative
@@ -100,9 +99,7 @@ class GenerativeKind(TaskKind):
     def serving(self, predictor: Any) -> str:
         """Decoder-only models: OpenAI-style completions with iteration-level batching and
         streaming (lepton.serve.generation). Encoder-decoders keep the shared app for now."""
-        from lepton.tasks.generate import is_encoder_decoder
-
-        return "predict" if is_encoder_decoder(predictor.bundle.model) else "generate"
+        return "generate" if self.family(predictor.bundle.model) == "decoder" else "predict"
 
     def render(self, tokenizer: Any, task: TaskSpec, prompt: str) -> str:
         return prompt

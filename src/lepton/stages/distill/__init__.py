@@ -513,3 +513,6 @@ def _cached_teacher(info: TeacherInfo, bundle: ModelBundle, ctx: RunContext, dat
     log.info("distill: teacher outputs for %d examples computed in %.1f s and cached in %s",
              len(data), seconds, path)
     return cache
+
+# Registered on import: the implementation for generative models.
+from lepton.stages.distill import decoder as _decoder  # noqa: E402, F401

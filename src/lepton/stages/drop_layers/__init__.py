@@ -204,3 +204,6 @@ def drop_layers(bundle: ModelBundle, config: DropLayersConfig, ctx: RunContext) 
     log.info("drop_layers: kept %s of %d layers (%d -> %d parameters)", keep, total, before, after)
     ctx.stage_summary = summary
     return bundle
+
+# Registered on import: the implementation for generative models.
+from lepton.stages.drop_layers import decoder as _decoder  # noqa: E402, F401

@@ -301,3 +301,6 @@ def _example_with_padding(batches: list[dict[str, torch.Tensor]]) -> dict[str, t
     second["attention_mask"][:, cut:] = 0
     second["input_ids"][:, cut:] = 0
     return {k: torch.cat([first[k], second[k]]) for k in first}
+
+# Registered on import: the implementation for generative models.
+from lepton.stages.export import decoder as _decoder  # noqa: E402, F401

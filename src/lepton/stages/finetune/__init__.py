@@ -150,3 +150,6 @@ def _finetune_adapters(bundle: ModelBundle, config: FinetuneConfig, ctx: RunCont
         pattern = live.rank_pattern or {}
         summary["adalora_ranks"] = {k: int(sum(bool(x) for x in v)) for k, v in pattern.items()}
     return summary
+
+# Registered on import: the implementation for generative models.
+from lepton.stages.finetune import decoder as _decoder  # noqa: E402, F401

@@ -402,3 +402,6 @@ def pretrain(bundle: ModelBundle, config: PretrainConfig, ctx: RunContext) -> Mo
         summary["pseudo_perplexity"] = _pseudo_perplexity_summary(pppl_before, pppl_after, len(sample))
     ctx.stage_summary = summary
     return bundle
+
+# Registered on import: the implementation for generative models.
+from lepton.stages.pretrain import decoder as _decoder  # noqa: E402, F401

@@ -188,3 +188,6 @@ def prune(bundle: ModelBundle, config: PruneConfig, ctx: RunContext) -> ModelBun
              summary["params_after"], summary["nonzero_after"])
     ctx.stage_summary = summary
     return bundle
+
+# Registered on import: the implementation for generative models.
+from lepton.stages.prune import decoder as _decoder  # noqa: E402, F401

@@ -209,3 +209,7 @@ def quantize(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext) -> Mo
              config.method, bundle.runtime, summary["size_mb_before"], summary["size_mb_after"],
              summary["vs_input"]["max_abs_diff"], 100 * summary["vs_input"]["agreement"])
     return result
+
+# Registered on import: the implementation for generative models, and the quantize_embeddings stage.
+from lepton.stages.quantize import decoder as _decoder  # noqa: E402, F401
+from lepton.stages.quantize import embeddings as _embeddings  # noqa: E402, F401
