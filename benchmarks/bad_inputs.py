@@ -45,6 +45,19 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 OUTCOMES = ("clean", "traceback", "hang", "accepted", "data lost")
+# The surfaces beyond the core, each a module beside this one (benchmarks/kit_<surface>.py) with
+# ``build(fix)`` (its own fixtures under fix/<surface>), ``cases()`` (CLI cases), optionally
+# ``servers(fix, scratch)`` (rows for an HTTP surface) and ``SHARED`` (fixture paths no case may change).
+SURFACES = ("search", "monitor", "generate", "artifacts")
+
+
+def surface_modules(only: str | None = None) -> list[Any]:
+    import importlib
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    names = [s for s in SURFACES if only in (None, "all", s)]
+    return [importlib.import_module(f"kit_{name}") for name in names
+            if (Path(__file__).resolve().parent / f"kit_{name}.py").is_file()]
 
 
 # ============================================================================ fixtures
@@ -639,18 +652,29 @@ def run_tmpfs(case: Case, x: Ctx) -> tuple[str, str] | None:
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
+def selected_cases(surface: str) -> list[tuple[str, Case]]:
+    """(surface, case) for the chosen surface: "core" (this file's), one kit module's, or "all"."""
+    out = [("core", c) for c in cli_cases()] if surface in ("all", "core") else []
+    for module in surface_modules(surface):
+        out += [(module.__name__.removeprefix("kit_"), c) for c in module.cases()]
+    return out
+
+
 def worker(fix: Path, scratch: Path, start: int) -> None:
     """Run CLI cases from ``start``; one JSON line per event on stdout."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
-    cases = cli_cases()
+    surface = os.environ.get("LEPTON_KIT_SURFACE", "all")
+    cases = selected_cases(surface)
+    modules = {m.__name__.removeprefix("kit_"): m for m in surface_modules(surface)}
     shared = [fix / "finished", fix / "interrupted", fix / "victim", fix / "signed", fix / "key",
               fix / "train.tsv", fix / "dev.tsv", fix / "recipe.yaml", fix / "tiny-bert"]
+    shared += [fix / rel for m in modules.values() for rel in getattr(m, "SHARED", [])]
     report = sys.__stdout__
     for i in range(start, len(cases)):
-        case = cases[i]
+        where, case = cases[i]
         print(json.dumps({"start": i}), file=report, flush=True)
         x = Ctx(fix=fix, d=scratch / f"case-{i:03d}")
         x.d.mkdir(parents=True, exist_ok=True)
@@ -664,6 +688,8 @@ def worker(fix: Path, scratch: Path, start: int) -> None:
                 outcome = run_subprocess_sigint(argv)
             elif case.special.startswith("tmpfs"):
                 outcome = run_tmpfs(case, x) or ("skipped", "tmpfs cannot be mounted here (not root?)")
+            elif case.special:
+                outcome = modules[where].run_special(case, x) or ("skipped", f"{case.special}: not possible here")
             else:
                 outcome = run_inprocess(argv)
             after = {str(p): digest_tree(p) for p in shared}
@@ -680,11 +706,12 @@ def worker(fix: Path, scratch: Path, start: int) -> None:
         print(json.dumps({"done": i, "outcome": outcome[0], "said": outcome[1]}), file=report, flush=True)
 
 
-def run_cli(fix: Path, scratch: Path, timeout: float) -> list[dict[str, Any]]:
-    cases = cli_cases()
+def run_cli(fix: Path, scratch: Path, timeout: float, surface: str = "all") -> list[dict[str, Any]]:
+    cases = [c for _, c in selected_cases(surface)]
+    where = [w for w, _ in selected_cases(surface)]
     results: dict[int, dict[str, Any]] = {}
     start = 0
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), OMP_NUM_THREADS="1", LEPTON_KIT_SURFACE=surface)
     while start < len(cases):
         proc = subprocess.Popen([sys.executable, __file__, "--worker", str(fix), str(scratch), str(start)],
                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
@@ -719,7 +746,7 @@ def run_cli(fix: Path, scratch: Path, timeout: float) -> list[dict[str, Any]]:
                     proc.wait()
                     start = len(cases)
                     break
-    return [{"kind": c.kind, "group": c.group, "expect": c.expect, "why": c.why, **results[i]}
+    return [{"surface": where[i], "kind": c.kind, "group": c.group, "expect": c.expect, "why": c.why, **results[i]}
             for i, c in enumerate(cases)]
 
 
@@ -834,7 +861,8 @@ def run_server(fix: Path, scratch: Path) -> list[dict[str, Any]]:
     try:
         for kind, req in server_cases():
             outcome, said = _server_case(url, port, req)
-            results.append({"kind": kind, "group": "server", "expect": "accept" if kind in SERVER_ACCEPTED else "error",
+            results.append({"surface": "core", "kind": kind, "group": "server",
+                            "expect": "accept" if kind in SERVER_ACCEPTED else "error",
                             "why": SERVER_ACCEPTED.get(kind, ""), "outcome": outcome, "said": said})
             print(f"  server {len(results):3d} {kind}: {outcome}", file=sys.stderr, flush=True)
         alive = httpx.get(url + "/healthz", timeout=5).status_code == 200
@@ -843,7 +871,8 @@ def run_server(fix: Path, scratch: Path) -> list[dict[str, Any]]:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(60)
     log_text = log_path.read_text(errors="replace")
-    results.append({"kind": "server still healthy and exits 0 after all of the above", "group": "check",
+    results.append({"surface": "core", "kind": "server still healthy and exits 0 after all of the above",
+                    "group": "check",
                     "expect": "accept", "why": "a check after the bad inputs, not a bad input itself",
                     "outcome": "accepted" if alive and good and code == 0 and "Traceback" not in log_text
                     else "traceback", "said": f"healthz {alive}, predict {good}, exit {code}, "
@@ -914,25 +943,41 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def write_report(cli: list[dict[str, Any]], server: list[dict[str, Any]], seconds: float, cpu: str) -> str:
-    lines = ["# Bad inputs against the CLI and the server", "",
+SECTION_TITLES = {"core": "The core: recipes, data, run, evaluate, serve, info", "search": "lepton search",
+                  "monitor": "lepton monitor and its HTTP app", "generate": "lepton generate and the generative server",
+                  "artifacts": "Signing, artifacts and paths"}
+
+
+def _counts_row(title: str, rows: list[dict[str, Any]]) -> str:
+    counts = summarize(rows)
+    kinds = sum(1 for r in rows if r["outcome"] != "skipped" and r["group"] != "check")
+    return (f"| {title} | {kinds} | {counts['clean']} | {counts['traceback']} | {counts['hang']} | "
+            f"{counts['accepted']} | {counts['data lost']} | {counts['skipped']} |")
+
+
+def write_report(rows: list[dict[str, Any]], seconds: float, cpu: str) -> str:
+    surfaces = [s for s in ("core", *SURFACES) if any(r["surface"] == s for r in rows)]
+    header = ["| surface | kinds | clean errors | tracebacks | hangs | accepted | data lost | skipped |",
+              "|---|---|---|---|---|---|---|---|"]
+    newer = [r for r in rows if r["surface"] != "core"]
+    lines = ["# Bad inputs against the CLI and the servers", "",
              f"`python benchmarks/bad_inputs.py` on {cpu}, {seconds:.0f} s. Each case is one kind of bad input; "
-             "outcomes as defined in the script's docstring.", ""]
-    for title, rows in (("CLI", cli), ("Server", server)):
-        counts = summarize(rows)
-        kinds = sum(1 for r in rows if r["outcome"] != "skipped" and r["group"] != "check")
-        lines += [f"## {title}: {kinds} kinds", "",
-                  "| clean one-line errors | tracebacks | hangs | accepted | data lost | skipped |",
-                  "|---|---|---|---|---|---|",
-                  f"| {counts['clean']} | {counts['traceback']} | {counts['hang']} | {counts['accepted']} | "
-                  f"{counts['data lost']} | {counts['skipped']} |", ""]
-        accepted = [r for r in rows if r["outcome"] == "accepted" and r["group"] != "check"]
+             "outcomes as defined in the script's docstring (clean: one `lepton: error:` line and exit 2, or an "
+             "answer of 4xx; accepted: exit 0 or 2xx, each with its reason).", "", *header]
+    lines += [_counts_row(SECTION_TITLES[s], [r for r in rows if r["surface"] == s]) for s in surfaces]
+    if newer:
+        lines.append(_counts_row("**the newer surfaces together**", newer))
+    lines.append("")
+    for surface in surfaces:
+        part = [r for r in rows if r["surface"] == surface]
+        lines += [f"## {SECTION_TITLES[surface]}", ""]
+        accepted = [r for r in part if r["outcome"] == "accepted" and r["group"] != "check"]
         if accepted:
             lines += ["Accepted, and why that is deliberate:", ""]
             lines += [f"- **{r['kind']}**: {r['why'] or 'NOT EXPLAINED: a defect'}" for r in accepted]
             lines.append("")
         lines += ["| group | kind | outcome | what it said |", "|---|---|---|---|"]
-        for r in rows:
+        for r in part:
             said = str(r["said"]).replace("|", "\\|").replace("\n", " ")[:220]
             lines.append(f"| {r['group']} | {r['kind'].replace('|', '/')} | {r['outcome']} | {said} |")
         lines.append("")
@@ -945,38 +990,55 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["cli", "server"])
+    parser.add_argument("--surface", choices=["all", "core", *SURFACES], default="all",
+                        help="run one surface's cases (the report file is written only for all of them)")
     parser.add_argument("--timeout", type=float, default=90, help="seconds one CLI case may take")
     parser.add_argument("--keep", action="store_true", help="keep the temp folder")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "src"))
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="lepton-bad-inputs-"))
+    rows: list[dict[str, Any]] = []
     try:
         fix, scratch = tmp / "fixtures", tmp / "scratch"
         fix.mkdir()
         scratch.mkdir()
         print("building fixtures ...", file=sys.stderr, flush=True)
         build_fixtures(fix)
-        cli = run_cli(fix, scratch, args.timeout) if args.only != "server" else []
-        server = run_server(fix, scratch) if args.only != "cli" else []
+        modules = surface_modules(args.surface)
+        for module in modules:
+            print(f"building fixtures for {module.__name__} ...", file=sys.stderr, flush=True)
+            module.build(fix)
+        if args.only != "server":
+            rows += run_cli(fix, scratch, args.timeout, args.surface)
+        if args.only != "cli":
+            if args.surface in ("all", "core"):
+                rows += run_server(fix, scratch)
+            for module in modules:
+                if hasattr(module, "servers"):
+                    surface = module.__name__.removeprefix("kit_")
+                    rows += [{"surface": surface, **r} for r in module.servers(fix, scratch)]
     finally:
-        if not args.keep:
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
             shutil.rmtree(tmp, ignore_errors=True)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    text = write_report(cli, server, time.monotonic() - started, f"{cpu} ({os.cpu_count()} cores)")
+    text = write_report(rows, time.monotonic() - started, f"{cpu} ({os.cpu_count()} cores)")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    if args.only is None:
+    if args.only is None and args.surface == "all":
         (RESULTS / "bad_inputs.md").write_text(text)
-    for title, rows in (("CLI", cli), ("server", server)):
-        if rows:
-            counts = summarize(rows)
-            unexplained = sum(1 for r in rows if r["outcome"] == "accepted" and not r["why"])
+    for surface in ("core", *SURFACES):
+        part = [r for r in rows if r["surface"] == surface]
+        if part:
+            counts = summarize(part)
+            unexplained = sum(1 for r in part if r["outcome"] == "accepted" and not r["why"] and r["group"] != "check")
             kinds = sum(counts[k] for k in OUTCOMES)
-            print(f"{title}: {kinds} kinds: " + ", ".join(f"{counts[k]} {k}" for k in OUTCOMES)
+            print(f"{surface}: {kinds} kinds: " + ", ".join(f"{counts[k]} {k}" for k in OUTCOMES)
                   + f" ({unexplained} accepted without a reason); {counts['skipped']} skipped")
-            for r in rows:
-                if r["group"] == "check":
-                    print(f"  check: {r['kind']}: {r['outcome']} ({r['said']})")
+            for r in part:
+                if r["group"] == "check" or r["outcome"] in ("traceback", "hang", "data lost"):
+                    print(f"  {r['group']}: {r['kind']}: {r['outcome']} ({r['said']})")
 
 
 if __name__ == "__main__":

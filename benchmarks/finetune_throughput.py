@@ -11,7 +11,6 @@ the figure is the median items/s over rounds, with min-max.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import time
@@ -27,8 +26,6 @@ from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.stages.finetune import FinetuneConfig, finetune
 from lepton.tasks import build_task, encode
 from lepton.tasks.loading import load_for_task
-
-DATA = Path(os.environ.get("LEPTON_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def fresh_model(location: str, labels: list[str]) -> torch.nn.Module:
@@ -78,7 +75,7 @@ def main() -> None:
 
     location = resolve_model("builtin:minilm-l6")
     tokenizer = load_tokenizer(location)
-    cfg = DataSplitConfig(path=str(DATA / "sst2" / "train.tsv"), limit=args.rows, seed=0)
+    cfg = DataSplitConfig(path="builtin:sst2/train", limit=args.rows, seed=0)
     split = load_split(cfg, Columns(text="sentence", label="label"), name="train")
     task = build_task(TaskConfig(kind="sequence_classification", text="sentence", label="label"), split)
     tokens = sum(encode(split, task, tokenizer).lengths)

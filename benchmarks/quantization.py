@@ -37,7 +37,8 @@ from lepton.pipeline.report import print_table, to_markdown
 from lepton.runtimes.bundle import ModelBundle, RunContext, StageRecord
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "sst2"
+# The built-in SST-2 (GLUE train and dev, shipped in the package): runs from a fresh clone.
+SST2 = "builtin:sst2"
 log = logging.getLogger("benchmark")
 
 LEPTON_INT8 = ("pytorch-dyn-int8", "ort-dyn-int8", "ort-dyn-int8-unfused", "ort-static-int8",
@@ -132,8 +133,8 @@ def main() -> None:
     env = fingerprint()
     log.info("machine: %s; int8 fast here: %s", describe(env), int8_fast(env))
     columns = Columns(text="sentence", label="label")
-    dev_cfg = DataSplitConfig(path=str(DATA / "dev.tsv"), limit=args.limit)
-    splits = {"train": load_split(DataSplitConfig(path=str(DATA / "train.tsv"), limit=4000, seed=0), columns,
+    dev_cfg = DataSplitConfig(path=f"{SST2}/dev", limit=args.limit)
+    splits = {"train": load_split(DataSplitConfig(path=f"{SST2}/train", limit=4000, seed=0), columns,
                                   name="train"),
               "dev": load_split(dev_cfg, columns, name="dev")}
     static = {"kind": "quantize", "method": "static_int8", "calibration_items": args.calibration_items}

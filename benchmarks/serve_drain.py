@@ -33,13 +33,14 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("LEPTON_DATA", ROOT.parent / "shared" / "data"))
 RESULTS = ROOT / "benchmarks" / "results"
 
 
 def sentences() -> list[str]:
-    rows = (DATA / "sst2" / "dev.tsv").read_text(encoding="utf-8").splitlines()[1:]
-    return [r.split("\t")[0].strip() for r in rows if r.strip()]
+    from lepton.data import Columns, DataSplitConfig, load_split
+
+    # The built-in SST-2 dev split (shipped in the package): runs from a fresh clone.
+    return list(load_split(DataSplitConfig(path="builtin:sst2/dev"), Columns(text="sentence"), name="dev").texts)
 
 
 def untrained_minilm(dest: Path) -> Path:

@@ -30,7 +30,6 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("LEPTON_DATA", ROOT.parent / "shared" / "data"))
 MODES = {"batching": ["--max-batch", "32", "--max-wait-ms", "5"],
          "batch-1": ["--max-batch", "1", "--max-wait-ms", "0"]}
 
@@ -47,11 +46,11 @@ class Tally:
 
 
 def sentences(limit: int | None = None) -> list[str]:
-    path = DATA / "sst2" / "dev.tsv"
-    if not path.is_file():
-        sys.exit(f"serve_load: {path} not found (set LEPTON_DATA)")
-    rows = path.read_text(encoding="utf-8").splitlines()[1:]
-    return [r.split("\t")[0].strip() for r in rows if r.strip()][:limit]
+    from lepton.data import Columns, DataSplitConfig, load_split
+
+    # The built-in SST-2 dev split (shipped in the package): runs from a fresh clone.
+    split = load_split(DataSplitConfig(path="builtin:sst2/dev"), Columns(text="sentence"), name="dev")
+    return list(split.texts)[:limit]
 
 
 def free_port() -> int:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,8 @@ from lepton.pipeline.report import print_table, to_markdown
 from lepton.runtimes.bundle import RunContext
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("LEPTON_DATA", ROOT.parent / "shared" / "data")) / "sst2"
+# The built-in SST-2 (GLUE train and dev, shipped in the package): runs from a fresh clone.
+SST2 = "builtin:sst2"
 log = logging.getLogger("benchmark")
 
 # As examples/sst2-minilm-small.yaml: the pieces of the training sample, its characters, specials.
@@ -144,9 +144,9 @@ def main() -> None:
         log.info("making the full-stack PyTorch model in %s", full.parent)
         full = full_stack_torch(baseline, full.parent)
     columns = Columns(text="sentence", label="label")
-    dev_cfg = DataSplitConfig(path=str(DATA / "dev.tsv"))
+    dev_cfg = DataSplitConfig(path=f"{SST2}/dev")
     # The recipe's own training sample: the pieces trim_vocab keeps are those the model trained on.
-    splits = {"train": load_split(DataSplitConfig(path=str(DATA / "train.tsv"), limit=8000, seed=0), columns,
+    splits = {"train": load_split(DataSplitConfig(path=f"{SST2}/train", limit=8000, seed=0), columns,
                                   name="train"),
               "dev": load_split(dev_cfg, columns, name="dev")}
     seconds: dict[str, float] = {}

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import logging
 import os
 import re
@@ -80,6 +81,19 @@ def io_errors(path: Path | str, action: str = "write") -> Iterator[None]:
             raise
         where = getattr(err, "filename", None) or path
         raise StorageError(f"{where}: cannot {action}: {describe(err)}") from err
+
+
+class TooDeepError(ValueError):
+    """JSON nested deeper than Python's parser recurses (a file of 100,000 ``[``)."""
+
+
+def loads_json(text: str | bytes) -> object:
+    """``json.loads`` for files a user can hand Lepton: nesting too deep for the parser is a
+    ValueError like any other malformed JSON, not a RecursionError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise TooDeepError("JSON nested too deeply") from None
 
 
 def sha256(path: Path) -> str:

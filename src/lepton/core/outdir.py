@@ -29,13 +29,6 @@ log = logging.getLogger(__name__)
 MARKER = "lepton-run.json"
 
 
-def _legacy_run(folder: Path) -> bool:
-    """A run folder of a Lepton from before the marker: an interrupted run's work/recipe.json, or
-    a finished run's model manifest beside its report."""
-    return (folder / "work" / "recipe.json").is_file() or (
-        (folder / "model" / "lepton.json").is_file() and (folder / "report.json").is_file())
-
-
 def state(folder: Path) -> str:
     """'interrupted' (work/ left by an unfinished run), 'finished' (a model, no work/) or 'empty'."""
     if (folder / "work").exists():
@@ -80,7 +73,9 @@ def claim(out: str | os.PathLike[str], *, resume: bool = False, force: bool = Fa
         raise OutputFolderError(f"{folder}: is a file, not a folder; give a new folder for the run")
     marker = folder / MARKER
     if folder.is_dir():
-        known = marker.is_file() or _legacy_run(folder)
+        # Only the marker makes a folder Lepton's. Files that merely look like a run (a
+        # work/recipe.json, a model/lepton.json) do not: --force would delete what sits beside them.
+        known = marker.is_file()
         if not known and any(folder.iterdir()):
             raise OutputFolderError(
                 f"{folder}: exists and is not a Lepton run folder (no {MARKER}); Lepton writes only into "

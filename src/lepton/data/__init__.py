@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
+from lepton.core import atomic
 from lepton.core.config import StrictModel
 from lepton.core.errors import DataError, UnknownNameError
 from lepton.data import datasets
@@ -486,9 +487,12 @@ def json_objects(path: Path, encoding: str) -> Iterator[tuple[dict[str, Any] | s
                     continue
                 where = f"{path}:{line}"
                 try:
-                    obj = json.loads(raw)
+                    obj = atomic.loads_json(raw)
                 except json.JSONDecodeError as err:
                     yield f"invalid JSON: {err.msg} (column {err.colno})", where
+                    continue
+                except ValueError as err:  # nested too deeply
+                    yield f"invalid JSON: {err}", where
                     continue
                 if not isinstance(obj, dict):
                     yield f"expected a JSON object, found {type(obj).__name__}", where

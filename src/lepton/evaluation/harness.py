@@ -160,7 +160,17 @@ class _Plan:
     items_s: dict[int, list[float]] = field(default_factory=dict)
 
 
-def _plan(variant: Variant, split: Any, config: Any) -> _Plan:
+def fixed_length(variants: list[Variant], config: Any) -> int:
+    """The fixed-length scenario's length, cut to what the models accept: a model with a
+    64-position table is timed at 64 tokens, not made to fail at 128. Exported variants do not
+    show their position table, so the shortest table among the variants that do sets it."""
+    from lepton.models.structure import input_limit
+
+    limits = [n for n in (input_limit(v.bundle.model) for v in variants) if n]
+    return min([config.fixed_length or 128, *limits])
+
+
+def _plan(variant: Variant, split: Any, config: Any, length: int) -> _Plan:
     bundle = variant.bundle
     enc = variant.encoded(split)
     pad = bundle.tokenizer.pad_token_id or 0
@@ -168,7 +178,7 @@ def _plan(variant: Variant, split: Any, config: Any) -> _Plan:
     real = [collate(enc, [i], pad, with_labels=False) for i in range(n)]
     fixed = []
     if config.fixed_length:
-        fixed = [collate(enc, [i], pad, pad_to=config.fixed_length, with_labels=False)
+        fixed = [collate(enc, [i], pad, pad_to=length, with_labels=False)
                  for i in range(min(n, 30))]
     throughput = {}
     for bs in sorted(set(config.batch_sizes)):
@@ -184,14 +194,16 @@ def measure_efficiency(variants: list[Variant], split: Any, config: Any, *,
     """Latency at batch 1 (real inputs and a fixed length), throughput at larger batches, for all
     variants, interleaved over ``config.rounds`` rounds; then size, parameters and memory."""
     started = time.perf_counter()
-    plans = [_plan(v, split, config) for v in variants]
+    length = fixed_length(variants, config)
+    plans = [_plan(v, split, config, length) for v in variants]
     with _threads(config.threads) as threads:
         for p in plans:  # warm-up, untimed
             for b in p.real[:config.warmup] + p.fixed[:1] + [bs[0] for bs in p.throughput.values()]:
                 p.runtime.logits(b)
         for _ in range(config.rounds):
             for p in plans:
-                for key, batches in (("b1_real", p.real), (f"b1_fixed{config.fixed_length}", p.fixed)):
+                fixed_key = f"b1_fixed{int(p.fixed[0]['input_ids'].shape[1])}" if p.fixed else "b1_fixed"
+                for key, batches in (("b1_real", p.real), (fixed_key, p.fixed)):
                     if batches:
                         t = _timed(p.runtime, batches)
                         p.ms.setdefault(key, []).extend(t)
@@ -216,7 +228,7 @@ def measure_efficiency(variants: list[Variant], split: Any, config: Any, *,
         if memory and v.folder is not None:
             from lepton.evaluation.memprobe import probe
 
-            peak, note = probe(v.folder, batch=max(config.batch_sizes), length=config.fixed_length or 128)
+            peak, note = probe(v.folder, batch=max(config.batch_sizes), length=length)
         total, nonzero = p.runtime.parameter_counts()
         out.append(Efficiency(
             runtime=p.runtime.name, device=p.runtime.device, threads=threads, warmup=config.warmup,

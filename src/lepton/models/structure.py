@@ -158,3 +158,16 @@ def remove_neurons(layer: nn.Module, neurons: list[int]) -> None:
     index = torch.tensor([i for i in range(n) if i not in drop], dtype=torch.long)
     layer.intermediate.dense = _take(layer.intermediate.dense, index, 0)
     layer.output.dense = _take(layer.output.dense, index, 1)
+
+
+def input_limit(model: Any) -> int | None:
+    """The most tokens one input may hold: the position table's size, less the positions it
+    reserves (RoBERTa-style tables number positions from ``padding_idx + 1``); None when the
+    model has no learned position table (rotary, relative) or is not a torch module."""
+    if not isinstance(model, nn.Module):
+        return None
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] == "position_embeddings" and isinstance(module, nn.Embedding):
+            offset = module.padding_idx + 1 if module.padding_idx is not None else 0
+            return max(module.num_embeddings - offset, 1)
+    return None

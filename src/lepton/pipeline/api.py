@@ -133,6 +133,8 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
     out = Path(given).expanduser()
     device = distributed.setup(resolve_device(recipe.device))  # joins the process group, if launched in one
     main = distributed.is_main()
+    if main:
+        check_output_apart_from_data(recipe, out)
     # Rank 0 alone checks and claims the folder; the others write only below work/rank-N.
     claimed = outdir.claim(given, resume=resume, force=force) if main else None
     file_log = _open_run_log(out, main, claimed)
@@ -151,6 +153,42 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
         if claimed is not None:
             claimed.release()
         distributed.teardown()
+
+
+def _data_paths(node: Any, where: str) -> list[tuple[str, Path]]:
+    """(recipe key, path) of every data split the recipe names, wherever it sits (data:, a
+    multitask task's data, a distillation transfer set ...); built-in sets have no path."""
+    from pydantic import BaseModel
+
+    found: list[tuple[str, Path]] = []
+    if isinstance(node, DataSplitConfig):
+        if node.path and not node.path.startswith("builtin:"):
+            found.append((where, Path(node.path).expanduser()))
+    elif isinstance(node, BaseModel):
+        for name in type(node).model_fields:
+            found += _data_paths(getattr(node, name), f"{where}.{name}" if where else name)
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            found += _data_paths(value, f"{where}.{key}")
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            found += _data_paths(value, f"{where}.{i}")
+    return found
+
+
+def check_output_apart_from_data(recipe: Recipe, out: Path) -> None:
+    """Refuse an output folder inside a data folder (a later run would read the run's files as
+    data, e.g. a folder-format set takes it for a class) or one that holds the data (``--force``
+    would delete it)."""
+    target = Path(os.path.realpath(out))
+    for key, path in _data_paths(recipe, ""):
+        data = Path(os.path.realpath(path))
+        if target == data or data in target.parents:
+            raise RecipeError(f"output folder {out} lies inside the data of {key} ({path}): a later run would "
+                              "read the run's files as data; choose an -o outside the data")
+        if target in data.parents:
+            raise RecipeError(f"output folder {out} holds the data of {key} ({path}): replacing the run "
+                              "would delete it; choose an -o that does not contain the data")
 
 
 def _open_run_log(out: Path, main: bool, claimed: Any) -> logging.Handler:
@@ -185,8 +223,21 @@ def starting_model(recipe: Recipe, task: TaskSpec, device: str) -> ModelBundle:
         tokenizer = load_tokenizer(location, trust_remote_code=recipe.trust_remote_code)
         model = load_for_task(location, task, trust_remote_code=recipe.trust_remote_code).to(device)
         bundle = ModelBundle(model=model, tokenizer=tokenizer, task=task, source=recipe.model)
+    _fit_max_length(bundle, recipe.model)
     log.info("model %s on %s: %d labels %s", recipe.model, device, task.num_labels, task.labels)
     return bundle
+
+
+def _fit_max_length(bundle: ModelBundle, source: str) -> None:
+    """Inputs are cut at what the model's position table holds: task.max_length 128 on a model
+    with 64 positions would train on short inputs and fail on the first long one."""
+    from lepton.models.structure import input_limit
+
+    limit = input_limit(bundle.model)
+    if limit is not None and bundle.task.max_length > limit:
+        log.warning("task.max_length %d is more than %s accepts (%d positions): inputs are cut at %d tokens",
+                    bundle.task.max_length, source, limit, limit)
+        bundle.task.max_length = limit
 
 
 class _Run:
@@ -310,8 +361,19 @@ class _Run:
         baseline_stages = [n for s, n in zip(recipe.stages, self.names) if s.is_baseline]
         baseline = next((v.name for v in self.variants if v.name in baseline_stages),
                         self.variants[0].name if self.variants else None)
-        cards = evaluate_variants(self.variants, self.eval_split, recipe.evaluate, seed=recipe.seed,
-                                  baseline=baseline, qualities=self.qualities, memory=recipe.evaluate.memory)
+        try:
+            cards = evaluate_variants(self.variants, self.eval_split, recipe.evaluate, seed=recipe.seed,
+                                      baseline=baseline, qualities=self.qualities, memory=recipe.evaluate.memory)
+        except (LeptonError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # noqa: BLE001 - a measuring failure must not cost the trained stages
+            import traceback
+
+            details = self.work / "evaluate-error.txt"
+            atomic.write_text(details, "".join(traceback.format_exception(err)))
+            raise StageError(f"evaluate: measuring the variants failed ({type(err).__name__}: {err}); the trained "
+                             f"stages are kept in {self.work} (the traceback is in {details}): "
+                             "lepton run ... --resume measures again without retraining") from err
         report = Report(lepton_version=__version__, created=now_iso(), recipe=recipe.resolved_dict(),
                         baseline=baseline, variants=cards, environment=fingerprint(recipe.seed),
                         stages=[r.model_dump() for r in bundle.history])
@@ -337,7 +399,7 @@ def _cached_quality(cache: Path, v: Any) -> tuple[Any, Any, Any]:
     from lepton.tasks.quality import Quality
 
     try:
-        saved = json.loads(cache.read_text(encoding="utf-8"))
+        saved = atomic.loads_json(cache.read_text(encoding="utf-8"))
         v.predictions = saved["predictions"]
         return (Quality.model_validate(saved["quality"]),
                 Robustness.model_validate(saved["robustness"]) if saved["robustness"] else None,

@@ -135,8 +135,8 @@ def read_manifest(path: str | os.PathLike[str], *, verify: bool = True,
         raise ArtifactError(f"{folder}: not a Lepton model (no {MANIFEST}); "
                             "plain transformers folders load with lepton.evaluate or as a recipe's model")
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        manifest = atomic.loads_json(mpath.read_text(encoding="utf-8"))
+    except ValueError as err:  # not JSON, not UTF-8, or nested too deeply
         raise ArtifactError(f"{mpath}: manifest is not valid JSON ({err})") from None
     except OSError as err:
         raise ArtifactError(f"{mpath}: cannot read the manifest ({atomic.describe(err)})") from None
@@ -239,8 +239,14 @@ def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
     if missing:
         raise ArtifactError(f"{folder / MANIFEST}: does not list {missing[0]}, which this model needs; "
                             "the manifest was edited or is incomplete")
+    root = os.path.realpath(folder)
     for name, digest in digests.items():
         p = folder / name
+        # A link that stays inside the folder points at a file that is itself checked; one that
+        # leaves it would make the checksums (and loading) vouch for a file nobody shipped.
+        if os.path.commonpath([root, os.path.realpath(p)]) != root:
+            raise ArtifactError(f"{p}: a link to {os.path.realpath(p)}, outside the model folder; a model's "
+                                "files must be inside its folder (copy the file in instead of linking it)")
         if not p.is_file():
             raise ArtifactError(f"{p}: listed in {MANIFEST} but missing")
         if sha256(p) != digest:

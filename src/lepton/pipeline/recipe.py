@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from lepton import runtimes, stages
+from lepton.core import atomic
 from lepton.core.config import StrictModel
 from lepton.core.errors import LeptonError, RecipeError
 from lepton.core.registry import suggest
@@ -373,14 +374,20 @@ def parse_recipe(tree: Any, *, source: str = "<recipe>", overrides: typing.Seque
 
 
 def read_yaml(path: str | os.PathLike[str], what: str = "recipe",
-              error: type[LeptonError] = RecipeError) -> Any:
+              error: type[LeptonError] = RecipeError, max_values: int = MAX_RECIPE_VALUES) -> Any:
     """A YAML file's tree; a missing, unreadable or malformed file is one ``error`` naming it (and
-    the line, for bad YAML). Recipes, monitor configs and search spaces are all read here."""
+    the line, for bad YAML). Recipes, monitor configs and search spaces are all read here, so
+    each is refused when its aliases expand past ``max_values`` values (an alias bomb: a 1 KB file
+    standing for 10^9 values), before anything copies or walks the tree."""
     p = Path(path)
     if not p.is_file():
         raise error(f"{p}: {what} file not found")
     try:
-        return yaml.safe_load(p.read_text(encoding="utf-8"))
+        tree = yaml.safe_load(p.read_text(encoding="utf-8"))
+        if expanded_size(tree, max_values) > max_values:
+            raise error(f"{p}: expands to more than {max_values:,} values or nests more than 200 deep "
+                        f"(YAML aliases repeating a node?); write the {what} out plainly")
+        return tree
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""
@@ -453,13 +460,13 @@ def expanded_size(tree: Any, limit: int) -> int:
 def _layer_count(model: str) -> int | None:
     """The encoder's layer count from the model's config.json; None where it cannot be read
     (a hub id, an unusual config): the stage checks again when it runs."""
-    import json
 
     from lepton.models import resolve_model
 
     try:
         folder = Path(resolve_model(model))
-        value = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("num_hidden_layers")
+        config = atomic.loads_json((folder / "config.json").read_text(encoding="utf-8"))
+        value = config.get("num_hidden_layers")  # type: ignore[union-attr]
     except (LeptonError, OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, int) and value > 0 else None

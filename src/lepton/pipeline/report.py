@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging  # report.html
 import os
 from pathlib import Path
 from typing import Any
 
 from lepton.core import atomic
-from lepton.core.errors import MissingExtraError  # report.html
+from lepton.core.errors import ArtifactError, MissingExtraError
 from lepton.evaluation.scorecard import Report, Scorecard
 from lepton.pipeline.report_table import smoke_note, table_rows
 
@@ -191,4 +190,11 @@ def print_table(report: Report) -> None:
 
 
 def load_report(path: str | os.PathLike[str]) -> Report:
-    return Report.model_validate(json.loads(Path(path).read_text()))
+    """A run's report.json; a missing, malformed or foreign file is one ArtifactError naming it."""
+    from pydantic import ValidationError
+
+    try:
+        return Report.model_validate(atomic.loads_json(Path(path).read_text(encoding="utf-8")))
+    except (OSError, ValueError, ValidationError) as err:
+        reason = f"{err.error_count()} field errors" if isinstance(err, ValidationError) else atomic.describe(err)
+        raise ArtifactError(f"{path}: not a readable Lepton report ({reason})") from None

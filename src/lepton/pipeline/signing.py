@@ -128,7 +128,7 @@ def read_signature(folder: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = atomic.loads_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         raise SignatureError(f"{path}: unreadable signature file ({atomic.describe(err)})") from None
     if not isinstance(record, dict) or record.get("algorithm") != "ed25519" or not isinstance(

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from lepton.core import atomic
 from lepton.core.atomic import write_folder
 from lepton.core.errors import ArtifactError
 from lepton.models.weight_only import QuantizeError, WeightOnlyLinear
@@ -232,7 +233,7 @@ def load_weight_only(folder: str | Path) -> nn.Module:
 
     folder = Path(folder)
     try:
-        layers = json.loads((folder / RECORD).read_text())["layers"]
+        layers = atomic.loads_json((folder / RECORD).read_text())["layers"]  # type: ignore[index]
     except (OSError, ValueError, KeyError) as err:
         raise ArtifactError(f"{folder / RECORD}: missing or unreadable weight-only record ({err})") from err
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
