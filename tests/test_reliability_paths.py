@@ -190,5 +190,6 @@ def test_benchmarks_read_data_from_the_package_or_lepton_data():
         text = script.read_text()
         if '"shared"' in text or "shared/data" in text:
             assert "LEPTON_DATA" in text, f"{script.name}: reads ../shared/data without honouring LEPTON_DATA"
-    for name in ("quantization.py", "qat.py", "trim_vocab.py", "serve_load.py", "serve_drain.py", "finetune_throughput.py"):
+    for name in ("quantization.py", "qat.py", "trim_vocab.py", "serve_load.py", "serve_drain.py",
+                 "finetune_throughput.py"):
         assert "builtin:sst2" in (root / name).read_text(), name
