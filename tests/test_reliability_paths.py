@@ -193,3 +193,24 @@ def test_benchmarks_read_data_from_the_package_or_lepton_data():
     for name in ("quantization.py", "qat.py", "trim_vocab.py", "serve_load.py", "serve_drain.py",
                  "finetune_throughput.py"):
         assert "builtin:sst2" in (root / name).read_text(), name
+
+
+def test_a_model_config_nested_too_deeply_is_one_line(capsys, recipe, tiny_model_dir, tmp_path):
+    model = Path(shutil.copytree(tiny_model_dir, tmp_path / "plain"))
+    (model / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    assert_user_error(cli(capsys, "run", recipe, "--set", f"model={model}", *FAST), "config.json", "not valid JSON")
+
+
+def test_data_and_keys_that_are_not_regular_files_are_refused(capsys, recipe, finished, tmp_path):
+    # A FIFO would block the read forever.
+    fifo = tmp_path / "train.tsv"
+    os.mkfifo(fifo)
+    assert_user_error(cli(capsys, "run", recipe, "--set", f"data.train.path={fifo}", *FAST),
+                      "data.train.path", "not a regular file")
+    assert_user_error(cli(capsys, "evaluate", finished / "model", "--data", fifo), "not a regular file")
+    assert_user_error(cli(capsys, "info", finished / "model", "--require-signature", fifo), "not a regular file")
+
+
+@pytest.mark.parametrize("name", ["", " ", "."])
+def test_keygen_needs_a_file_name(capsys, name):
+    assert_user_error(cli(capsys, "keygen", name), "not a file name for a key")

@@ -167,6 +167,8 @@ def load_split(
         return load_pair_split(config, columns, name=name, base_dir=base_dir)
     if not path.exists():
         raise DataError(f"data.{name}.path: file not found: {path}")
+    if not (path.is_file() or path.is_dir()):  # a FIFO, a device: reading would block or never end
+        raise DataError(f"data.{name}.path: {path} is not a regular file or a folder")
     fmt = config.format or _infer_format(path, name)
     _check_options(config, columns, fmt, kind, name)
 

@@ -121,6 +121,8 @@ def load_pairs(config: tabular.DataSplitConfig, spec: PromptSpec, *, name: str,
     path = _resolve(base_dir, config.path)
     if not path.exists():
         raise GenerationDataError(f"data.{name}.path: file not found: {path}")
+    if not path.is_file():  # a folder, a FIFO, a device
+        raise GenerationDataError(f"data.{name}.path: {path} is not a regular file")
     fmt = config.format or tabular._infer_format(path, name)
     if fmt not in ("tsv", "csv", "jsonl"):
         raise GenerationDataError(f"data.{name}: generation reads tsv, csv or jsonl (or parallel "

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from lepton.core import atomic
 from lepton.core.errors import ModelLoadError, UnknownNameError
 from lepton.core.registry import suggest
 
@@ -65,6 +66,16 @@ def check_model_folder(path: Path, spec: str) -> None:
         raise ModelLoadError(f"model: {path} has no config.json (not a transformers model folder)")
     if not any((path / f).is_file() for f in WEIGHT_FILES):
         raise ModelLoadError(f"model: {path} has no weights (expected one of: {', '.join(WEIGHT_FILES)})")
+    # The JSON the loaders will parse, read once here so that a damaged file (not JSON, not UTF-8,
+    # nested past the parser's depth) is one line naming it rather than an error deep in a loader.
+    for name in ("config.json", "tokenizer_config.json"):
+        if (path / name).is_file():
+            try:
+                value = atomic.loads_json((path / name).read_bytes())
+            except ValueError as err:
+                raise ModelLoadError(f"model: {path / name} is not valid JSON ({first_line(err)})") from None
+            if not isinstance(value, dict):
+                raise ModelLoadError(f"model: {path / name} is not a JSON object")
 
 
 def load_tokenizer(location: str, *, trust_remote_code: bool = False) -> Any:

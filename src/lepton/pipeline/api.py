@@ -181,6 +181,12 @@ def check_output_apart_from_data(recipe: Recipe, out: Path) -> None:
     data, e.g. a folder-format set takes it for a class) or one that holds the data (``--force``
     would delete it)."""
     target = Path(os.path.realpath(out))
+    model = Path(recipe.model).expanduser()
+    if not recipe.model.startswith("builtin:") and model.is_dir():
+        source = Path(os.path.realpath(model))
+        if target == source or source in target.parents:
+            raise RecipeError(f"output folder {out} lies inside the model folder {recipe.model}: the run's files "
+                              "would mix with the model's; choose an -o outside it")
     for key, path in _data_paths(recipe, ""):
         data = Path(os.path.realpath(path))
         if target == data or data in target.parents:

@@ -134,6 +134,7 @@ def read_manifest(path: str | os.PathLike[str], *, verify: bool = True,
     if not mpath.is_file():
         raise ArtifactError(f"{folder}: not a Lepton model (no {MANIFEST}); "
                             "plain transformers folders load with lepton.evaluate or as a recipe's model")
+    _inside(folder, mpath)
     try:
         manifest = atomic.loads_json(mpath.read_text(encoding="utf-8"))
     except ValueError as err:  # not JSON, not UTF-8, or nested too deeply
@@ -231,6 +232,15 @@ def unlisted_files(folder: Path, manifest: dict[str, Any]) -> list[str]:
     return [n for n in found if n not in listed and n not in (MANIFEST, SIGNATURE)]
 
 
+def _inside(folder: Path, path: Path) -> None:
+    """A link that stays inside the model folder points at a file that is itself checked; one
+    that leaves it would make the checksums (and loading) vouch for a file nobody shipped."""
+    root = os.path.realpath(folder)
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:
+        raise ArtifactError(f"{path}: a link to {os.path.realpath(path)}, outside the model folder; a model's "
+                            "files must be inside its folder (copy the file in instead of linking it)")
+
+
 def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
     """Every listed file present with its sha256; every required file listed; no unlisted file a
     loader would read (others are reported in the log)."""
@@ -239,14 +249,9 @@ def verify_files(folder: Path, manifest: dict[str, Any]) -> None:
     if missing:
         raise ArtifactError(f"{folder / MANIFEST}: does not list {missing[0]}, which this model needs; "
                             "the manifest was edited or is incomplete")
-    root = os.path.realpath(folder)
     for name, digest in digests.items():
         p = folder / name
-        # A link that stays inside the folder points at a file that is itself checked; one that
-        # leaves it would make the checksums (and loading) vouch for a file nobody shipped.
-        if os.path.commonpath([root, os.path.realpath(p)]) != root:
-            raise ArtifactError(f"{p}: a link to {os.path.realpath(p)}, outside the model folder; a model's "
-                                "files must be inside its folder (copy the file in instead of linking it)")
+        _inside(folder, p)
         if not p.is_file():
             raise ArtifactError(f"{p}: listed in {MANIFEST} but missing")
         if sha256(p) != digest:

@@ -74,6 +74,9 @@ def keygen(private_path: str | os.PathLike[str]) -> tuple[Path, Path, str]:
     Returns both paths and the key id."""
     ed25519 = _crypto()
     s = _serialization()
+    if not str(private_path).strip() or Path(private_path).name in ("", ".", ".."):
+        raise SignatureError(f"keygen: {str(private_path)!r} is not a file name for a key; give one, "
+                             "e.g. lepton keygen keys/lepton")
     private = Path(private_path)
     public = private.with_name(private.name + ".pub")
     if public.exists():
@@ -90,6 +93,8 @@ def _load_key(path: str | os.PathLike[str], private: bool) -> Any:
     s = _serialization()
     p = Path(path)
     what = "private" if private else "public"
+    if p.exists() and not p.is_file():  # a folder, a FIFO (reading would block), a device
+        raise SignatureError(f"{p}: the {what} key is not a regular file")
     try:
         data = p.read_bytes()
     except OSError as err:
