@@ -203,7 +203,7 @@ def test_bad_inputs_are_one_line_each(llama_dir, tiny_model_dir, tmp_path):
     cases.append((["validate", str(path), "--set", "task.generation.max_new_tokens=0"],
                    "task.generation.max_new_tokens"))
     cases.append((["generate", str(llama_dir), "hi", "--temperature", "0.5"],
-                   "temperature applies to strategy sample only"))
+                   "--temperature: applies to --strategy sample only"))
     cases.append((["generate", str(tiny_model_dir), "hi"], "has no causal-LM or seq2seq head"))
     for args, expected in cases:
         done = _cli(args)

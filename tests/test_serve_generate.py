@@ -449,3 +449,74 @@ def test_drain_refuses_new_requests_and_ends_running_ones_at_the_deadline(lm) ->
         assert not sched._thread.is_alive()
 
     asyncio.run(scenario())
+
+
+# ---------------------------------------------------------------------- strict fields, valid text
+
+C, CH, G = "/v1/completions", "/v1/chat/completions", "/v1/generate"
+HI = [{"role": "user", "content": "hi"}]
+
+
+@pytest.mark.parametrize(("path", "raw", "param"), [
+    (G, b'{"prompt": "caf\\ud800"}', "prompt"),
+    (C, b'{"prompt": "caf\\ud800"}', "prompt"),
+    (C, b'{"prompt": ["\\udfff"]}', "prompt"),
+    (CH, b'{"messages": [{"role": "user", "content": "\\ud800"}]}', "messages"),
+    (CH, b'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\ud800"}]}]}', "messages"),
+    (CH, b'{"messages": [{"role": "user", "content": "hi", "name": "\\ud800"}]}', "messages"),
+    (C, b'{"prompt": "hi", "stop": "\\ud800"}', "stop"),
+    (CH, b'{"messages": [{"role": "user", "content": "hi"}], "stop": ["\\udc00"]}', "stop"),
+    (C, b'{"prompt": "hi", "user": "\\ud800"}', "user"),
+])
+def test_a_lone_surrogate_is_400_naming_the_field_on_every_route(server, path, raw, param) -> None:
+    r = httpx.post(server.url + path, content=raw, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and "lone surrogate" in error["message"], error
+
+
+@pytest.mark.parametrize(("path", "field", "value"), [
+    (C, "max_tokens", True), (C, "max_tokens", "2"), (C, "max_tokens", 2.0), (G, "max_new_tokens", True),
+    (CH, "max_completion_tokens", True), (C, "n", True), (C, "n", 1.0), (C, "temperature", True),
+    (C, "temperature", "1"), (CH, "top_p", False), (C, "top_k", True), (C, "top_k", 2.5), (G, "seed", True),
+    (G, "seed", "7"), (C, "stream", 1), (G, "ignore_eos", "yes"), (C, "presence_penalty", False),
+    (C, "echo", 0), (C, "best_of", True), (CH, "logprobs", 0), (C, "prompt", [True]), (C, "prompt", [1.5]),
+    (C, "prompt", [5, -1]),
+])
+def test_numbers_and_flags_are_strictly_typed(server, path, field, value) -> None:
+    body = {"messages": HI} if path == CH else {"prompt": "hi"}
+    r = _post(server.url, path, {**body, field: value})
+    assert r.status_code == 400, (field, value, r.text)
+    assert r.json()["error"]["param"] == field
+
+
+@pytest.mark.parametrize(("path", "raw", "param"), [
+    (C, b'{"prompt": "hi", "temperature": NaN}', "temperature"),
+    (C, b'{"prompt": "hi", "temperature": Infinity}', "temperature"),
+    (G, b'{"prompt": "hi", "top_p": NaN}', "top_p"),
+    (C, b'{"prompt": "hi", "presence_penalty": -Infinity}', "presence_penalty"),
+])
+def test_nan_and_infinity_are_refused(server, path, raw, param) -> None:
+    r = httpx.post(server.url + path, content=raw, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize(("path", "body", "param"), [
+    (C, {"prompt": ""}, "prompt"),
+    (C, {"prompt": [""]}, "prompt"),
+    (CH, {"messages": [{"role": "user", "content": ""}]}, "messages"),
+    (CH, {"messages": [{"role": "user", "content": []}]}, "messages"),
+    (CH, {"messages": HI * 2000}, "messages"),
+    (G, {"prompt": "x" * 5000}, "prompt"),  # over the characters any tokenizer could fit: not tokenized
+])
+def test_empty_and_oversized_prompts_are_refused(server, path, body, param) -> None:
+    r = _post(server.url, path, body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+def test_server_still_answers_valid_requests_of_every_route(server) -> None:
+    assert _post(server.url, C, {"prompt": "hi", "max_tokens": 2, "n": 1, "presence_penalty": 0}).status_code == 200
+    assert _post(server.url, CH, {"messages": HI, "max_tokens": 2, "logprobs": False}).status_code == 200
+    assert _post(server.url, G, {"prompt": " ", "max_new_tokens": 2, "temperature": 1}).status_code == 200

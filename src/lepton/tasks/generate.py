@@ -35,12 +35,36 @@ def pad_ids(tokenizer: Any) -> tuple[Any, Any]:
     return eos, pad
 
 
+def check_prompts(model: Any, tokenizer: Any, prompts: Sequence[str], settings: GenerationSettings, *,
+                  max_prompt_tokens: int | None = None) -> None:
+    """Refuse, in one line naming the prompt, one that is empty, not valid Unicode, or (when not
+    truncated to ``max_prompt_tokens``) too long for the model's context with the tokens to come."""
+    from lepton.tasks.prompt_limits import PromptError, chars_problem, model_context, text_problem, tokens_problem
+
+    seq2seq = is_encoder_decoder(model)
+    context = None if max_prompt_tokens is not None else model_context(model)
+    if context is not None and not seq2seq and settings.max_new_tokens >= context:
+        raise PromptError(f"max_new_tokens: {settings.max_new_tokens:,} leaves no room for a prompt in the "
+                          f"model's context of {context:,} tokens")
+    room = None if context is None else (context if seq2seq else context - settings.max_new_tokens)
+    for i, text in enumerate(prompts):
+        where = "prompt" if len(prompts) == 1 else f"prompt {i + 1} of {len(prompts)}"
+        problem = text_problem(text) or chars_problem(text, room)
+        if problem is None:
+            n = len(tokenizer(text, add_special_tokens=seq2seq)["input_ids"])
+            n = n if max_prompt_tokens is None else min(n, max_prompt_tokens)
+            problem = tokens_problem(n, settings.max_new_tokens, context, seq2seq=seq2seq)
+        if problem is not None:
+            raise PromptError(f"{where}: {problem}")
+
+
 def generate(model: Any, tokenizer: Any, prompts: Sequence[str],
              settings: GenerationSettings | None = None, *, max_prompt_tokens: int | None = None) -> list[str]:
     """The generated continuation (decoder-only) or output (encoder-decoder) of each prompt."""
     import torch
 
     settings = settings or GenerationSettings()
+    check_prompts(model, tokenizer, prompts, settings, max_prompt_tokens=max_prompt_tokens)
     if hasattr(model, "generate_texts"):  # an exported decoder (lepton.runtimes.ort_decoder)
         return model.generate_texts(tokenizer, prompts, settings, max_prompt_tokens=max_prompt_tokens)
     if tokenizer.pad_token is None:  # decoder-only tokenizers often have none; padding is masked

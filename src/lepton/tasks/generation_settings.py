@@ -21,10 +21,11 @@ class GenerationSettingsError(RecipeError):
 
 
 # Fields that only mean something for some strategies; a non-default value elsewhere is an error.
-_ONLY_FOR = {
+ONLY_FOR = {
     "temperature": ("sample",),
     "top_p": ("sample",),
     "top_k": ("sample",),
+    "seed": ("sample",),
     "num_beams": ("beam",),
     "length_penalty": ("beam",),
 }
@@ -34,23 +35,27 @@ class GenerationSettings(StrictModel):
     strategy: Literal["greedy", "beam", "sample"] = "greedy"
     max_new_tokens: int = Field(default=64, ge=1, le=4096)
     num_beams: int = Field(default=4, ge=2, le=32)  # beam
-    length_penalty: float = Field(default=1.0, ge=-5.0, le=5.0)  # beam
-    temperature: float = Field(default=1.0, gt=0.0, le=10.0)  # sample
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)  # sample; 1.0: off
+    length_penalty: float = Field(default=1.0, ge=-5.0, le=5.0, allow_inf_nan=False)  # beam
+    temperature: float = Field(default=1.0, gt=0.0, le=10.0, allow_inf_nan=False)  # sample
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, allow_inf_nan=False)  # sample; 1.0: off
     top_k: int = Field(default=0, ge=0, le=100_000)  # sample; 0: off
     seed: int = Field(default=0, ge=0, le=2**32 - 1)  # sample: the same seed, the same text
-    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0)  # 1.0: off
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=10.0, allow_inf_nan=False)  # 1.0: off
     stop: list[str] = Field(default_factory=list, max_length=16)  # cut the text at the first
     batch_size: int = Field(default=8, ge=1, le=1024)
 
     @model_validator(mode="after")
     def _fits_strategy(self) -> GenerationSettings:
-        for name, strategies in _ONLY_FOR.items():
+        for name, strategies in ONLY_FOR.items():
             if self.strategy not in strategies and getattr(self, name) != type(self).model_fields[name].default:
                 raise ValueError(f"{name} applies to strategy {' or '.join(strategies)} only, "
                                  f"not {self.strategy}")
-        if any(not s for s in self.stop):
-            raise ValueError("stop strings must not be empty")
+        from lepton.tasks.prompt_limits import text_problem
+
+        for i, stop in enumerate(self.stop):
+            problem = text_problem(stop)
+            if problem is not None:
+                raise ValueError(f"stop string {i + 1} {problem}" if stop else "stop strings must not be empty")
         return self
 
     @classmethod

@@ -36,6 +36,7 @@ from lepton.serve.generation.scheduler import Chunk, GenerationHandle, Scheduler
 from lepton.serve.generation.schemas import ChatRequest, CompletionRequest, GenerateRequest
 from lepton.serve.guards import RETRY_AFTER_S, BodyError, BodyGuardMiddleware, DrainGuardMiddleware, JSONBodyRoute
 from lepton.serve.metrics import MetricsMiddleware
+from lepton.tasks.prompt_limits import chars_problem, tokens_problem
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +183,9 @@ class _GenerateService:
         if requested > settings.max_new_tokens:
             raise APIError(400, f"{field}: {requested} is over this server's limit of {settings.max_new_tokens}",
                            param=field)
-        if requested > room:
-            raise APIError(400, f"{field}: the prompt ({n_prompt} tokens) plus {requested} new tokens is over the "
-                                f"model's context of {max_context} tokens", param=field,
-                           code="context_length_exceeded")
+        problem = tokens_problem(n_prompt, requested, max_context, new_tokens_name=field)
+        if problem is not None:
+            raise APIError(400, f"{field}: {problem}", param=field, code="context_length_exceeded")
         return requested
 
     def sampling(self, body: Any, max_new: int, temperature_fallback: float) -> SamplingParams:
@@ -201,16 +201,19 @@ class _GenerateService:
             top_k=body.top_k if body.top_k is not None else int(defaults.get("top_k") or 0),
             seed=body.seed, stop=tuple(stop), ignore_eos=body.ignore_eos)
 
-    async def encode(self, text: str, *, special: bool = True) -> list[int]:
+    async def encode(self, text: str, field: str, *, special: bool = True) -> list[int]:
+        """``text``'s token ids; a text too long for any tokenizer to fit the limit is refused first."""
+        problem = chars_problem(text, self.max_prompt)
+        if problem is not None:
+            raise APIError(400, f"{field}: {problem}", param=field, code="context_length_exceeded")
         tokenizer = self.tokenizer
         return await asyncio.to_thread(lambda: list(tokenizer(text, add_special_tokens=special)["input_ids"]))
 
     def check_prompt(self, ids: list[int], field: str) -> None:
-        if not ids:
-            raise APIError(400, f"{field}: the prompt has no tokens", param=field)
-        if len(ids) > self.max_prompt:
-            raise APIError(400, f"{field}: {len(ids)} tokens is over the limit of {self.max_prompt} prompt tokens",
-                           param=field, code="context_length_exceeded")
+        problem = tokens_problem(len(ids), 0, None, cap=self.max_prompt)
+        if problem is not None:
+            raise APIError(400, f"{field}: {problem}", param=field,
+                           code="context_length_exceeded" if ids else "empty_prompt")
 
     def check_model(self, requested: str | None) -> None:
         if requested is not None and requested != self.model_name:
@@ -230,7 +233,7 @@ class _GenerateService:
     async def completion_prompt(self, body: CompletionRequest) -> list[int]:
         """A completion's prompt as token ids: the text (or the first of several) encoded, or the ids given."""
         if isinstance(body.prompt, str) or isinstance(body.prompt[0], str):
-            return await self.encode(body.prompt if isinstance(body.prompt, str) else body.prompt[0])
+            return await self.encode(body.prompt if isinstance(body.prompt, str) else body.prompt[0], "prompt")
         ids = list(body.prompt)
         vocab = len(self.tokenizer)
         if any(not 0 <= t < vocab for t in ids):
@@ -247,12 +250,12 @@ class _GenerateService:
             text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as err:  # noqa: BLE001 - a template may refuse a role order (raise_exception)
             raise APIError(400, f"messages: the chat template refused them: {err}", param="messages") from None
-        return await self.encode(text, special=False)  # the template writes the special tokens itself
+        return await self.encode(text, "messages", special=False)  # the template writes the special tokens itself
 
     # ------------------------------------------------------------------ routes
 
     async def generate(self, body: GenerateRequest, request: Request) -> Any:
-        ids = await self.encode(body.prompt)
+        ids = await self.encode(body.prompt, "prompt")
         self.check_prompt(ids, "prompt")
         params = self.sampling(body, self.token_limit(body.max_new_tokens, "max_new_tokens", len(ids), 128), 0.0)
         handle = self.submit(ids, params)
@@ -404,10 +407,14 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        # The first problem, named by its field (never echoing the input back).
-        e = exc.errors()[0]
+        # One problem, named by its field (never echoing the input back): a check of this server's
+        # own first (a text that is not valid Unicode, an empty prompt), else, where several members
+        # of a union refused a value, the one that got furthest into it.
+        errors = list(exc.errors())
+        e = max(errors, key=lambda x: (x.get("type") == "value_error", not str(x.get("type")).endswith("_type"),
+                                       len(x.get("loc", ()))))
         loc = [p for p in e.get("loc", ()) if p != "body"]
-        msg = e.get("msg", "invalid")
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
         if e.get("type") == "json_invalid":
             reason = (e.get("ctx") or {}).get("error", msg)
             return APIError(400, f"invalid JSON: {reason}", code="json_invalid").response()
