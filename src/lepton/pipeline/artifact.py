@@ -44,9 +44,14 @@ def now_iso() -> str:
 
 def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: dict[str, Any] | None = None,
                   scorecards: list[dict[str, Any]] | None = None,
-                  model_card: str | None = None, environment: dict[str, Any] | None = None) -> Path:
+                  model_card: str | None = None, environment: dict[str, Any] | None = None,
+                  extra_files: dict[str, bytes] | None = None, lineage: dict[str, Any] | None = None) -> Path:
     """Write ``bundle`` to ``dest`` atomically (a sibling temp folder renamed into place);
-    ``model_card`` becomes README.md, covered by the checksums like every other file."""
+    ``model_card`` becomes README.md, covered by the checksums like every other file.
+    ``extra_files``: more files (relative name -> bytes, e.g. ``data/rehearsal.jsonl``), written
+    before the checksums so the manifest covers them. ``lineage``: where the model comes from
+    (a parent artifact's checksum, the data it learned from), stored as the manifest's
+    ``lineage`` entry."""
     def fill(tmp: Path) -> None:
         weights_format, structure, extra = _save_weights(bundle, tmp)
         if bundle.heads:
@@ -57,6 +62,11 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
         bundle.tokenizer.save_pretrained(tmp)
         if model_card is not None:  # model card: before the checksums, so they cover it
             (tmp / "README.md").write_text(model_card, encoding="utf-8")
+        for name, data in (extra_files or {}).items():
+            if not _safe_relative(name):
+                raise ArtifactError(f"{name!r}: not a path inside the model folder")
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / name).write_bytes(data)
         files = {p.relative_to(tmp).as_posix(): {"sha256": sha256(p)} for p in sorted(tmp.rglob("*"))
                  if p.is_file()}
         manifest = {
@@ -79,6 +89,7 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
             "loads_in_transformers": structure is None and _loads_in_transformers(weights_format),
             **extra,
             "scorecards": scorecards or [],
+            **({"lineage": lineage} if lineage is not None else {}),
             "files": files,
         }
         manifest = json.loads(json.dumps(manifest, default=str))  # as it will read back
