@@ -1,6 +1,6 @@
 """The news monitor on a replay of real labelled data with surges at known times.
 
-    python examples/monitor_news_stream.py --out runs/monitor-news
+    python examples/monitor_news_stream.py --out runs/monitor-news-stream
     lepton run examples/monitor-news.yaml [--set ...]      # PyTorch fp32 multi-task model
     lepton run examples/monitor-news-int8.yaml             # the same, ONNX Runtime dynamic INT8
     taskset -c 1 env OMP_NUM_THREADS=1 python benchmarks/monitor.py
@@ -174,7 +174,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", default="runs/monitor-news/model")
     p.add_argument("--int8", default="runs/monitor-news-int8/model")
-    p.add_argument("--data", default="runs/monitor-news", help="the stream builder's output folder")
+    p.add_argument("--data", default="runs/monitor-news-stream", help="the stream builder's output folder")
     p.add_argument("--config", default="examples/monitor-news-monitor.yaml")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--rounds", type=int, default=3)

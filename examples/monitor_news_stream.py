@@ -1,7 +1,7 @@
 """Build the news example's data: Financial PhraseBank split for training, and a replayable JSONL
 stream of real labelled sentences with negative surges injected at known times.
 
-    python examples/monitor_news_stream.py --out runs/monitor-news
+    python examples/monitor_news_stream.py --out runs/monitor-news-stream
 
 Writes, under OUT:
   data/phrasebank_{train,dev,stream}.csv   a seeded, disjoint split of Financial PhraseBank
@@ -118,7 +118,7 @@ def build_stream(out: Path, *, background: int = 22_000, hours: float = 20.0, se
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="runs/monitor-news", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", default="runs/monitor-news-stream", help="output folder (default: %(default)s)")
     parser.add_argument("--background", type=int, default=22_000, help="background items (default: %(default)s)")
     parser.add_argument("--hours", type=float, default=20.0, help="stream time in hours (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)

@@ -62,8 +62,10 @@ def write_jsonl(path: Path, items: list[dict[str, Any]]) -> Path:
     return path
 
 
-def build_multitask_artifact(tiny_model_dir: Path, dest: Path) -> Path:
-    """A random 2-layer BERT with a 3-way sentiment head (main task) and a 4-way topic head."""
+def build_multitask_artifact(tiny_model_dir: Path, dest: Path, reference: Any = None) -> Path:
+    """A random 2-layer BERT with a 3-way sentiment head (main task) and a 4-way topic head.
+    ``reference``: a callable (bundle -> DriftReference) whose result is saved as the model's
+    drift reference (none saved without it)."""
     import torch
     from transformers import AutoConfig, BertForSequenceClassification
 
@@ -83,7 +85,11 @@ def build_multitask_artifact(tiny_model_dir: Path, dest: Path) -> Path:
     head = make_head(main, topic, "test").eval()
     bundle = ModelBundle(model=main, tokenizer=load_tokenizer(str(tiny_model_dir)), task=sentiment,
                          source="tiny-bert", heads={"topic": Head(task=topic, model=head)}, main_task="sentiment")
-    return save_artifact(bundle, dest)
+    if reference is None:
+        return save_artifact(bundle, dest)
+    from lepton.evaluation.drift import REFERENCE_FILE
+
+    return save_artifact(bundle, dest, extra_files={REFERENCE_FILE: reference(bundle).to_json()})
 
 
 class WebhookReceiver:

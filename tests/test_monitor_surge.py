@@ -130,7 +130,7 @@ def test_cli_reports_config_and_source_errors_in_one_line(tmp_path, capsys) -> N
     assert main(["monitor", str(tmp_path / "no-model"), "--config", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"lepton: error: {bad}: unknown key 'window.widht_s'; did you mean 'width_s'? "
-                   "(valid here: width_s, lateness_s)"]
+                   "(valid here: width_s, lateness_s, max_ahead_s)"]
     assert main(["monitor", "m", "--source", "folow:x.jsonl"]) == 2
     assert "unknown kind 'folow'; did you mean 'follow'?" in capsys.readouterr().err
     assert main(["monitor", "m", "--source", f"replay:{tmp_path / 'none.jsonl'}"]) == 2

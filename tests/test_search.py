@@ -78,6 +78,7 @@ def test_choices_ranges_and_optional_stages_become_optuna_distributions(tmp_path
      "stages.1.sparsity: Input should be less than 1 (got 1.5) [search space prune.sparsity = 1.5]"),
     ({"kind": "prune", "method": "ffn", "sparsity": 0.5, "sparsty": {"choices": [0.5]}},
      "unknown key 'stages.1.sparsty'; did you mean 'sparsity'?"),
+    ("drop_layers", "stages.1: each stage is a mapping with a 'kind'"),  # not a ValueError from dict()
 ])
 def test_a_bad_search_space_is_a_recipe_error_naming_the_key(tmp_path, stage, message):
     with pytest.raises(RecipeError) as err:
@@ -395,3 +396,252 @@ def test_durations_parse():
     assert [parse_duration(t) for t in ("2h", "90m", "1h30m", "45s", "3600")] == [7200, 5400, 5400, 45, 3600]
     with pytest.raises(SearchError, match="expected a duration like 2h"):
         parse_duration("two hours")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reliability: bad input is one line before anything trains; a search's own files are checked
+
+
+def _small_recipe(tmp_path: Path, tiny_model_dir: Path, trials: int = 2, **search_: object) -> Path:
+    """A search that trains in about a second: 32 rows, one epoch, two settings."""
+    train = write_sentiment_tsv(tmp_path / "train.tsv", 32, seed=1)
+    dev = write_sentiment_tsv(tmp_path / "dev.tsv", 16, seed=2)
+    tree = tiny_recipe(tiny_model_dir, train, dev, tmp_path / "out", epochs=1)
+    tree["evaluate"].update({"robustness": False, "rounds": 1, "memory": False})
+    tree["stages"].append({"kind": "drop_layers", "strategy": "top", "layers": {"choices": [1, 2]}})
+    tree["search"] = {"trials": trials, "sampler": "random", "sampler_seed": 0, **search_}
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory, tiny_model_dir) -> tuple[Path, Path]:
+    """(recipe, output folder) of a finished two-trial search; tests work on copies."""
+    folder = tmp_path_factory.mktemp("finished-search")
+    recipe = _small_recipe(folder, tiny_model_dir)
+    search(recipe, out_dir=folder / "out", progress=False)
+    return recipe, folder / "out"
+
+
+def _copy_search(finished_search: tuple[Path, Path], tmp_path: Path) -> Path:
+    return Path(shutil.copytree(finished_search[1], tmp_path / "out"))
+
+
+def _main(capsys, *argv: str) -> tuple[int, str]:
+    from lepton.cli import main
+
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def _one_error_line(err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.startswith("lepton: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def _digests(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_search_writes_only_into_a_folder_it_created(tmp_path, tiny_model_dir, capsys):
+    recipe = _small_recipe(tmp_path, tiny_model_dir)
+    mine = tmp_path / "mine"
+    (mine / "trials" / "3" / "model").mkdir(parents=True)
+    (mine / "trials" / "3" / "model" / "weights.bin").write_bytes(b"my own work")
+    (mine / "best").mkdir()
+    (mine / "best" / "notes.txt").write_text("keep me")
+    before = _digests(mine)
+    code, err = _main(capsys, "search", str(recipe), "-o", str(mine), "--no-progress")
+    assert code == 2 and "is not a Lepton search folder (no lepton-search.json)" in _one_error_line(err)
+    assert _digests(mine) == before  # nothing written, nothing removed
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "lepton-run.json").write_text("{}")
+    (run / "report.md").write_text("a run")
+    code, err = _main(capsys, "search", str(recipe), "-o", str(run))
+    assert code == 2 and "holds a lepton run (lepton-run.json), not a search" in _one_error_line(err)
+    (tmp_path / "a-file").write_text("x")
+    code, err = _main(capsys, "search", str(recipe), "-o", str(tmp_path / "a-file"))
+    assert code == 2 and "is a file, not a folder" in _one_error_line(err)
+    code, err = _main(capsys, "search", str(recipe), "-o", "")
+    assert code == 2 and "empty name" in _one_error_line(err)
+    assert sorted(p.name for p in run.iterdir()) == ["lepton-run.json", "report.md"]
+
+
+def test_a_search_folder_is_marked_and_continued(finished_search, tmp_path):
+    from lepton.search.folder import MARKER
+
+    out = _copy_search(finished_search, tmp_path)
+    assert json.loads((out / MARKER).read_text())["what"].startswith("a Lepton search folder")
+    again = search(finished_search[0], out_dir=out, trials=3, progress=False)  # continues the study
+    assert again.summary["trials_complete"] + again.summary["trials_failed"] == 3
+    # A search folder from before the marker (its log beside its study) is recognised too.
+    (out / MARKER).unlink()
+    search(finished_search[0], out_dir=out, trials=3, progress=False)
+    assert (out / MARKER).is_file()
+
+
+def test_an_alias_bomb_search_recipe_is_refused_at_once(tmp_path, capsys):
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\ntask: {kind: sequence_classification}\nstages: [{kind: finetune}]\n")
+    (tmp_path / "rec.yaml").write_text("a: &a [*a]\nstages: [{kind: finetune}]\n")
+    started = time.monotonic()
+    for path in (bomb, tmp_path / "rec.yaml"):
+        code, err = _main(capsys, "search", str(path), "-o", str(tmp_path / "out"))
+        assert code == 2 and "expands to more than 100,000 values" in _one_error_line(err)
+        with pytest.raises(RecipeError, match="expands to more than"):
+            parse_space(yaml.safe_load(path.read_text()))
+    assert time.monotonic() - started < 20
+    assert not (tmp_path / "out").exists()
+
+
+def _damage(journal: Path, how: str) -> None:
+    data = journal.read_bytes()
+    lines = data.split(b"\n")
+    if how == "garbage appended":
+        journal.write_bytes(data + b"garbage\n")
+    elif how == "garbage appended, no line end":
+        journal.write_bytes(data + b"garbage")
+    elif how == "garbage inserted":
+        journal.write_bytes(b"\n".join([*lines[:3], b"{not json", *lines[3:]]))
+    elif how == "random bytes":
+        journal.write_bytes(os.urandom(400))
+    elif how == "a JSON list line":
+        journal.write_bytes(data + b"[1, 2]\n")
+    elif how == "not UTF-8 in a line":
+        journal.write_bytes(b"\n".join([*lines[:2], b'{"op_code": "\xff\xfe"}', *lines[2:]]))
+    elif how == "truncated mid-record":
+        journal.write_bytes(data[: len(data) - 40])
+
+
+@pytest.mark.parametrize("how", ["garbage appended", "garbage appended, no line end", "garbage inserted",
+                                 "random bytes", "a JSON list line", "not UTF-8 in a line"])
+def test_a_damaged_journal_is_one_line_naming_it(finished_search, tmp_path, capsys, how):
+    out = _copy_search(finished_search, tmp_path)
+    journal = out / "study.journal"
+    _damage(journal, how)
+    damaged = journal.read_bytes()
+    code, err = _main(capsys, "search", str(finished_search[0]), "-o", str(out), "--no-progress")
+    line = _one_error_line(err)
+    assert code == 2 and str(journal) in line and ("delete the file" in line), line
+    assert journal.read_bytes() == damaged  # refused, not "repaired" by appending to it
+    assert "stage 0 (finetune) starts" not in (out / "search.log").read_text().split("nothing to run")[-1]
+
+
+def test_a_journal_cut_short_mid_record_loses_only_that_record(finished_search, tmp_path, caplog):
+    out = _copy_search(finished_search, tmp_path)
+    journal = out / "study.journal"
+    intact = journal.read_bytes()
+    _damage(journal, "truncated mid-record")
+    kept = intact[: intact.rstrip(b"\n").rfind(b"\n") + 1]  # every complete record
+    from lepton.search.study import open_storage
+
+    storage = open_storage(None, out)
+    assert journal.read_bytes() == kept
+    assert "the last record was incomplete" in caplog.text
+    assert optuna.load_study(study_name="lepton-search", storage=storage).trials
+    result = search(finished_search[0], out_dir=out, progress=False)  # and the search goes on
+    assert result.summary["trials_complete"] + result.summary["trials_failed"] == 2
+
+
+def test_ctrl_c_in_a_trial_is_one_line_not_a_traceback(capfd):
+    from lepton.search.study import require_optuna
+
+    opt = require_optuna()
+
+    def objective(trial):
+        trial.suggest_int("x", 0, 3)
+        raise KeyboardInterrupt
+
+    study = opt.create_study()
+    with pytest.raises(KeyboardInterrupt):
+        study.optimize(objective, n_trials=1)
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert study.trials[0].state.name == "FAIL"  # kept in the study, as a trial cut short
+
+
+def test_ctrl_c_before_the_trials_exits_130_with_one_line(monkeypatch, capsys, tmp_path):
+    import lepton.search
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lepton.search, "search", interrupted)
+    code, err = _main(capsys, "search", str(tmp_path / "s.yaml"))
+    assert code == 130
+    assert err.strip().splitlines() == ["lepton: interrupted; run the same command again to continue the study"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--trials", "0"], "argument --trials: expected a whole number of 1 or more"),
+    (["--trials", "-3"], "argument --trials: expected a whole number of 1 or more"),
+    (["--trials", "2.5"], "argument --trials: expected a whole number of 1 or more"),
+    (["--objectives", ","], "--objectives ',': an empty name"),
+    (["--objectives", ""], "--objectives '': an empty name"),
+    (["--objectives", "accuracy,,size"], "an empty name"),
+    (["--objectives", "accuracy,accuracy"], "an objective appears twice"),
+    (["--objectives", "accuracy,latncy"], "unknown objective 'latncy'; did you mean 'latency'"),
+    (["--max-drop", "accuracy=-1"], "--max-drop 'accuracy=-1': expected METRIC=POINTS with POINTS >= 0"),
+    (["--max-drop", "accuracy=nan"], "expected METRIC=POINTS with POINTS >= 0"),
+    (["--max-drop", "accuracy=inf"], "expected METRIC=POINTS with POINTS >= 0"),
+    (["--max-drop", "accuracy"], "expected METRIC=POINTS"),
+    (["--max-drop", "=1"], "expected METRIC=POINTS"),
+    (["--max-drop", "accuracy=1", "--max-drop", "accuracy=2"], "--max-drop accuracy: given twice"),
+    (["--max-drop", "acuracy=1"], "--max-drop acuracy: not a metric of this task; did you mean 'accuracy'"),
+    (["--timeout", "0"], "--timeout '0': give a duration above 0"),
+    (["--timeout=-5m"], "--timeout '-5m': expected a duration"),
+    (["--timeout", "soon"], "--timeout 'soon': expected a duration"),
+    (["--storage", ""], "--storage '': empty"),
+    (["--study-name", " "], "--study-name ' ': empty"),
+    (["--set", "search.trials=0"], "search.trials: Input should be greater than or equal to 1"),
+    (["--set", "search.trials=-2"], "search.trials: Input should be greater than or equal to 1"),
+    (["--set", "search.max_drop={accuracy: -1}"], "search.max_drop: Value error, accuracy: give the points"),
+    (["--set", "search.max_drop={}"], "give at least one METRIC"),
+    (["--set", "search.objectives=[]"], "give at least one objective"),
+    (["--set", "search.timeout=-1"], "search.timeout"),
+    (["--set", "search.sampler_seed=-1"], "search.sampler_seed"),
+    (["--set", "search=3"], "search: Input should be a valid dictionary"),
+])
+def test_bad_search_arguments_fail_before_anything_trains(tmp_path, tiny_model_dir, capsys, args, message):
+    recipe = _small_recipe(tmp_path, tiny_model_dir)
+    out = tmp_path / "o"
+    code, err = _main(capsys, "search", str(recipe), "-o", str(out), "--no-progress", *args)
+    assert code == 2, err
+    assert message in err.strip().splitlines()[-1], err
+    assert "Traceback" not in err
+    log = out / "search.log"
+    assert not log.exists() or "stage 0 (finetune) starts" not in log.read_text()
+
+
+def test_a_damaged_prefix_snapshot_is_discarded_and_built_again(finished_search, tmp_path, caplog):
+    from lepton.pipeline.artifact import read_manifest
+
+    out = _copy_search(finished_search, tmp_path)
+    (snapshot,) = (out / "cache" / "prefix").glob("*/snapshot")  # the fine-tuned baseline
+    weights = snapshot / "model.safetensors"
+    damaged = bytearray(weights.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    weights.write_bytes(bytes(damaged))
+    result = search(finished_search[0], out_dir=out, trials=3, progress=False)
+    assert "is damaged" in caplog.text and "checksum mismatch" in caplog.text
+    assert read_manifest(snapshot, verify=True)  # rebuilt: its files match their checksums again
+    assert weights.read_bytes() != bytes(damaged)
+    assert caplog.text.count("stage 0 (finetune) starts") == 1  # trained again, not loaded damaged
+    assert result.best_dir is not None and read_manifest(result.best_dir / "model", verify=True)
+    # A damaged best model is not taken as written: it is written again.
+    best_weights = result.best_dir / "model" / "model.safetensors"
+    best_weights.write_bytes(best_weights.read_bytes()[:1000])
+    search(finished_search[0], out_dir=out, trials=3, progress=False)
+    assert read_manifest(result.best_dir / "model", verify=True)
+    # An entry that lost its manifest is no cache entry either: built again, not an error.
+    (snapshot / "lepton.json").unlink()
+    search(finished_search[0], out_dir=out, trials=3, progress=False)
+    assert read_manifest(snapshot, verify=True)

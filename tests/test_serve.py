@@ -386,7 +386,7 @@ def test_the_server_survives_bad_input(main_server):
                     b'{"inputs": ["\\u0000\\ufffd \\ud83d\\ude00"]}'):
         assert post(main_server, content=content,
                     headers={"Content-Type": "application/json"}).status_code in (200, 400, 413, 422)
-    assert httpx.get(main_server.url + "/healthz").json() == {"status": "ok"}
+    assert httpx.get(main_server.url + "/healthz").json()["status"] == "ok"
     assert post(main_server, {"inputs": ["still fine"]}).status_code == 200
 
 
@@ -394,8 +394,10 @@ def test_the_server_survives_bad_input(main_server):
 
 
 def test_health_readiness_model_info_and_schema(main_server, artifacts):
-    assert httpx.get(main_server.url + "/healthz").json() == {"status": "ok"}
-    assert httpx.get(main_server.url + "/readyz").json() == {"status": "ready"}
+    health = httpx.get(main_server.url + "/healthz").json()
+    assert health["status"] == "ok" and health["artifact"]["path"] == str(artifacts["cls"].absolute())
+    assert health["artifact"]["sha256"] == json.loads((artifacts["cls"] / "lepton.json").read_text())["manifest_sha256"]
+    assert httpx.get(main_server.url + "/readyz").json()["status"] == "ready"
     info = httpx.get(main_server.url + "/v1/model").json()
     assert info["name"] == "tiny-sentiment"
     assert info["task"] == "sequence_classification"
@@ -484,8 +486,8 @@ def test_lifecycle_warm_up_then_graceful_shutdown(servers):
     server = servers.starting("slow")
     server.watcher.join(150)
     assert server.seen, server.log()
-    assert server.seen[0][:2] == (200, 503) and json.loads(server.seen[0][2]) == {"status": "warming up"}
-    assert server.seen[-1] == (200, 200, '{"status":"ready"}')
+    assert server.seen[0][:2] == (200, 503) and json.loads(server.seen[0][2])["status"] == "warming up"
+    assert server.seen[-1][:2] == (200, 200) and json.loads(server.seen[-1][2])["status"] == "ready"
 
     result: dict[str, Any] = {}
     thread = threading.Thread(target=lambda: result.setdefault("r", post(server, {"inputs": ["in flight"]})))

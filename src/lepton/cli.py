@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -29,8 +30,11 @@ EPILOG = {
     "keygen": "example: lepton keygen ~/.lepton/signing-key   (writes signing-key and signing-key.pub)",
     "sign": "example: lepton sign runs/sst2-minilm/model --key ~/.lepton/signing-key",
     "monitor": "example: lepton monitor runs/monitor-news/model --config examples/monitor-news-monitor.yaml "
-               "--source replay:runs/monitor-news/stream.jsonl --speed 600",
+               "--source replay:runs/monitor-news-stream/stream.jsonl --speed 600",
     "generate": "example: lepton generate builtin:smollm2-135m \"The capital of France is\" --max-new-tokens 16",
+    "drift": "example: lepton drift runs/sst2-minilm/model --data new-reviews.tsv   (--fail-on-drift for a CI gate)",
+    "update": "example: lepton update runs/sst2-minilm-finetune/model --data new/train.csv --dev new/dev.csv "
+              "--method replay --recipe examples/sst2-minilm.yaml -o runs/sst2-update",
     "search": "example: lepton search examples/sst2-minilm-search.yaml --trials 40 --max-drop accuracy=1.0 "
               "--timeout 2h   (run it again to continue; more workers: the same command in more shells)",
 }
@@ -59,6 +63,15 @@ def _parser() -> argparse.ArgumentParser:
 
     generate_command.add_parser(_add_command(sub, "generate", "generate text with a saved generative model or "
                                                               "a model spec"))
+    from lepton.pipeline import drift_command
+
+    drift_command.add_parser(_add_command(sub, "drift", "test whether new data drifted from the data the model "
+                                                        "was evaluated on; say whether an update is advised"))
+    from lepton.pipeline import update_command
+
+    update_command.add_parser(_add_command(sub, "update", "train a saved model further on new labelled data, "
+                                                          "re-apply its recipe's later stages, measure gain and "
+                                                          "forgetting"))
     _search_parser(_add_command(sub, "search", "search the recipe's searchable settings for the fastest, "
                                                "smallest model within an accuracy budget (Optuna; Pareto "
                                                "front, best model, its recipe)"))
@@ -156,6 +169,9 @@ def _add_serve(sub: Any) -> None:
     s.add_argument("--name", help="model name in /v1/model and responses (default: the run folder's name)")
     s.add_argument("--access-log", action="store_true", help="log every request")
     s.add_argument("--require-signature", metavar="PUBLIC_KEY", help=SIGNATURE_HELP)
+    s.add_argument("--admin-token", metavar="TOKEN",
+                   help="turn on POST /v1/admin/swap (hot swap to an updated model), for requests with "
+                        "'Authorization: Bearer TOKEN'; better from the environment: LEPTON_ADMIN_TOKEN")
     _add_serve_timeouts(s)
 
 
@@ -200,13 +216,14 @@ def _add_monitor(sub: Any) -> None:
     m.add_argument("--speed", type=float, default=0.0,
                    help="replay this many times faster than the timestamps (0: as fast as possible)")
     m.add_argument("--exit-when-done", action="store_true", help="stop once every file source has ended")
+    m.add_argument("--require-signature", metavar="PUBLIC_KEY", help=SIGNATURE_HELP)
 
 
 def _search_parser(s: argparse.ArgumentParser) -> None:
     s.add_argument("recipe", help="recipe YAML with searchable settings ({choices: [...]}, {low:, high:}, "
                                   "optional: true on a stage)")
-    s.add_argument("--trials", type=int, help="finished trials the study should hold (default: the recipe's "
-                                              "search.trials, else 20)")
+    s.add_argument("--trials", type=_positive_int, help="finished trials the study should hold (default: the "
+                                                        "recipe's search.trials, else 20)")
     s.add_argument("--max-drop", action="append", default=[], metavar="METRIC=POINTS",
                    help="the budget: at most POINTS below the fine-tuned baseline, e.g. accuracy=1.0 "
                         "(repeatable; default: the task's headline metric, e.g. accuracy, at 1.0)")
@@ -283,25 +300,44 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number of 1 or more (a usage error otherwise, before anything runs)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return value
+
+
 def _cmd_search(args: argparse.Namespace) -> int:
     from lepton.core.errors import RecipeError
-    from lepton.search import search
 
     max_drop = None
-    if args.max_drop:
+    if args.max_drop:  # checked as lepton compare checks its gates, before anything is loaded
         max_drop = {}
-        for spec in args.max_drop:
-            metric, _, points = spec.partition("=")
-            try:
-                max_drop[metric.strip()] = float(points)
-            except ValueError:
-                raise RecipeError(f"--max-drop {spec!r}: expected METRIC=POINTS, e.g. accuracy=1.0") from None
-    objectives = [o.strip() for o in args.objectives.split(",") if o.strip()] if args.objectives else None
-    result = search(args.recipe, out_dir=args.output,
-                    overrides=[*args.overrides, *(["smoke=true"] if args.smoke else [])],
-                    trials=args.trials, max_drop=max_drop, objectives=objectives, timeout=args.timeout,
-                    storage=args.storage, study_name=args.study_name, sampler=args.sampler,
-                    progress=not args.no_progress)
+        for metric, points in _parse_gates(args.max_drop, None):
+            if metric in max_drop:
+                raise RecipeError(f"--max-drop {metric}: given twice; give each metric once")
+            max_drop[metric] = points
+    objectives = None
+    if args.objectives is not None:
+        objectives = [o.strip() for o in args.objectives.split(",")]
+        if not all(objectives):
+            raise RecipeError(f"--objectives {args.objectives!r}: an empty name; give comma-separated "
+                              "objectives, e.g. accuracy,latency,size")
+    try:
+        from lepton.search import search
+
+        result = search(args.recipe, out_dir=args.output,
+                        overrides=[*args.overrides, *(["smoke=true"] if args.smoke else [])],
+                        trials=args.trials, max_drop=max_drop, objectives=objectives, timeout=args.timeout,
+                        storage=args.storage, study_name=args.study_name, sampler=args.sampler,
+                        progress=not args.no_progress)
+    except KeyboardInterrupt:  # before the trials (the baseline) or after them (the best model)
+        print("lepton: interrupted; run the same command again to continue the study", file=sys.stderr)
+        return 130
     print((result.out_dir / "pareto.md").read_text())
     print(f"front: {result.out_dir}/pareto.json (plot: pareto.html)")
     if result.best_dir is not None:
@@ -533,7 +569,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_chars=args.max_chars, max_body_bytes=args.max_body_bytes, name=args.name,
         access_log=args.access_log, log_level=log_level, require_signature=args.require_signature,
         drain_timeout_s=args.drain_timeout, header_timeout_s=args.header_timeout,
-        body_timeout_s=args.body_timeout)
+        body_timeout_s=args.body_timeout,
+        admin_token=args.admin_token or os.environ.get("LEPTON_ADMIN_TOKEN") or None)
     try:
         return serve(args.model, settings)
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it caught once it has shut down cleanly
@@ -546,14 +583,27 @@ def _cmd_monitor(args: argparse.Namespace) -> int:
     if len(args.models) > 2:
         raise LeptonError(f"monitor: give one multi-task model or two models (got {len(args.models)})")
     log_level = "debug" if args.debug else "warning" if args.quiet else "info"
-    return run_monitor(args.models, args.config, sources=args.sources, speed=args.speed,
-                       overrides=args.overrides, exit_when_done=args.exit_when_done, log_level=log_level)
+    return run_monitor([_model_folder(m) for m in args.models], args.config, sources=args.sources,
+                       speed=args.speed, overrides=args.overrides, exit_when_done=args.exit_when_done,
+                       log_level=log_level, public_key=args.require_signature)
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
     from lepton.pipeline import generate_command as command
 
     return command.run(args)
+
+
+def _cmd_update(args: argparse.Namespace) -> int:
+    from lepton.pipeline import update_command
+
+    return update_command.run(args)
+
+
+def _cmd_drift(args: argparse.Namespace) -> int:
+    from lepton.pipeline import drift_command
+
+    return drift_command.run(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -577,7 +627,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     handlers = {"run": _cmd_run, "validate": _cmd_validate, "evaluate": _cmd_evaluate, "info": _cmd_info,
                 "compare": _cmd_compare, "serve": _cmd_serve, "data": _cmd_data, "keygen": _cmd_keygen,
-                "sign": _cmd_sign, "monitor": _cmd_monitor, "search": _cmd_search, "generate": _cmd_generate}
+                "sign": _cmd_sign, "monitor": _cmd_monitor, "search": _cmd_search, "generate": _cmd_generate,
+                "drift": _cmd_drift, "update": _cmd_update}
     try:
         return handlers[args.command](args)
     except LeptonError as err:

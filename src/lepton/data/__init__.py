@@ -73,6 +73,8 @@ class DataSplitConfig(StrictModel):
     limit: int | None = Field(default=None, gt=0)  # keep at most this many examples
     seed: int | None = None  # with limit: a seeded random sample, kept in file order
     bad_rows: Literal["error", "skip"] = "error"
+    # Rows with these labels are left out (a class another model never had, say), before `limit`.
+    drop_labels: list[str] | None = None
     # parallel (format inferred when set): the target file, line-aligned with `path` (the source)
     target: str | None = None
 
@@ -101,7 +103,12 @@ class DataSplitConfig(StrictModel):
             raise ValueError(f"unknown encoding {value!r}") from None
         return value
 
-    @field_validator("columns", "classes")
+    @field_validator("drop_labels", mode="before")
+    @classmethod
+    def _labels_as_strings(cls, value: Any) -> Any:
+        return [str(v) for v in value] if isinstance(value, list) else value
+
+    @field_validator("columns", "classes", "drop_labels")
     @classmethod
     def _unique_names(cls, value: list[str] | None) -> list[str] | None:
         if value is not None:
@@ -233,6 +240,8 @@ class _Collector:
         self.want_pair = columns.text_pair is not None
         self.want_label = columns.label is not None
         self.bad_rows = config.bad_rows
+        self.drop = set(config.drop_labels or ())
+        self.dropped = 0
         self.limit = config.limit
         self.seed = config.seed
         self.texts: list[Any] = []
@@ -267,6 +276,9 @@ class _Collector:
         self.add(where, text, label if self.want_label else None, pair if self.want_pair else None)
 
     def add(self, where: str, text: Any, label: Any = None, pair: str | None = None) -> None:
+        if isinstance(label, str) and label in self.drop:
+            self.dropped += 1
+            return
         self.texts.append(text)
         self.sources.append(where)
         if label is not None:
@@ -280,8 +292,12 @@ class _Collector:
                 "%s: skipped %d malformed rows (bad_rows: skip); first: %s",
                 path, len(self.skipped), self.skipped[0],
             )
+        if self.dropped:
+            logger.info("%s: left out %d rows labelled %s (drop_labels)", path, self.dropped,
+                        ", ".join(sorted(self.drop)))
         if not self.texts:
             extra = f" ({len(self.skipped)} malformed rows skipped)" if self.skipped else ""
+            extra += f" ({self.dropped} rows left out by drop_labels)" if self.dropped else ""
             raise DataError(f"data.{name}: no examples in {path}{extra}")
         keep = _sample_indices(len(self.texts), self.limit, self.seed)
         pick = (lambda xs: xs) if keep is None else (lambda xs: [xs[i] for i in keep])

@@ -108,3 +108,6 @@ class Report(BaseModel):
     variants: list[Scorecard]
     environment: Environment
     stages: list[dict[str, Any]] = Field(default_factory=list)  # stage history with timings
+    # lepton update: the gain on the new data and the forgetting on the original data, against
+    # the parent and naive fine-tuning (lepton.pipeline.update_report)
+    update: dict[str, Any] | None = None

@@ -1,15 +1,20 @@
 """Webhook delivery of alert events, from the outbox table, in a background thread.
 
 The engine writes an outbox row in the same transaction that opens, updates or closes an alert,
-so an event is never lost to a crash; this thread posts the rows in order (JSON, one event per
-request) and marks each delivered on a 2xx answer. A failure (connection error, timeout, non-2xx)
-is retried after ``backoff_s`` doubling up to ``backoff_max_s``, ``max_attempts`` times in all,
-then marked failed and logged. Later events wait behind a retried one, so a receiver always sees
-an alert's events in order. Ingestion never waits for any of this.
+so an event is never lost to a crash; this thread posts the rows (JSON, one event per request)
+and marks each delivered on a 2xx answer. A failure (connection error, timeout, non-2xx) is
+retried after ``backoff_s`` doubling up to ``backoff_max_s``, ``max_attempts`` times in all, then
+marked failed and logged.
+
+``timeout_s`` bounds the whole of one delivery (connecting, sending, and the answer, however
+slowly a receiver trickles it), not each read. Deliveries of different alerts run side by side
+(up to ``max_in_flight``), so one slow or failing delivery holds up only the later events of its
+own alert: a receiver always sees an alert's events in order. Ingestion never waits for any of this.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import threading
@@ -25,7 +30,7 @@ log = logging.getLogger(__name__)
 
 def backoff(attempt: int, cfg: WebhookConfig) -> float:
     """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-    return min(cfg.backoff_s * 2 ** (attempt - 1), cfg.backoff_max_s)
+    return min(cfg.backoff_s * 2.0 ** min(attempt - 1, 60), cfg.backoff_max_s)
 
 
 class WebhookNotifier:
@@ -45,48 +50,90 @@ class WebhookNotifier:
         self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> None:
+        """Stop; a delivery still in flight is abandoned and stays pending (sent again after a restart)."""
         self._stop.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def _next(self) -> tuple[int, str, int, float] | None:
-        rows = self.store.query("SELECT id, payload, attempts, next_at FROM outbox WHERE status = 'pending' "
-                                "ORDER BY id LIMIT 1")
-        return (int(rows[0][0]), rows[0][1], int(rows[0][2]), float(rows[0][3])) if rows else None
+    def _due(self, busy: set[int], limit: int) -> tuple[list[tuple[int, int, str, int]], float | None]:
+        """The first pending row of each alert not in ``busy`` that is due now, oldest first (at
+        most ``limit``), and when the next of the others falls due (None: none waits)."""
+        rows = self.store.query(
+            "SELECT o.id, o.alert_id, o.payload, o.attempts, o.next_at FROM outbox o WHERE o.status = 'pending' "
+            "AND o.id = (SELECT MIN(p.id) FROM outbox p WHERE p.alert_id = o.alert_id AND p.status = 'pending') "
+            "ORDER BY o.id")
+        now, later = time.time(), None
+        due: list[tuple[int, int, str, int]] = []
+        for row_id, alert_id, payload, attempts, next_at in rows:
+            if int(alert_id) in busy:
+                continue
+            if float(next_at) > now:
+                later = float(next_at) if later is None else min(later, float(next_at))
+            elif len(due) < limit:
+                due.append((int(row_id), int(alert_id), payload, int(attempts)))
+        return due, later
 
     def _run(self) -> None:
+        asyncio.run(self._loop())
+
+    async def _loop(self) -> None:
         import httpx
 
-        with httpx.Client(timeout=self.cfg.timeout_s) as client:
-            while not self._stop.is_set():
-                try:
-                    row = self._next()
-                except Exception:  # noqa: BLE001 - the database may be briefly busy; try again
-                    log.exception("webhook: reading the outbox failed")
-                    row = None
-                    self._stop.wait(1.0)
-                if row is None:
-                    self._wake.wait(1.0)
-                    self._wake.clear()
-                    continue
-                row_id, payload, attempts, next_at = row
-                wait = next_at - time.time()
-                if wait > 0:
-                    self._wake.wait(min(wait, 1.0))
-                    self._wake.clear()
-                    continue
-                self._deliver(client, row_id, payload, attempts)
+        in_flight: dict[int, asyncio.Task] = {}  # alert id -> its delivery
+        async with httpx.AsyncClient(timeout=self.cfg.timeout_s) as client:
+            try:
+                while not self._stop.is_set():
+                    in_flight = {a: t for a, t in in_flight.items() if not t.done()}
+                    try:
+                        due, later = self._due(set(in_flight), self.cfg.max_in_flight - len(in_flight))
+                    except Exception:  # noqa: BLE001 - the database may be briefly busy; try again
+                        log.exception("webhook: reading the outbox failed")
+                        due, later = [], time.time() + 1.0
+                    for row_id, alert_id, payload, attempts in due:
+                        in_flight[alert_id] = asyncio.create_task(self._deliver(client, row_id, payload, attempts))
+                    wait = 1.0 if later is None else min(1.0, max(0.0, later - time.time()))
+                    await self._pause(wait, list(in_flight.values()))
+            finally:
+                for task in in_flight.values():
+                    task.cancel()
+                await asyncio.gather(*in_flight.values(), return_exceptions=True)
 
-    def _deliver(self, client: Any, row_id: int, payload: str, attempts: int) -> None:
-        attempt = attempts + 1
+    async def _pause(self, seconds: float, tasks: list[asyncio.Task]) -> None:
+        """Until ``seconds`` pass, a delivery ends, or ``wake``/``stop`` is called."""
+        deadline = time.monotonic() + seconds
+        while not self._wake.is_set() and time.monotonic() < deadline:
+            if tasks:
+                done, _ = await asyncio.wait(tasks, timeout=min(0.05, max(0.0, deadline - time.monotonic())))
+                if done:
+                    return
+            else:
+                await asyncio.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+        self._wake.clear()
+
+    async def _post(self, client: Any, payload: str) -> str | None:
+        """One delivery within ``timeout_s`` in all; None on a 2xx answer, else what went wrong."""
         try:
-            response = client.post(self.cfg.url, content=payload,
-                                   headers={"Content-Type": "application/json",
-                                            "User-Agent": "lepton-monitor"})
-            error = None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+            response = await asyncio.wait_for(
+                client.post(self.cfg.url, content=payload, headers={"Content-Type": "application/json",
+                                                                      "User-Agent": "lepton-monitor"}),
+                timeout=self.cfg.timeout_s)
+        except asyncio.TimeoutError:
+            return f"no complete answer within timeout_s={self.cfg.timeout_s:g} s"
+        except asyncio.CancelledError:
+            raise
         except Exception as err:  # noqa: BLE001 - any transport failure is retried
-            error = f"{type(err).__name__}: {err}"
+            return f"{type(err).__name__}: {err}"
+        return None if 200 <= response.status_code < 300 else f"HTTP {response.status_code}"
+
+    async def _deliver(self, client: Any, row_id: int, payload: str, attempts: int) -> None:
+        error = await self._post(client, payload)
+        try:
+            self._record(row_id, payload, attempts + 1, error)
+        except Exception:  # noqa: BLE001 - the row stays pending and is sent again
+            log.exception("webhook: recording the outcome of outbox row %d failed", row_id)
+
+    def _record(self, row_id: int, payload: str, attempt: int, error: str | None) -> None:
         now = time.time()
         with self.store.transaction() as cur:
             if error is None:

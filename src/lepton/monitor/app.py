@@ -12,20 +12,21 @@ import logging
 from importlib import resources
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from lepton.core import __version__
-from lepton.monitor.engine import Monitor, QueueFullError, RawItem, StoppedError
+from lepton.monitor.engine import Monitor, QueueFullError, RawItem, StoppedError, TimestampError
 from lepton.monitor.items import item_model
 from lepton.serve.app import require_json
-from lepton.serve.guards import BodyGuardMiddleware
+from lepton.serve.guards import BodyGuardMiddleware, JSONBodyRoute
 from lepton.serve.metrics import MetricsMiddleware
 
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = "1"
+MAX_ID = 2**63 - 1  # the database's integer range: a larger id names no alert
 
 
 class IngestResponse(BaseModel):
@@ -56,7 +57,15 @@ def _dashboard_state(monitor: Monitor, since: float | None) -> dict[str, Any]:
         "items": store.counted(), "pending": monitor.pending, "ready": monitor.ready,
         "windows": store.series(since=since, limit=5000),
         "alerts": store.alerts(limit=50),
+        "drift": _drift_state(monitor, 48),
     }
+
+
+def _drift_state(monitor: Monitor, limit: int) -> dict[str, Any]:
+    """The per-window drift check: whether it runs, on what, and its latest windows, newest first."""
+    cfg = monitor.cfg.drift
+    return {"enabled": monitor.drift is not None, "status": monitor.drift_status, "alpha": cfg.alpha,
+            "min_items": cfg.min_items, "windows": monitor.store.drift_windows(limit=limit)}
 
 
 def create_app(monitor: Monitor) -> FastAPI:
@@ -64,11 +73,12 @@ def create_app(monitor: Monitor) -> FastAPI:
     app = FastAPI(title=f"Lepton monitor: {cfg.name}", version=__version__,
                   description="Topic and sentiment over a text stream, surge alerts per topic.")
     app.state.monitor = monitor
+    app.router.route_class = JSONBodyRoute  # bodies not UTF-8 or nested too deeply: 422 naming the field
     service = _MonitorService(monitor, _dashboard_page(monitor))
     _add_ingest_route(app, monitor)
     _add_service_routes(app, service)
     app.add_exception_handler(RequestValidationError, service.invalid_request)
-    app.add_middleware(BodyGuardMiddleware, max_bytes=cfg.ingest.max_body_bytes)
+    app.add_middleware(BodyGuardMiddleware, max_bytes=cfg.ingest.max_body_bytes, timeout=cfg.server.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=monitor.metrics,
                        paths=frozenset(getattr(r, "path", "") for r in app.routes))
     return app
@@ -90,8 +100,15 @@ def _add_ingest_route(app: FastAPI, monitor: Monitor) -> None:
         if not monitor.ready:
             raise HTTPException(503, "not ready", headers={"Retry-After": RETRY_AFTER_S})
         raws = [RawItem(text=i.text, ts=i.timestamp, item_id=i.id, source=i.source) for i in body.items]
+        refused = [(n, p) for n, p in ((n, monitor.timestamp_problem(r.ts)) for n, r in enumerate(raws)) if p]
+        for n, problem in refused:
+            monitor.refused("http", f"items.{n}.timestamp", problem)
+        if refused:
+            return _timestamp_refusal(refused)
         try:
             future = monitor.submit(raws)
+        except TimestampError as err:  # the watermark cannot move back, so this is a safety net only
+            return _timestamp_refusal([(err.index, err.problem)])
         except (QueueFullError, StoppedError) as err:
             raise HTTPException(503, f"{err}; retry later", headers={"Retry-After": RETRY_AFTER_S}) from None
         try:
@@ -105,6 +122,13 @@ def _add_ingest_route(app: FastAPI, monitor: Monitor) -> None:
              responses={503: {"description": "queue full or not ready; see Retry-After"}})(ingest)
 
 
+def _timestamp_refusal(refused: list[tuple[int, str]]) -> JSONResponse:
+    """422 naming each item whose timestamp the monitor cannot take (nothing of the request is stored)."""
+    detail = [{"loc": ["body", "items", n, "timestamp"], "field": f"items.{n}.timestamp",
+               "msg": f"refused: {problem}", "type": "timestamp_ahead"} for n, problem in refused]
+    return JSONResponse({"detail": detail}, status_code=422)
+
+
 class _MonitorService:
     """The dashboard, alert, health and metrics routes of one monitor, and its handler of invalid
     requests, as methods."""
@@ -115,13 +139,17 @@ class _MonitorService:
     async def dashboard(self) -> HTMLResponse:
         return HTMLResponse(self.page)
 
-    def dashboard_state(self, since: float | None = Query(None, description="Unix seconds")) -> Any:
+    def dashboard_state(self, since: float | None = Query(None, description="Unix seconds", ge=-1e12, le=1e12,
+                                                          allow_inf_nan=False)) -> Any:
         return _dashboard_state(self.monitor, since)
 
     def alerts(self, limit: int = Query(50, ge=1, le=1000)) -> Any:
         return self.monitor.store.alerts(limit=limit)
 
-    def alert(self, alert_id: int) -> Any:
+    def drift(self, limit: int = Query(50, ge=1, le=1000)) -> Any:
+        return _drift_state(self.monitor, limit)
+
+    def alert(self, alert_id: int = Path(description="an alert's id", ge=0, le=MAX_ID)) -> Any:
         found = self.monitor.store.alert(alert_id)
         if found is None:
             raise HTTPException(404, f"alert {alert_id}: no such alert")
@@ -161,6 +189,8 @@ def _add_service_routes(app: FastAPI, service: _MonitorService) -> None:
     app.add_api_route("/v1/alerts", service.alerts, methods=["GET"], summary="Alert episodes, newest first")
     app.add_api_route("/v1/alerts/{alert_id}", service.alert, methods=["GET"],
                       summary="One alert and the most negative items that drove it")
+    app.add_api_route("/v1/drift", service.drift, methods=["GET"],
+                      summary="The drift check per time window: whether it runs, and the latest windows, newest first")
     app.add_api_route("/healthz", service.healthz, methods=["GET"], response_model=Status)
     app.add_api_route("/readyz", service.readyz, methods=["GET"], response_model=Status,
                       responses={503: {"model": Status}})

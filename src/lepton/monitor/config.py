@@ -23,6 +23,10 @@ class MonitorConfigError(LeptonError):
     """The monitor config is malformed (the message names the file and key)."""
 
 
+class MonitorError(LeptonError):
+    """The monitor stopped because a source failed (the message names the source and the cause)."""
+
+
 class HeadRef(StrictModel):
     """Where one label set comes from: which MODEL argument, and which task of it."""
 
@@ -45,6 +49,10 @@ class WindowConfig(StrictModel):
     # A window closes (and is tested) once an item stamped this long after its end has arrived;
     # items for a window already closed are stored and counted, but the window is not re-tested.
     lateness_s: float = Field(0.0, ge=0)
+    # An item stamped more than this many seconds ahead of both the newest stored item and the
+    # wall clock is refused (logged, counted), never stored: one wrong timestamp would otherwise
+    # move the watermark years ahead and close every open window at once.
+    max_ahead_s: float = Field(3600.0, gt=0)
 
 
 class SurgeConfig(StrictModel):
@@ -62,12 +70,22 @@ class SurgeConfig(StrictModel):
     close_after: int = Field(2, ge=1)  # windows without a firing that end an episode
 
 
+class DriftConfig(StrictModel):
+    """The drift check per time window (across all topics): the window's texts, predicted labels and
+    confidences against the model's drift reference (lepton.evaluation.drift.check_window)."""
+
+    enabled: bool = True  # on where the model carries a drift reference
+    alpha: float = Field(0.01, gt=0, lt=1)  # family-wise false-alarm rate per window (Holm over the tests)
+    min_items: int = Field(30, ge=2)  # a window with fewer items is not tested
+
+
 class WebhookConfig(StrictModel):
     url: str
-    timeout_s: float = Field(5.0, gt=0)
+    timeout_s: float = Field(5.0, gt=0, le=3600)  # the whole of one delivery: connect, send, answer
+    max_in_flight: int = Field(4, ge=1, le=64)  # deliveries at once (of different alerts)
     max_attempts: int = Field(8, ge=1)
-    backoff_s: float = Field(0.5, gt=0)  # first retry after this, doubling each time
-    backoff_max_s: float = Field(60.0, gt=0)
+    backoff_s: float = Field(0.5, gt=0, le=86400)  # first retry after this, doubling each time
+    backoff_max_s: float = Field(60.0, gt=0, le=86400)
 
     @model_validator(mode="after")
     def _http_url(self) -> WebhookConfig:
@@ -108,6 +126,8 @@ class ServerConfig(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(8100, ge=0, le=65535)
     refresh_s: float = Field(2.0, gt=0)  # how often the dashboard polls
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)  # a connection whose headers stall is closed
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)  # a body that stalls this long: 408
 
 
 class MonitorConfig(StrictModel):
@@ -116,26 +136,35 @@ class MonitorConfig(StrictModel):
     predict: PredictConfig = Field(default_factory=PredictConfig)
     window: WindowConfig = Field(default_factory=WindowConfig)
     surge: SurgeConfig = Field(default_factory=SurgeConfig)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
-    output: str = "runs/monitor"
+    output: str = Field("runs/monitor", min_length=1)
 
 
 def parse_config(tree: Any, *, source: str = "<monitor config>", overrides: Sequence[str] = (),
                  env: Mapping[str, str] | None = None) -> MonitorConfig:
     from lepton.core.errors import RecipeError
-    from lepton.pipeline.recipe import apply_override, format_errors, interpolate
+    from lepton.pipeline.recipe import MAX_RECIPE_VALUES, apply_override, expanded_size, format_errors, interpolate
+
+    def check_size() -> None:  # before copying or walking a tree YAML aliases may have blown up
+        if expanded_size(tree, MAX_RECIPE_VALUES) > MAX_RECIPE_VALUES:
+            raise MonitorConfigError(f"{source}: expands to more than {MAX_RECIPE_VALUES:,} values or nests "
+                                     "more than 200 deep (YAML aliases repeating a node?); write it out plainly")
 
     if tree is None:
         tree = {}
     if not isinstance(tree, dict):
         raise MonitorConfigError(f"{source}: a monitor config is a YAML mapping at the top level")
+    check_size()
     tree = copy.deepcopy(tree)
     try:
         for assignment in overrides:
             apply_override(tree, assignment)
+        if overrides:
+            check_size()
         tree = interpolate(tree, os.environ if env is None else env)
     except RecipeError as err:
         raise MonitorConfigError(f"{source}: {err}") from None

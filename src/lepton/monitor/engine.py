@@ -12,7 +12,9 @@ move on; the windows, alerts and webhook outbox rows change in one more transact
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import math
 import queue
 import threading
 import time
@@ -36,6 +38,21 @@ class QueueFullError(Exception):
 
 class StoppedError(Exception):
     """The monitor is shutting down and takes no new items."""
+
+
+class TimestampError(ValueError):
+    """An item's timestamp is not a time the stream can be at (see ``Monitor.timestamp_problem``)."""
+
+    def __init__(self, index: int, problem: str) -> None:
+        super().__init__(f"item {index}: timestamp {problem}")
+        self.index, self.problem = index, problem
+
+
+def _when(ts: float) -> str:
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):
+        return f"{ts:g}"
 
 
 @dataclass
@@ -86,6 +103,8 @@ class Monitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.detectors: dict[str, TopicDetector] = {}
+        # The per-window drift check: the classifier's DriftBinding (lepton.monitor.predict), if any.
+        self.drift: Any = getattr(classifier, "drift", None) if cfg.drift.enabled else None
         self.max_ts: float | None = None
         self.ready = False
         # (arrival, commit) wall times of the latest items, for benchmarks and the dashboard.
@@ -123,11 +142,37 @@ class Monitor:
 
     # ------------------------------------------------------------------ submitting
 
+    def timestamp_problem(self, ts: float | None) -> str | None:
+        """Why ``ts`` cannot be taken (None: it can): not finite, before 1970, or more than
+        ``window.max_ahead_s`` ahead of both the newest stored item and the wall clock. Such an
+        item would move the watermark (and close every open window) for good."""
+        if ts is None:
+            return None
+        if not math.isfinite(ts) or ts < 0:
+            return f"{ts} is not Unix seconds"
+        ahead = self.cfg.window.max_ahead_s
+        limit = max(self.max_ts if self.max_ts is not None else 0.0, time.time()) + ahead
+        if ts > limit:
+            return (f"{_when(ts)} is more than window.max_ahead_s={ahead:g} s ahead of the newest item and "
+                    f"the clock (latest allowed now: {_when(limit)})")
+        return None
+
+    def refused(self, channel: str, where: str, problem: str) -> None:
+        """Count and log one item refused for its timestamp."""
+        self.metrics.refused_timestamps.labels(channel=channel).inc()
+        self.metrics.bad_items.labels(channel=channel).inc()
+        log.warning("refused: %s: timestamp %s", where, problem)
+
     def submit(self, items: list[RawItem], offsets: list[Offset] | None = None, *,
                block: bool = False) -> Future:
         """Queue ``items`` (and the source offsets to store with them); the future resolves to an
         IngestResult once they are committed. A full queue raises QueueFullError, or with
-        ``block`` waits for room (file sources: back-pressure instead of refusal)."""
+        ``block`` waits for room (file sources: back-pressure instead of refusal). An item whose
+        timestamp ``timestamp_problem`` refuses raises TimestampError: nothing is queued."""
+        for i, it in enumerate(items):
+            problem = self.timestamp_problem(it.ts)
+            if problem is not None:
+                raise TimestampError(i, problem)
         if self._stop.is_set() or (self._thread is not None and not self._thread.is_alive()):
             raise StoppedError("the monitor is shutting down")
         while True:
@@ -231,9 +276,11 @@ class Monitor:
             return
         watermark = self.max_ts - self.cfg.window.lateness_s
         steps: list[tuple] = []
+        starts: set[float] = set()
         for topic, start, n, k in self.store.open_windows():
             if start + self.width > watermark:
                 continue
+            starts.add(start)
             det = self.detectors.get(topic)
             if det is None:
                 det = self.detectors[topic] = TopicDetector(topic, self.cfg.surge, self.width)
@@ -244,6 +291,8 @@ class Monitor:
             closed = det.expire(watermark)
             if closed is not None:
                 steps.append(("event", closed))
+        drift = self._check_drift(sorted(starts))
+        steps += drift
         if not steps:
             return
         apply_closures(self.store, steps, webhook=self.cfg.alerts.webhook is not None)
@@ -252,8 +301,55 @@ class Monitor:
         self.metrics.open_alerts.set(sum(d.in_episode for d in self.detectors.values()))
         for event in events:
             self._announce(event)
+        for step in drift:
+            self._report_drift(*step[1:])
         if events and self.notifier is not None:
             self.notifier.wake()
+
+    # ------------------------------------------------------------------ drift per time window
+
+    @property
+    def drift_status(self) -> str:
+        """In words, whether (and on what) the per-window drift check runs."""
+        if not self.cfg.drift.enabled:
+            return "off (drift.enabled is false)"
+        if self.drift is None:
+            return "off (the model has no drift reference)"
+        ref = self.drift.reference
+        return f"on: the {self.drift.head} head against its {ref.split} set ({len(ref)} examples)"
+
+    def _check_drift(self, starts: list[float]) -> list[tuple]:
+        """``("drift", start, end, head, result)`` per time window closing now (across all
+        topics): its stored items against the model's drift reference (what the store holds, so a
+        restart checks a window the same way). A check that fails is logged, not stored."""
+        binding = self.drift
+        if binding is None or not starts:
+            return []
+        from lepton.evaluation.drift import check_window
+
+        steps: list[tuple] = []
+        for start in starts:
+            texts, labels, scores = self.store.window_items(start, binding.head)
+            try:
+                result = check_window(binding.reference, texts=texts, tokenizer=binding.tokenizer,
+                                      predictions=labels, confidences=scores, alpha=self.cfg.drift.alpha,
+                                      min_items=self.cfg.drift.min_items)
+            except Exception:  # noqa: BLE001 - the drift check must never stop the windows closing
+                log.exception("drift check of the window at %s failed; it is not stored", _when(start))
+                continue
+            steps.append(("drift", start, start + self.width, binding.head, result.to_dict()))
+        return steps
+
+    def _report_drift(self, start: float, end: float, head: str, result: dict[str, Any]) -> None:
+        verdict = "drift" if result["drift"] else "no_drift" if result["tests"] else "not_tested"
+        self.metrics.drift_windows.labels(verdict=verdict).inc()
+        for test in result["tests"]:
+            self.metrics.drift_p_value.labels(test=test["name"]).set(test["p_adjusted"])
+        if result["drift"]:
+            log.warning("DRIFT window %s to %s (%d items, %s head): %s", _when(start), _when(end), result["n_new"],
+                        head, "; ".join(result["reasons"]))
+        else:
+            log.debug("drift window %s (%d items): %s", _when(start), result["n_new"], result["verdict"])
 
     def _announce(self, event: Event) -> None:
         self.metrics.alerts.labels(event=event.kind).inc()

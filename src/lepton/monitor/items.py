@@ -15,22 +15,34 @@ class BadItemError(LeptonError):
     """An item is malformed (the message names the file and line, or the field)."""
 
 
+# Unix seconds an item may carry: from 1970 to the year 5138. Whether a time inside this range is
+# plausible now (not far ahead of the stream and the clock) is the engine's check
+# (lepton.monitor.engine.Monitor.timestamp_problem), which knows the watermark.
+MAX_TIMESTAMP = 1e11
+
+
 def parse_timestamp(value: Any) -> float:
-    """Unix seconds from a number or an ISO 8601 string (no zone: UTC)."""
+    """Unix seconds from a number or an ISO 8601 string (no zone: UTC); finite, 0 to 1e11."""
     if isinstance(value, bool):
         raise ValueError("must be Unix seconds or an ISO 8601 string")
     if isinstance(value, (int, float)):
-        if not -1e11 < value < 1e11:
-            raise ValueError(f"{value} is not Unix seconds")
+        if not 0 <= value < MAX_TIMESTAMP:  # NaN and +-inf fail this too
+            raise ValueError(f"{value} is not Unix seconds (0 to {MAX_TIMESTAMP:.0e})")
         return float(value)
     if isinstance(value, str):
         try:
             when = dt.datetime.fromisoformat(value.strip())
         except ValueError:
-            raise ValueError(f"{value!r} is not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)") from None
+            raise ValueError(f"{value[:40]!r} is not an ISO 8601 time (e.g. 2024-05-01T12:00:00Z)") from None
         if when.tzinfo is None:
             when = when.replace(tzinfo=dt.timezone.utc)
-        return when.timestamp()
+        try:
+            seconds = when.timestamp()
+        except (OverflowError, ValueError, OSError):
+            raise ValueError(f"{value[:40]!r} is out of range") from None
+        if not 0 <= seconds < MAX_TIMESTAMP:
+            raise ValueError(f"{value[:40]!r} is before 1970 or too far ahead")
+        return seconds
     raise ValueError("must be Unix seconds or an ISO 8601 string")
 
 
@@ -75,8 +87,10 @@ def parse_line(line: bytes, where: str, model: type[IngestItem] = IngestItem) ->
     """One JSONL line as an item; BadItemError naming ``where`` (file:line) and the field."""
     try:
         tree = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise BadItemError(f"{where}: not a JSON object ({err})") from None
+    except RecursionError:
+        raise BadItemError(f"{where}: JSON nested too deeply") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError, an integer of 5,000 digits
+        raise BadItemError(f"{where}: not a JSON object ({str(err)[:200]})") from None
     if not isinstance(tree, dict):
         raise BadItemError(f"{where}: expected a JSON object with a 'text' field")
     try:

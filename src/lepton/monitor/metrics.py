@@ -22,6 +22,10 @@ class MonitorMetrics:
                                   "Items whose key was stored before (not counted again)", ["channel"], registry=r)
         self.bad_items = Counter("lepton_monitor_bad_items", "Items refused or skipped as malformed, by channel",
                                  ["channel"], registry=r)
+        self.refused_timestamps = Counter(
+            "lepton_monitor_refused_timestamps", "Items refused for a timestamp far ahead of the stream and the "
+            "clock (window.max_ahead_s), by channel; also counted in lepton_monitor_bad_items", ["channel"],
+            registry=r)
         self.queue_depth = Gauge("lepton_monitor_queue_depth", "Items waiting to be predicted and stored",
                                  registry=r)
         self.batch_size = Histogram("lepton_monitor_batch_size", "Items per model call and commit",
@@ -37,6 +41,11 @@ class MonitorMetrics:
         self.alerts = Counter("lepton_monitor_alert_events", "Alert events by kind (opened, updated, closed)",
                               ["event"], registry=r)
         self.open_alerts = Gauge("lepton_monitor_open_alerts", "Alert episodes open now", registry=r)
+        self.drift_windows = Counter("lepton_monitor_drift_windows", "Time windows drift-checked, by verdict "
+                                     "(drift, no_drift, not_tested: fewer than drift.min_items)", ["verdict"],
+                                     registry=r)
+        self.drift_p_value = Gauge("lepton_monitor_drift_p_value", "Holm-adjusted p-value of each drift test in "
+                                   "the latest tested window", ["test"], registry=r)
         self.webhook = Counter("lepton_monitor_webhook_deliveries", "Webhook attempts by outcome",
                                ["outcome"], registry=r)
         self.ready = Gauge("lepton_monitor_ready", "1 once the model is loaded and warmed up", registry=r)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -20,6 +21,18 @@ class Prediction:
     sentiment_score: float
     negative_score: float  # probability of the negative label
     scores: dict[str, float]  # every sentiment label's probability
+
+
+@dataclass
+class DriftBinding:
+    """What the per-window drift check needs: the model's drift reference, which configured head
+    it describes ("sentiment" or "topic": whose stored labels and scores are compared) and that
+    head's tokenizer."""
+
+    reference: Any  # lepton.evaluation.drift.DriftReference
+    head: str
+    tokenizer: Any
+    model: str = ""  # where the reference came from, for messages
 
 
 class Classifier(Protocol):
@@ -49,6 +62,34 @@ class ModelClassifier:
         self._shared = models[cfg.sentiment.model] if same else None
         self.sentiment_labels = list(self._sentiment.labels)
         self.topic_labels = list(self._topic.labels)
+        self.drift: DriftBinding | None = None  # set by bind_drift (load_classifier)
+
+    def bind_drift(self, models: list[Any], model_paths: list[str]) -> DriftBinding | None:
+        """Bind the drift reference saved with the models (``lepton.evaluation.drift``) to the
+        configured head it describes: the model's main task, whose labels are the reference's.
+        None (logged): no model carries one, or no configured head is the task it describes."""
+        from lepton.evaluation.drift import load_reference
+
+        found = []
+        for index, path in enumerate(model_paths):
+            ref = load_reference(path)  # the checksum was verified when the model loaded
+            if ref is None:
+                continue
+            found.append(path)
+            for what in ("sentiment", "topic"):
+                head = getattr(self, f"_{what}")
+                if (getattr(self.cfg, what).model == index and head is models[index]
+                        and ref.labels == list(head.labels) and ref.task_kind == head.task.kind):
+                    self.drift = DriftBinding(ref, what, head.bundle.tokenizer, str(path))
+                    log.info("drift check on: the %s head against %s's reference (%d %s examples)", what, path,
+                             len(ref), ref.split)
+                    return self.drift
+        if not found:
+            log.info("no drift reference; drift check off")
+        else:
+            log.warning("the drift reference of %s describes no configured head (sentiment or topic as the "
+                        "model's main task, with the same labels); drift check off", ", ".join(found))
+        return None
 
     def _head(self, models: list[Any], what: str) -> Any:
         ref = getattr(self.cfg, what)
@@ -81,10 +122,24 @@ class ModelClassifier:
         return out
 
 
-def load_classifier(model_paths: list[str], cfg: PredictConfig) -> ModelClassifier:
-    """Load (and verify) one or two Lepton models and bind the configured tasks."""
+def load_classifier(model_paths: list[str], cfg: PredictConfig,
+                    public_key: str | os.PathLike[str] | None = None, *, drift: bool = True) -> ModelClassifier:
+    """Load (and verify) one or two Lepton models and bind the configured tasks. ``public_key``:
+    every model must be signed by that key's holder (as ``lepton serve --require-signature``).
+    ``drift``: also bind the models' drift reference (``ModelClassifier.drift``)."""
     import lepton
 
     if not 1 <= len(model_paths) <= 2:
         raise MonitorConfigError(f"give one multi-task model or two models (got {len(model_paths)})")
-    return ModelClassifier([lepton.load(p) for p in model_paths], cfg)
+    if public_key is not None:
+        from lepton.pipeline.artifact import read_manifest
+
+        for p in model_paths:  # every signature before any model loads
+            read_manifest(p, public_key=public_key)
+    models = [lepton.load(p, public_key=public_key) for p in model_paths]
+    classifier = ModelClassifier(models, cfg)
+    if drift:
+        classifier.bind_drift(models, model_paths)
+    else:
+        log.info("drift check off (drift.enabled is false)")
+    return classifier

@@ -48,8 +48,10 @@ def parse_source(spec: str) -> SourceSpec:
         if not path:
             raise MonitorConfigError(f"--source {spec!r}: give the file, e.g. {kind}:stream.jsonl")
         p = Path(path).expanduser()
-        if kind == "replay" and not p.is_file():
+        if (kind == "replay" or p.exists()) and not p.is_file():
             raise MonitorConfigError(f"--source {spec!r}: {p} is not a file")
+        if p.exists() and not os.access(p, os.R_OK):
+            raise MonitorConfigError(f"--source {spec!r}: {p} is not readable (permission denied)")
         return SourceSpec(kind, p.resolve())
     if path:
         raise MonitorConfigError(f"--source {spec!r}: {kind} takes no file")
@@ -121,16 +123,30 @@ class FileSource:
 
     def _read(self, fh: IO[bytes], offset: int, generation: int, line_no: int | None,
               clock: tuple[float, float] | None, batch_size: int):
-        """Read and submit complete lines until the end of the file; returns the new state."""
+        """Read and submit complete lines until the end of the file; returns the new state. A
+        replayed file's last line counts without its newline; a followed file's waits for it
+        (it may still be being written)."""
+        channel = self.name.split(":")[0]
+        max_line = self.monitor.cfg.ingest.max_body_bytes
         while not self.stop.is_set():
             items: list[RawItem] = []
             end = offset
             while len(items) < batch_size:
-                line = fh.readline()
-                if not line.endswith(b"\n"):  # end of file, or a line still being written
-                    fh.seek(end)
-                    break
+                line = fh.readline(max_line + 1)
                 where = f"{self.path}:{line_no}" if line_no else f"{self.path}@byte{end}"
+                if len(line) > max_line and not line.endswith(b"\n"):
+                    skipped, whole = self._skip_line(fh)
+                    if not whole and self.follow:  # its end is not written yet
+                        fh.seek(end)
+                        break
+                    log.warning("skipped: %s: a line over ingest.max_body_bytes (%d bytes)", where, max_line)
+                    self.monitor.metrics.bad_items.labels(channel=channel).inc()
+                    end += len(line) + skipped
+                    line_no = line_no + 1 if line_no else None
+                    continue
+                if not line or (self.follow and not line.endswith(b"\n")):  # end of file, or a line
+                    fh.seek(end)                                                # still being written
+                    break
                 key = f"{self.name}:{generation}:{end}"
                 if not line.strip():
                     end += len(line)
@@ -140,7 +156,13 @@ class FileSource:
                     item = parse_line(line, where, self._model)
                 except BadItemError as err:
                     log.warning("skipped: %s", err)
-                    self.monitor.metrics.bad_items.labels(channel=self.name.split(":")[0]).inc()
+                    self.monitor.metrics.bad_items.labels(channel=channel).inc()
+                    end += len(line)
+                    line_no = line_no + 1 if line_no else None
+                    continue
+                problem = self.monitor.timestamp_problem(item.timestamp)
+                if problem is not None:  # never paced to, never stored, never moves the watermark
+                    self.monitor.refused(channel, where, problem)
                     end += len(line)
                     line_no = line_no + 1 if line_no else None
                     continue
@@ -155,16 +177,29 @@ class FileSource:
                         self.stop.wait(due - time.time())
                 end += len(line)
                 line_no = line_no + 1 if line_no else None
-                source = item.source if item.source != "http" else self.name.split(":")[0]
+                source = item.source if item.source != "http" else channel
                 items.append(RawItem(text=item.text, ts=item.timestamp, item_id=item.id, source=source, key=key,
-                                     channel=self.name.split(":")[0]))
+                                     channel=channel))
             if end == offset:
                 return offset, line_no, clock, True
-            # One job in flight: its offset is committed before the next is read, in order.
+            # One job in flight: its offset is committed before the next is read, in order (a job of
+            # skipped lines only stores how far they reach).
             self.monitor.submit(items, [Offset(self.name, end, generation)], block=True).result()
             self.read += len(items)
             offset = end
         return offset, line_no, clock, False
+
+    @staticmethod
+    def _skip_line(fh: IO[bytes], chunk: int = 1 << 20) -> tuple[int, bool]:
+        """Read past the rest of an over-long line: (bytes skipped, whether its newline came)."""
+        skipped = 0
+        while True:
+            part = fh.readline(chunk)
+            skipped += len(part)
+            if part.endswith(b"\n"):
+                return skipped, True
+            if len(part) < chunk:
+                return skipped, False
 
 
 class StdinSource:
@@ -197,6 +232,10 @@ class StdinSource:
                     except BadItemError as err:
                         log.warning("skipped: %s", err)
                         self.monitor.metrics.bad_items.labels(channel="stdin").inc()
+                        continue
+                    problem = self.monitor.timestamp_problem(item.timestamp)
+                    if problem is not None:
+                        self.monitor.refused("stdin", f"<stdin>:{n}", problem)
                         continue
                     raw = RawItem(text=item.text, ts=item.timestamp, item_id=item.id,
                                   source=item.source if item.source != "http" else "stdin", channel="stdin")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -90,6 +91,17 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT,
     delivered_at DOUBLE PRECISION
 );
+CREATE TABLE IF NOT EXISTS drift_windows (
+    wstart DOUBLE PRECISION PRIMARY KEY,
+    wend DOUBLE PRECISION NOT NULL,
+    head TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    tested INTEGER NOT NULL,
+    drift INTEGER NOT NULL,
+    verdict TEXT NOT NULL,
+    result TEXT NOT NULL,
+    checked_wall DOUBLE PRECISION NOT NULL
+);
 CREATE TABLE IF NOT EXISTS offsets (
     source TEXT PRIMARY KEY,
     byte_offset BIGINT NOT NULL,
@@ -97,6 +109,24 @@ CREATE TABLE IF NOT EXISTS offsets (
     updated_at DOUBLE PRECISION NOT NULL
 );
 """
+
+
+def _schema_columns() -> dict[str, list[str]]:
+    """Each table's columns, read from the schema above."""
+    tables: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in _SCHEMA.splitlines():
+        words = line.split()
+        if line.startswith("CREATE TABLE"):
+            current = tables.setdefault(words[5], [])
+        elif line.startswith("    ") and current is not None and words[0] != "PRIMARY":
+            current.append(words[0])
+        elif line.startswith(")"):
+            current = None
+    return tables
+
+
+_COLUMNS = _schema_columns()
 
 
 @dataclass
@@ -138,11 +168,21 @@ class Store:
         if not self.postgres:
             self.path = Path(url[len("sqlite:///"):])
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.transaction() as cur:
-            serial = "BIGSERIAL PRIMARY KEY" if self.postgres else "INTEGER PRIMARY KEY AUTOINCREMENT"
-            for statement in _SCHEMA.format(serial=serial).split(";"):
-                if statement.strip():
-                    cur.execute(statement)
+        try:
+            with self.transaction() as cur:
+                serial = "BIGSERIAL PRIMARY KEY" if self.postgres else "INTEGER PRIMARY KEY AUTOINCREMENT"
+                for statement in _SCHEMA.format(serial=serial).split(";"):
+                    if statement.strip():
+                        cur.execute(statement)
+            for table, columns in _COLUMNS.items():  # a database of someone else's with these names
+                self.query(f"SELECT {', '.join(columns)} FROM {table} LIMIT 0")
+        except StoreError:
+            self.close()
+            raise
+        except Exception as err:  # noqa: BLE001 - sqlite3 or psycopg: not a monitor database
+            self.close()
+            cause = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise StoreError(f"store {self.where}: not a Lepton monitor database, or not usable ({cause})") from None
 
     @property
     def where(self) -> str:
@@ -164,7 +204,8 @@ class Store:
             try:
                 return psycopg.connect(self.url, autocommit=False)
             except psycopg.Error as err:
-                raise StoreError(f"store {self.where}: cannot connect ({str(err).strip()})") from None
+                cause = " ".join(str(err).split()) or type(err).__name__  # one line
+                raise StoreError(f"store {self.where}: cannot connect ({cause})") from None
         try:
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -311,6 +352,37 @@ class Store:
         return [dict(zip(keys, r)) for r in rows]
 
 
+    # The stored label and score of each head the drift check can describe (fixed names, never input).
+    _HEAD_COLUMNS = {"sentiment": ("sentiment", "sentiment_score"), "topic": ("topic", "topic_score")}
+
+    def window_items(self, start: float, head: str) -> tuple[list[str], list[str], list[float]]:
+        """The texts, ``head``'s predicted labels and their scores (the top probability) of every
+        item stored in the time window starting at ``start``, across all topics, in arrival order."""
+        label, score = self._HEAD_COLUMNS[head]
+        rows = self.query(  # per topic through the (topic, wstart) index
+            f"SELECT text, {label}, {score} FROM items WHERE wstart = ? AND topic IN "
+            "(SELECT topic FROM windows WHERE wstart = ?) ORDER BY seq", (start, start))
+        return [r[0] for r in rows], [r[1] for r in rows], [float(r[2]) for r in rows]
+
+    _DRIFT_COLUMNS = ("wstart", "wend", "head", "n", "tested", "drift", "verdict", "result", "checked_wall")
+
+    def drift_windows(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The latest drift-checked windows, newest first: start, end, head, items, whether it was
+        tested, drift, the verdict, the reasons, every test and the skipped ones."""
+        rows = self.query(f"SELECT {', '.join(self._DRIFT_COLUMNS)} FROM drift_windows ORDER BY wstart DESC "
+                          "LIMIT ?", (limit,))
+        out = []
+        for r in rows:
+            row = dict(zip(self._DRIFT_COLUMNS, r))
+            result = json.loads(row.pop("result"))
+            out.append({"start": row["wstart"], "end": row["wend"], "head": row["head"], "n": row["n"],
+                        "tested": bool(row["tested"]), "drift": bool(row["drift"]), "verdict": row["verdict"],
+                        "reasons": result.get("reasons", []), "alpha": result.get("alpha"),
+                        "tests": result.get("tests", []), "skipped": result.get("skipped", {}),
+                        "checked_at": row["checked_wall"]})
+        return out
+
+
 class _Cursor:
     """A DB-API cursor that rewrites ``?`` placeholders for the database at hand."""
 
@@ -344,10 +416,15 @@ def apply_closures(store: Store, steps: Sequence[tuple], webhook: bool) -> None:
     """Persist, in one transaction and in order, what a close pass decided: ``("event", Event)``
     (an alert opened, updated or closed; with ``webhook`` also queued for delivery) and
     ``("window", topic, start, WindowTest, Episode | None)`` (a window closed; the episode it
-    belongs to, if any). An episode gets its id when its "opened" event is stored."""
+    belongs to, if any) and ``("drift", start, end, head, result dict)`` (a time window's drift
+    check, stored with its topic windows: after a crash both are there or neither). An episode gets
+    its id when its "opened" event is stored."""
     now = time.time()
     with store.transaction() as cur:
         for step in steps:
+            if step[0] == "drift":
+                store_drift(cur, *step[1:], now=now)
+                continue
             if step[0] == "window":
                 _, topic, start, test, episode = step
                 cur.execute("UPDATE windows SET closed = 1, baseline_n = ?, baseline_negative = ?, p_value = ?, "
@@ -372,6 +449,25 @@ def apply_closures(store: Store, steps: Sequence[tuple], webhook: bool) -> None:
                                                           "closed" else "open"}, "window": event.window}
                 cur.execute("INSERT INTO outbox (alert_id, event, payload, next_at) VALUES (?, ?, ?, ?)",
                             (ep.id, event.kind, json.dumps(payload), now))
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float made None (JSON has no NaN)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def store_drift(cur: Any, start: float, end: float, head: str, result: dict[str, Any], now: float) -> None:
+    """One window's drift result (``DriftResult.to_dict()``); a window stored before stays as it was."""
+    cur.execute("INSERT INTO drift_windows (wstart, wend, head, n, tested, drift, verdict, result, checked_wall) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (wstart) DO NOTHING",
+                (start, end, head, int(result["n_new"]), int(bool(result["tests"])), int(bool(result["drift"])),
+                 str(result["verdict"]), json.dumps(_finite(result)), now))
 
 
 def restore_detectors(store: Store, cfg: Any, width: float) -> dict[str, Any]:

@@ -67,13 +67,21 @@ def _warn_one_class(split: Split, path: str) -> None:
 
 def saved_lepton_model(location: str, task: TaskSpec, device: str) -> ModelBundle | None:
     """A saved PyTorch Lepton model at ``location`` with this task's labels, loaded whole (pruned
-    layer sizes and extra task heads included); None for anything else (a new head is made)."""
+    layer sizes and extra task heads included); None for anything else (a new head is made).
+    When the task has labels the model never saw, ``task`` is reordered to continue the model's
+    (its labels first) and the classifier grows a row per new label (``lepton.tasks.new_labels``)."""
+    from lepton.tasks.new_labels import extend_labels, grow_head
+
     folder = Path(location)
     if not is_saved_model(folder):
         return None
     saved = load_bundle(folder, device=device)
-    if not saved.runtime_info.trainable or saved.task.kind != task.kind or saved.task.labels != task.labels:
+    if not saved.runtime_info.trainable or saved.task.kind != task.kind:
         return None
+    if saved.task.labels != task.labels:
+        if saved.heads or not extend_labels(saved.task, task):
+            return None
+        grow_head(saved.model, task, saved.task.num_labels)
     return saved
 
 
@@ -110,7 +118,7 @@ def _prepare_work(work: Path, recipe: Recipe, resume: bool) -> bool:
 
 def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (),
         out_dir: str | os.PathLike[str] | None = None, resume: bool = False, force: bool = False,
-        progress: bool = True) -> Report | None:
+        progress: bool = True, keep_work: bool = False) -> Report | None:
     """Run a recipe: load data and model, apply every stage, evaluate, save the artifact and report.
 
     Started as one of several processes (``torchrun``, ``lepton run --nproc``), the training
@@ -121,6 +129,7 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
 
     The output folder must be new, empty, or a previous Lepton run's (``lepton.core.outdir``): an
     interrupted one continues with ``resume``, any is started over with ``force``.
+    ``keep_work``: leave ``OUT/work`` (each stage's snapshot) for the caller (``lepton update``).
     """
     if not isinstance(recipe, Recipe):
         recipe = load_recipe(recipe, overrides)
@@ -144,7 +153,7 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
         resume = distributed.broadcast_object(resume)  # also waits until rank 0 has made work/ ready
         if distributed.world_size() > 1:
             log.info("data-parallel: %d processes (%s)", distributed.world_size(), distributed.backend())
-        return _Run(recipe, out, device, resume=resume, progress=progress).execute()
+        return _Run(recipe, out, device, resume=resume, progress=progress, keep_work=keep_work).execute()
     except OSError as err:  # an I/O failure no narrower handler named: one line with path and cause
         raise StorageError(f"{getattr(err, 'filename', None) or out}: {atomic.describe(err)}") from err
     finally:
@@ -250,11 +259,12 @@ class _Run:
     """One process's part of ``run`` once the output folder is claimed: the stages in order (each
     snapshot and its quality kept for --resume), then, on rank 0, evaluation and the outputs."""
 
-    def __init__(self, recipe: Recipe, out: Path, device: str, *, resume: bool, progress: bool) -> None:
+    def __init__(self, recipe: Recipe, out: Path, device: str, *, resume: bool, progress: bool,
+                 keep_work: bool = False) -> None:
         from lepton.stages.training import TrainSettings
 
         self.recipe, self.out, self.work, self.device = recipe, out, out / "work", device
-        self.resume, self.progress = resume, progress
+        self.resume, self.progress, self.keep_work = resume, progress, keep_work
         self.main, self.world = distributed.is_main(), distributed.world_size()
         self.splits = load_splits(recipe)
         self.task = build_task(recipe.task, self.splits.get("train"))
@@ -357,6 +367,7 @@ class _Run:
         """Rank 0: every variant measured side by side; the model, report and recipe written."""
         from lepton.evaluation.environment import fingerprint
         from lepton.evaluation.harness import evaluate_variants
+        from lepton.pipeline.lineage import REHEARSAL, lineage, rehearsal_sample
         from lepton.pipeline.model_card import model_card  # model card (README.md)
         from lepton.pipeline.report import write_report
 
@@ -386,17 +397,30 @@ class _Run:
         manifest_like = {"history": [r.model_dump() for r in bundle.history], "source_model": recipe.model,
                          "recipe": recipe.resolved_dict(), "main_task": bundle.main_task,
                          "heads": {n: {"task": h.task.model_dump()} for n, h in bundle.heads.items()}}
+        rehearsal = rehearsal_sample(recipe, self.splits.get("train"))
         save_artifact(bundle, out / "model", recipe=recipe.resolved_dict(),
                       scorecards=[c.model_dump(mode="json") for c in cards],
                       model_card=model_card(report, manifest_like),
-                      environment=report.environment.model_dump(mode="json"))
+                      environment=report.environment.model_dump(mode="json"),
+                      extra_files={**({REHEARSAL: rehearsal} if rehearsal else {}), **self._drift_reference()},
+                      lineage=lineage(recipe, bundle.history))
         write_report(report, out)
         # Written with the results, not at the start: a failing run must not leave a finished
         # run's folder describing a recipe its model and report do not come from.
         atomic.write_text(out / "recipe.yaml", recipe.to_yaml())
-        shutil.rmtree(self.work, ignore_errors=True)  # checkpoints are only for resuming
+        if not self.keep_work:
+            shutil.rmtree(self.work, ignore_errors=True)  # checkpoints are only for resuming
         log.info("wrote %s and %s", out / "model", out / "report.md")
         return report
+
+
+    def _drift_reference(self) -> dict[str, bytes]:
+        """``data/drift_reference.json``: the evaluation set as the final model sees it, what
+        ``lepton drift`` and the monitor compare new data with (lepton.evaluation.drift)."""
+        from lepton.evaluation.drift import reference_files
+
+        final = self.variants[-1].bundle if self.variants else self.bundle
+        return reference_files(final, self.eval_split)
 
 
 def _cached_quality(cache: Path, v: Any) -> tuple[Any, Any, Any]:

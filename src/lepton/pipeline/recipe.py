@@ -72,6 +72,9 @@ class EvaluateConfig(StrictModel):
 
 class OutputConfig(StrictModel):
     dir: str = "runs/lepton"
+    # A seeded sample of data.train saved with the model as data/rehearsal.jsonl (covered by the
+    # checksums), for a later ``lepton update --method replay``; 0: none.
+    rehearsal_items: int = Field(default=200, ge=0)
 
     @field_validator("dir")
     @classmethod

@@ -26,6 +26,10 @@ def json_schema() -> dict[str, Any]:
 
 def to_markdown(report: Report) -> str:
     lines = _markdown_intro(report)
+    if report.update:  # lepton update: gain and forgetting first, the per-variant detail after
+        from lepton.pipeline.update_report import to_markdown as update_markdown
+
+        lines += update_markdown(report.update)
     for card in report.variants:
         lines += _markdown_variant(card)
     if report.stages:

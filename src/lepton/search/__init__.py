@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lepton.core import atomic
 from lepton.core.errors import SearchError
+from lepton.search.folder import claim
 from lepton.search.space import SearchSettings, SearchSpace, load_space, parse_space
 
 log = logging.getLogger(__name__)
@@ -36,8 +38,50 @@ class SearchResult:
 
 
 def _settings(space: SearchSpace, **flags: Any) -> SearchSettings:
+    """The recipe's search section with the flags given, validated like the section itself."""
+    from pydantic import ValidationError
+
     given = {k: v for k, v in flags.items() if v is not None}
-    return space.settings.model_copy(update=given) if given else space.settings
+    if not given:
+        return space.settings
+    try:
+        return SearchSettings.model_validate({**space.settings.model_dump(exclude_unset=True), **given})
+    except ValidationError as err:
+        item = err.errors()[0]
+        field = str(item["loc"][0]) if item["loc"] else ""
+        shown = given.get(field, item.get("input"))
+        if isinstance(shown, list):
+            shown = ",".join(map(str, shown))
+        elif isinstance(shown, dict):
+            shown = ",".join(f"{k}={v}" for k, v in shown.items())
+        flag = f"--{field.replace('_', '-')}" if field in given else f"{space.source}: search.{field}"
+        raise SearchError(f"{flag} {shown!r}: {item['msg'].removeprefix('Value error, ')}") from None
+
+
+def _check_names(cfg: SearchSettings, metrics: list[str] | None, budget_from: str) -> None:
+    """Objectives and budget metrics the task cannot report, before anything trains (``metrics``:
+    what the task's measurement reports; None: not known until the baseline is measured)."""
+    from lepton.search import study as st
+
+    if metrics is None:
+        return
+    if cfg.objectives:
+        st.directions(cfg.objectives, metrics)
+    for metric in cfg.max_drop or {}:
+        if metric not in metrics:
+            from lepton.core.registry import suggest
+
+            raise SearchError(f"{budget_from} {metric}: not a metric of this task{suggest(metric, metrics)} "
+                              f"(known: {', '.join(metrics)})")
+
+
+def _claim_output(first: Any, out_dir: str | os.PathLike[str] | None) -> Path:
+    """The study's folder, claimed; never inside the recipe's data or model (as for lepton run)."""
+    from lepton.pipeline.api import check_output_apart_from_data
+
+    given = out_dir if out_dir is not None else first.output.dir
+    check_output_apart_from_data(first, Path(given).expanduser())
+    return claim(given)
 
 
 def search(recipe: str | os.PathLike[str] | SearchSpace, *, out_dir: str | os.PathLike[str] | None = None,
@@ -57,24 +101,23 @@ def search(recipe: str | os.PathLike[str] | SearchSpace, *, out_dir: str | os.Pa
     cfg = _settings(space, trials=trials, max_drop=max_drop, objectives=objectives, timeout=timeout,
                     storage=storage, study_name=study_name, sampler=sampler)
     first = space.plain_recipe({})
-    out = Path(out_dir if out_dir is not None else first.output.dir)
-    out.mkdir(parents=True, exist_ok=True)
     seconds = st.parse_duration(cfg.timeout)
+    out = _claim_output(first, out_dir)
     eval_config = first.evaluate.model_copy(update={"robustness": cfg.trial_robustness, "memory": False})
-    file_log = logging.FileHandler(out / "search.log", encoding="utf-8")
+    with atomic.io_errors(out / "search.log", "open the search log"):
+        file_log = logging.FileHandler(out / "search.log", encoding="utf-8")
     file_log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("lepton").addHandler(file_log)
     try:
         storage_obj = st.open_storage(cfg.storage, out)
         ws = Workspace.open(first, out, progress=False)
+        budget_from = "--max-drop" if max_drop is not None else f"{space.source}: search.max_drop"
+        _check_names(cfg, runner.quality_metrics(ws, first), budget_from)  # before the baseline trains
         baseline = runner.build_baseline(space, ws, first, eval_config)
         cfg = cfg.model_copy(update={
             "max_drop": cfg.max_drop if cfg.max_drop is not None else {baseline.headline: 1.0},
             "objectives": cfg.objectives or [baseline.headline, "latency", "size"]})
-        for metric in cfg.max_drop:
-            if metric not in baseline.metrics:
-                raise SearchError(f"--max-drop {metric}: not a metric of this task "
-                                  f"(known: {', '.join(baseline.metrics)})")
+        _check_names(cfg, list(baseline.metrics), budget_from)
         dirs = st.directions(cfg.objectives, list(baseline.metrics))
         name = cfg.study_name or first.name or "lepton-search"
         sampler_obj = st.make_sampler(cfg.sampler, seed=st.worker_seed(cfg.sampler_seed, first.seed),

@@ -193,6 +193,30 @@ def plain_recipe_text(space: Any, settings: dict[str, Any], trial: int, out_dir:
     return header + yaml.safe_dump(tree, sort_keys=False, allow_unicode=True)
 
 
+def _intact(model: Path) -> bool:
+    """A saved model whose files match their checksums; a damaged one is reported and not used."""
+    from lepton.core.errors import LeptonError
+    from lepton.pipeline.artifact import read_manifest
+
+    if not is_saved_model(model):
+        return False
+    try:
+        read_manifest(model, verify=True)
+    except LeptonError as err:
+        log.warning("%s is damaged (%s): not used, built again", model, err)
+        return False
+    return True
+
+
+def _written(dest: Path, marker: dict[str, Any]) -> bool:
+    """OUT/best holds this trial's model already, intact."""
+    try:
+        done = json.loads((dest / "trial.json").read_text(encoding="utf-8")) == marker
+    except (OSError, ValueError):  # missing, or damaged: written again
+        return False
+    return done and _intact(dest / "model")
+
+
 def write_best(worker: Any, row: dict[str, Any], out_dir: Path) -> Path:
     """OUT/best: the best trial's model measured with the full standard against the baseline."""
     from lepton import __version__
@@ -206,21 +230,22 @@ def write_best(worker: Any, row: dict[str, Any], out_dir: Path) -> Path:
 
     dest = out_dir / "best"
     marker = {"trial": row["trial"], "max_drop": worker.max_drop}
-    if (dest / "trial.json").is_file() and json.loads((dest / "trial.json").read_text()) == marker \
-            and is_saved_model(dest / "model"):
+    if _written(dest, marker):
         return dest  # written already, by this worker or another
     space, ws = worker.space, worker.ws
     recipe = space.plain_recipe(row["settings"])
     model = Path(row["model"]) if row.get("model") else None
-    if model is not None and is_saved_model(model):
+    if model is not None and not _intact(model):
+        model = None
+    if model is not None:
         bundle = load_bundle(model, device=ws.device)
-    else:  # measured by a worker on another machine: build it again from its plain recipe
+    else:  # measured by a worker on another machine (or damaged): build it again from its plain recipe
         log.info("best trial %d: its model is not in this folder, building it from its recipe", row["trial"])
         bundle = run_stages(ws, recipe, out_dir / "trials" / "rebuild",
                             shareable=worker.shareable(row["settings"])).bundle
     base = worker.baseline.variant
     variants = [Variant(name=base.name, stage_path=base.stage_path,
-                        bundle=load_bundle(base.folder, verify=False, device=ws.device), folder=base.folder),
+                        bundle=load_bundle(base.folder, device=ws.device), folder=base.folder),
                 Variant(name=f"trial-{row['trial']}", stage_path=[r.name for r in bundle.history],
                         bundle=bundle, folder=model)]
     split = ws.splits[recipe.evaluate.split]

@@ -26,7 +26,7 @@ from typing import Any
 
 from lepton.pipeline.recipe import Recipe
 from lepton.runtimes.bundle import ModelBundle, RunContext, StageRecord
-from lepton.runtimes.saved import is_saved_model
+from lepton.runtimes.saved import MANIFEST, is_saved_model
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class Workspace:
     progress: bool = False
     base_key: str = ""
     _model: ModelBundle | None = field(default=None, repr=False)
+    _verified: dict[Path, tuple] = field(default_factory=dict, repr=False)
 
     @classmethod
     def open(cls, recipe: Recipe, out_dir: Path, *, progress: bool = False) -> Workspace:
@@ -89,8 +90,36 @@ class Workspace:
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def cached(self, key: str) -> Path | None:
-        folder = self.cache_dir / key / SNAPSHOT
-        return folder if is_saved_model(folder) else None
+        """The cached snapshot of prefix ``key``, its files verified against their checksums like
+        any saved model's; a damaged entry is discarded (with a warning) so that it is built again."""
+        entry = self.cache_dir / key
+        folder = entry / SNAPSHOT
+        if not entry.exists():
+            return None
+        if is_saved_model(folder):
+            problem = self._check(folder)
+            if problem is None:
+                return folder
+        else:  # entries appear whole (renamed into place): one without its manifest was damaged
+            problem = f"{folder}: no {MANIFEST}"
+        log.warning("cached prefix %s is damaged (%s): discarding it, its stages run again", entry, problem)
+        discard(entry)
+        return None
+
+    def _check(self, folder: Path) -> str | None:
+        """None when the snapshot's files match its manifest (remembered while they are unchanged)."""
+        from lepton.core.errors import LeptonError
+        from lepton.pipeline.artifact import read_manifest
+
+        stamp = _stamp(folder)
+        if self._verified.get(folder) == stamp:
+            return None
+        try:
+            read_manifest(folder, verify=True)
+        except LeptonError as err:
+            return str(err)
+        self._verified[folder] = stamp
+        return None
 
     def starting_bundle(self, recipe: Recipe) -> ModelBundle:
         """The recipe's model with a fresh task head, as ``lepton.run`` builds it."""
@@ -98,6 +127,34 @@ class Workspace:
         from lepton.tasks import build_task
 
         return starting_model(recipe, build_task(recipe.task, self.splits.get("train")), self.device)
+
+
+def _stamp(folder: Path) -> tuple:
+    """Every file's name, size and modification time: a file written since changes it."""
+    out = []
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            out.append((p.relative_to(folder).as_posix(), st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def discard(entry: Path) -> None:
+    """Remove a cache entry: renamed away first (one step other workers see whole), then deleted."""
+    gone = entry.parent / f".{entry.name}.damaged-{uuid.uuid4().hex[:8]}"
+    try:
+        os.rename(entry, gone)
+    except FileNotFoundError:
+        return  # another worker discarded it first
+    except OSError as err:
+        from lepton.core.atomic import describe
+        from lepton.core.errors import StorageError
+
+        raise StorageError(f"{entry}: cannot discard the damaged cache entry: {describe(err)}") from None
+    if gone.is_dir() and not gone.is_symlink():
+        shutil.rmtree(gone, ignore_errors=True)
+    else:
+        gone.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -53,6 +53,28 @@ def _finetune_prefix(space: SearchSpace, recipe: Recipe) -> int:
     return first + 1
 
 
+def quality_metrics(ws: Workspace, recipe: Recipe) -> list[str] | None:
+    """The metrics the evaluation will report for this task, known before any model is trained:
+    the task kind scores the evaluation split's gold labels against themselves. None when the
+    kind measures quality its own way (generating text) or the names cannot be had cheaply: the
+    baseline's measurement tells them then."""
+    from lepton.tasks import TaskKind, build_task, kind_of, label_ids
+
+    try:
+        kind = kind_of(recipe.task)
+        if type(kind).measure_quality is not TaskKind.measure_quality:
+            return None
+        split = ws.splits[recipe.evaluate.split]
+        task = build_task(recipe.task, ws.splits.get("train"))
+        gold = label_ids(split, task)
+        if gold is None:
+            return None
+        return list(kind.quality(task, gold, gold, resamples=1, seed=0).metrics)
+    except Exception as err:  # noqa: BLE001 - only an early check: the baseline's measurement decides
+        log.debug("metric names not known before the baseline: %s", err)
+        return None
+
+
 def build_baseline(space: SearchSpace, ws: Workspace, recipe: Recipe, eval_config: Any) -> Baseline:
     from lepton.evaluation.harness import Variant, measure_quality
     from lepton.pipeline.artifact import load_bundle

@@ -20,11 +20,12 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from lepton.core.config import StrictModel
 from lepton.core.errors import RecipeError
@@ -50,8 +51,54 @@ class SearchSettings(StrictModel):
     study_name: str | None = None  # default: the recipe's name
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     startup_trials: int = Field(default=8, ge=1)  # tpe: random trials before the model takes over
-    sampler_seed: int | None = None  # default: the recipe's seed
+    sampler_seed: int | None = Field(default=None, ge=0, lt=2**32)  # default: the recipe's seed
     trial_robustness: bool = False  # perturbed-input accuracy for every trial (the best always gets it)
+
+    @field_validator("max_drop")
+    @classmethod
+    def _budget(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("give at least one METRIC: POINTS, e.g. {accuracy: 1.0} (or leave it out)")
+        for metric, points in value.items():
+            if not str(metric).strip():
+                raise ValueError("a metric name is empty")
+            if not math.isfinite(points) or points < 0:
+                raise ValueError(f"{metric}: give the points as a number >= 0, e.g. 1.0 (got {points})")
+        return value
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("give at least one objective, e.g. [accuracy, latency, size] (or leave it out)")
+        if any(not o.strip() for o in value):
+            raise ValueError("an objective name is empty")
+        if len(set(value)) != len(value):
+            raise ValueError("an objective appears twice")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: str | None) -> str | None:
+        from lepton.core.errors import SearchError
+        from lepton.search.study import parse_duration
+
+        try:
+            parse_duration(value, "")
+        except SearchError as err:
+            raise ValueError(str(err).strip()) from None
+        return value
+
+    @field_validator("storage", "study_name")
+    @classmethod
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("empty; give a value or leave it out")
+        return value
 
 
 @dataclass
@@ -126,6 +173,9 @@ class SearchSpace:
         tree = copy.deepcopy(self.tree)
         stages = []
         for i, raw in enumerate(tree.get("stages") or []):
+            if not isinstance(raw, dict):
+                stages.append(raw)  # parse_recipe names the problem
+                continue
             stage = dict(raw)
             optional = stage.pop("optional", False)
             if optional and not values.get(f"{self.stage_names[i]}.{ENABLED}", True):
@@ -254,10 +304,14 @@ def parse_space(tree: Any, *, source: str = "<recipe>", overrides: tuple[str, ..
 
     if not isinstance(tree, dict):
         raise RecipeError(f"{source}: a recipe is a YAML mapping at the top level")
+    _check_size(tree, source)  # before anything walks it: YAML aliases can stand for 10^9 values
     tree = copy.deepcopy(tree)
     for assignment in overrides:
         apply_override(tree, assignment)
-    raw_settings = tree.pop("search", None) or {}
+    if overrides:
+        _check_size(tree, source)
+    raw_settings = tree.pop("search", None)
+    raw_settings = {} if raw_settings is None else raw_settings
     try:
         settings = SearchSettings.model_validate(raw_settings)
     except ValidationError as err:
@@ -282,6 +336,15 @@ def parse_space(tree: Any, *, source: str = "<recipe>", overrides: tuple[str, ..
     space = SearchSpace(tree=tree, stage_names=names, params=params, settings=settings, source=source)
     _check_corners(space)
     return space
+
+
+def _check_size(tree: Any, source: str) -> None:
+    """The guard ``lepton validate`` applies (``lepton.pipeline.recipe``), applied to a search recipe."""
+    from lepton.pipeline.recipe import MAX_RECIPE_VALUES, expanded_size
+
+    if expanded_size(tree, MAX_RECIPE_VALUES) > MAX_RECIPE_VALUES:
+        raise RecipeError(f"{source}: expands to more than {MAX_RECIPE_VALUES:,} values or nests more "
+                          "than 200 deep (YAML aliases repeating a node?); write the recipe out plainly")
 
 
 def _check_corners(space: SearchSpace) -> None:

@@ -14,7 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lepton.core.errors import MissingExtraError, SearchError
+from lepton.core import atomic
+from lepton.core.errors import MissingExtraError, SearchError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -43,25 +44,42 @@ class TrialFailed(Exception):
     """A trial failed for a reason already recorded in its user attributes."""
 
 
+_interrupted_trials: set[str] = set()
+
+
 def _no_traceback_for_recorded_failures(record: logging.LogRecord) -> bool:
     # Optuna logs a failed trial with its traceback; ours are recorded with their reason already.
     if record.exc_info and isinstance(record.exc_info[1], TrialFailed):
         record.exc_info = None
+    # A trial Ctrl-C cut short is no failure: the search says it was interrupted, in one line.
+    if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+        number = re.match(r"Trial (\d+) ", str(record.msg))
+        if number:
+            _interrupted_trials.add(number.group(1))
+        return False
+    number = re.match(r"Trial (\d+) failed with value ", str(record.msg))
+    if number and number.group(1) in _interrupted_trials:
+        return False
     return True
 
 
-def parse_duration(text: str | None) -> float | None:
-    """'2h', '90m', '1h30m', '45s', '3600' -> seconds."""
+def parse_duration(text: str | None, what: str = "--timeout") -> float | None:
+    """'2h', '90m', '1h30m', '45s', '3600' -> seconds (above 0)."""
     if text is None:
         return None
+    where = f"{what} {text!r}: " if what else ""
     s = str(text).strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", s):
-        return float(s)
     parts = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", s)
-    if not s or parts is None or not any(parts.groups()):
-        raise SearchError(f"--timeout {text!r}: expected a duration like 2h, 90m, 1h30m or 3600 (seconds)")
-    h, m, sec = (float(g) if g else 0.0 for g in parts.groups())
-    return h * 3600 + m * 60 + sec
+    if re.fullmatch(r"\d+(\.\d+)?", s):
+        seconds = float(s)
+    elif not s or parts is None or not any(parts.groups()):
+        raise SearchError(f"{where}expected a duration like 2h, 90m, 1h30m or 3600 (seconds)")
+    else:
+        h, m, sec = (float(g) if g else 0.0 for g in parts.groups())
+        seconds = h * 3600 + m * 60 + sec
+    if not 0 < seconds < float("inf"):
+        raise SearchError(f"{where}give a duration above 0, e.g. 2h, 90m or 3600 (seconds)")
+    return seconds
 
 
 def directions(objectives: list[str], metrics: list[str]) -> list[str]:
@@ -116,11 +134,25 @@ def open_storage(storage: str | None, out_dir: Path) -> Any:
                 raise SearchError(f"--storage {redact(storage)}: cannot open the study database "
                                   f"({first})") from None
         raise AssertionError("unreachable")  # the loop returns or raises
-    path = Path(storage) if storage else out_dir / JOURNAL
-    path.parent.mkdir(parents=True, exist_ok=True)
-    from optuna.storages.journal import JournalFileBackend
+    path = Path(storage).expanduser() if storage else out_dir / JOURNAL
+    from lepton.search.folder import check_journal
 
-    return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+    check_journal(path)  # a damaged journal, or a file of the user's that is none: one line, left alone
+    with atomic.io_errors(path, "open the study journal"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend
+
+        backend = JournalFileBackend(str(path))
+    try:
+        return optuna.storages.JournalStorage(backend)
+    except (StorageError, KeyboardInterrupt):
+        raise
+    except Exception as err:  # records that are JSON but not a study Optuna can replay
+        if atomic.is_io_error(err):
+            raise StorageError(f"{path}: cannot read the study journal: {atomic.describe(err)}") from None
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SearchError(f"{path}: not a readable study journal ({type(err).__name__}: {reason}); to start "
+                          "the study over, delete the file or choose another -o / --storage") from None
 
 
 def redact(url: str) -> str:

@@ -1,5 +1,6 @@
 """What the prediction app (``lepton.serve.app``) and the generative app
-(``lepton.serve.generation.app``) share: /docs served from local files, and the drain on SIGTERM."""
+(``lepton.serve.generation.app``) share: /docs served from local files, the drain on SIGTERM and
+the hot swap on SIGHUP."""
 
 from __future__ import annotations
 
@@ -38,6 +39,17 @@ def on_shutdown_signal(loop: asyncio.AbstractEventLoop, begin_drain: Any) -> Any
             signal.signal(sig, before)
 
     return restore
+
+
+def on_reload_signal(loop: asyncio.AbstractEventLoop, reload: Any) -> Any:
+    """Call ``reload`` on the loop when SIGHUP arrives (a hot swap from the same path; without a
+    handler SIGHUP would end the server). Returns a function that puts the previous handler back.
+    Only in the main thread, and only where SIGHUP exists."""
+    sighup = getattr(signal, "SIGHUP", None)
+    if sighup is None or threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(sighup, lambda sig, frame: loop.call_soon_threadsafe(reload))
+    return lambda: signal.signal(sighup, previous)
 
 
 def swagger_assets() -> Path | None:

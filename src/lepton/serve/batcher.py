@@ -172,6 +172,31 @@ class MicroBatcher:
             if not job.future.done():
                 job.future.set_exception(ShuttingDownError("the server shut down before this request ran"))
 
+    async def retire(self, timeout: float) -> int:
+        """A hot swap replaced this batcher's model: no new work comes (the app sends it to the
+        new one); let what is queued or running finish here, up to ``timeout`` s, then stop. What
+        is left by then is answered ShuttingDownError (503 + Retry-After). The server's readiness
+        is the new model's: the ready gauge is left alone. Returns the requests refused."""
+        self._closing = True
+        self.state = "retired"
+        if self._worker is None:
+            return 0
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except asyncio.TimeoutError:
+            log.warning("swap: the old model still had %d requests after %.1f s; answering them 503",
+                        len(self._pending) + len(self._running), timeout)
+        left = [job for job in [*self._running, *self._pending] if not job.future.done()]
+        self._pending.clear()
+        self._worker.cancel()
+        try:
+            await self._worker
+        except asyncio.CancelledError:
+            pass
+        for job in left:
+            self._refuse(job, "the model was swapped before this request finished; retry it")
+        return len(left)
+
     # ------------------------------------------------------------------ the worker
 
     async def _run(self) -> None:

@@ -13,6 +13,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     generate_latest,
 )
 
@@ -40,6 +41,16 @@ class ServeMetrics:
         self.queue_depth = Gauge("lepton_queue_depth", "Requests waiting for a batch", registry=r)
         self.queue_capacity = Gauge("lepton_queue_capacity", "Most requests that may wait", registry=r)
         self.ready = Gauge("lepton_ready", "1 once the model is loaded and warmed up", registry=r)
+        self.swaps = Counter("lepton_model_swaps", "Hot swaps of the served model by outcome (swapped, "
+                             "refused: the old model kept serving, busy: another swap was running)",
+                             ["outcome"], registry=r)
+        for outcome in ("swapped", "refused", "busy"):
+            self.swaps.labels(outcome=outcome)
+        self.artifact = Info("lepton_artifact", "The artifact being served: its path and manifest sha256",
+                             registry=r)
+
+    def set_artifact(self, path: str, sha256: str, lepton_version: str | None) -> None:
+        self.artifact.info({"path": path, "sha256": sha256, "lepton_version": lepton_version or ""})
 
     def track_queue(self, depth: Callable[[], int], capacity: int) -> None:
         self.queue_depth.set_function(depth)

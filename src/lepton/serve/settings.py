@@ -45,6 +45,8 @@ class ServeSettings(BaseModel):
     header_timeout_s: float = Field(10.0, gt=0, le=3600)  # a request's headers must arrive in time
     body_timeout_s: float = Field(30.0, gt=0, le=3600)  # a body that stalls this long: 408
     require_signature: str | None = None  # a public key file: serve only a model its holder signed
+    # Turns POST /v1/admin/swap on (Authorization: Bearer TOKEN); None: the admin routes are off (404).
+    admin_token: str | None = Field(None, min_length=8, repr=False)
     access_log: bool = False
     log_level: str = "info"
 
@@ -58,7 +60,8 @@ class ServeSettings(BaseModel):
             field = str(first["loc"][0]) if first["loc"] else ""
             field = field[:-2] if field.endswith("_s") else field  # drain_timeout_s: --drain-timeout
             option = "--" + field.replace("_", "-") if field else "settings"
-            raise ServeError(f"{option}: {first['msg']} (got {first.get('input')!r})") from None
+            got = "" if field == "admin_token" else f" (got {first.get('input')!r})"  # never echo a secret
+            raise ServeError(f"{option}: {first['msg']}{got}") from None
 
 
 def require(module: str, extra: str = "serve") -> ModuleType:

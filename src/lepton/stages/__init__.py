@@ -33,6 +33,7 @@ from lepton.stages import (  # noqa: E402, F401  (isort: skip)
     prune,
     quantize,
     trim_vocab,
+    update,
 )
 
 __all__ = ["StageConfig", "StageFn", "TrainHook", "configs", "contract_of", "declared", "handler_for",

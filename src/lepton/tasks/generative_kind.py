@@ -60,6 +60,8 @@ class GenerativeKind(TaskKind):
     labels_per_text = False
     families = ("decoder", "encoder-decoder")
     efficiency = "generation"
+    drift_unsupported = ("drift detection compares a classifier's inputs and outputs; prompts and generated "
+                         "text are not compared yet")
     pipeline_tag = "text-generation"
     hub_task_name = "Text Generation"
     example_input = "Translate English to German: A dog runs on the beach."

@@ -82,6 +82,9 @@ class TaskKind:
     # registry): "forward" (one forward pass per batch, what a classifier's request costs) or
     # "generation" (time to first token, time per output token, tokens per second).
     efficiency: ClassVar[str] = "forward"
+    # Drift detection (lepton.evaluation.drift): None when a saved model of this kind records a
+    # drift reference; else why it records none (logged at the end of a run, said by lepton drift).
+    drift_unsupported: ClassVar[str | None] = None
 
     # ------------------------------------------------------------------ metrics
 
@@ -155,6 +158,13 @@ class TaskKind:
         """(Quality, Robustness or None, Calibration or None) of a harness ``Variant`` on ``split``
         when this kind measures it its own way (generating text, say); None: the harness's
         measurement of label predictions (one prediction pass, quality with CIs)."""
+        return None
+
+    def drift_outputs(self, logits: list[np.ndarray], enc: Encoded,
+                      task: TaskSpec) -> tuple[list[float], list[int] | None] | None:
+        """What drift detection compares of the model's outputs, per example of ``enc``: its
+        confidence (a probability, NaN where it has none) and its predicted label id (None for
+        the whole list where the kind gives no one label per example); None: inputs only."""
         return None
 
     # ------------------------------------------------------------------ serving and cards

@@ -52,6 +52,12 @@ class SequenceClassification(ClassificationKind):
     def predictions(self, logits: list[np.ndarray], enc: Encoded, task: TaskSpec) -> list[Any]:
         return [int(np.argmax(x)) for x in logits]
 
+    def drift_outputs(self, logits: list[np.ndarray], enc: Encoded,
+                      task: TaskSpec) -> tuple[list[float], list[int] | None] | None:
+        """The top label's probability and the label, per text."""
+        probs = softmax(np.stack(logits)) if logits else np.zeros((0, task.num_labels))
+        return [float(x) for x in probs.max(axis=1)], [int(x) for x in probs.argmax(axis=1)]
+
     def quick_metrics(self, logits: list[Any], enc: Encoded, task: TaskSpec, gold: Any) -> dict[str, float]:
         from lepton.tasks.quality import sequence_point_metrics
 

@@ -99,6 +99,18 @@ class TokenClassification(ClassificationKind):
         assert enc.word_ids is not None and enc.n_words is not None
         return [word_predictions(x, w, n) for x, w, n in zip(logits, enc.word_ids, enc.n_words)]
 
+    def drift_outputs(self, logits: list[np.ndarray], enc: Encoded,
+                      task: TaskSpec) -> tuple[list[float], list[int] | None] | None:
+        """Per sentence: the mean top-tag probability over its words (first sub-tokens); no one
+        label per sentence, so no prediction mix."""
+        assert enc.word_ids is not None
+        out = []
+        for x, words in zip(logits, enc.word_ids):
+            first = [pos for pos, w in enumerate(words) if w is not None and pos < len(x)
+                     and (pos == 0 or words[pos - 1] != w)]
+            out.append(float(softmax(x[first]).max(axis=1).mean()) if first else float("nan"))
+        return out, None
+
     def quick_metrics(self, logits: list[Any], enc: Encoded, task: TaskSpec, gold: Any) -> dict[str, float]:
         from seqeval.metrics import f1_score
 

@@ -19,9 +19,10 @@ __all__ = ["EngineError", "GenerateSettings", "GenerationEngine", "TorchEngine",
            "generate_app"]
 
 
-def generate_app(predictor: Any, settings: Any, name: str) -> Any:
+def generate_app(predictor: Any, settings: Any, name: str, artifact: Any = None) -> Any:
     """The completions app for a loaded generative ``predictor`` (``lepton serve``): PyTorch
-    models through ``TorchEngine``, an exported decoder through ONNX Runtime's ``OrtEngine``."""
+    models through ``TorchEngine``, an exported decoder through ONNX Runtime's ``OrtEngine``.
+    ``artifact``: what /healthz names (``lepton.serve.swap.Artifact``)."""
     from lepton.serve.generation.app import GenerateSettings, create_generate_app
 
     model = predictor.bundle.model
@@ -37,7 +38,8 @@ def generate_app(predictor: Any, settings: Any, name: str) -> Any:
                                                 "do_sample", "eos_token_id")
                 if config is not None and getattr(config, k, None) is not None}
     return create_generate_app(model.eval(), predictor.bundle.tokenizer, GenerateSettings.from_serve(settings),
-                               model_name=name, generation_defaults=defaults, engine=engine)
+                               model_name=name, generation_defaults=defaults, engine=engine, artifact=artifact,
+                               admin_token=getattr(settings, "admin_token", None))
 
 
 def __getattr__(name: str) -> Any:

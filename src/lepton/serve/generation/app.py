@@ -2,7 +2,8 @@
 
 Routes: ``POST /v1/generate`` (Lepton's own shape), the OpenAI-compatible ``POST /v1/completions``
 and ``POST /v1/chat/completions`` (streaming as Server-Sent Events in OpenAI's chunk shapes, ending
-with ``data: [DONE]``), ``GET /v1/models``, ``/healthz``, ``/readyz``, ``/metrics``. Every error is
+with ``data: [DONE]``), ``GET /v1/models``, ``/healthz``, ``/readyz``, ``/metrics``; with an admin
+token, ``POST /v1/admin/swap``, which answers 409: hot swap is not supported here yet. Every error is
 OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``; a bad field is a 400 naming it.
 A client that disconnects cancels its request: it leaves the decode batch at the next step.
 """
@@ -20,14 +21,14 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lepton.core import __version__
-from lepton.serve.appkit import add_docs, on_shutdown_signal, swagger_assets
+from lepton.serve.appkit import add_docs, on_reload_signal, on_shutdown_signal, swagger_assets
 from lepton.serve.batcher import QueueFullError, ShuttingDownError
 from lepton.serve.generation.engine import GenerationEngine, TorchEngine
 from lepton.serve.generation.metrics import GenerateMetrics
@@ -36,6 +37,7 @@ from lepton.serve.generation.scheduler import Chunk, GenerationHandle, Scheduler
 from lepton.serve.generation.schemas import ChatRequest, CompletionRequest, GenerateRequest
 from lepton.serve.guards import RETRY_AFTER_S, BodyError, BodyGuardMiddleware, DrainGuardMiddleware, JSONBodyRoute
 from lepton.serve.metrics import MetricsMiddleware
+from lepton.serve.swap import admin_guard
 from lepton.tasks.prompt_limits import chars_problem, tokens_problem
 
 log = logging.getLogger(__name__)
@@ -100,12 +102,15 @@ def _eos_ids(model: Any, tokenizer: Any, defaults: Mapping[str, Any]) -> list[in
 
 def create_generate_app(model: Any, tokenizer: Any, settings: Any = None, *, model_name: str,
                         generation_defaults: Mapping[str, Any] | None = None,
-                        engine: GenerationEngine | None = None) -> FastAPI:
+                        engine: GenerationEngine | None = None, artifact: Any = None,
+                        admin_token: str | None = None) -> FastAPI:
     """The app serving a causal LM. ``settings``: GenerateSettings (a ServeSettings is converted
     with GenerateSettings.from_serve). ``generation_defaults``: the artifact's defaults
     (max_new_tokens, temperature, top_p, top_k, do_sample, eos_token_id) for fields a request
     leaves out. ``engine``: another runtime (e.g. ONNX Runtime) to serve instead of a
-    TorchEngine over ``model`` (``model`` may then be None)."""
+    TorchEngine over ``model`` (``model`` may then be None). ``artifact``: the served artifact
+    (``lepton.serve.swap.Artifact``), named by /healthz and /readyz. ``admin_token``: turns on
+    ``POST /v1/admin/swap``, which refuses (409: not supported for generative models yet)."""
     if settings is None:
         settings = GenerateSettings()
     elif not isinstance(settings, GenerateSettings):
@@ -116,7 +121,7 @@ def create_generate_app(model: Any, tokenizer: Any, settings: Any = None, *, mod
     scheduler = Scheduler(engine, tokenizer, eos_token_ids=_eos_ids(model, tokenizer, defaults),
                           max_batch=settings.max_batch, max_queue=settings.max_queue, metrics=metrics)
     service = _GenerateService(engine, tokenizer, scheduler, settings, metrics, model_name=model_name,
-                               defaults=defaults)
+                               defaults=defaults, artifact=artifact)
 
     app = FastAPI(title=f"Lepton generative server: {model_name}", version=__version__, lifespan=service.lifespan,
                   docs_url=None, redoc_url=None,  # /docs from local files, as lepton.serve.app does
@@ -125,6 +130,10 @@ def create_generate_app(model: Any, tokenizer: Any, settings: Any = None, *, mod
     add_docs(app, swagger_assets())
     app.state.scheduler, app.state.metrics, app.state.engine = scheduler, metrics, engine
     _add_routes(app, service)
+    if admin_token:
+        app.add_api_route("/v1/admin/swap", service.admin_swap, methods=["POST"],
+                          dependencies=[Depends(admin_guard(admin_token))],
+                          summary="Hot swap (not supported for generative models yet: 409)")
     _add_error_handlers(app)
     app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes, timeout=settings.body_timeout_s)
     app.add_middleware(MetricsMiddleware, metrics=metrics, paths=frozenset(getattr(r, "path", "") for r in app.routes))
@@ -153,10 +162,11 @@ class _GenerateService:
     settings and metrics, the artifact's generation defaults and the served model's name."""
 
     def __init__(self, engine: GenerationEngine, tokenizer: Any, scheduler: Scheduler, settings: GenerateSettings,
-                 metrics: GenerateMetrics, *, model_name: str, defaults: dict[str, Any]) -> None:
+                 metrics: GenerateMetrics, *, model_name: str, defaults: dict[str, Any], artifact: Any = None) -> None:
         self.engine, self.tokenizer, self.scheduler = engine, tokenizer, scheduler
         self.settings, self.metrics = settings, metrics
         self.model_name, self.defaults = model_name, defaults
+        self.artifact = artifact.model_dump(mode="json") if artifact is not None else None
         self.max_prompt = min(settings.max_prompt_tokens, engine.max_context - 1)
         self.created = int(time.time())
 
@@ -166,11 +176,14 @@ class _GenerateService:
         self.scheduler.start(asyncio.get_running_loop())
         restore = on_shutdown_signal(asyncio.get_running_loop(),
                                       lambda: self.scheduler.begin_drain(self.settings.drain_timeout_s))
+        restore_reload = on_reload_signal(asyncio.get_running_loop(), lambda: log.warning(
+            "SIGHUP: hot swap is not supported for generative models yet; the model keeps serving"))
         log.info("serving %s (generative; max context %d tokens)", self.model_name, self.engine.max_context)
         try:
             yield
         finally:
             restore()
+            restore_reload()
             await self.scheduler.close(5.0)
 
     # ------------------------------------------------------------------ helpers
@@ -307,13 +320,20 @@ class _GenerateService:
         return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": self.created,
                                             "owned_by": "lepton", "max_model_len": self.engine.max_context}]}
 
+    def _status(self, status: str) -> dict[str, Any]:
+        return {"status": status, **({"artifact": self.artifact} if self.artifact is not None else {})}
+
     async def healthz(self) -> Any:
-        return {"status": "ok"}
+        return self._status("ok")
 
     async def readyz(self) -> Any:
         if self.scheduler.accepting:
-            return {"status": "ready"}
-        return JSONResponse({"status": "not ready"}, status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+            return self._status("ready")
+        return JSONResponse(self._status("not ready"), status_code=503, headers={"Retry-After": RETRY_AFTER_S})
+
+    async def admin_swap(self) -> Any:
+        raise APIError(409, "hot swap is not supported for generative models yet; start a server on the updated "
+                            "model and move the traffic to it", kind="swap_not_supported", code="swap_not_supported")
 
     async def prometheus(self) -> Response:
         body, content_type = self.metrics.render()
