@@ -63,7 +63,7 @@ def postgres_url():
         url = _local_cluster()
     try:
         with psycopg.connect(url, connect_timeout=10) as conn:
-            conn.execute("DROP TABLE IF EXISTS items, windows, alerts, outbox, offsets")
+            conn.execute("DROP TABLE IF EXISTS items, windows, alerts, outbox, offsets, drift_windows")
     except psycopg.Error as err:
         pytest.skip(f"cannot connect to PostgreSQL at {url.split('@')[-1]}: {err}")
     yield url
@@ -93,3 +93,26 @@ def test_postgres_store_runs_the_monitor_end_to_end(tmp_path: Path, postgres_url
     top = store.alert_items(alerts[0]["id"], 5)
     assert len(top) == 5 and all(i["sentiment"] == "negative" for i in top)
     store.close()
+
+
+def test_postgres_store_keeps_the_drift_windows(tmp_path: Path, postgres_url: str, tiny_model_dir: Path) -> None:
+    from lepton.models import load_tokenizer
+    from tests.test_monitor_drift import BASE, WIDTH, DriftClassifier, reference_of, shifted_stream, texts
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    classifier = DriftClassifier(reference_of(tokenizer, texts(300, seed=99)), tokenizer)
+    stream = shifted_stream()
+    first = make_monitor(tmp_path, classifier, url=postgres_url, window={"width_s": WIDTH})
+    feed(first, stream[:200])
+    first.stop()
+    before = first.store.drift_windows()
+    assert [w["start"] for w in before] == [BASE + 2 * WIDTH, BASE + WIDTH, BASE]
+    first.store.close()
+
+    second = make_monitor(tmp_path, classifier, url=postgres_url, window={"width_s": WIDTH})
+    feed(second, stream[200:])
+    second.stop()
+    after = second.store.drift_windows()
+    assert after[2:] == before and [w["drift"] for w in after] == [False, True, False, False, False]
+    assert {"input_length", "tokens"} <= {t["name"] for t in after[1]["tests"] if t["flagged"]}
+    second.store.close()

@@ -135,12 +135,10 @@ class FileSource:
                 line = fh.readline(max_line + 1)
                 where = f"{self.path}:{line_no}" if line_no else f"{self.path}@byte{end}"
                 if len(line) > max_line and not line.endswith(b"\n"):
-                    skipped, whole = self._skip_line(fh)
-                    if not whole and self.follow:  # its end is not written yet
+                    skipped = self._skip_long_line(fh, where, channel, max_line)
+                    if skipped is None:  # a followed file: its end is not written yet
                         fh.seek(end)
                         break
-                    log.warning("skipped: %s: a line over ingest.max_body_bytes (%d bytes)", where, max_line)
-                    self.monitor.metrics.bad_items.labels(channel=channel).inc()
                     end += len(line) + skipped
                     line_no = line_no + 1 if line_no else None
                     continue
@@ -155,8 +153,7 @@ class FileSource:
                 try:
                     item = parse_line(line, where, self._model)
                 except BadItemError as err:
-                    log.warning("skipped: %s", err)
-                    self.monitor.metrics.bad_items.labels(channel=channel).inc()
+                    self._bad(channel, f"skipped: {err}")
                     end += len(line)
                     line_no = line_no + 1 if line_no else None
                     continue
@@ -167,14 +164,10 @@ class FileSource:
                     line_no = line_no + 1 if line_no else None
                     continue
                 if self.speed > 0 and item.timestamp is not None:
-                    if clock is None:
-                        clock = (item.timestamp, time.time())
-                    due = clock[1] + (item.timestamp - clock[0]) / self.speed
-                    if due > time.time():
-                        if items:  # send what is due now; this line is read again next time
-                            fh.seek(end)
-                            break
-                        self.stop.wait(due - time.time())
+                    clock, later = self._pace(item.timestamp, clock, holding=bool(items))
+                    if later:  # send what is due now; this line is read again next time
+                        fh.seek(end)
+                        break
                 end += len(line)
                 line_no = line_no + 1 if line_no else None
                 source = item.source if item.source != "http" else channel
@@ -188,6 +181,32 @@ class FileSource:
             self.read += len(items)
             offset = end
         return offset, line_no, clock, False
+
+    def _bad(self, channel: str, message: str) -> None:
+        log.warning("%s", message)
+        self.monitor.metrics.bad_items.labels(channel=channel).inc()
+
+    def _skip_long_line(self, fh: IO[bytes], where: str, channel: str, max_line: int) -> int | None:
+        """Skip (log, count) the rest of a line over ``max_line`` bytes: the bytes skipped; None
+        in a followed file whose line has no newline yet (read it again later)."""
+        skipped, whole = self._skip_line(fh)
+        if not whole and self.follow:
+            return None
+        self._bad(channel, f"skipped: {where}: a line over ingest.max_body_bytes ({max_line} bytes)")
+        return skipped
+
+    def _pace(self, ts: float, clock: tuple[float, float] | None,
+              holding: bool) -> tuple[tuple[float, float], bool]:
+        """Replay at ``speed``: (the clock, True when the item stamped ``ts`` is not due yet and
+        the items ``holding`` should go first). Holding none, waits until it is due."""
+        if clock is None:
+            clock = (ts, time.time())
+        due = clock[1] + (ts - clock[0]) / self.speed
+        if due > time.time():
+            if holding:
+                return clock, True
+            self.stop.wait(due - time.time())
+        return clock, False
 
     @staticmethod
     def _skip_line(fh: IO[bytes], chunk: int = 1 << 20) -> tuple[int, bool]:

@@ -423,7 +423,8 @@ def apply_closures(store: Store, steps: Sequence[tuple], webhook: bool) -> None:
     with store.transaction() as cur:
         for step in steps:
             if step[0] == "drift":
-                store_drift(cur, *step[1:], now=now)
+                _, start, end, head, result = step
+                store_drift(cur, start, end, head, result, now)
                 continue
             if step[0] == "window":
                 _, topic, start, test, episode = step

@@ -130,6 +130,11 @@ def build_recipe(model: Path, manifest: dict[str, Any], base: dict[str, Any], *,
                           f"labels from column {columns.label!r})")
     raw_seen = {x for item in seen.labels for x in (item if isinstance(item, list) else [item])}
     labels, drop = label_plan(spec, raw_seen, label_map)
+    added = sorted(set(labels.values()) - set(spec.labels))
+    if added:
+        log.warning("update: %s new class(es) %s get new rows (the parent knows %s); if they are other spellings "
+                    "of the parent's labels, map them instead: --label-map RAW=LABEL", len(added),
+                    ", ".join(added), ", ".join(spec.labels))
     trained, later = later_stages(list(base.get("stages") or []))
     stage: dict[str, Any] = {k: v for k, v in (trained or {}).items() if k in _CARRIED}
     stage.update({"kind": "update", "name": f"update-{method}", "method": method})
