@@ -264,11 +264,12 @@ def _jsonl(x: Ctx, all_deep: bool = False) -> str:
 
 
 def _resume_with_deep_cache(x: Ctx) -> list[str]:
+    # The interrupted run was killed inside stage 0: give it stage 0 done (the finished run's model
+    # as that stage's snapshot), so --resume reuses the stage and reads its quality cache.
     run = x.copy_run("interrupted")
-    for cache in run.rglob("quality.json"):
-        cache.write_text(DEEP)
-    (run / "work").mkdir(exist_ok=True)
-    (run / "work" / "pretrained").mkdir(exist_ok=True)
+    stage_dir = next((run / "work").glob("stage-0-*"))
+    shutil.copytree(x.fix / "finished" / "model", stage_dir / "snapshot")
+    (stage_dir / "quality.json").write_text(DEEP)
     return ["run", x.recipe, "-o", str(run), "--resume", "--no-progress", "--set", "stages.0.checkpoint_every=1"]
 
 

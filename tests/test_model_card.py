@@ -70,7 +70,7 @@ def test_body_has_table_stages_ci_machine_loading_and_limitations() -> None:
     assert "95% confidence intervals" in body and "percentile bootstrap" in body
     assert "## Machine" in body and "torch" in body
     assert "lepton.load(" in body and 'pipeline("text-classification"' in body
-    assert "## Limitations" in body and "one dev split" in body and "machine" in body
+    assert "## Bias, risks and limitations" in body and "one dev split" in body and "machine" in body
     assert "Labels (2): `neg`, `pos`." in body
 
 

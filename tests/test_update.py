@@ -175,3 +175,22 @@ def test_bad_inputs_are_one_line(case: str, shift: dict[str, Path], tmp_path: Pa
                "--no-progress", *extra])
     err = [line for line in capsys.readouterr().err.strip().splitlines() if line.startswith("lepton:")]
     assert rc == 2 and len(err) == 1 and expected in err[0], err
+
+
+def test_naive_model_is_reused_and_checked(shift: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           caplog: pytest.LogCaptureFixture) -> None:
+    quick = ["--set", "stages.0.max_steps=2"]
+    assert _update(shift, tmp_path / "naive", "--method", "naive", *quick) == 0
+    caplog.clear()
+    with caplog.at_level("INFO", logger="lepton"):
+        assert _update(shift, tmp_path / "l2sp", "--method", "l2sp", "--naive-model",
+                       str(tmp_path / "naive" / "model"), *quick) == 0
+    assert not any("with method naive, for comparison" in r.getMessage() for r in caplog.records)  # not retrained
+    update = json.loads((tmp_path / "l2sp" / "report.json").read_text())["update"]
+    assert {r["variant"] for r in update["new"]["rows"]} == {"parent", "naive", "update-l2sp"}
+    capsys.readouterr()
+    # The parent is not a naive update of itself: refused in one line before anything trains.
+    assert _update(shift, tmp_path / "bad", "--method", "l2sp", "--naive-model", str(shift["parent"]), *quick) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("lepton:")]
+    assert len(err) == 1 and "--naive-model" in err[0] and "not an update of" in err[0], err
+    assert not (tmp_path / "bad" / "model").exists()

@@ -32,6 +32,8 @@ EPILOG = {
     "monitor": "example: lepton monitor runs/monitor-news/model --config examples/monitor-news-monitor.yaml "
                "--source replay:runs/monitor-news-stream/stream.jsonl --speed 600",
     "generate": "example: lepton generate builtin:smollm2-135m \"The capital of France is\" --max-new-tokens 16",
+    "explain": "example: lepton explain runs/sst2-minilm/model \"a charming and affecting film\"   (--json, "
+               "--method ig)",
     "drift": "example: lepton drift runs/sst2-minilm/model --data new-reviews.tsv   (--fail-on-drift for a CI gate)",
     "update": "example: lepton update runs/sst2-minilm-finetune/model --data new/train.csv --dev new/dev.csv "
               "--method replay --recipe examples/sst2-minilm.yaml -o runs/sst2-update",
@@ -67,6 +69,10 @@ def _parser() -> argparse.ArgumentParser:
 
     drift_command.add_parser(_add_command(sub, "drift", "test whether new data drifted from the data the model "
                                                         "was evaluated on; say whether an update is advised"))
+    from lepton.pipeline import explain_command
+
+    explain_command.add_parser(_add_command(sub, "explain", "classify a text with a saved model and show which "
+                                                            "tokens the prediction rests on"))
     from lepton.pipeline import update_command
 
     update_command.add_parser(_add_command(sub, "update", "train a saved model further on new labelled data, "
@@ -600,6 +606,12 @@ def _cmd_update(args: argparse.Namespace) -> int:
     return update_command.run(args)
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from lepton.pipeline import explain_command
+
+    return explain_command.run(args)
+
+
 def _cmd_drift(args: argparse.Namespace) -> int:
     from lepton.pipeline import drift_command
 
@@ -628,7 +640,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"run": _cmd_run, "validate": _cmd_validate, "evaluate": _cmd_evaluate, "info": _cmd_info,
                 "compare": _cmd_compare, "serve": _cmd_serve, "data": _cmd_data, "keygen": _cmd_keygen,
                 "sign": _cmd_sign, "monitor": _cmd_monitor, "search": _cmd_search, "generate": _cmd_generate,
-                "drift": _cmd_drift, "update": _cmd_update}
+                "drift": _cmd_drift, "update": _cmd_update, "explain": _cmd_explain}
     try:
         return handlers[args.command](args)
     except LeptonError as err:

@@ -27,7 +27,7 @@ from lepton.core.config import StrictModel
 from lepton.core.errors import DataError, UnknownNameError
 from lepton.data import datasets
 
-__all__ = ["Columns", "DataSplitConfig", "Split", "load_split"]
+__all__ = ["Columns", "DataSplitConfig", "Split", "carve", "load_split"]
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +134,8 @@ class Columns:
     text_pair: str | int | None = None
     label: str | int | None = None  # None: unlabelled data
     template: str | None = None  # generation: the prompt as str.format over columns
+    # More columns kept per example as strings (TSV, CSV, JSONL), e.g. the evaluation's slices.
+    extra: tuple[str, ...] = ()
 
 
 @dataclass
@@ -145,6 +147,7 @@ class Split:
     labels: list[str] | list[list[str]] | None  # raw labels as strings; None when unlabelled
     sources: list[str]  # "path:line" (or "archive!member") per example
     skipped: list[str] = field(default_factory=list)  # "path:line: reason" per skipped row
+    extra: dict[str, list[str]] = field(default_factory=dict)  # Columns.extra: column -> value per example
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -228,6 +231,9 @@ def _check_options(
         )
     if fmt in ("conll", "folder") and columns.text_pair is not None:
         raise DataError(f"data.{name}: format {fmt} has no text_pair column")
+    if fmt in ("conll", "folder") and columns.extra:
+        raise DataError(f"data.{name}: format {fmt} has no named columns for {', '.join(columns.extra)} "
+                        "(slices read a TSV, CSV or JSONL column)")
 
 
 # ---------------------------------------------------------------- collecting rows
@@ -249,6 +255,8 @@ class _Collector:
         self.labels: list[Any] = []
         self.sources: list[str] = []
         self.skipped: list[str] = []
+        self.extra: dict[str, list[str]] = {name: [] for name in columns.extra}
+        self.pending_extra: list[str] = []  # the extra columns' values of the row being added
 
     @property
     def full(self) -> bool:
@@ -281,6 +289,8 @@ class _Collector:
             return
         self.texts.append(text)
         self.sources.append(where)
+        for name, value in zip(self.extra, self.pending_extra):
+            self.extra[name].append(value.strip())
         if label is not None:
             self.labels.append(label)
         if pair is not None:
@@ -309,7 +319,43 @@ class _Collector:
             labels=pick(self.labels) if labelled else None,
             sources=pick(self.sources),
             skipped=self.skipped,
+            extra={name: pick(values) for name, values in self.extra.items()},
         )
+
+
+def subset(split: Split, indices: list[int], name: str) -> Split:
+    """The examples at ``indices`` (in that order) as a split named ``name``."""
+    def pick(values: list[Any] | None) -> Any:
+        return None if values is None else [values[i] for i in indices]
+
+    return Split(name=name, kind=split.kind, texts=pick(split.texts), text_pairs=pick(split.text_pairs),
+                 labels=pick(split.labels), sources=pick(split.sources),
+                 extra={k: pick(v) for k, v in split.extra.items()})
+
+
+def carve(split: Split, fraction: float, seed: int, name: str) -> tuple[Split, Split]:
+    """(the rest, a seeded ``fraction`` of ``split`` named ``name``), both kept in file order.
+
+    Sequence labels are carved per label (stratified: each class gives the same share, at least one
+    example of a class with two or more), so a selection split of a sorted or skewed file still
+    holds every class; token and pair splits are carved at random.
+    """
+    rng = random.Random(seed)
+    groups: dict[str, list[int]] = {}
+    for i in range(len(split)):
+        label = split.labels[i] if split.labels is not None and split.kind == "sequence" else ""
+        groups.setdefault(str(label), []).append(i)
+    chosen: set[int] = set()
+    for members in groups.values():
+        k = round(fraction * len(members))
+        if len(members) >= 2:
+            k = min(max(k, 1), len(members) - 1)
+        chosen.update(rng.sample(members, k))
+    if not chosen or len(chosen) == len(split):
+        raise DataError(f"data.{split.name}: {len(split)} examples are too few to carve a "
+                        f"{fraction:.0%} {name} split from (give data.{name} instead)")
+    rest = [i for i in range(len(split)) if i not in chosen]
+    return subset(split, rest, split.name), subset(split, sorted(chosen), name)
 
 
 def _sample_indices(n: int, limit: int | None, seed: int | None) -> list[int] | None:
@@ -407,11 +453,13 @@ def _read_delimited(
             text_idx = [_resolve_column(r, names, width, path, "text") for r in _text_refs(columns)]
             pair_idx = _optional_column(columns.text_pair, names, width, path, "text_pair")
             label_idx = _optional_column(columns.label, names, width, path, "label")
+            extra_idx = [_resolve_column(c, names, width, path, "extra") for c in columns.extra]
             for line, record in records:
                 where = f"{path}:{line}"
                 if len(record) != width:
                     rows.bad(where, f"expected {width} fields, found {len(record)}")
                 else:
+                    rows.pending_extra = [record[i] for i in extra_idx]
                     rows.add_sequence(
                         where,
                         [record[i] for i in text_idx],
@@ -470,7 +518,7 @@ def _roles(columns: Columns) -> list[tuple[str, ColumnRef]]:
         roles.append(("text_pair", columns.text_pair))
     if columns.label is not None:
         roles.append(("label", columns.label))
-    return roles
+    return roles + [("extra", name) for name in columns.extra]
 
 
 def _read_jsonl(path: Path, config: DataSplitConfig, columns: Columns, rows: _Collector) -> None:
@@ -534,6 +582,7 @@ def _add_json_row(
             return rows.bad(where, f"key {key!r} holds a {type(value).__name__}, not a string")
         # JSON numbers (0/1 labels) become strings, like the labels of every other format.
         values.setdefault(role, []).append("" if value is None else str(value))
+    rows.pending_extra = values.get("extra", [])
     rows.add_sequence(where, values["text"], *values.get("text_pair", [None]),
                       *values.get("label", [None]))
 

@@ -324,6 +324,21 @@ def evaluate_variants(variants: list[Variant], split: Any, config: Any, *, seed:
             if i != base_idx:
                 card.comparison = compare(variants[base_idx], cards[base_idx], v, card, split,
                                           seed=seed, resamples=config.bootstrap)
+    # Whom the errors fall on: quality per slice, counterfactual fairness (classifiers), and the
+    # stereotype-preference probe (decoder-only models)
+    from lepton.evaluation.fairness import measure_fairness
+    from lepton.evaluation.slices import measure_slices
+    from lepton.evaluation.stereotypes import measure_stereotypes
+
+    measure_slices(variants, cards, split, config, seed=seed, baseline=baseline)
+    measure_fairness(variants, cards, split, config, seed=seed, baseline=baseline)
+    measure_stereotypes(variants, cards, config, seed=seed, baseline=baseline)
+    # Why each variant decides: token attributions, their faithfulness, agreement with the baseline
+    from lepton.evaluation.explain import explain_variants
+
+    explained = explain_variants(variants, split, config, seed=seed, baseline=baseline)
+    for card in cards:
+        card.explanation = explained.get(card.name)
     return cards
 
 

@@ -10,6 +10,10 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from lepton.evaluation.environment import Environment
+from lepton.evaluation.explanation import Explanation
+from lepton.evaluation.fairness import Fairness
+from lepton.evaluation.slices import Slices
+from lepton.evaluation.stereotypes import StereotypePreference
 from lepton.tasks.quality import Quality
 
 REPORT_SCHEMA_VERSION = 1
@@ -97,6 +101,10 @@ class Scorecard(BaseModel):
     comparison: Comparison | None = None  # None for the baseline itself
     robustness: Robustness | None = None
     calibration: Calibration | None = None
+    slices: Slices | None = None  # quality per slice, the worst one, drops against the baseline
+    fairness: Fairness | None = None  # counterfactual identity-term swaps (classifiers)
+    stereotypes: StereotypePreference | None = None  # likelihood preference for stereotypes (decoders)
+    explanation: Explanation | None = None  # token attributions: faithfulness, agreement with the baseline
 
 
 class Report(BaseModel):
@@ -111,3 +119,6 @@ class Report(BaseModel):
     # lepton update: the gain on the new data and the forgetting on the original data, against
     # the parent and naive fine-tuning (lepton.pipeline.update_report)
     update: dict[str, Any] | None = None
+    # Which split chose (keep-best, early stopping, quantize's max_drop) and which one scored:
+    # {"chose_on", "chose_examples", "carved_from_train", "scored_on", "scored_examples"}
+    selection: dict[str, Any] | None = None

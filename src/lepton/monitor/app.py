@@ -153,7 +153,11 @@ class _MonitorService:
         found = self.monitor.store.alert(alert_id)
         if found is None:
             raise HTTPException(404, f"alert {alert_id}: no such alert")
-        return {**found, "items": self.monitor.store.alert_items(alert_id, self.monitor.cfg.alerts.top_items)}
+        from lepton.monitor.predict import alert_drivers
+
+        items = self.monitor.store.alert_items(alert_id, self.monitor.cfg.alerts.top_items)
+        # the words that drove the items' negative predictions (token attributions; None without them)
+        return {**found, "items": items, "drivers": alert_drivers(self.monitor.classifier, items)}
 
     async def healthz(self) -> Status:
         return Status(status="ok")

@@ -121,6 +121,44 @@ class ModelClassifier:
                                   scores=s["scores"]))
         return out
 
+    def negative_drivers(self, texts: list[str], top: int = 8) -> dict[str, Any]:
+        """What makes the sentiment head lean negative on ``texts`` (occlusion toward the negative
+        label, lepton.evaluation.attribution): per text its words' character spans and scores
+        (positive: the word raises the negative probability), and the ``top`` words that do most
+        over all texts, with how many texts each appears in that way."""
+        import string
+
+        from lepton.evaluation.attribution import word_scores
+
+        results = self._sentiment.explain(texts, target=self.negative_label) if texts else []
+        items, totals, counts = [], {}, {}
+        for text, result in zip(texts, results):
+            words = word_scores(result["tokens"])
+            items.append([{"start": w["start"], "end": w["end"], "score": round(w["score"], 4)} for w in words])
+            for w in words:
+                key = text[w["start"]:w["end"]].lower().strip(string.punctuation)
+                if w["score"] > 0 and key:
+                    totals[key] = totals.get(key, 0.0) + w["score"]
+                    counts[key] = counts.get(key, 0) + 1
+        ranked = sorted(totals, key=lambda k: -totals[k])[:top]
+        return {"method": "occlusion", "label": self.negative_label, "items": items,
+                "words": [{"word": k, "score": round(totals[k], 4), "items": counts[k]} for k in ranked]}
+
+
+def alert_drivers(classifier: Any, items: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The words that drove an alert's items negative (``ModelClassifier.negative_drivers``), or
+    None where the classifier cannot say (a stand-in without attributions) or there are no items."""
+    explain = getattr(classifier, "negative_drivers", None)
+    if explain is None or not items:
+        return None
+    from lepton.core.errors import LeptonError
+
+    try:
+        return explain([str(i["text"]) for i in items])
+    except LeptonError as err:  # e.g. a head whose kind has no attributions
+        log.warning("alert: the words behind its items are not shown (%s)", err)
+        return None
+
 
 def load_classifier(model_paths: list[str], cfg: PredictConfig,
                     public_key: str | os.PathLike[str] | None = None, *, drift: bool = True) -> ModelClassifier:

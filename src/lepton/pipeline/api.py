@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -14,8 +15,8 @@ from typing import Any
 from pydantic import ValidationError
 
 from lepton.core import __version__, atomic, distributed, outdir
-from lepton.core.errors import LeptonError, RecipeError, StageError, StorageError
-from lepton.data import DataSplitConfig, Split, load_split
+from lepton.core.errors import DataError, LeptonError, RecipeError, StageError, StorageError
+from lepton.data import DataSplitConfig, Split, carve, load_split
 from lepton.evaluation.scorecard import Report
 from lepton.pipeline.artifact import load_bundle, now_iso, read_manifest, save_artifact
 from lepton.pipeline.recipe import EvaluateConfig, Recipe, TaskConfig, load_recipe
@@ -38,17 +39,30 @@ def resolve_device(choice: str) -> str:
 
 def load_splits(recipe: Recipe) -> dict[str, Split]:
     splits = {}
-    for name in ("train", "dev", "test"):
+    for name in ("train", "dev", "test", "validation"):
         cfg = getattr(recipe.data, name)
         if cfg is None:
             continue
-        split = load_split(cfg, recipe.task.columns(), name=name, kind=recipe.task.split_kind)
+        columns = recipe.task.columns()
+        if name == recipe.evaluate.split and recipe.evaluate.slices:  # slice columns: lepton.evaluation.slices
+            columns = dataclasses.replace(columns, extra=tuple(recipe.evaluate.slices))
+        split = load_split(cfg, columns, name=name, kind=recipe.task.split_kind)
         if split.skipped:
             log.warning("data.%s: skipped %d bad rows (first: %s)", name, len(split.skipped), split.skipped[0])
         log.info("data.%s: %d examples from %s", name, len(split), cfg.path)
         if name == "train":
             _warn_one_class(split, cfg.path)
         splits[name] = split
+    if recipe.data.selection() == "validation" and "validation" not in splits and "train" in splits:
+        splits["train"], splits["validation"] = carve(splits["train"], recipe.data.validation_fraction,
+                                                      recipe.seed, "validation")
+        log.info("data.validation: %d examples carved from data.train (seed %d; %d left to train on); the "
+                 "stages choose on it", len(splits["validation"]), recipe.seed, len(splits["train"]))
+    fairness = recipe.evaluate.fairness
+    if fairness.counterfactual and (fairness.terms or fairness.groups):  # a bad term file fails before training
+        from lepton.evaluation.fairness import load_lexicon, selected_groups
+
+        selected_groups(load_lexicon(fairness.terms), fairness.groups)
     return splits
 
 
@@ -335,7 +349,8 @@ class _Run:
         ctx = RunContext(splits=self.splits, seed=self.recipe.seed, device=self.device, out_dir=side,
                          work_dir=self.work, resume=self.resume, progress=self.progress,
                          stage_dir=stage_dir, stage_index=i, stage_name=name,
-                         snapshots=dict(self.snapshots), columns=self.recipe.task.columns())
+                         snapshots=dict(self.snapshots), columns=self.recipe.task.columns(),
+                         select=self.recipe.data.selection())
         log.info("stage %d (%s) starts", i, name)
         started, t0 = now_iso(), time.perf_counter()
         self.bundle = handler_for(stage, self.bundle.family, f"stages.{i}")(self.bundle, stage, ctx)
@@ -393,7 +408,7 @@ class _Run:
                              "lepton run ... --resume measures again without retraining") from err
         report = Report(lepton_version=__version__, created=now_iso(), recipe=recipe.resolved_dict(),
                         baseline=baseline, variants=cards, environment=fingerprint(recipe.seed),
-                        stages=[r.model_dump() for r in bundle.history])
+                        stages=[r.model_dump() for r in bundle.history], selection=self._selection())
         manifest_like = {"history": [r.model_dump() for r in bundle.history], "source_model": recipe.model,
                          "recipe": recipe.resolved_dict(), "main_task": bundle.main_task,
                          "heads": {n: {"task": h.task.model_dump()} for n, h in bundle.heads.items()}}
@@ -413,6 +428,16 @@ class _Run:
         log.info("wrote %s and %s", out / "model", out / "report.md")
         return report
 
+
+    def _selection(self) -> dict[str, Any] | None:
+        """Which split chose and which scored (the report says so); None for a run without stages."""
+        if not self.recipe.stages:
+            return None
+        data = self.recipe.data
+        chose = data.selection()
+        return {"chose_on": chose, "chose_examples": len(self.splits[chose]) if chose in self.splits else 0,
+                "carved_from_train": chose == "validation" and data.validation is None,
+                "scored_on": self.recipe.evaluate.split, "scored_examples": len(self.eval_split)}
 
     def _drift_reference(self) -> dict[str, bytes]:
         """``data/drift_reference.json``: the evaluation set as the final model sees it, what
@@ -489,7 +514,7 @@ def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | di
     variants = _compare_variants(paths, task)
     spec: TaskSpec = variants[0].bundle.task
     task_cfg = _compare_task_config(task0 or {"kind": spec.kind}, text=text, text_pair=text_pair, label=label)
-    split = load_split(data_cfg, task_cfg.columns(), name="eval", kind=spec.split_kind)
+    split = _eval_split(data_cfg, task_cfg, config, spec.split_kind)
     if split.labels is None:
         raise StageError(f"{data_cfg.path}: evaluation needs labelled data")
     cards = evaluate_variants(variants, split, config, seed=seed, baseline=variants[0].name,
@@ -499,6 +524,18 @@ def compare(models: Sequence[str | os.PathLike[str]], data: DataSplitConfig | di
     return Report(lepton_version=__version__, created=now_iso(), recipe=recipe0,
                   baseline=variants[0].name, variants=cards, environment=env,
                   stages=[r.model_dump() for r in variants[-1].bundle.history])
+
+
+def _eval_split(data_cfg: DataSplitConfig, task_cfg: TaskConfig, config: EvaluateConfig, kind: str) -> Split:
+    """The data to measure on, with the slice columns of ``evaluate.slices`` where it has them: a
+    recipe's slice columns need not exist in other data a saved model is evaluated on."""
+    if config.slices:
+        try:
+            return load_split(data_cfg, dataclasses.replace(task_cfg.columns(), extra=tuple(config.slices)),
+                              name="eval", kind=kind)
+        except DataError as err:
+            log.warning("evaluate.slices: measuring without slice columns (%s)", err)
+    return load_split(data_cfg, task_cfg.columns(), name="eval", kind=kind)
 
 
 def _recipe_eval_data(path: Path, recipe: dict[str, Any], data: dict[str, Any], task: str | None) -> Any:

@@ -143,7 +143,7 @@ def model_card(report: Report, manifest: dict[str, Any]) -> str:
     lines += _card_history(manifest)
     lines += _card_evaluation(report, final)
     lines += _card_usage(manifest, task_kind)
-    lines += _card_limitations(final)
+    lines += _card_limitations(report, final)
     return "\n".join(lines)
 
 
@@ -262,8 +262,10 @@ def _card_usage(manifest: dict[str, Any], task_kind: TaskKind) -> list[str]:
     return lines
 
 
-def _card_limitations(final: Scorecard | None) -> list[str]:
-    return ["## Limitations", "",
+def _card_limitations(report: Report, final: Scorecard | None) -> list[str]:
+    from lepton.pipeline.report_whom import card_lines  # measured: slices, counterfactual fairness
+
+    return ["## Bias, risks and limitations", "", *card_lines(report, final),
             "- Quality was measured on one dev split" + (f" (`{_cell(final.split)}`)" if final else "")
             + "; it may differ on other data, domains or label distributions.",
             "- Latency, throughput and speed-ups are specific to the machine above, its thread count "

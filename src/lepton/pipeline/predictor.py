@@ -74,6 +74,19 @@ class Predictor:
                 results[i] = r
         return results  # always a list, one result per input (a single input gives a list of one)
 
+    def explain(self, inputs: Any, *, method: str = "occlusion", steps: int = 64, task: str | None = None,
+                target: str | None = None) -> list[dict[str, Any]]:
+        """Token attributions per input (as ``predict`` takes them): the prediction and each token
+        with its character span and its score toward the predicted label, or toward label
+        ``target`` (``method``: "occlusion", any runtime, or "ig", integrated gradients on PyTorch
+        models; lepton.evaluation.attribution)."""
+        from lepton.evaluation.attribution import explain_inputs
+
+        if task is not None and task != self.bundle.main_task:
+            return self.head(task).explain(inputs, method=method, steps=steps, target=target)
+        items = [inputs] if kind_of(self.task).is_single(inputs, self.task) else list(inputs)
+        return explain_inputs(self.bundle, self.runtime, items, method=method, steps=steps, target=target)
+
     def generate(self, prompts: str | list[str], **settings: Any) -> list[str]:
         """Generated text per prompt (a generative model; ``settings`` as the recipe's
         ``task.generation``: strategy, max_new_tokens, num_beams, temperature, top_p, top_k, seed,

@@ -29,6 +29,8 @@ from lepton.core.config import StrictModel
 from lepton.core.errors import LeptonError, RecipeError
 from lepton.core.registry import suggest
 from lepton.data import DataSplitConfig
+from lepton.evaluation.explanation import ExplainConfig
+from lepton.evaluation.fairness import FairnessConfig
 from lepton.runtimes.saved import is_saved_model
 from lepton.stages import StageConfig, declared
 from lepton.tasks import ColumnRef, TaskConfig  # noqa: F401  (re-exported: recipes' task section)
@@ -40,6 +42,17 @@ class DataConfig(StrictModel):
     train: DataSplitConfig | None = None
     dev: DataSplitConfig | None = None
     test: DataSplitConfig | None = None
+    # The split that chooses (keep-best checkpoints, early stopping, layers to drop): its own data,
+    # or carved from train (select_on: validation without data.validation), so that the split the
+    # report scores on never chose anything. Default: validation when data.validation is given,
+    # else dev (the report then says that dev both chose and scored).
+    validation: DataSplitConfig | None = None
+    select_on: Literal["dev", "validation"] | None = None
+    validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)  # of train, when carved
+
+    def selection(self) -> str:
+        """The split name the stages choose on."""
+        return self.select_on or ("validation" if self.validation is not None else "dev")
 
 
 class EvaluateConfig(StrictModel):
@@ -61,6 +74,13 @@ class EvaluateConfig(StrictModel):
     calibration_bins: int = Field(default=15, ge=2)
     memory: bool = True  # peak RSS per variant, measured in a fresh process
     threads: int | None = Field(default=None, ge=1)  # torch threads while timing; default: as set
+    # Slices (lepton.evaluation.slices): quality per class, length bucket and these data columns
+    slices: list[str] = Field(default_factory=list)  # columns of the evaluation data, e.g. [source]
+    slice_quality: bool = True  # per-slice quality with CIs and paired deltas (cheap: no model passes)
+    length_buckets: list[int] = Field(default_factory=lambda: [16, 32, 64])  # token-count bucket edges
+    slice_min_examples: int = Field(default=30, ge=1)  # smaller slices are shown, not ranked
+    fairness: FairnessConfig = Field(default_factory=FairnessConfig)  # counterfactual identity-term swaps
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)  # token attributions (evaluation.explain)
 
     @field_validator("batch_sizes")
     @classmethod
@@ -68,6 +88,13 @@ class EvaluateConfig(StrictModel):
         if not value or any(b < 1 for b in value):
             raise ValueError("batch_sizes must be a non-empty list of positive integers")
         return value
+
+    @field_validator("length_buckets")
+    @classmethod
+    def _token_counts(cls, value: list[int]) -> list[int]:
+        if any(b < 1 for b in value):
+            raise ValueError("length_buckets are token counts: positive integers")
+        return sorted(set(value))
 
 
 class OutputConfig(StrictModel):
@@ -155,6 +182,22 @@ class Recipe(StrictModel):
             raise ValueError("data.train is required when the recipe has stages")
         if getattr(self.data, self.evaluate.split) is None:
             raise ValueError(f"data.{self.evaluate.split} is required for evaluation")
+        if self.data.select_on == "dev" and self.data.validation is not None:
+            raise ValueError("data.select_on: dev while data.validation is given: the validation data would "
+                             "never be read (leave select_on out to choose on it)")
+        if self.data.selection() == "validation" and self.data.validation is None and self.data.train is None:
+            raise ValueError("data.select_on: validation carves the validation split from data.train; give "
+                             "data.train or data.validation")
+        return self
+
+    @model_validator(mode="after")
+    def _checks_choose_on_the_selection_split(self) -> Recipe:
+        # A check that chooses (quantize's max_drop keeps sensitive layers in float) reads the
+        # selection split too, unless the stage names its own.
+        if self.data.selection() == "validation":
+            for stage in self.stages:
+                if "check_split" in type(stage).model_fields and "check_split" not in stage.model_fields_set:
+                    stage.check_split = "validation"  # type: ignore[attr-defined]
         return self
 
     @model_validator(mode="after")

@@ -47,6 +47,8 @@ def _markdown_intro(report: Report) -> list[str]:
              f"Machine: {describe(report.environment)}.", ""]
     if smoke_note(report):
         lines += [f"**{smoke_note(report).capitalize()}.**", ""]
+    if report.selection:
+        lines += [selection_note(report.selection), ""]
     if report.baseline:
         lines += [f"Baseline for deltas: `{report.baseline}`. Δ marked * when its paired 95% CI excludes 0. "
                   "Timings interleave all variants over the same inputs; ratios under 5% are noise.", ""]
@@ -54,6 +56,18 @@ def _markdown_intro(report: Report) -> list[str]:
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     lines.append("")
     return lines
+
+
+def selection_note(sel: dict[str, Any]) -> str:
+    """One sentence: which split chose and which scored, and whether they are the same data."""
+    chose = f"data.{sel['chose_on']}" + (" (carved from data.train)" if sel.get("carved_from_train") else "")
+    text = (f"Chosen on {chose}, {sel.get('chose_examples', '?')} examples; scored on data.{sel['scored_on']}, "
+            f"{sel.get('scored_examples', '?')} examples")
+    if sel["chose_on"] == sel["scored_on"]:
+        return text + (": **the same split chose and scored** (keep-best checkpoints, early stopping, layer "
+                       "importance, quantize's max_drop read it), so its scores may lean optimistic; give "
+                       "data.validation or set data.select_on: validation.")
+    return text + ": the split that scored chose nothing."
 
 
 def _markdown_variant(card: Scorecard) -> list[str]:
@@ -77,6 +91,12 @@ def _markdown_variant(card: Scorecard) -> list[str]:
     if card.calibration is not None:
         lines += ["", f"Calibration: expected calibration error {card.calibration.ece:.4f} "
                   f"({len(card.calibration.bins)} equal-width confidence bins)."]
+    from lepton.pipeline.report_whom import markdown as whom_markdown
+
+    lines += whom_markdown(card)  # slices and counterfactual fairness
+    from lepton.pipeline.report_why import markdown as why_markdown
+
+    lines += why_markdown(card)  # token attributions: faithfulness, agreement with the baseline
     for note in card.notes:
         lines.append(f"\nNote: {note}")
     lines.append("")

@@ -261,6 +261,16 @@ def _details(card: Scorecard) -> list[str]:
     if card.calibration is not None:
         out.append(f"<p>Calibration: expected calibration error (ECE) {card.calibration.ece:.4f} "
                    f"over {len(card.calibration.bins)} confidence bins.</p>")
+    from lepton.pipeline.report_whom import sections  # slices and counterfactual fairness
+
+    for text, header, rows in sections(card):
+        text = re.sub(r"`([^`]+)`", r"<code>\1</code>", _e(text))  # escaped first: only our tags
+        out += [f"<p>{text}</p>", _table(header, rows)]
+    from lepton.pipeline import report_why  # token attributions, a sample of examples shaded
+
+    for text, header, rows in report_why.sections(card):
+        out += [f"<p>{_e(text)}</p>"] + ([_table(header, rows)] if rows else [])
+    out.append(report_why.samples_html(card))
     out += [f'<p class="note">Note: {_e(note)}</p>' for note in card.notes]
     out.append("</section>")
     return out

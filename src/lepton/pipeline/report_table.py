@@ -30,6 +30,10 @@ def table_rows(report: Report) -> tuple[list[str], list[list[str]]]:
             speed = f"{c.speedup_b1:.2f}x" if c.speedup_b1 else "-"
             smaller = f"{c.smaller:.2f}x" if c.smaller else "-"
             verdict = f"{c.verdict}; {c.label}"
+        slices = card.slices  # whom the errors fall on (lepton.evaluation.slices)
+        if slices is not None and slices.worst:
+            worse = f"; worse on {', '.join(slices.dropped)}" if slices.dropped else ""
+            verdict += f"{worse}; worst slice {slices.worst}"
         rows.append([card.name, metric_cell(card), delta,
                      f"{lat.p50:.2f}" if lat else "-", f"{lat.p95:.2f}" if lat else "-", thr,
                      f"{eff.size_mb:.1f}", f"{eff.params / 1e6:.2f}M", speed, smaller, verdict])

@@ -56,6 +56,23 @@ def check_parent(model: str | os.PathLike[str]) -> dict[str, Any]:
     return manifest
 
 
+def check_naive(model: str | os.PathLike[str], parent: Path) -> Path:
+    """``model``, verified, when it is a naive update of ``parent`` (its lineage names the parent's
+    manifest); anything else is refused: a naive run of another parent compares nothing."""
+    from lepton.pipeline.lineage import parent_of
+
+    folder = Path(model)
+    manifest = read_manifest(folder)
+    mine = (manifest.get("lineage") or {}).get("parent") or {}
+    expected = parent_of(str(parent)) or {}
+    if not mine or mine.get("manifest_file_sha256") != expected.get("manifest_file_sha256"):
+        raise ArtifactError(f"--naive-model {folder}: not an update of {parent} (its lineage names "
+                            f"{mine.get('path') or 'no parent'}); give the naive update of the same parent")
+    if not any((r.get("settings") or {}).get("method") == "naive" for r in manifest.get("history") or []):
+        raise ArtifactError(f"--naive-model {folder}: not made by lepton update --method naive")
+    return folder
+
+
 def parent_recipe(manifest: dict[str, Any], recipe: str | os.PathLike[str] | None) -> dict[str, Any]:
     """The recipe tree the update follows: ``recipe`` (a file) or the one in the parent's manifest."""
     if recipe is None:
@@ -164,16 +181,19 @@ def update(model: str | os.PathLike[str], data: str, dev: str | None = None, *,
            label_map: Mapping[str, str | None] | None = None, old_dev: str | None = None,
            replay_data: str | None = None, naive: bool = True, overrides: Sequence[str] = (),
            out_dir: str | os.PathLike[str] = "runs/update", force: bool = False,
-           progress: bool = True) -> Report:
+           progress: bool = True, naive_model: str | os.PathLike[str] | None = None) -> Report:
     """Update the saved model ``model`` on ``data`` (selecting on ``dev``) by ``method``, re-apply
     the recipe's stages after training, write ``out_dir`` (model, report); returns the report,
-    whose ``update`` entry holds the gain and forgetting tables (see the module docstring)."""
+    whose ``update`` entry holds the gain and forgetting tables (see the module docstring).
+    ``naive_model``: a naive update of the same parent made before (``OUT/model`` of ``lepton update
+    --method naive``), compared against instead of training naive again."""
     from lepton.pipeline.api import run
     from lepton.pipeline.report import write_report
     from lepton.pipeline.update_report import measure_update
 
     parent = Path(model)
     manifest = check_parent(parent)
+    given_naive = check_naive(naive_model, parent) if naive_model is not None else None
     base = parent_recipe(manifest, recipe)
     out = Path(out_dir).expanduser()
     tree = build_recipe(parent, manifest, base, data=data, dev=dev, method=method, label_map=label_map or {},
@@ -184,15 +204,15 @@ def update(model: str | os.PathLike[str], data: str, dev: str | None = None, *,
     report = run(the_recipe, out_dir=out, force=force, progress=progress, keep_work=True)
     assert report is not None  # one process
     try:
-        naive_model = None
-        if naive and the_recipe.stages[0].method != "naive":  # type: ignore[attr-defined]
+        naive_folder = given_naive
+        if naive_folder is None and naive and the_recipe.stages[0].method != "naive":  # type: ignore[attr-defined]
             log.info("update: the same update with method naive, for comparison")
             naive_out = out / "work" / "naive"
             run(parse_recipe(_naive_recipe(the_recipe.resolved_dict(), naive_out), source="lepton update (naive)"),
                 out_dir=naive_out, force=True, progress=progress)
-            naive_model = naive_out / "model"
+            naive_folder = naive_out / "model"
         old = _old_dev(base, old_dev)
-        report.update = measure_update(the_recipe, parent, out, naive_model, old)
+        report.update = measure_update(the_recipe, parent, out, naive_folder, old)
         write_report(report, out)
     finally:
         shutil.rmtree(out / "work", ignore_errors=True)

@@ -22,6 +22,8 @@ def add_parser(u: argparse.ArgumentParser) -> None:
     u.add_argument("--replay-data", help="replay: the original training data's sample to mix in (default: the "
                                          "parent's data/rehearsal.jsonl)")
     u.add_argument("--no-naive", action="store_true", help="skip the naive fine-tuning run compared against")
+    u.add_argument("--naive-model", help="compare against this naive update of the same parent (OUT/model of an "
+                                         "earlier lepton update --method naive) instead of training naive again")
     u.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of the update's recipe, e.g. stages.0.epochs=1, stages.0.l2sp=0.1")
     u.add_argument("-o", "--output", required=True, help="output folder")
@@ -49,7 +51,8 @@ def run(args: Any) -> int:
     report = update(args.model, args.data, args.dev, recipe=args.recipe, method=args.method,
                     label_map=parse_label_map(args.label_map), old_dev=args.old_dev,
                     replay_data=args.replay_data, naive=not args.no_naive, overrides=overrides,
-                    out_dir=args.output, force=args.force, progress=not args.no_progress)
+                    out_dir=args.output, force=args.force, progress=not args.no_progress,
+                    naive_model=args.naive_model)
     print_table(report)
     if report.update:
         print("\n" + "\n".join(to_markdown(report.update)))

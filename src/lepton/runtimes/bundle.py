@@ -84,6 +84,11 @@ class RunContext:
     # Earlier stages of this run: name -> saved snapshot folder (a teacher for distill, say).
     snapshots: dict[str, Path] = field(default_factory=dict)
     columns: Any = None  # lepton.data.Columns of the recipe's task (for extra text, e.g. distill's transfer)
+    select: str = "dev"  # the split stages choose on (keep-best, early stopping): data.selection()
+
+    def selection(self) -> Split | None:
+        """The split that chooses checkpoints, layers and the like; None when the recipe has none."""
+        return self.splits.get(self.select)
 
     def split(self, name: str) -> Split:
         from lepton.core.errors import StageError

@@ -244,7 +244,7 @@ def run_stages(ws: Workspace, recipe: Recipe, work: Path, *, shareable: int,
                 ctx = RunContext(splits=ws.splits, seed=recipe.seed, device=ws.device, out_dir=ws.out_dir,
                                  work_dir=work, progress=ws.progress, stage_dir=work / f"stage-{i}-{stage.kind}",
                                  stage_index=i, stage_name=name, snapshots=dict(snapshots),
-                                 columns=recipe.task.columns())
+                                 columns=recipe.task.columns(), select=recipe.data.selection())
                 log.info("stage %d (%s) starts", i, name)
                 started, t0 = now_iso(), time.perf_counter()
                 bundle = handler_for(stage, bundle.family, f"stages.{i}")(bundle, stage, ctx)

@@ -1,7 +1,8 @@
 """The HTTP app: ``create_app(model_path, settings)`` loads a Lepton model (verifying every
 checksum) and returns a FastAPI app that serves it.
 
-Endpoints: ``POST /v1/predict``, ``GET /v1/model``, ``/healthz``, ``/readyz``, ``/metrics``,
+Endpoints: ``POST /v1/predict``, ``POST /v1/explain`` (``lepton.serve.explain_route``),
+``GET /v1/model``, ``/healthz``, ``/readyz``, ``/metrics``,
 ``POST /v1/admin/swap`` (hot swap, with ``--admin-token``; see ``lepton.serve.swap``), and
 the OpenAPI schema at ``/openapi.json`` (browsable at ``/docs``). The request model is built per
 app, so the schema states this server's own limits and input shape (texts or text pairs).
@@ -319,6 +320,9 @@ def create_app(model_path: str | os.PathLike[str], settings: ServeSettings | Non
     for task_name in service.current.batchers:  # a swap keeps the tasks (swap.check_compatible)
         task = predictor.task if task_name is None else predictor.head(task_name).task
         _add_predict_route(app, service, task, task_name, settings)
+    from lepton.serve.explain_route import add_explain_route  # POST /v1/explain: token attributions
+
+    add_explain_route(app, service, request_model(predictor.task.pair, settings), require_json, _ERRORS)
     _add_service_routes(app, service)
     app.add_exception_handler(RequestValidationError, _invalid_request)
 

@@ -18,7 +18,7 @@ def training_data(bundle: ModelBundle, ctx: RunContext) -> tuple[Any, Any]:
 
     kind = kind_of(bundle.task)
     train = kind.encode(ctx.split("train"), bundle.task, bundle.tokenizer)
-    dev_split = ctx.splits.get("dev")
+    dev_split = ctx.selection()
     dev = kind.encode(dev_split, bundle.task, bundle.tokenizer) if dev_split is not None else None
     return train, dev
 

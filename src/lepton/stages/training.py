@@ -154,7 +154,7 @@ def dev_evaluator(model: torch.nn.Module, bundle: ModelBundle,
     """Scores ``model`` on labelled data.dev with the task's metrics; None without such data."""
     from lepton.tasks import encode, label_ids
 
-    dev = ctx.splits.get("dev")
+    dev = ctx.selection()
     if dev is None or dev.labels is None:
         return None
     enc = encode(dev, bundle.task, bundle.tokenizer)

@@ -59,7 +59,7 @@ class Generation(GenerativeKind):
 
     def training_data(self, bundle: Any, ctx: Any) -> tuple[Any, Any]:
         train = self.encode_for(bundle.model, ctx.split("train"), bundle.task, bundle.tokenizer)
-        dev_split = ctx.splits.get("dev")
+        dev_split = ctx.selection()
         dev = (self.encode_for(bundle.model, dev_split, bundle.task, bundle.tokenizer)
                if dev_split is not None else None)
         return train, dev

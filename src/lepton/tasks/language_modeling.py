@@ -76,7 +76,7 @@ class LanguageModeling(GenerativeKind):
 
     def training_data(self, bundle: Any, ctx: Any) -> tuple[Any, Any]:
         train = self.encode(ctx.split("train"), bundle.task, bundle.tokenizer)
-        dev_split = ctx.splits.get("dev")
+        dev_split = ctx.selection()
         return train, (self.encode(dev_split, bundle.task, bundle.tokenizer) if dev_split is not None else None)
 
 

@@ -98,7 +98,7 @@ def choose_layers(strategy: str, total: int, n: int) -> list[int]:
 
 
 def _scoring_batches(bundle: ModelBundle, config: DropLayersConfig, ctx: RunContext) -> tuple[str, list[dict]]:
-    dev = ctx.splits.get("dev")
+    dev = ctx.selection()
     split = dev if dev is not None and dev.labels is not None else ctx.split("train")
     if split.labels is None:
         raise StageError(f"stages.{ctx.stage_index}.strategy: importance needs labelled data.dev or data.train")

@@ -196,7 +196,7 @@ class _Tasks:
 def _load_tasks(bundle: ModelBundle, config: MultitaskConfig, ctx: RunContext, where: str) -> _Tasks:
     """The main task from the run, each extra task from its own data; all need labelled training data."""
     tasks = _Tasks(names=[config.main], specs=[bundle.task], trains=[ctx.split("train")],
-                   devs=[ctx.splits.get("dev")], weights=[config.main_weight])
+                   devs=[ctx.selection()], weights=[config.main_weight])
     for name, extra in config.tasks.items():
         check_name(name, f"{where}.tasks")
         columns, kind = extra.task.columns(), extra.task.split_kind

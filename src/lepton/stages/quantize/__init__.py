@@ -101,7 +101,7 @@ class QuantizeConfig(StageConfig):
     accuracy_level: Literal[0, 1, 2, 3, 4] = 4  # MatMulNBits compute: 4 = int8 activations (fastest on CPU)
     # the comparison with the input model
     check_items: int = Field(default=64, ge=1)
-    check_split: Literal["dev", "test", "train"] = "dev"
+    check_split: Literal["dev", "test", "train", "validation"] = "dev"
     # sensitivity analysis and mixed precision (int8 and weight-only methods)
     sensitivity: bool = False  # report each layer's sensitivity (only that layer quantized)
     sensitivity_measure: Literal["output_error", "metric"] = "output_error"

@@ -35,7 +35,7 @@ class QuantizeEmbeddingsConfig(StageConfig):
     # Embedding module names (substrings) to store in 8 bits.
     modules: list[str] = Field(default_factory=lambda: ["embeddings"])
     check_items: int = Field(default=64, ge=1)
-    check_split: Literal["dev", "test", "train"] = "dev"
+    check_split: Literal["dev", "test", "train", "validation"] = "dev"
 
     smoke_caps: ClassVar[dict[str, Any]] = {"check_items": 16}
 
