@@ -92,3 +92,24 @@ def test_a_run_that_chooses_on_dev_says_so(tmp_path: Path, tiny_model_dir: Path)
     train, dev = write_sentiment_tsv(tmp_path / "t.tsv", 40), write_sentiment_tsv(tmp_path / "d.tsv", 16, 1)
     api.run(_write(tmp_path, tiny_recipe(tiny_model_dir, train, dev, tmp_path / "out", epochs=1)), progress=False)
     assert "**the same split chose and scored**" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_search_ranks_on_validation_and_scores_best_once_on_dev(tmp_path: Path, tiny_model_dir: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    pytest.importorskip("optuna", reason="lepton[search] is not installed")
+    import json
+
+    from lepton.search import search
+
+    train, dev = write_sentiment_tsv(tmp_path / "t.tsv", 40, seed=1), write_sentiment_tsv(tmp_path / "d.tsv", 16, 2)
+    tree = tiny_recipe(tiny_model_dir, train, dev, tmp_path / "out", epochs=1)
+    tree["evaluate"].update({"robustness": False, "rounds": 1, "memory": False})
+    tree["data"].update({"select_on": "validation", "validation_fraction": 0.25})
+    tree["stages"].append({"kind": "drop_layers", "strategy": "top", "layers": {"choices": [1, 2]}})
+    tree["search"] = {"trials": 2, "sampler": "random", "sampler_seed": 0}
+    with caplog.at_level("INFO", logger="lepton"):
+        search(_write(tmp_path, tree), out_dir=tmp_path / "out", progress=False)
+    assert any("on 10 validation examples" in r.getMessage() for r in caplog.records)  # the ranking split
+    report = json.loads((tmp_path / "out" / "best" / "report.json").read_text())
+    assert {v["n_examples"] for v in report["variants"]} == {16}  # best scored on dev, once
+    assert report["selection"]["chose_on"] == "validation" and report["selection"]["scored_on"] == "dev"

@@ -430,14 +430,7 @@ class _Run:
 
 
     def _selection(self) -> dict[str, Any] | None:
-        """Which split chose and which scored (the report says so); None for a run without stages."""
-        if not self.recipe.stages:
-            return None
-        data = self.recipe.data
-        chose = data.selection()
-        return {"chose_on": chose, "chose_examples": len(self.splits[chose]) if chose in self.splits else 0,
-                "carved_from_train": chose == "validation" and data.validation is None,
-                "scored_on": self.recipe.evaluate.split, "scored_examples": len(self.eval_split)}
+        return selection_of(self.recipe, self.splits) if self.recipe.stages else None
 
     def _drift_reference(self) -> dict[str, bytes]:
         """``data/drift_reference.json``: the evaluation set as the final model sees it, what
@@ -446,6 +439,15 @@ class _Run:
 
         final = self.variants[-1].bundle if self.variants else self.bundle
         return reference_files(final, self.eval_split)
+
+
+def selection_of(recipe: Recipe, splits: dict[str, Split]) -> dict[str, Any]:
+    """Which split chose (keep-best, a search's ranking ...) and which scored, for the report."""
+    data, scored = recipe.data, recipe.evaluate.split
+    chose = data.selection() if data.selection() in splits else scored
+    return {"chose_on": chose, "chose_examples": len(splits[chose]),
+            "carved_from_train": chose == "validation" and data.validation is None,
+            "scored_on": scored, "scored_examples": len(splits[scored])}
 
 
 def _cached_quality(cache: Path, v: Any) -> tuple[Any, Any, Any]:

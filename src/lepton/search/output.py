@@ -223,6 +223,7 @@ def write_best(worker: Any, row: dict[str, Any], out_dir: Path) -> Path:
     from lepton.evaluation.environment import fingerprint
     from lepton.evaluation.harness import Variant, evaluate_variants
     from lepton.evaluation.scorecard import Report
+    from lepton.pipeline.api import selection_of
     from lepton.pipeline.artifact import load_bundle, now_iso, save_artifact
     from lepton.pipeline.model_card import model_card
     from lepton.pipeline.report import write_report
@@ -253,7 +254,7 @@ def write_best(worker: Any, row: dict[str, Any], out_dir: Path) -> Path:
                               memory=recipe.evaluate.memory and model is not None)
     report = Report(lepton_version=__version__, created=now_iso(), recipe=recipe.resolved_dict(),
                     baseline=base.name, variants=cards, environment=fingerprint(recipe.seed),
-                    stages=[r.model_dump() for r in bundle.history])
+                    stages=[r.model_dump() for r in bundle.history], selection=selection_of(recipe, ws.splits))
     manifest_like = {"history": [r.model_dump() for r in bundle.history], "source_model": recipe.model,
                      "recipe": recipe.resolved_dict(), "main_task": bundle.main_task,
                      "heads": {n: {"task": h.task.model_dump()} for n, h in bundle.heads.items()}}

@@ -75,6 +75,14 @@ def quality_metrics(ws: Workspace, recipe: Recipe) -> list[str] | None:
         return None
 
 
+def ranking_split(ws: Workspace, recipe: Recipe) -> Any:
+    """The split trials are ranked on: data.validation (given or carved from train) when the recipe
+    chooses on it, so that ``best/`` is scored once on a split that chose nothing; else the
+    evaluation split (the report says then that it both chose and scored)."""
+    chooses = recipe.data.selection()
+    return ws.splits[chooses] if chooses in ws.splits else ws.splits[recipe.evaluate.split]
+
+
 def build_baseline(space: SearchSpace, ws: Workspace, recipe: Recipe, eval_config: Any) -> Baseline:
     from lepton.evaluation.harness import Variant, measure_quality
     from lepton.pipeline.artifact import load_bundle
@@ -91,7 +99,7 @@ def build_baseline(space: SearchSpace, ws: Workspace, recipe: Recipe, eval_confi
     name = recipe.stage_names()[k - 1] if k else "pretrained"
     variant = Variant(name=name, stage_path=recipe.stage_names()[:k],
                       bundle=load_bundle(folder, verify=False, device=ws.device), folder=folder)
-    split = ws.splits[recipe.evaluate.split]
+    split = ranking_split(ws, recipe)
     quality = measure_quality(variant, split, eval_config, recipe.seed)
     metrics = {m: v.value for m, v in quality[0].metrics.items()}
     log.info("baseline %s: %s %.4f on %d %s examples", name, quality[0].headline,
@@ -202,7 +210,7 @@ class Worker:
         model_dir = save_artifact(result.bundle, folder / "model", recipe=recipe.resolved_dict())
         variant = Variant(name=f"trial-{trial.number}", stage_path=[r.name for r in result.bundle.history],
                           bundle=result.bundle, folder=model_dir)
-        split = self.ws.splits[recipe.evaluate.split]
+        split = ranking_split(self.ws, recipe)
         base, card = evaluate_variants(
             [self.baseline.variant, variant], split, self.eval_config, seed=recipe.seed,
             baseline=self.baseline.name, qualities={self.baseline.name: self.baseline.quality}, memory=False)
