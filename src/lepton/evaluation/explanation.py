@@ -22,7 +22,7 @@ class ExplainConfig(StrictModel):
     smoke_caps: ClassVar[dict[str, Any]] = {"items": 16}
 
     enabled: bool = True
-    items: int = Field(default=32, ge=2)  # examples explained (a seeded sample, the same for every variant)
+    items: int = Field(default=24, ge=2)  # examples explained (a seeded sample, the same for every variant)
     # occlusion: leave one token out, on every runtime as shipped; ig: integrated gradients
     # (captum) for PyTorch variants, occlusion for the others (the variant's method is recorded)
     method: Literal["occlusion", "ig"] = "occlusion"
