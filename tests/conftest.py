@@ -111,8 +111,9 @@ def tiny_recipe(model_dir: Path, train: Path, dev: Path, out: Path, **finetune: 
         "task": {"kind": "sequence_classification", "text": "sentence", "label": "label"},
         "data": {"train": {"path": str(train)}, "dev": {"path": str(dev)}},
         "stages": [stage],
+        # explain.items: 6 keeps the attributions in every toy run cheap (tests/test_explain.py sets its own)
         "evaluate": {"batch_sizes": [1, 4], "latency_items": 5, "warmup": 1, "throughput_batches": 1,
-                     "bootstrap": 100, "fixed_length": 16},
+                     "bootstrap": 100, "fixed_length": 16, "explain": {"items": 6}},
         "output": {"dir": str(out)},
     }
 
