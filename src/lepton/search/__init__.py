@@ -178,6 +178,7 @@ def _optimize(study: Any, worker: Any, cfg: SearchSettings, seconds: float | Non
     from lepton.core.progress import StepProgress
     from lepton.search import output, runner
     from lepton.search import study as st
+    from lepton.search.prefix import evict
 
     done = runner.finished(study)
     if done >= cfg.trials:
@@ -197,6 +198,8 @@ def _optimize(study: Any, worker: Any, cfg: SearchSettings, seconds: float | Non
             keep = {r["trial"] for r in data["front"]} | {t.number for t in study.get_trials(
                 deepcopy=False, states=(TrialState.RUNNING,))}
             output.prune_trial_models(out, keep)
+            if cfg.cache_max_gb is not None:
+                evict(out / "cache", int(cfg.cache_max_gb * 1e9), keep=set(worker.baseline.keys))
             output.write_front(out, data, plot=False)
             best = next((r for r in data["front"] if r["trial"] == data["best"]), None)
             mean = sum(worker.done_seconds) / max(len(worker.done_seconds), 1)

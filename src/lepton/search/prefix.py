@@ -20,6 +20,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,7 @@ class Workspace:
         if is_saved_model(folder):
             problem = self._check(folder)
             if problem is None:
+                _touch(entry)
                 return folder
         else:  # entries appear whole (renamed into place): one without its manifest was damaged
             problem = f"{folder}: no {MANIFEST}"
@@ -139,6 +141,80 @@ def _stamp(folder: Path) -> tuple:
     return tuple(out)
 
 
+USED = "used"  # an entry's file whose modification time is its last use (eviction removes the oldest)
+
+
+def _touch(entry: Path) -> None:
+    with contextlib.suppress(OSError):  # a read-only or vanished entry only loses its place in the order
+        (entry / USED).touch()
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _last_use(path: Path) -> float:
+    used = path / USED
+    try:
+        return (used if used.exists() else path).stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+@dataclass
+class Eviction:
+    removed: list[str]
+    freed_bytes: int
+    size_bytes: int  # what the cache holds afterwards
+    over: bool  # still over the limit: what is left is in use or kept
+
+
+def evict(cache_root: Path, max_bytes: int, keep: AbstractSet[str] = frozenset()) -> Eviction:
+    """Remove the least recently used entries of ``cache_root`` (``prefix/<key>`` snapshots and
+    ``teacher/<key>.safetensors`` files) until it holds at most ``max_bytes``.
+
+    Never removed: the keys in ``keep`` (the baseline's prefixes, which every trial starts from) and
+    a prefix entry a worker is using (a trial holds a shared lock on ``<key>.pin`` for each entry
+    it loaded or made, until it ends; eviction takes that lock without waiting and skips the entry
+    when it cannot).
+    A teacher file is read whole when a distill stage starts, so removing it is always safe.
+    """
+    entries: list[tuple[float, Path, str]] = []
+    for folder, kind in ((cache_root / "prefix", "prefix"), (cache_root / "teacher", "teacher")):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.name.startswith(".") or p.suffix in (".lock", ".pin") or p.name.endswith(".tmp"):
+                continue
+            key = p.name.split(".", 1)[0]
+            if key in keep:
+                continue
+            entries.append((_last_use(p), p, kind))
+    total = _size(cache_root) if cache_root.is_dir() else 0
+    removed, freed = [], 0
+    for _, path, kind in sorted(entries, key=lambda e: e[0]):
+        if total <= max_bytes:
+            break
+        size = _size(path)
+        if kind == "prefix":
+            with _try_locked(path.parent / f"{path.name}.pin") as got:
+                if not got:
+                    continue
+                discard(path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        total -= size
+        freed += size
+        removed.append(f"{kind}/{path.name}")
+    if removed:
+        log.info("search cache: removed %d least recently used entries (%.1f MB) to stay under %.1f MB",
+                 len(removed), freed / 1e6, max_bytes / 1e6)
+    return Eviction(removed=removed, freed_bytes=freed, size_bytes=total, over=total > max_bytes)
+
+
 def discard(entry: Path) -> None:
     """Remove a cache entry: renamed away first (one step other workers see whole), then deleted."""
     gone = entry.parent / f".{entry.name}.damaged-{uuid.uuid4().hex[:8]}"
@@ -174,6 +250,46 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def _shared(path: Path) -> Iterator[None]:
+    """A shared lock on ``path``: the entry is in use (eviction skips it; building waits)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def _try_locked(path: Path) -> Iterator[bool]:
+    """An exclusive lock on ``path`` if nobody holds one (True), else nothing (False); never waits."""
+    if not path.parent.is_dir():
+        yield True
+        return
+    with path.open("a") as f:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            yield True
+            return
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def save_into_cache(ws: Workspace, bundle: ModelBundle, key: str, recipe: Recipe, k: int) -> Path:
     from lepton.pipeline.artifact import save_artifact
 
@@ -183,6 +299,7 @@ def save_into_cache(ws: Workspace, bundle: ModelBundle, key: str, recipe: Recipe
     (tmp / "prefix.json").write_text(json.dumps(
         {"stages": [s.model_dump(mode="json") for s in recipe.stages[:k]], "model": recipe.model},
         indent=2))
+    _touch(tmp)
     try:
         os.rename(tmp, folder)  # fails if another worker got there first: keep theirs
     except OSError:
@@ -207,7 +324,21 @@ def run_stages(ws: Workspace, recipe: Recipe, work: Path, *, shareable: int,
                cache_last: bool = False) -> PipelineResult:
     """Run ``recipe``'s stages into a bundle, loading the longest cached prefix first and caching
     each new prefix of the first ``shareable`` stages (the last one only with ``cache_last``: a
-    trial's own last stage is seldom shared; the baseline's always is)."""
+    trial's own last stage is seldom shared; the baseline's always is). Every cache entry the
+    trial reads or makes is pinned (kept from eviction) until it returns."""
+    with contextlib.ExitStack() as pins:
+        return _run_stages(ws, recipe, work, shareable, cache_last, pins)
+
+
+def _pin(ws: Workspace, key: str, pins: contextlib.ExitStack, pinned: set[str]) -> None:
+    """Keep cache entry ``key`` from eviction until this trial ends."""
+    if key not in pinned:
+        pins.enter_context(_shared(ws.cache_dir / f"{key}.pin"))
+        pinned.add(key)
+
+
+def _run_stages(ws: Workspace, recipe: Recipe, work: Path, shareable: int, cache_last: bool,
+                pins: contextlib.ExitStack) -> PipelineResult:
     from lepton.pipeline.artifact import load_bundle, now_iso, save_artifact
     from lepton.stages import handler_for
 
@@ -218,14 +349,17 @@ def run_stages(ws: Workspace, recipe: Recipe, work: Path, *, shareable: int,
     keys = [ws.prefix_key(recipe, k) for k in range(n + 1)]
     teachers = {getattr(s, "teacher", None) for s in recipe.stages}
     snapshots: dict[str, Path] = {}
+    pinned: set[str] = set()
     start, bundle = 0, None
     for k in range(limit, 0, -1):  # the longest prefix already in the cache
+        _pin(ws, keys[k], pins, pinned)
         found = ws.cached(keys[k])
         if found is not None:
             bundle = load_bundle(found, verify=False, device=ws.device)
             start = k
             break
     for j in range(start):  # earlier cached stages stay available as teachers
+        _pin(ws, keys[j + 1], pins, pinned)
         found = ws.cached(keys[j + 1])
         if found is not None:
             snapshots[names[j]] = found
@@ -235,6 +369,8 @@ def run_stages(ws: Workspace, recipe: Recipe, work: Path, *, shareable: int,
     while i < n:
         stage, name = recipe.stages[i], names[i]
         share = i < limit and not bundle.train_hooks
+        if share:
+            _pin(ws, keys[i + 1], pins, pinned)
         lock = _locked(ws.cache_dir / f"{keys[i + 1]}.lock") if share else contextlib.nullcontext()
         with lock:
             found = ws.cached(keys[i + 1]) if share else None

@@ -36,6 +36,7 @@ class Baseline:
     quality: tuple[Any, Any, Any]
     metrics: dict[str, float]
     headline: str
+    keys: frozenset[str] = frozenset()  # its prefix keys in the cache: never evicted
 
 
 def _finetune_prefix(space: SearchSpace, recipe: Recipe) -> int:
@@ -105,7 +106,8 @@ def build_baseline(space: SearchSpace, ws: Workspace, recipe: Recipe, eval_confi
     log.info("baseline %s: %s %.4f on %d %s examples", name, quality[0].headline,
              metrics[quality[0].headline], len(split), split.name)
     return Baseline(name=name, variant=variant, quality=quality, metrics=metrics,
-                    headline=quality[0].headline)
+                    headline=quality[0].headline,
+                    keys=frozenset(ws.prefix_key(base_recipe, j) for j in range(k + 1)))
 
 
 def _kind_of_failure(err: BaseException) -> str:

@@ -53,6 +53,9 @@ class SearchSettings(StrictModel):
     startup_trials: int = Field(default=8, ge=1)  # tpe: random trials before the model takes over
     sampler_seed: int | None = Field(default=None, ge=0, lt=2**32)  # default: the recipe's seed
     trial_robustness: bool = False  # perturbed-input accuracy for every trial (the best always gets it)
+    # OUT/cache (prefix snapshots, teacher outputs) is kept under this size: after each trial the least
+    # recently used entries go, never the baseline's or one a running trial uses; None: no limit
+    cache_max_gb: float | None = Field(default=10.0, gt=0)
 
     @field_validator("max_drop")
     @classmethod
