@@ -337,6 +337,29 @@ def _pin(ws: Workspace, key: str, pins: contextlib.ExitStack, pinned: set[str]) 
         pinned.add(key)
 
 
+def _longest_cached(ws: Workspace, keys: list[str], names: list[str], limit: int, pins: contextlib.ExitStack,
+                    pinned: set[str]) -> tuple[int, ModelBundle | None, dict[str, Path]]:
+    """The longest cached prefix (its stage count and model; 0 and None when none is) and the
+    snapshots of the stages before it (teachers for later stages), each pinned."""
+    from lepton.pipeline.artifact import load_bundle
+
+    start, bundle = 0, None
+    for k in range(limit, 0, -1):
+        _pin(ws, keys[k], pins, pinned)
+        found = ws.cached(keys[k])
+        if found is not None:
+            bundle = load_bundle(found, verify=False, device=ws.device)
+            start = k
+            break
+    snapshots: dict[str, Path] = {}
+    for j in range(start):
+        _pin(ws, keys[j + 1], pins, pinned)
+        found = ws.cached(keys[j + 1])
+        if found is not None:
+            snapshots[names[j]] = found
+    return start, bundle, snapshots
+
+
 def _run_stages(ws: Workspace, recipe: Recipe, work: Path, shareable: int, cache_last: bool,
                 pins: contextlib.ExitStack) -> PipelineResult:
     from lepton.pipeline.artifact import load_bundle, now_iso, save_artifact
@@ -348,21 +371,8 @@ def _run_stages(ws: Workspace, recipe: Recipe, work: Path, shareable: int, cache
     limit = min(shareable, n if cache_last else n - 1)
     keys = [ws.prefix_key(recipe, k) for k in range(n + 1)]
     teachers = {getattr(s, "teacher", None) for s in recipe.stages}
-    snapshots: dict[str, Path] = {}
     pinned: set[str] = set()
-    start, bundle = 0, None
-    for k in range(limit, 0, -1):  # the longest prefix already in the cache
-        _pin(ws, keys[k], pins, pinned)
-        found = ws.cached(keys[k])
-        if found is not None:
-            bundle = load_bundle(found, verify=False, device=ws.device)
-            start = k
-            break
-    for j in range(start):  # earlier cached stages stay available as teachers
-        _pin(ws, keys[j + 1], pins, pinned)
-        found = ws.cached(keys[j + 1])
-        if found is not None:
-            snapshots[names[j]] = found
+    start, bundle, snapshots = _longest_cached(ws, keys, names, limit, pins, pinned)
     if bundle is None:
         bundle = ws.starting_bundle(recipe)
     i = start

@@ -36,10 +36,12 @@ loss sees only data.train's labelled examples; a batch with none of them skips i
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -499,6 +501,8 @@ def _cached_teacher(info: TeacherInfo, bundle: ModelBundle, ctx: RunContext, dat
             cache_info.update({"status": "hit", "load_seconds": round(time.perf_counter() - started, 3),
                                "teacher_pass_seconds": meta.get("teacher_pass_seconds", 0.0)})
             log.info("distill: teacher outputs read from the cache %s", path)
+            with contextlib.suppress(OSError):  # its last use: a size-limited cache evicts the oldest first
+                os.utime(path)
             return cache
     teacher = load_teacher(info, bundle, ctx, eager=eager)
     started = time.perf_counter()
