@@ -8,6 +8,9 @@ interleaved harness run on all 872 SST-2 dev sentences.
 1. ``lepton run examples/sst2-minilm-fast.yaml`` (unless ``--skip-run``), keeping its work folder:
    stage 0 (finetune, the whole SST-2 train split less the carved validation tenth that keep-best
    chooses on) is the baseline; the run's other variants are the fast model's neighbours.
+   Two more neighbours are built from the run's recovered 3-layer model with the same finishing
+   stages but another vocabulary choice: ``no-trim`` (export, static INT8) and ``trim-all`` (every
+   piece the training data uses, ``min_count: 1``), so the table shows what the trimming costs.
 2. The main job's INT8 of that baseline: the stages of ``examples/sst2-minilm.yaml`` after its
    finetune (export with the transformer optimizer, dynamic INT8 per channel).
 3. Optimum's stock dynamic INT8 of the same baseline, made in its own environment
@@ -42,6 +45,36 @@ log = logging.getLogger("benchmark")
 
 # Stage folders of the run's work directory measured beside the final model (its neighbours).
 NEIGHBOURS = {"recover-torch": "stage-4-distill", "trimmed-onnx-fp32": "stage-7-export"}
+STATIC = {"kind": "quantize", "method": "static_int8", "calibration": "minmax", "calibration_items": 128,
+          "per_channel": True}
+# Neighbours built from the recovered model: the recipe's finishing stages, another vocabulary choice.
+FINISHES: dict[str, list[dict[str, Any]]] = {
+    "no-trim": [{"kind": "export", "optimize": True, "atol": 1e-3, "parity_items": 64}, STATIC],
+    "trim-all": [{"kind": "trim_vocab", "splits": ["train"], "min_count": 1, "keep_characters": "seen"},
+                 {"kind": "quantize_embeddings"},
+                 {"kind": "export", "optimize": True, "atol": 1e-3, "parity_items": 64}, STATIC],
+}
+
+
+def build_finishes(recovered: Path, out: Path) -> dict[str, float]:
+    """The ``FINISHES`` variants from the recovered model, on the recipe's own splits (the same
+    carve, so trimming counts the same training rows); seconds each."""
+    from lepton.pipeline.api import load_splits
+    from lepton.pipeline.recipe import load_recipe
+
+    splits = load_splits(load_recipe(RECIPE))
+    seconds = {}
+    for name, stages in FINISHES.items():
+        if (out / name / "lepton.json").is_file():
+            continue
+        ctx = RunContext(splits=splits, seed=0, device="cpu", out_dir=out, work_dir=out / "work" / name,
+                         progress=False)
+        t0, bundle = time.perf_counter(), load_bundle(recovered)
+        for i, settings in enumerate(stages):
+            bundle = stage(bundle, ctx, f"{name}-{i}-{settings['kind']}", **settings)
+        save_artifact(bundle, out / name)
+        seconds[f"neighbour {name}"] = time.perf_counter() - t0
+    return seconds
 
 
 def targets(report: Any) -> list[str]:
@@ -115,6 +148,7 @@ def main() -> None:
         save_artifact(stage(onnx, ctx, "main-job-int8", kind="quantize", method="dynamic_int8", per_channel=True),
                       out / "main-job-int8")
         timings["main job's export + dynamic INT8"] = time.perf_counter() - t0
+    timings.update(build_finishes(work / NEIGHBOURS["recover-torch"] / "snapshot", out))
     if not (out / "optimum-dyn-int8" / "lepton.json").is_file():
         peer = optimum_peer(Path(args.optimum_python), baseline, out)
         if peer is not None:
@@ -130,7 +164,7 @@ def main() -> None:
         link.symlink_to(target.resolve(), target_is_directory=True)
     models = [out / "names" / "finetune-full", out / "main-job-int8"]
     models += [out / "optimum-dyn-int8"] if (out / "optimum-dyn-int8" / "lepton.json").is_file() else []
-    models += [out / "names" / n for n in (*NEIGHBOURS, "fast")]
+    models += [out / "names" / n for n in NEIGHBOURS] + [out / n for n in FINISHES] + [out / "names" / "fast"]
     config = EvaluateConfig(latency_items=args.latency_items, rounds=args.rounds, robustness=False,
                             threads=args.threads, memory=args.memory, batch_sizes=[1, 32], fixed_length=128)
     report = compare(models, DataSplitConfig(path="builtin:sst2/dev"), text="sentence", label="label",

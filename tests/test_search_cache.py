@@ -65,6 +65,7 @@ def test_an_entry_a_running_trial_holds_is_never_removed(tmp_path):
     assert evict(root, 0).removed == ["prefix/held"]  # released: now it can go
 
 
+@pytest.mark.slow  # a whole search (about 20 s): the default suite stays under 10 minutes
 def test_a_search_with_a_tiny_cache_limit_keeps_only_the_baseline_and_still_finishes(tmp_path, tiny_model_dir,
                                                                                        caplog):
     from lepton.search import search
