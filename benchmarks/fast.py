@@ -44,32 +44,36 @@ RECIPE = ROOT / "examples" / "sst2-minilm-fast.yaml"
 log = logging.getLogger("benchmark")
 
 # Stage folders of the run's work directory measured beside the final model (its neighbours).
-NEIGHBOURS = {"recover-torch": "stage-4-distill", "trimmed-onnx-fp32": "stage-7-export"}
+NEIGHBOURS = {"recover-torch": "stage-4-distill"}
 STATIC = {"kind": "quantize", "method": "static_int8", "calibration": "minmax", "calibration_items": 128,
           "per_channel": True}
-# Neighbours built from the recovered model: the recipe's finishing stages, another vocabulary choice.
-FINISHES: dict[str, list[dict[str, Any]]] = {
-    "no-trim": [{"kind": "export", "optimize": True, "atol": 1e-3, "parity_items": 64}, STATIC],
-    "trim-all": [{"kind": "trim_vocab", "splits": ["train"], "min_count": 1, "keep_characters": "seen"},
-                 {"kind": "quantize_embeddings"},
-                 {"kind": "export", "optimize": True, "atol": 1e-3, "parity_items": 64}, STATIC],
+TRIM = [{"kind": "trim_vocab", "splits": ["train"], "min_count": 10, "keep_characters": "seen"},
+        {"kind": "quantize_embeddings"}]
+EXPORT = {"kind": "export", "optimize": True, "atol": 1e-3, "parity_items": 64}
+# Neighbours: the recipe's finishing stages on another of the run's snapshots, or another vocabulary
+# choice on the recovered model; each shows what one step of the recipe buys or costs.
+FINISHES: dict[str, tuple[str, list[dict[str, Any]]]] = {
+    "no-trim": ("stage-4-distill", [EXPORT, STATIC]),  # recovered, full vocabulary (fp32 tables)
+    "trim-all": ("stage-4-distill", [{**TRIM[0], "min_count": 1}, TRIM[1], EXPORT, STATIC]),
+    "no-recover": ("stage-3-prune", [*TRIM, EXPORT, STATIC]),  # pruned, not recovered
+    "no-prune": ("stage-2-distill", [*TRIM, EXPORT, STATIC]),  # 3 distilled layers, whole FFN
 }
 
 
-def build_finishes(recovered: Path, out: Path) -> dict[str, float]:
-    """The ``FINISHES`` variants from the recovered model, on the recipe's own splits (the same
+def build_finishes(work: Path, out: Path) -> dict[str, float]:
+    """The ``FINISHES`` variants from the run's snapshots, on the recipe's own splits (the same
     carve, so trimming counts the same training rows); seconds each."""
     from lepton.pipeline.api import load_splits
     from lepton.pipeline.recipe import load_recipe
 
     splits = load_splits(load_recipe(RECIPE))
     seconds = {}
-    for name, stages in FINISHES.items():
+    for name, (source, stages) in FINISHES.items():
         if (out / name / "lepton.json").is_file():
             continue
         ctx = RunContext(splits=splits, seed=0, device="cpu", out_dir=out, work_dir=out / "work" / name,
                          progress=False)
-        t0, bundle = time.perf_counter(), load_bundle(recovered)
+        t0, bundle = time.perf_counter(), load_bundle(work / source / "snapshot")
         for i, settings in enumerate(stages):
             bundle = stage(bundle, ctx, f"{name}-{i}-{settings['kind']}", **settings)
         save_artifact(bundle, out / name)
@@ -107,6 +111,24 @@ def targets(report: Any) -> list[str]:
     else:
         lines.append("vs Optimum's default INT8: not measured (no Optimum environment; see benchmarks/optimum_peer.py)")
     return lines
+
+
+def choosing_split_accuracy(models: list[Path]) -> dict[str, float]:
+    """Accuracy of each model on the split that chose (the recipe's carved validation tenth of train):
+    what selection saw, beside what dev scores."""
+    from lepton import load
+    from lepton.pipeline.api import load_splits
+    from lepton.pipeline.recipe import load_recipe
+
+    recipe = load_recipe(RECIPE)
+    val = load_splits(recipe)["validation"]
+    names = recipe.task.labels or {}
+    gold = [names.get(str(y), str(y)) for y in val.labels]
+    out = {}
+    for path in models:
+        pred = [p["label"] for p in load(path).predict(list(val.texts), batch_size=64)]
+        out[path.name] = sum(a == b for a, b in zip(pred, gold)) / len(gold)
+    return out
 
 
 def main() -> None:
@@ -148,7 +170,7 @@ def main() -> None:
         save_artifact(stage(onnx, ctx, "main-job-int8", kind="quantize", method="dynamic_int8", per_channel=True),
                       out / "main-job-int8")
         timings["main job's export + dynamic INT8"] = time.perf_counter() - t0
-    timings.update(build_finishes(work / NEIGHBOURS["recover-torch"] / "snapshot", out))
+    timings.update(build_finishes(work, out))
     if not (out / "optimum-dyn-int8" / "lepton.json").is_file():
         peer = optimum_peer(Path(args.optimum_python), baseline, out)
         if peer is not None:
@@ -174,8 +196,13 @@ def main() -> None:
     for line in checks:
         print(line)
     selection = json.loads((run / "report.json").read_text()).get("selection")
+    chose = choosing_split_accuracy(models)
     text = (to_markdown(report) + "\n## Targets (this run)\n\n" + "\n".join(f"- {c}" for c in checks) + "\n"
-            + f"\n## Selection\n\n{json.dumps(selection)}\n"
+            + f"\n## Selection\n\n{json.dumps(selection)}\n\n"
+            + "Accuracy on the split that chose (the carved validation tenth of train) beside dev:\n\n"
+            + "| variant | validation | dev |\n|---|---|---|\n"
+            + "".join(f"| {c.name} | {100 * chose[c.name]:.2f} | {100 * c.quality.metrics['accuracy'].value:.2f} |\n"
+                      for c in report.variants)
             + "\n## Wall time\n\n" + "\n".join(f"- {k}: {v:.0f} s" for k, v in timings.items()) + "\n")
     save_results(report, out, "fast", text)
 
