@@ -34,6 +34,30 @@ def test_carve_is_seeded_disjoint_and_keeps_every_class() -> None:
     assert carve(_split(100, labels), 0.1, seed=4, name="validation")[1].texts != val.texts
 
 
+def test_a_whole_text_carve_keeps_the_pieces_of_chosen_texts_out_of_train() -> None:
+    # SST-2's shape: each sentence and some of its phrases, labelled, in one train file.
+    texts, labels, sentences = [], [], set()
+    for i in range(40):
+        sentence = f"film {i} was rather good w{i} and kind" if i % 2 else f"film {i} felt dull w{i} and long"
+        texts += [sentence, " ".join(sentence.split()[:3]), " ".join(sentence.split()[2:5]), sentence]
+        sentences.add(sentence)
+        labels += [str(i % 2)] * 4  # the last row repeats the sentence
+    split = Split(name="train", kind="sequence", texts=texts, text_pairs=None, labels=labels,
+                  sources=[f"f:{i}" for i in range(len(texts))], extra={})
+    rest, val = carve(split, 0.1, seed=0, name="validation", whole_texts=True)
+    assert carve(split, 0.1, seed=0, name="validation", whole_texts=True)[1].texts == val.texts  # seeded
+    assert val.labels.count("0") == val.labels.count("1") == 2  # a tenth of each class's whole texts
+    for v in val.texts:
+        assert v in sentences  # only whole sentences choose, never a phrase
+        assert not any(f" {r} " in f" {v} " for r in rest.texts)  # no piece (or copy) of a choosing text trains
+    # Exactly the rows inside a chosen sentence left train: its phrases, its copy, and a phrase
+    # ("was rather good") that other positive sentences share with it.
+    inside = [t for t in texts if any(f" {t} " in f" {v} " for v in val.texts)]
+    assert len(rest) == len(split) - len(inside) and len(inside) > 4 * len(val)
+    plain_rest, plain_val = carve(split, 0.1, seed=0, name="validation")
+    assert any(any(f" {r} " in f" {v} " for r in plain_rest.texts) for v in plain_val.texts)  # what it prevents
+
+
 def test_carve_refuses_too_little_data() -> None:
     with pytest.raises(DataError, match="too few"):
         carve(_split(1, ["a"]), 0.1, seed=0, name="validation")

@@ -333,16 +333,23 @@ def subset(split: Split, indices: list[int], name: str) -> Split:
                  extra={k: pick(v) for k, v in split.extra.items()})
 
 
-def carve(split: Split, fraction: float, seed: int, name: str) -> tuple[Split, Split]:
+def carve(split: Split, fraction: float, seed: int, name: str, *,
+          whole_texts: bool = False) -> tuple[Split, Split]:
     """(the rest, a seeded ``fraction`` of ``split`` named ``name``), both kept in file order.
 
     Sequence labels are carved per label (stratified: each class gives the same share, at least one
     example of a class with two or more), so a selection split of a sorted or skewed file still
     holds every class; token and pair splits are carved at random.
+
+    ``whole_texts``: for data whose rows include pieces of other rows (SST-2's train split holds
+    every labelled phrase of its sentences): the carved rows are drawn from the rows no longer row
+    contains, and every row contained in a carved one leaves the rest too (it neither trains nor
+    chooses), so no text that chooses was trained on in part.
     """
     rng = random.Random(seed)
+    candidates = _whole_rows(split) if whole_texts else list(range(len(split)))
     groups: dict[str, list[int]] = {}
-    for i in range(len(split)):
+    for i in candidates:
         label = split.labels[i] if split.labels is not None and split.kind == "sequence" else ""
         groups.setdefault(str(label), []).append(i)
     chosen: set[int] = set()
@@ -354,8 +361,57 @@ def carve(split: Split, fraction: float, seed: int, name: str) -> tuple[Split, S
     if not chosen or len(chosen) == len(split):
         raise DataError(f"data.{split.name}: {len(split)} examples are too few to carve a "
                         f"{fraction:.0%} {name} split from (give data.{name} instead)")
-    rest = [i for i in range(len(split)) if i not in chosen]
+    dropped = _pieces_of(split, chosen) if whole_texts else set()
+    rest = [i for i in range(len(split)) if i not in chosen and i not in dropped]
     return subset(split, rest, split.name), subset(split, sorted(chosen), name)
+
+
+def _row_text(split: Split, i: int) -> str:
+    pair = split.text_pairs[i] if split.text_pairs is not None else None
+    text = split.texts[i]
+    body = " ".join(text) if isinstance(text, list) else str(text)  # token splits: words
+    # padded with spaces, so that containment is of whole words ("w2" is not inside "w24")
+    return " " + " ".join(body.split()) + ("" if pair is None else " \t " + " ".join(str(pair).split())) + " "
+
+
+def _containment_index(split: Split, rows: Iterable[int]) -> tuple[dict[str, list[int]], list[str]]:
+    texts = [_row_text(split, i) for i in range(len(split))]
+    index: dict[str, list[int]] = {}
+    for i in rows:
+        for word in set(texts[i].split()):
+            index.setdefault(word, []).append(i)
+    return index, texts
+
+
+def _contained(i: int, texts: list[str], index: dict[str, list[int]]) -> int | None:
+    """A row of ``index`` longer than row ``i`` that holds its text, found through the rarest word."""
+    words = texts[i].split()
+    if not words:
+        return None
+    rarest = min(words, key=lambda w: len(index.get(w, ())))
+    return next((j for j in index.get(rarest, ()) if len(texts[j]) > len(texts[i]) and texts[i] in texts[j]),
+                None)
+
+
+def _whole_rows(split: Split) -> list[int]:
+    """Rows no longer row contains, the first of each text (written by hand: no library here does
+    this containment check)."""
+    index, texts = _containment_index(split, range(len(split)))
+    seen: set[str] = set()
+    whole = []
+    for i in range(len(split)):
+        if texts[i] not in seen and _contained(i, texts, index) is None:
+            whole.append(i)
+        seen.add(texts[i])
+    return whole
+
+
+def _pieces_of(split: Split, chosen: set[int]) -> set[int]:
+    """Rows (outside ``chosen``) whose text a chosen row contains, or that repeat a chosen row."""
+    index, texts = _containment_index(split, chosen)
+    same = {texts[i] for i in chosen}
+    return {i for i in range(len(split)) if i not in chosen
+            and (texts[i] in same or _contained(i, texts, index) is not None)}
 
 
 def _sample_indices(n: int, limit: int | None, seed: int | None) -> list[int] | None:

@@ -54,8 +54,13 @@ def load_splits(recipe: Recipe) -> dict[str, Split]:
             _warn_one_class(split, cfg.path)
         splits[name] = split
     if recipe.data.selection() == "validation" and "validation" not in splits and "train" in splits:
+        before = len(splits["train"])
         splits["train"], splits["validation"] = carve(splits["train"], recipe.data.validation_fraction,
-                                                      recipe.seed, "validation")
+                                                      recipe.seed, "validation",
+                                                      whole_texts=recipe.data.validation_carve == "whole_texts")
+        if recipe.data.validation_carve == "whole_texts":
+            log.info("data.validation: whole texts only; %d rows contained in them left data.train as well",
+                     before - len(splits["train"]) - len(splits["validation"]))
         log.info("data.validation: %d examples carved from data.train (seed %d; %d left to train on); the "
                  "stages choose on it", len(splits["validation"]), recipe.seed, len(splits["train"]))
     fairness = recipe.evaluate.fairness

@@ -49,6 +49,9 @@ class DataConfig(StrictModel):
     validation: DataSplitConfig | None = None
     select_on: Literal["dev", "validation"] | None = None
     validation_fraction: float = Field(default=0.1, gt=0, lt=0.5)  # of train, when carved
+    # rows: any rows; whole_texts: rows no other row contains, and the rows contained in those leave
+    # train too (for data made of phrases of its own sentences, as SST-2's train split)
+    validation_carve: Literal["rows", "whole_texts"] = "rows"
 
     def selection(self) -> str:
         """The split name the stages choose on."""
