@@ -96,6 +96,15 @@ def _client(model: Path, **settings: Any):
     return TestClient(create_app(model, ServeSettings(**values)))
 
 
+def _warmed(client: Any, timeout: float = 60.0) -> None:
+    """Wait until /readyz is 200: the model warms up in the background after start (slower on a
+    loaded machine), and a refused swap must leave a ready server ready."""
+    deadline = time.monotonic() + timeout
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < deadline, "the server did not warm up"
+        time.sleep(0.05)
+
+
 def _swap(client: Any, model: Any, headers: dict[str, str] | None = None) -> Any:
     return client.post("/v1/admin/swap", content=json.dumps({"model": str(model)}),
                        headers=AUTH if headers is None else headers)
@@ -156,6 +165,7 @@ def test_swap_switches_model_healthz_metrics_and_predictions(models):
 def test_a_bad_swap_is_refused_and_the_old_model_keeps_serving(models, tmp_path, target, reason):
     path = tmp_path / "no-such-model" if target == "missing" else models[target]
     with _client(models["a"]) as client:
+        _warmed(client)
         response = _swap(client, path)
         assert response.status_code == 409, response.text
         assert reason in response.json()["detail"]
