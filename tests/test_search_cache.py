@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lepton.search.prefix import USED, _shared, evict
+from lepton.search.prefix import USED, _flock, evict
 from tests.conftest import tiny_recipe, write_sentiment_tsv
 
 pytest.importorskip("optuna", reason="lepton[search] is not installed")
@@ -58,7 +58,7 @@ def test_an_entry_a_running_trial_holds_is_never_removed(tmp_path):
     root = tmp_path / "cache"
     held = _entry(root, "held", 1000, now - 300)
     other = _entry(root, "other", 1000, now - 200)
-    with _shared(root / "prefix" / "held.pin"):  # as a trial pins what it loaded
+    with _flock(root / "prefix" / "held.pin", shared=True):  # as a trial pins what it loaded
         result = evict(root, 0)
     assert held.exists() and not other.exists()
     assert result.removed == ["prefix/other"] and result.over  # what is left is in use

@@ -199,7 +199,7 @@ def evict(cache_root: Path, max_bytes: int, keep: AbstractSet[str] = frozenset()
             break
         size = _size(path)
         if kind == "prefix":
-            with _try_locked(path.parent / f"{path.name}.pin") as got:
+            with _flock(path.parent / f"{path.name}.pin", wait=False) as got:
                 if not got:
                     continue
                 discard(path)
@@ -234,53 +234,18 @@ def discard(entry: Path) -> None:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive lock on ``path`` across processes (two workers never build one prefix twice)."""
+def _flock(path: Path, *, shared: bool = False, wait: bool = True) -> Iterator[bool]:
+    """A lock on ``path`` across processes: exclusive (two workers never build one prefix twice) or
+    shared (a trial pins an entry it uses). Without ``wait`` it yields False at once when taken."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - not POSIX: no lock, at worst work done twice
-            yield
-            return
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _shared(path: Path) -> Iterator[None]:
-    """A shared lock on ``path``: the entry is in use (eviction skips it; building waits)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
-            yield
-            return
-        fcntl.flock(f, fcntl.LOCK_SH)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-@contextlib.contextmanager
-def _try_locked(path: Path) -> Iterator[bool]:
-    """An exclusive lock on ``path`` if nobody holds one (True), else nothing (False); never waits."""
-    if not path.parent.is_dir():
-        yield True
-        return
-    with path.open("a") as f:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - not POSIX
             yield True
             return
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             yield False
             return
@@ -333,7 +298,7 @@ def run_stages(ws: Workspace, recipe: Recipe, work: Path, *, shareable: int,
 def _pin(ws: Workspace, key: str, pins: contextlib.ExitStack, pinned: set[str]) -> None:
     """Keep cache entry ``key`` from eviction until this trial ends."""
     if key not in pinned:
-        pins.enter_context(_shared(ws.cache_dir / f"{key}.pin"))
+        pins.enter_context(_flock(ws.cache_dir / f"{key}.pin", shared=True))
         pinned.add(key)
 
 
@@ -381,7 +346,7 @@ def _run_stages(ws: Workspace, recipe: Recipe, work: Path, shareable: int, cache
         share = i < limit and not bundle.train_hooks
         if share:
             _pin(ws, keys[i + 1], pins, pinned)
-        lock = _locked(ws.cache_dir / f"{keys[i + 1]}.lock") if share else contextlib.nullcontext()
+        lock = _flock(ws.cache_dir / f"{keys[i + 1]}.lock") if share else contextlib.nullcontext()
         with lock:
             found = ws.cached(keys[i + 1]) if share else None
             if found is not None:  # another worker built it while this one waited
