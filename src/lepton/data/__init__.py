@@ -347,7 +347,8 @@ def carve(split: Split, fraction: float, seed: int, name: str, *,
     chooses), so no text that chooses was trained on in part.
     """
     rng = random.Random(seed)
-    candidates = _whole_rows(split) if whole_texts else list(range(len(split)))
+    texts = [_row_text(split, i) for i in range(len(split))] if whole_texts else []
+    candidates = _whole_rows(texts) if whole_texts else list(range(len(split)))
     groups: dict[str, list[int]] = {}
     for i in candidates:
         label = split.labels[i] if split.labels is not None and split.kind == "sequence" else ""
@@ -361,7 +362,7 @@ def carve(split: Split, fraction: float, seed: int, name: str, *,
     if not chosen or len(chosen) == len(split):
         raise DataError(f"data.{split.name}: {len(split)} examples are too few to carve a "
                         f"{fraction:.0%} {name} split from (give data.{name} instead)")
-    dropped = _pieces_of(split, chosen) if whole_texts else set()
+    dropped = _pieces_of(texts, chosen) if whole_texts else set()
     rest = [i for i in range(len(split)) if i not in chosen and i not in dropped]
     return subset(split, rest, split.name), subset(split, sorted(chosen), name)
 
@@ -374,13 +375,12 @@ def _row_text(split: Split, i: int) -> str:
     return " " + " ".join(body.split()) + ("" if pair is None else " \t " + " ".join(str(pair).split())) + " "
 
 
-def _containment_index(split: Split, rows: Iterable[int]) -> tuple[dict[str, list[int]], list[str]]:
-    texts = [_row_text(split, i) for i in range(len(split))]
+def _containment_index(texts: list[str], rows: Iterable[int]) -> dict[str, list[int]]:
     index: dict[str, list[int]] = {}
     for i in rows:
         for word in set(texts[i].split()):
             index.setdefault(word, []).append(i)
-    return index, texts
+    return index
 
 
 def _contained(i: int, texts: list[str], index: dict[str, list[int]]) -> int | None:
@@ -393,24 +393,24 @@ def _contained(i: int, texts: list[str], index: dict[str, list[int]]) -> int | N
                 None)
 
 
-def _whole_rows(split: Split) -> list[int]:
+def _whole_rows(texts: list[str]) -> list[int]:
     """Rows no longer row contains, the first of each text (written by hand: no library here does
     this containment check)."""
-    index, texts = _containment_index(split, range(len(split)))
+    index = _containment_index(texts, range(len(texts)))
     seen: set[str] = set()
     whole = []
-    for i in range(len(split)):
+    for i in range(len(texts)):
         if texts[i] not in seen and _contained(i, texts, index) is None:
             whole.append(i)
         seen.add(texts[i])
     return whole
 
 
-def _pieces_of(split: Split, chosen: set[int]) -> set[int]:
+def _pieces_of(texts: list[str], chosen: set[int]) -> set[int]:
     """Rows (outside ``chosen``) whose text a chosen row contains, or that repeat a chosen row."""
-    index, texts = _containment_index(split, chosen)
+    index = _containment_index(texts, chosen)
     same = {texts[i] for i in chosen}
-    return {i for i in range(len(split)) if i not in chosen
+    return {i for i in range(len(texts)) if i not in chosen
             and (texts[i] in same or _contained(i, texts, index) is not None)}
 
 
