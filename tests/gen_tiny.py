@@ -61,6 +61,53 @@ def save_tiny_llama(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+# Tiny configs of decoder layouts beyond Llama's (tests/test_decoder_layouts.py): each keeps its
+# layers and FFN its own way (models/decoder_structure.py).
+DECODER_CONFIGS: dict[str, tuple[str, dict]] = {
+    "llama": ("LlamaConfig", {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+                              "num_attention_heads": 4, "num_key_value_heads": 2}),
+    "qwen2": ("Qwen2Config", {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+                              "num_attention_heads": 4, "num_key_value_heads": 2}),
+    "gemma": ("GemmaConfig", {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+                              "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}),
+    "gpt2": ("GPT2Config", {"n_embd": 64, "n_layer": 3, "n_head": 4, "n_positions": 256}),
+    "gpt_neox": ("GPTNeoXConfig", {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+                                   "num_attention_heads": 4}),
+    "opt": ("OPTConfig", {"hidden_size": 64, "ffn_dim": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
+                          "word_embed_proj_dim": 64}),
+    "phi": ("PhiConfig", {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+                          "num_attention_heads": 4}),
+    "phi3": ("Phi3Config", {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+                            "num_attention_heads": 4, "num_key_value_heads": 2}),
+    "falcon": ("FalconConfig", {"hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4,
+                                "new_decoder_architecture": False}),
+    "gptj": ("GPTJConfig", {"n_embd": 64, "n_layer": 3, "n_head": 4, "rotary_dim": 8, "n_positions": 256}),
+}
+
+
+def tiny_decoder(arch: str, vocab_size: int, seed: int = 0):
+    """A random-weight causal LM of ``arch`` (a key of :data:`DECODER_CONFIGS`)."""
+    import torch
+    import transformers
+
+    name, settings = DECODER_CONFIGS[arch]
+    config = getattr(transformers, name)(vocab_size=vocab_size, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                                          **settings)
+    torch.manual_seed(seed)
+    return transformers.AutoModelForCausalLM.from_config(config).eval()
+
+
+def save_tiny_decoder(folder: Path, arch: str, seed: int = 0) -> Path:
+    from transformers import GenerationConfig
+
+    tokenizer = tiny_tokenizer(seq2seq=False)
+    model = tiny_decoder(arch, len(tokenizer), seed)
+    model.generation_config = GenerationConfig(bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def save_tiny_t5(folder: Path, seed: int = 0) -> Path:
     import torch
     from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration

@@ -1,13 +1,25 @@
-"""Compression helpers for decoder-only (Llama-style) models: drop decoder layers, physically prune
-SwiGLU FFN neurons, and the token-level distillation loss.
+"""Compression helpers for decoder-only models: drop decoder layers, physically prune FFN
+neurons, and the token-level distillation loss.
 
-They work on a plain transformers ``AutoModelForCausalLM`` whose layers sit in
-``model.model.layers`` with ``self_attn`` and a gated ``mlp`` (``gate_proj``, ``up_proj``,
-``down_proj``): Llama, Mistral, Qwen2/3, SmolLM2, Gemma ... The result stays a plain model that
-``save_pretrained`` / ``from_pretrained`` round-trip: layer drop updates ``num_hidden_layers`` (and
-the per-layer lists some configs carry) and renumbers ``layer_idx`` so the KV cache addresses the
-kept layers; FFN pruning keeps the same number of neurons in every layer so one
-``intermediate_size`` still describes the model.
+Decoders keep their layers and FFNs under a handful of layouts, described here as data and found by
+probing the model's structure (no branching on a model type's name):
+
+- the layer stack: ``model.layers`` (Llama, Mistral, Qwen2/3, Gemma, SmolLM2, Phi, Phi-3, StableLM),
+  ``transformer.h`` (GPT-2, GPT-J, Falcon), ``gpt_neox.layers`` (GPT-NeoX, Pythia),
+  ``model.decoder.layers`` (OPT);
+- the FFN: gated with separate projections (``gate_proj``/``up_proj``/``down_proj``), gated with
+  gate and up fused in one matrix (Phi-3's ``gate_up_proj``), or plain (two projections around an
+  activation: ``fc1``/``fc2`` for Phi and OPT, ``c_fc``/``c_proj`` for GPT-2 whose ``Conv1D`` keeps
+  its weight transposed, ``dense_h_to_4h``/``dense_4h_to_h`` for GPT-NeoX and Falcon,
+  ``fc_in``/``fc_out`` for GPT-J);
+- the config field that states the FFN width (``intermediate_size``, ``ffn_dim``,
+  ``ffn_hidden_size``, ``n_inner``).
+
+A new layout joins by adding a row to :data:`STACKS` or :data:`FFNS`. The result stays a plain
+model that ``save_pretrained`` / ``from_pretrained`` round-trip: layer drop updates the layer count
+(and the per-layer lists some configs carry) and renumbers ``layer_idx`` so the KV cache addresses
+the kept layers; FFN pruning keeps the same number of neurons in every layer so one width field
+still describes the model.
 
 No library does these on transformers 5 decoders (``torch.nn.utils.prune`` only masks weights;
 ``transformers``' ``prune_heads`` covers some encoders' attention heads), so they are written here.
@@ -15,8 +27,10 @@ No library does these on transformers 5 decoders (``torch.nn.utils.prune`` only 
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,22 +42,94 @@ log = logging.getLogger(__name__)
 
 # Config fields holding one entry per decoder layer (trimmed with the layers).
 _PER_LAYER_FIELDS = ("layer_types", "sliding_window_pattern_list", "no_rope_layers")
+# Where decoder-only models keep their layer stack, tried in order.
+STACKS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
+# Config fields that state the FFN width, tried in order (the first the config has is the one).
+WIDTH_FIELDS = ("intermediate_size", "ffn_dim", "ffn_hidden_size", "n_inner")
+
+
+@dataclass(frozen=True)
+class FfnLayout:
+    """One way a decoder layer holds its FFN: ``inputs`` project the hidden state to the FFN's
+    neurons (each holding ``blocks`` neuron blocks side by side: 2 where gate and up are fused),
+    ``output`` projects them back. ``at`` is the FFN's attribute on the layer ('' for the layer)."""
+
+    kind: str
+    at: str
+    inputs: tuple[str, ...]
+    output: str
+    blocks: int = 1
+
+
+FFNS = (
+    FfnLayout("gated", "mlp", ("gate_proj", "up_proj"), "down_proj"),
+    FfnLayout("gated, gate and up fused", "mlp", ("gate_up_proj",), "down_proj", blocks=2),
+    FfnLayout("plain", "mlp", ("fc1",), "fc2"),
+    FfnLayout("plain", "", ("fc1",), "fc2"),
+    FfnLayout("plain", "mlp", ("c_fc",), "c_proj"),
+    FfnLayout("plain", "mlp", ("dense_h_to_4h",), "dense_4h_to_h"),
+    FfnLayout("plain", "mlp", ("fc_in",), "fc_out"),
+)
 
 
 class CompressError(StageError):
     """A compression setting does not fit the model (layer index, keep count ...)."""
 
 
+def _get(obj: Any, path: str) -> Any:
+    for name in path.split(".") if path else ():
+        obj = getattr(obj, name, None)
+    return obj
+
+
+def stack_path(model: nn.Module) -> str:
+    """The attribute path of the model's decoder layer list (one of :data:`STACKS`)."""
+    for path in STACKS:
+        if isinstance(_get(model, path), nn.ModuleList):
+            return path
+    raise CompressError(f"{type(model).__name__}: no decoder layer stack found (looked for "
+                        f"{', '.join(STACKS)})")
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise CompressError(f"{type(model).__name__}: no decoder stack at model.layers (not a Llama-style decoder)")
+    layers = _get(model, stack_path(model))
+    assert isinstance(layers, nn.ModuleList)
     return layers
+
+
+def _is_projection(module: Any) -> bool:
+    from transformers.pytorch_utils import Conv1D
+
+    return isinstance(module, (nn.Linear, Conv1D))
+
+
+def ffn_layout(layer: nn.Module) -> FfnLayout:
+    """The layout of ``layer``'s FFN (one of :data:`FFNS`)."""
+    for layout in FFNS:
+        mlp = _get(layer, layout.at)
+        if mlp is not None and all(_is_projection(getattr(mlp, n, None)) for n in (*layout.inputs, layout.output)):
+            return layout
+    raise CompressError(f"{type(layer).__name__}: no FFN of a known layout (gated gate/up/down, fused "
+                        "gate_up/down, or two projections fc1/fc2, c_fc/c_proj, dense_h_to_4h/dense_4h_to_h, "
+                        "fc_in/fc_out)")
+
+
+def describe_structure(model: nn.Module) -> dict[str, Any]:
+    """What the compression stages found: the layer stack, the FFN layout and its width field."""
+    layers = decoder_layers(model)
+    out: dict[str, Any] = {"layer_stack": stack_path(model), "layers": len(layers)}
+    try:
+        layout = ffn_layout(layers[0])
+        out["ffn"] = layout.kind
+        out["ffn_width_field"] = _width_field(model.config)
+    except CompressError:
+        out["ffn"] = None
+    return out
 
 
 def drop_decoder_layers(model: nn.Module, drop: Sequence[int]) -> dict[str, Any]:
     """Remove the decoder layers at indices ``drop`` (negative indices count from the end)."""
+    path = stack_path(model)
     layers = decoder_layers(model)
     n = len(layers)
     wanted = sorted({i % n if -n <= i < n else i for i in drop})
@@ -53,18 +139,20 @@ def drop_decoder_layers(model: nn.Module, drop: Sequence[int]) -> dict[str, Any]
     keep = [i for i in range(n) if i not in wanted]
     if not keep:
         raise CompressError(f"drop: dropping all {n} decoder layers leaves no model")
-    model.model.layers = nn.ModuleList(layers[i] for i in keep)
-    for new_idx, layer in enumerate(model.model.layers):
+    parent, _, name = path.rpartition(".")
+    kept = nn.ModuleList(layers[i] for i in keep)
+    setattr(_get(model, parent), name, kept)
+    for new_idx, layer in enumerate(kept):
         # The cache is indexed by layer_idx: a kept layer must address slot new_idx, not its old one.
         for module in layer.modules():
             if hasattr(module, "layer_idx"):
                 module.layer_idx = new_idx
-    config = model.config
-    config.num_hidden_layers = len(keep)
-    for name in _PER_LAYER_FIELDS:
-        value = getattr(config, name, None)
+    config: Any = model.config
+    config.num_hidden_layers = len(keep)  # GPT-2/GPT-J map it to n_layer
+    for field in _PER_LAYER_FIELDS:
+        value = getattr(config, field, None)
         if isinstance(value, (list, tuple)) and len(value) == n:
-            setattr(config, name, [value[i] for i in keep])
+            setattr(config, field, [value[i] for i in keep])
     log.info("dropped decoder layers %s: %d -> %d", wanted, n, len(keep))
     return {"dropped": wanted, "kept": keep, "layers_before": n, "layers_after": len(keep)}
 
@@ -92,32 +180,108 @@ def least_important_layers(scores: Sequence[float], count: int, *, protect: Sequ
     return sorted(order[:count])
 
 
-def _ffn(layer: nn.Module) -> nn.Module:
-    mlp = getattr(layer, "mlp", None)
-    if mlp is None or not all(isinstance(getattr(mlp, n, None), nn.Linear)
-                              for n in ("gate_proj", "up_proj", "down_proj")):
-        raise CompressError(f"{type(layer).__name__}: no gated FFN (mlp.gate_proj/up_proj/down_proj)")
-    return mlp
+def _width_field(config: Any) -> str:
+    for field in WIDTH_FIELDS:
+        if field in config.to_dict():
+            return field
+    raise CompressError(f"{type(config).__name__}: no config field states the FFN width "
+                        f"(looked for {', '.join(WIDTH_FIELDS)}), so a pruned model could not be reloaded")
+
+
+@dataclass
+class _Ffn:
+    """One layer's FFN under its layout, with the shape conventions of its projections (``Conv1D``
+    keeps ``(in, out)``, ``nn.Linear`` ``(out, in)``)."""
+
+    module: Any
+    layout: FfnLayout
+
+    @staticmethod
+    def out_dim(proj: Any) -> int:
+        return 0 if isinstance(proj, nn.Linear) else 1
+
+    def inputs(self) -> list[Any]:
+        return [getattr(self.module, n) for n in self.layout.inputs]
+
+    @property
+    def output(self) -> Any:
+        return getattr(self.module, self.layout.output)
+
+    @property
+    def width(self) -> int:
+        first = self.inputs()[0]
+        return int(first.weight.shape[self.out_dim(first)]) // self.layout.blocks
+
+    def output_column_norms(self) -> torch.Tensor:
+        """Per neuron, the norm of its weights in the output projection (its contribution)."""
+        out = self.output
+        return out.weight.float().norm(dim=self.out_dim(out))
+
+    def input_row_norms(self) -> torch.Tensor:
+        """Per neuron, the product of its weight norms in every input projection and block."""
+        score = torch.ones(self.width)
+        for proj in self.inputs():
+            norms = proj.weight.float().norm(dim=1 - self.out_dim(proj))
+            for block in norms.reshape(self.layout.blocks, self.width):
+                score = score * block
+        return score
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Keep only the neurons at ``index`` (sorted), removing the others physically."""
+        rows = torch.cat([index + b * self.width for b in range(self.layout.blocks)])
+        for name in self.layout.inputs:
+            proj = getattr(self.module, name)
+            setattr(self.module, name, _select(proj, rows, self.out_dim(proj), outputs=True))
+        out = self.output
+        setattr(self.module, self.layout.output, _select(out, index, 1 - self.out_dim(out), outputs=False))
+        if hasattr(self.module, "intermediate_size"):
+            self.module.intermediate_size = len(index)
+
+
+def _ffns(model: nn.Module) -> list[_Ffn]:
+    out = []
+    for layer in decoder_layers(model):
+        layout = ffn_layout(layer)
+        out.append(_Ffn(_get(layer, layout.at), layout))
+    return out
+
+
+def _select(proj: Any, index: torch.Tensor, dim: int, *, outputs: bool) -> Any:
+    """A copy of ``proj`` (same class: ``nn.Linear``, a subclass of it, or ``Conv1D``) keeping the
+    slices ``index`` of its weight along ``dim``; a bias follows when the kept slices are outputs."""
+    weight = proj.weight.detach().index_select(dim, index.to(proj.weight.device)).clone()
+    bias = getattr(proj, "bias", None)
+    new = copy.deepcopy(proj)
+    new.weight = nn.Parameter(weight, requires_grad=proj.weight.requires_grad)
+    if bias is not None and outputs:
+        new.bias = nn.Parameter(bias.detach().index_select(0, index.to(bias.device)).clone(),
+                                requires_grad=bias.requires_grad)
+    if isinstance(proj, nn.Linear):
+        new.out_features, new.in_features = weight.shape
+    else:  # Conv1D: weight (nx, nf)
+        new.nx, new.nf = weight.shape
+    return new
 
 
 @torch.no_grad()
 def ffn_importance(model: nn.Module, input_ids: torch.Tensor | None = None,
                    attention_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
-    """Per layer, one score per FFN neuron. With data: mean |act(gate)·up| on the real tokens times
-    the norm of the neuron's ``down_proj`` column (its contribution to the output); without data:
-    the product of its gate row, up row and down column norms."""
-    mlps = [_ffn(layer) for layer in decoder_layers(model)]
-    down_norms = [m.down_proj.weight.float().norm(dim=0) for m in mlps]
+    """Per layer, one score per FFN neuron. With data: the mean magnitude of the neuron's value at
+    the output projection's input (act(gate)·up, or act(fc1)) on the real tokens, times the norm
+    of its output weights (its contribution to the output); without data: the product of its
+    input and output weight norms."""
+    ffns = _ffns(model)
+    out_norms = [f.output_column_norms() for f in ffns]
     if input_ids is None:
-        return [m.gate_proj.weight.float().norm(dim=1) * m.up_proj.weight.float().norm(dim=1) * d
-                for m, d in zip(mlps, down_norms)]
+        return [f.input_row_norms() * d for f, d in zip(ffns, out_norms)]
     mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-    sums = [torch.zeros_like(d) for d in down_norms]
+    sums = [torch.zeros_like(d) for d in out_norms]
     hooks = []
-    for i, m in enumerate(mlps):
+    for i, f in enumerate(ffns):
         def grab(_: nn.Module, args: tuple[torch.Tensor, ...], i: int = i) -> None:
-            sums[i] += args[0][mask.bool()].abs().float().sum(0)  # down_proj's input: act(gate)*up
-        hooks.append(m.down_proj.register_forward_pre_hook(grab))
+            x = args[0]  # the output projection's input; OPT flattens batch and time before its FFN
+            sums[i] += x.reshape(-1, x.shape[-1])[mask.reshape(-1).bool()].abs().float().sum(0)
+        hooks.append(f.output.register_forward_pre_hook(grab))
     try:
         model.eval()
         model(input_ids=input_ids, attention_mask=mask)
@@ -125,44 +289,31 @@ def ffn_importance(model: nn.Module, input_ids: torch.Tensor | None = None,
         for h in hooks:
             h.remove()
     tokens = max(int(mask.sum()), 1)
-    return [s / tokens * d for s, d in zip(sums, down_norms)]
-
-
-def _keep_rows(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
-    weight = linear.weight.detach().index_select(dim, index).clone()
-    out_f, in_f = weight.shape
-    new = nn.Linear(in_f, out_f, bias=linear.bias is not None, device=weight.device, dtype=weight.dtype)
-    new.weight.data.copy_(weight)
-    if linear.bias is not None:
-        bias = linear.bias.detach() if dim == 1 else linear.bias.detach().index_select(0, index)
-        new.bias.data.copy_(bias)
-    return new
+    return [s / tokens * d for s, d in zip(sums, out_norms)]
 
 
 @torch.no_grad()
 def prune_ffn(model: nn.Module, keep: float, scores: Sequence[torch.Tensor] | None = None) -> dict[str, Any]:
-    """Keep the ``keep`` most important FFN neurons in every layer (an int, or a fraction of
-    ``intermediate_size``): gate/up rows and the matching down columns are removed physically."""
-    mlps = [_ffn(layer) for layer in decoder_layers(model)]
-    width = mlps[0].gate_proj.out_features
+    """Keep the ``keep`` most important FFN neurons in every layer (an int, or a fraction of the
+    FFN width): their input rows (gate and up, or the first projection) and output columns stay,
+    the others are removed physically."""
+    ffns = _ffns(model)
+    field = _width_field(model.config)
+    width = ffns[0].width
     count = int(round(keep * width)) if isinstance(keep, float) else int(keep)
     if not 1 <= count <= width:
         raise CompressError(f"prune: keep must leave between 1 and {width} FFN neurons per layer, got {keep!r}")
     scores = list(scores) if scores is not None else ffn_importance(model)
-    if len(scores) != len(mlps):
-        raise CompressError(f"prune: {len(scores)} score vectors for {len(mlps)} layers")
+    if len(scores) != len(ffns):
+        raise CompressError(f"prune: {len(scores)} score vectors for {len(ffns)} layers")
     before = sum(p.numel() for p in model.parameters())
-    for m, score in zip(mlps, scores):
-        index = torch.topk(score.float(), count).indices.sort().values.to(m.gate_proj.weight.device)
-        m.gate_proj = _keep_rows(m.gate_proj, index, 0)
-        m.up_proj = _keep_rows(m.up_proj, index, 0)
-        m.down_proj = _keep_rows(m.down_proj, index, 1)
-        if hasattr(m, "intermediate_size"):
-            m.intermediate_size = count
-    model.config.intermediate_size = count
+    for f, score in zip(ffns, scores):
+        f.keep(torch.topk(score.float(), count).indices.sort().values)
+    setattr(model.config, field, count)
     after = sum(p.numel() for p in model.parameters())
     log.info("pruned FFN %d -> %d neurons per layer: %d -> %d parameters", width, count, before, after)
-    return {"intermediate_before": width, "intermediate_after": count, "params_before": before, "params_after": after}
+    return {"intermediate_before": width, "intermediate_after": count, "params_before": before,
+            "params_after": after, "ffn": ffns[0].layout.kind, "width_field": field}
 
 
 def token_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None,

@@ -1,5 +1,6 @@
-"""``drop_layers`` of a decoder-only generative model: decoder layers removed from
-``model.layers`` (the KV-cache slots renumbered, per-layer config lists shortened), so the model
+"""``drop_layers`` of a decoder-only generative model: decoder layers removed from the model's
+layer stack (``model.layers``, ``transformer.h``, ``gpt_neox.layers`` or ``model.decoder.layers``,
+found by ``models.decoder_structure``; the KV-cache slots renumbered, per-layer config lists shortened), so the model
 still loads in plain ``AutoModelForCausalLM``. ``keep: [...]`` or a ``strategy`` with ``layers``
 as for encoders; ``importance`` ranks layers by block influence (1 - cosine similarity of a layer's
 input and output hidden states on training examples, ShortGPT's measure), and never drops the
@@ -26,10 +27,11 @@ def drop_decoder_layers(bundle: ModelBundle, config: DropLayersConfig, ctx: RunC
     model = require_torch_decoder(bundle, ctx, "drop_layers")
     try:
         total = len(dc.decoder_layers(model))
+        structure = dc.describe_structure(model)
     except dc.CompressError as err:
         raise StageError(f"{where}: {err}") from None
     config.layers_left(total, where)  # out-of-range settings, one line (RecipeError)
-    summary: dict[str, Any] = {"layers_before": total}
+    summary: dict[str, Any] = {"layers_before": total, "layer_stack": structure["layer_stack"]}
     if config.keep is not None:
         keep = list(config.keep)
     elif config.strategy == "importance":

@@ -1,9 +1,12 @@
-"""``prune`` of a decoder-only generative model: ``method: ffn`` removes gated-FFN neurons
-physically (each kept neuron's ``gate_proj``/``up_proj`` rows and ``down_proj`` column), the same
-count in every layer, so ``intermediate_size`` in the config describes the result and the model
-loads in plain ``AutoModelForCausalLM``. ``sparsity`` is the share of neurons removed.
-``importance: gradient`` is read here as activation-based (mean |act(gate)·up| on training
-examples times the neuron's output-weight norm); ``magnitude`` uses weight norms only.
+"""``prune`` of a decoder-only generative model: ``method: ffn`` removes FFN neurons physically
+(each kept neuron's input rows, gate and up where the FFN is gated, and its output column), the
+same count in every layer, so the config's width field (``intermediate_size``, ``ffn_dim``,
+``ffn_hidden_size`` or ``n_inner``) describes the result and the model loads in plain
+``AutoModelForCausalLM``. Gated (Llama, Qwen, Gemma), fused gate-up (Phi-3) and plain two-projection
+FFNs (GPT-2, GPT-NeoX, OPT, Phi, Falcon, GPT-J) are covered: ``models.decoder_structure`` holds
+the layouts. ``sparsity`` is the share of neurons removed. ``importance: gradient`` is read here
+as activation-based (the mean magnitude of a neuron's value at the output projection on training
+examples times its output-weight norm); ``magnitude`` uses weight norms only.
 
 Attention-head pruning under grouped-query attention (removing whole KV groups) is not built;
 ``method: heads`` and the unstructured methods are refused for decoders in one line.
@@ -31,13 +34,13 @@ def prune_decoder(bundle: ModelBundle, config: PruneConfig, ctx: RunContext) -> 
     model = require_torch_decoder(bundle, ctx, "prune")
     if config.method != "ffn":
         raise StageError(f"{where}.method: {config.method} is not built for decoder models; use method: ffn "
-                         "(gated-FFN neurons, removed physically)")
+                         "(FFN neurons, removed physically)")
     try:
         if config.importance == "gradient":
             scores, n = _activation_scores(bundle, config, ctx)
-            measure = f"mean |act(gate)*up| on {n} training examples x down_proj column norm"
+            measure = f"mean |FFN activation| on {n} training examples x output column norm"
         else:
-            scores, measure = dc.ffn_importance(model), "gate row x up row x down column norms"
+            scores, measure = dc.ffn_importance(model), "input row norms x output column norm"
         done = dc.prune_ffn(model, 1.0 - float(config.sparsity or 0.0), scores)
     except dc.CompressError as err:
         raise StageError(f"{where}: {err}") from None
