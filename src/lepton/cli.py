@@ -37,6 +37,7 @@ EPILOG = {
     "drift": "example: lepton drift runs/sst2-minilm/model --data new-reviews.tsv   (--fail-on-drift for a CI gate)",
     "update": "example: lepton update runs/sst2-minilm-finetune/model --data new/train.csv --dev new/dev.csv "
               "--method replay --recipe examples/sst2-minilm.yaml -o runs/sst2-update",
+    "gguf": "example: lepton gguf builtin:smollm2-135m smollm2-q8_0.gguf --type q8_0   (for llama.cpp / Ollama)",
     "search": "example: lepton search examples/sst2-minilm-search.yaml --trials 40 --max-drop accuracy=1.0 "
               "--timeout 2h   (run it again to continue; more workers: the same command in more shells)",
 }
@@ -78,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     update_command.add_parser(_add_command(sub, "update", "train a saved model further on new labelled data, "
                                                           "re-apply its recipe's later stages, measure gain and "
                                                           "forgetting"))
+    from lepton.pipeline import gguf_command
+
+    gguf_command.add_parser(_add_command(sub, "gguf", "write a PyTorch decoder as one GGUF file for llama.cpp "
+                                                      "and Ollama"))
     _search_parser(_add_command(sub, "search", "search the recipe's searchable settings for the fastest, "
                                                "smallest model within an accuracy budget (Optuna; Pareto "
                                                "front, best model, its recipe)"))
@@ -612,6 +617,12 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return explain_command.run(args)
 
 
+def _cmd_gguf(args: argparse.Namespace) -> int:
+    from lepton.pipeline import gguf_command
+
+    return gguf_command.run(args)
+
+
 def _cmd_drift(args: argparse.Namespace) -> int:
     from lepton.pipeline import drift_command
 
@@ -640,7 +651,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {"run": _cmd_run, "validate": _cmd_validate, "evaluate": _cmd_evaluate, "info": _cmd_info,
                 "compare": _cmd_compare, "serve": _cmd_serve, "data": _cmd_data, "keygen": _cmd_keygen,
                 "sign": _cmd_sign, "monitor": _cmd_monitor, "search": _cmd_search, "generate": _cmd_generate,
-                "drift": _cmd_drift, "update": _cmd_update, "explain": _cmd_explain}
+                "drift": _cmd_drift, "update": _cmd_update, "explain": _cmd_explain,
+                "gguf": _cmd_gguf}
     try:
         return handlers[args.command](args)
     except LeptonError as err:

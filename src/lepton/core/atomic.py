@@ -161,6 +161,24 @@ def write_bytes(path: Path, data: bytes) -> None:
         fsync_dir(path.parent)
 
 
+def write_file(path: Path, fill: Callable[[Path], None]) -> Path:
+    """``fill(tmp)`` writes a file beside ``path``; when it returns, the file is synced and moved to
+    ``path`` (a crash or error leaves ``path`` as it was and no temporary file behind)."""
+    path = Path(path)
+    tmp = _tmp_name(path, "tmp")
+    with io_errors(path):
+        try:
+            fill(tmp)
+            fsync_file(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        fsync_dir(path.parent)
+    return path
+
+
 def write_text(path: Path, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
