@@ -14,7 +14,10 @@ Each method on PyTorch (``runtime: torch``) and on ONNX Runtime (after ``export`
 - ``weight_only``
   - PyTorch: not available (see ``WEIGHT_ONLY_TORCH_NOTE``)
   - ONNX Runtime: MatMulNBits: int4 or int8 (``bits``) weights in groups of ``group_size`` along
-    the input; ``accuracy_level: 4`` computes with int8 activations
+    the input; ``accuracy_level: 4`` computes with int8 activations. ``algorithm``: ``rtn`` (round
+    to nearest, the default), and on exported decoders also ``hqq`` (Half-Quadratic, no data),
+    ``awq`` (activation-aware scales, then scale estimation, through NNCF on ``calibration_items``
+    sequences of ``calibration_split``; ``pip install 'lepton[quant]'``)
 - ``fp16`` / ``bf16``
   - PyTorch: casts the weights
   - ONNX Runtime: ``fp16``: ONNX Runtime's float16 conversion (inputs/outputs stay as they were);
@@ -71,9 +74,10 @@ from lepton.stages.quantize.torch_dynamic import torch_quantize
 log = logging.getLogger(__name__)
 
 Method = Literal["dynamic_int8", "static_int8", "weight_only", "fp16", "bf16"]
-_STATIC_ONLY = ("calibration", "calibration_split", "calibration_items", "percentile",
-                "activation_type", "smooth_quant", "smooth_alpha")
-_WEIGHT_ONLY = ("bits", "group_size", "accuracy_level")
+_STATIC_ONLY = ("calibration", "percentile", "activation_type", "smooth_quant", "smooth_alpha")
+_CALIBRATED = ("calibration_split", "calibration_items")  # static_int8, and the data-aware weight-only algorithms
+_WEIGHT_ONLY = ("bits", "group_size", "accuracy_level", "algorithm")
+DATA_AWARE_ALGORITHMS = ("awq",)
 
 
 class QuantizeConfig(StageConfig):
@@ -99,6 +103,7 @@ class QuantizeConfig(StageConfig):
     bits: Literal[4, 8] = 4
     group_size: int = Field(default=32, ge=16)  # weights per scale, along the input dimension
     accuracy_level: Literal[0, 1, 2, 3, 4] = 4  # MatMulNBits compute: 4 = int8 activations (fastest on CPU)
+    algorithm: Literal["rtn", "hqq", "awq"] = "rtn"  # hqq/awq: exported decoders
     # the comparison with the input model
     check_items: int = Field(default=64, ge=1)
     check_split: Literal["dev", "test", "train", "validation"] = "dev"
@@ -112,14 +117,26 @@ class QuantizeConfig(StageConfig):
 
     def apply_smoke(self) -> None:
         super().apply_smoke()
-        if self.method == "static_int8":  # elsewhere the setting does not apply (and may not be set)
+        if self.calibrated:  # elsewhere the setting does not apply (and may not be set)
             self.calibration_items = min(self.calibration_items, 16)
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the method calibrates on data (static INT8, data-aware weight-only)."""
+        return self.method == "static_int8" or (self.method == "weight_only"
+                                                and self.algorithm in DATA_AWARE_ALGORITHMS)
 
     @model_validator(mode="after")
     def _static_settings(self) -> QuantizeConfig:
         given = [k for k in _STATIC_ONLY if k in self.model_fields_set]
         if given and self.method != "static_int8":
             raise ValueError(f"{given[0]} applies to method static_int8 only")
+        given = [k for k in _CALIBRATED if k in self.model_fields_set]
+        if given and not self.calibrated:
+            raise ValueError(f"{given[0]} applies to method static_int8, and to weight_only with algorithm "
+                             f"{', '.join(DATA_AWARE_ALGORITHMS)}")
+        if self.method == "weight_only" and self.algorithm in DATA_AWARE_ALGORITHMS and self.bits != 4:
+            raise ValueError(f"algorithm {self.algorithm} quantizes to 4 bits (bits: 4)")
         given = [k for k in _WEIGHT_ONLY if k in self.model_fields_set]
         if given and self.method != "weight_only":
             raise ValueError(f"{given[0]} applies to method weight_only only")

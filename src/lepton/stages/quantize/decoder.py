@@ -6,9 +6,12 @@ GatherBlockQuantized) and ``dynamic_int8`` (int8 weights, activations quantized 
 through onnxruntime's quantizers (``generative.weight_quant``). On PyTorch: ``dynamic_int8``,
 ``fp16`` and ``bf16`` as for encoders (``lepton.stages.quantize.torch_dynamic``).
 
-GPTQ/AWQ: onnxruntime's ``MatMulNBitsQuantizer`` offers GPTQ only through Intel Neural Compressor,
-which is not a dependency here; HQQ is available in ``weight_quant`` but is not exposed as a recipe
-setting yet. Sensitivity and mixed precision (``weight_only`` on an exported decoder), as for encoders but
+``algorithm`` (``weight_only``): ``rtn`` (round to nearest, onnxruntime), ``hqq`` (Half-Quadratic,
+onnxruntime, no data; the embedding table stays float) or ``awq`` (NNCF's activation-aware scales
+and scale estimation on the graph, calibrated on the prefill of ``calibration_items`` sequences of
+``calibration_split`` as the task encodes them for training; the seconds it took are in the
+summary). GPTQ is not offered: onnxruntime runs it only through Intel Neural Compressor, and NNCF's
+ONNX backend refuses it. Sensitivity and mixed precision (``weight_only`` on an exported decoder), as for encoders but
 per decoder layer (its seven MatMuls; the output layer and the embedding table are groups of
 their own): ``sensitivity: true`` quantizes one group at a time and reports how far it moves the
 first-step logits on ``check_items`` prompts (``output_error``) and the headline metric on
@@ -80,10 +83,15 @@ def _on_ort(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, where:
         groups = layer_groups(source.folder)
         excluded = [n for names in groups.values() for n in names if any(e in n for e in config.exclude)]
 
+        algorithm = {"rtn": "default"}.get(config.algorithm, config.algorithm)
+        calibration = calibration_sequences(bundle, config, ctx) if config.calibrated else None
+
         def once(keep_float: Sequence[str], dest: Path) -> dict[str, Any]:
             return quantize_onnx_weights(source.folder, dest, bits=config.bits, block_size=config.group_size,
-                                         accuracy_level=config.accuracy_level, embeddings=config.bits == 4,
-                                         exclude=tuple(excluded) + tuple(keep_float))
+                                         accuracy_level=config.accuracy_level,
+                                         embeddings=config.bits == 4 and algorithm != "hqq",
+                                         exclude=tuple(excluded) + tuple(keep_float), algorithm=algorithm,
+                                         calibration=calibration)
 
         def trial(keep_float: Sequence[str], dest: Path) -> Any:
             once(keep_float, dest)
@@ -112,6 +120,22 @@ def _on_ort(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, where:
     return model, details
 
 
+def calibration_sequences(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext) -> list[list[int]]:
+    """Token ids of the first ``calibration_items`` examples of ``calibration_split`` as the task
+    encodes them for training (prompt and target; documents in windows), cut to the task's
+    ``max_length``: what the data-aware algorithms calibrate on."""
+    from lepton.tasks import kind_of
+
+    where = f"stages.{ctx.stage_index}.calibration_split"
+    if config.calibration_split not in ctx.splits or len(ctx.splits[config.calibration_split]) == 0:
+        raise StageError(f"{where}: algorithm {config.algorithm} calibrates on data.{config.calibration_split}, "
+                         "which this recipe does not have")
+    encoded = kind_of(bundle.task).encode(ctx.split(config.calibration_split), bundle.task, bundle.tokenizer)
+    limit = bundle.task.max_length or 512
+    rows = [list(map(int, ids))[:limit] for ids in encoded.input_ids[:config.calibration_items]]
+    return [r for r in rows if r]
+
+
 def _on_torch(bundle: ModelBundle, config: QuantizeConfig, where: str) -> tuple[Any, dict]:
     from lepton.stages.quantize.torch_dynamic import torch_quantize
 
@@ -121,7 +145,9 @@ def _on_torch(bundle: ModelBundle, config: QuantizeConfig, where: str) -> tuple[
 
 
 def _precision(config: QuantizeConfig) -> str:
-    return f"int{config.bits} weight-only" if config.method == "weight_only" else "dynamic int8"
+    if config.method != "weight_only":
+        return "dynamic int8"
+    return f"int{config.bits} weight-only" + ("" if config.algorithm == "rtn" else f" ({config.algorithm})")
 
 
 # ---------------------------------------------------------------------- mixed precision

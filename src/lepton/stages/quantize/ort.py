@@ -150,6 +150,9 @@ def ort_quantize(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, f
     info = {k: v for k, v in source.info.items() if k != "unfused_path"}
     if info.get("quantization"):
         raise StageError(f"{where}: the ONNX model is already quantized ({info['quantization']['method']})")
+    if config.method == "weight_only" and config.algorithm != "rtn":
+        raise StageError(f"{where}.algorithm: {config.algorithm} is built for exported decoders; encoder graphs "
+                         "take algorithm: rtn")
     if config.method == "bf16":
         raise StageError(f"{where}: bf16 is not available on ONNX Runtime's CPU provider; "
                          "quantize before export (runtime torch) or use fp16")

@@ -8,7 +8,13 @@ ONNX, through onnxruntime's own tools (``onnxruntime.quantization``):
   optionally the embedding Gather into ``GatherBlockQuantized``. ``algorithm="default"`` is
   block-wise round to nearest (MLAS), ``"hqq"`` is Half-Quadratic Quantization (no calibration).
   The ``RTNWeightOnlyQuantConfig``/``GPTQWeightOnlyQuantConfig`` paths of the same tool need Intel
-  Neural Compressor (``neural-compressor``), which Lepton does not install: not offered here.
+  Neural Compressor (``neural-compressor``), which Lepton does not install: not offered there.
+  ``"awq"`` is data-aware and runs through NNCF's ``compress_weights`` on the ONNX graph (ONNX
+  Runtime on the CPU computes the statistics): activation-aware scaling with NNCF's scale search,
+  then its scale estimation, calibrated on the prefill of real sequences; it writes
+  ``MatMulNBits`` too, and the embedding table then takes onnxruntime's ``GatherBlockQuantized``
+  as with ``default``. NNCF's GPTQ is refused by its ONNX backend ("ONNX backend does not support
+  gptq"), so GPTQ is not offered.
   ``accuracy_level=4`` lets the kernel quantize activations to int8 and use VNNI dot products.
 - :func:`quantize_onnx_dynamic_int8`: ``quantize_dynamic`` (int8 weights per channel, activations
   quantized per run: MatMulInteger / DynamicQuantizeMatMul).
@@ -67,17 +73,27 @@ def _size(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.iterdir() if p.suffix in (".onnx", ".data"))
 
 
+ALGORITHMS = ("default", "hqq", "awq")
+DATA_AWARE = ("awq",)
+
+
 def quantize_onnx_weights(src: str | Path, dest: str | Path, *, bits: int = 4, block_size: int = 32,
                           symmetric: bool = False, algorithm: str = "default", accuracy_level: int | None = 4,
-                          embeddings: bool = False, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+                          embeddings: bool = False, exclude: tuple[str, ...] = (),
+                          calibration: list[list[int]] | None = None) -> dict[str, Any]:
     """Weight-only ``bits``-bit MatMulNBits of the graph in ``src`` (a folder or .onnx) into folder
-    ``dest`` (atomically; side files copied). ``exclude``: node names to keep in float."""
+    ``dest`` (atomically; side files copied). ``exclude``: node names to keep in float.
+    ``calibration``: token id sequences whose prefill the data-aware algorithms calibrate on."""
     if bits not in (4, 8):
         raise QuantizeError(f"bits must be 4 or 8, got {bits!r}")
     if block_size < 16 or block_size & (block_size - 1):
         raise QuantizeError(f"block_size must be a power of two >= 16, got {block_size!r}")
-    if algorithm not in ("default", "hqq"):
-        raise QuantizeError(f"algorithm must be default (round to nearest) or hqq, got {algorithm!r}")
+    if algorithm not in ALGORITHMS:
+        raise QuantizeError(f"algorithm must be one of {', '.join(ALGORITHMS)}, got {algorithm!r}")
+    if algorithm in DATA_AWARE and not calibration:
+        raise QuantizeError(f"algorithm {algorithm} needs calibration sequences")
+    if algorithm in DATA_AWARE and bits != 4:
+        raise QuantizeError(f"algorithm {algorithm} quantizes to 4 bits (bits: 4)")
     onnx = require("onnx")
     nbits = require("onnxruntime.quantization.matmul_nbits_quantizer")
     path = _onnx_in(src)
@@ -85,6 +101,18 @@ def quantize_onnx_weights(src: str | Path, dest: str | Path, *, bits: int = 4, b
         log.info("embeddings stay in float: onnxruntime's GatherBlockQuantized tables are 4-bit only")
         embeddings = False
     ops = ("MatMul", "Gather") if embeddings else ("MatMul",)
+    calibration_seconds = None
+    if algorithm in DATA_AWARE:
+        import time
+
+        t0 = time.perf_counter()
+        model = _nncf_compress(onnx.load(str(path)), algorithm, block_size, symmetric, exclude,
+                               calibration or [], accuracy_level)
+        calibration_seconds = round(time.perf_counter() - t0, 2)
+        ops = ("Gather",)  # the MatMuls are done; the embedding table as for default, when asked
+        if not embeddings:
+            return _save_quantized(model, path, dest, bits, block_size, symmetric, algorithm, accuracy_level,
+                                   embeddings, calibration_seconds, len(calibration or []))
     if algorithm == "hqq":
         if embeddings:
             raise QuantizeError("embeddings=True works with algorithm 'default' only (HQQ quantizes MatMul)")
@@ -93,7 +121,8 @@ def quantize_onnx_weights(src: str | Path, dest: str | Path, *, bits: int = 4, b
         config = nbits.DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=symmetric, bits=bits,
                                                     accuracy_level=accuracy_level, op_types_to_quantize=ops,
                                                     quant_axes=(("MatMul", 0), ("Gather", 1)))
-    model = onnx.load(str(path))
+    if algorithm not in DATA_AWARE:
+        model = onnx.load(str(path))
     if embeddings and _opset(model) < 21:
         # GatherBlockQuantized's int4 tables need opset 21; the quantizer only relabels the opset,
         # which leaves older operator forms (ReduceMean's axes attribute) invalid: convert first.
@@ -103,7 +132,14 @@ def quantize_onnx_weights(src: str | Path, dest: str | Path, *, bits: int = 4, b
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         quantizer = nbits.MatMulNBitsQuantizer(model, nodes_to_exclude=list(exclude), algo_config=config)
         quantizer.process()
-    model = quantizer.model.model
+    return _save_quantized(quantizer.model.model, path, dest, bits, block_size, symmetric, algorithm, accuracy_level,
+                           embeddings, calibration_seconds, len(calibration or []))
+
+
+def _save_quantized(model: Any, path: Path, dest: str | Path, bits: int, block_size: int, symmetric: bool,
+                    algorithm: str, accuracy_level: int | None, embeddings: bool, calibration_seconds: float | None,
+                    calibration_items: int) -> dict[str, Any]:
+    onnx = require("onnx")
     counts = _op_counts(model, ("MatMul", "MatMulNBits", "Gather", "GatherBlockQuantized"))
 
     def fill(tmp: Path) -> None:
@@ -115,8 +151,85 @@ def quantize_onnx_weights(src: str | Path, dest: str | Path, *, bits: int = 4, b
     info = {"method": f"MatMulNBits int{bits}", "algorithm": algorithm, "block_size": block_size,
             "symmetric": symmetric, "accuracy_level": accuracy_level, "embeddings": embeddings, "ops": counts,
             "size_bytes": _size(Path(dest))}
+    if calibration_seconds is not None:
+        info["calibration"] = {"library": "nncf.compress_weights (ONNX backend)", "items": calibration_items,
+                               "seconds": calibration_seconds}
     log.info("ONNX weight-only int%d: %s", bits, info)
     return info
+
+
+def prefill_feeds(model: Any, sequences: list[list[int]]) -> list[dict[str, np.ndarray]]:
+    """One input feed per token sequence for the exported decoder ``model`` (an ONNX ModelProto):
+    the whole sequence as a prefill with an empty cache (past inputs of length 0)."""
+    feeds = []
+    inputs = list(model.graph.input)
+    for ids in sequences:
+        n = len(ids)
+        feed: dict[str, np.ndarray] = {}
+        for spec in inputs:
+            if spec.name == "input_ids":
+                feed[spec.name] = np.asarray([ids], dtype=np.int64)
+            elif spec.name == "attention_mask":
+                feed[spec.name] = np.ones((1, n), dtype=np.int64)
+            elif spec.name == "position_ids":
+                feed[spec.name] = np.arange(n, dtype=np.int64)[None]
+            elif spec.name.startswith("past"):
+                dims = [d.dim_value if d.HasField("dim_value") else 0 for d in spec.type.tensor_type.shape.dim]
+                dims[0] = 1
+                feed[spec.name] = np.zeros(dims, dtype=np.float32)  # batch, heads, 0 past tokens, head dim
+            else:
+                raise QuantizeError(f"calibration: the graph input {spec.name!r} is not one a decoder prefill fills")
+        feeds.append(feed)
+    return feeds
+
+
+def _nncf_compress(model: Any, algorithm: str, block_size: int, symmetric: bool, exclude: tuple[str, ...],
+                   calibration: list[list[int]], accuracy_level: int | None) -> Any:
+    """NNCF's data-aware 4-bit weight compression of the ONNX decoder ``model`` (every MatMul with
+    a constant weight, the output layer included; the embedding Gather left for onnxruntime's
+    quantizer), with ``accuracy_level`` set on the MatMulNBits it writes."""
+    nncf = require("nncf", extra="quant")
+    onnx = require("onnx")
+    mode = nncf.CompressWeightsMode.INT4_SYM if symmetric else nncf.CompressWeightsMode.INT4_ASYM
+    ignored = nncf.IgnoredScope(names=list(exclude), types=["Gather"], validate=False)
+    dataset = nncf.Dataset(prefill_feeds(model, calibration))
+    with quiet_onnxruntime(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        logging.getLogger("nncf").setLevel(logging.WARNING)
+        out = nncf.compress_weights(model, mode=mode, group_size=block_size, ratio=1.0, all_layers=True,
+                                    dataset=dataset, subset_size=len(calibration), ignored_scope=ignored,
+                                    awq=algorithm == "awq", scale_estimation=True)
+    inits = {i.name: i for i in out.graph.initializer}
+    for node in out.graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        if accuracy_level is not None:
+            for attr in node.attribute:
+                if attr.name == "accuracy_level":
+                    attr.i = accuracy_level
+                    break
+            else:
+                node.attribute.append(onnx.helper.make_attribute("accuracy_level", accuracy_level))
+        if len(node.input) > 3 and node.input[3] in inits:
+            _pack_zero_points(inits[node.input[3]])
+    if not any(o.domain == "com.microsoft" for o in out.opset_import):
+        # NNCF adds the contrib op without its domain: the version converter needs it declared.
+        out.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return out
+
+
+def _pack_zero_points(init: Any) -> None:
+    """NNCF 3.4 writes a 4-bit MatMulNBits' uint8 zero points one per byte, shape (N, blocks);
+    ONNX Runtime reads them two per byte (low nibble first), shape (N, ceil(blocks / 2))."""
+    from onnx import numpy_helper
+
+    zp = numpy_helper.to_array(init)
+    if zp.dtype != np.uint8 or zp.ndim != 2:
+        return
+    if zp.shape[1] % 2:
+        zp = np.concatenate([zp, np.full((zp.shape[0], 1), 8, np.uint8)], axis=1)
+    packed = (zp[:, 0::2] & 0x0F) | ((zp[:, 1::2] & 0x0F) << 4)
+    init.CopyFrom(numpy_helper.from_array(packed.astype(np.uint8), init.name))
 
 
 def quantize_onnx_dynamic_int8(src: str | Path, dest: str | Path, *, per_channel: bool = True,
