@@ -72,3 +72,41 @@ class WeightOnlyLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, bits={self.bits}, group_size={self.group_size}"
+
+
+def matmulnbits_roundtrip(weight: torch.Tensor, *, block_size: int = 32) -> torch.Tensor:
+    """``weight`` (an ``nn.Linear`` weight, ``(out, in)``) as ONNX Runtime's 4-bit ``MatMulNBits``
+    will compute with it: quantized by onnxruntime's own round-to-nearest kernel (asymmetric, one
+    scale and zero point per ``block_size`` inputs; what ``quantize: weight_only`` writes) and
+    dequantized. Quantizing the result again gives the same codes, so a model trained on these
+    values deploys exactly as trained."""
+    import numpy as np
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits
+
+    w = weight.detach().float().cpu().numpy().T.copy()  # MatMul orientation: (K inputs, N outputs)
+    k, n = w.shape
+    blocks = (k + block_size - 1) // block_size
+    if blocks * block_size != k:
+        w = np.pad(w, ((0, blocks * block_size - k), (0, 0)))
+    packed = np.zeros((n, blocks, block_size // 2), np.uint8)
+    zero = np.zeros((n, (blocks + 1) // 2), np.uint8)
+    scales = np.zeros((n, blocks), np.float32)
+    quantize_matmul_4bits(packed, w, scales, zero, block_size, n, k, False)
+    codes = np.stack([packed & 0x0F, packed >> 4], -1).reshape(n, blocks, block_size).astype(np.float32)
+    zeros = np.stack([zero & 0x0F, zero >> 4], -1).reshape(n, -1)[:, :blocks].astype(np.float32)
+    out = ((codes - zeros[:, :, None]) * scales[:, :, None]).reshape(n, blocks * block_size)[:, :k]
+    return torch.from_numpy(np.ascontiguousarray(out)).to(dtype=weight.dtype, device=weight.device)
+
+
+@torch.no_grad()
+def roundtrip_linears(model: nn.Module, *, block_size: int = 32) -> int:
+    """Every ``nn.Linear`` weight of ``model``, and every ``nn.Embedding`` table (4-bit
+    ``GatherBlockQuantized`` blocks run along the same hidden axis), replaced by
+    :func:`matmulnbits_roundtrip` of it, in place (a weight shared by two modules, a tied output
+    layer, once); how many were replaced."""
+    done: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Embedding)) and id(module.weight) not in done:
+            done.add(id(module.weight))
+            module.weight.copy_(matmulnbits_roundtrip(module.weight, block_size=block_size))
+    return len(done)

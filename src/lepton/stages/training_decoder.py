@@ -110,6 +110,16 @@ def _train_lora(bundle, config, ctx, data, batch_fn, dev_enc, label) -> dict[str
         # A language model's head is its output embedding (often tied to the input one): nothing
         # to train whole beside the adapters.
         settings = settings.model_copy(update={"modules_to_save": []})
+    base = None
+    base_bits = getattr(config, "base_bits", None)
+    if base_bits is not None:
+        from lepton.models.weight_only import roundtrip_linears
+
+        group = int(config.base_group_size)
+        base = {"bits": base_bits, "group_size": group,
+                "scheme": "onnxruntime MatMulNBits round to nearest, asymmetric, dequantized",
+                "linears": roundtrip_linears(bundle.model, block_size=group)}
+        log.info("LoRA on a %d-bit base: %d linear weights rounded as MatMulNBits will", base_bits, base["linears"])
     peft_config = adapter_config("lora", settings, bundle.model, plan_steps(len(data), config), where)
     torch.manual_seed(ctx.seed)
     peft_model = wrap_with_adapters(bundle.model, peft_config, where)
@@ -126,4 +136,6 @@ def _train_lora(bundle, config, ctx, data, batch_fn, dev_enc, label) -> dict[str
                     "trainable_share": round(trainable / total, 6),
                     "target_modules": sorted(live.target_modules or []), "merged": True,
                     "adapter_dir": str(adapter_dir)})
+    if base is not None:
+        summary["base_quantization"] = base
     return summary

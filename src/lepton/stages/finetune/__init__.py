@@ -24,7 +24,7 @@ import logging
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import ValidationInfo, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from lepton.core import outdir
 from lepton.core.errors import StageError
@@ -56,6 +56,19 @@ class FinetuneConfig(TrainSettings):
     adalora: AdaLoraSettings | None = None  # method adalora; defaults filled in
     qat: bool = False  # quantization-aware training (fake INT8), for a following static_int8
     qat_settings: QatSettings | None = None  # with qat; None: the defaults
+    # QLoRA-style, decoders: the frozen base weights are first rounded to what 4-bit MatMulNBits
+    # (round to nearest, groups of base_group_size) computes, so the adapters learn against the
+    # deployed weights; a later quantize (weight_only, bits 4, the same group size) keeps them apart.
+    base_bits: Literal[4] | None = None
+    base_group_size: int = Field(default=32, ge=16)
+
+    @field_validator("base_bits")
+    @classmethod
+    def _base_bits_method(cls, value: int | None, info: ValidationInfo) -> int | None:
+        method = info.data.get("method", "full")
+        if value is not None and method != "lora":
+            raise ValueError(f"base_bits works with method: lora only (this stage's method is {method})")
+        return value
 
     @field_validator("qat")
     @classmethod
@@ -96,6 +109,9 @@ def finetune(bundle: ModelBundle, config: FinetuneConfig, ctx: RunContext) -> Mo
     if split.labels is None:
         raise StageError("finetune needs labelled data.train")
     data = encode(split, bundle.task, bundle.tokenizer)
+    if config.base_bits is not None:
+        raise StageError(f"stages.{ctx.stage_index}.base_bits: training adapters on a 4-bit base is built for "
+                         "generative decoders (their weights go to MatMulNBits)")
     if config.method == "full":
         fake = (insert_fake_quant(bundle.model, config.qat_settings or QatSettings(),
                                   plan_steps(len(data), config)) if config.qat else None)

@@ -80,14 +80,20 @@ def _on_ort(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, where:
     source = bundle.model
     folder = (ctx.stage_dir or ctx.work_dir / f"stage-{ctx.stage_index}-quantize") / "decoder"
     if config.method == "weight_only":
-        groups = layer_groups(source.folder)
-        excluded = [n for names in groups.values() for n in names if any(e in n for e in config.exclude)]
+        graph_dir, adapted = source.folder, qlora_adapters(bundle, config, where)
+        if adapted is not None:
+            from lepton.stages.quantize.weight_only import split_adapters
 
+            graph_dir = folder.parent / "adapters-split"
+            adapted["modules"] = split_adapters(source.folder, graph_dir, adapted.pop("weights"))
+        groups = layer_groups(graph_dir)
+        excluded = [n for names in groups.values() for n in names if any(e in n for e in config.exclude)]
+        excluded += [n for names in groups.values() for n in names if "/lora_A/" in n or "/lora_B/" in n]
         algorithm = {"rtn": "default"}.get(config.algorithm, config.algorithm)
         calibration = calibration_sequences(bundle, config, ctx) if config.calibrated else None
 
         def once(keep_float: Sequence[str], dest: Path) -> dict[str, Any]:
-            return quantize_onnx_weights(source.folder, dest, bits=config.bits, block_size=config.group_size,
+            return quantize_onnx_weights(graph_dir, dest, bits=config.bits, block_size=config.group_size,
                                          accuracy_level=config.accuracy_level,
                                          embeddings=config.bits == 4 and algorithm != "hqq",
                                          exclude=tuple(excluded) + tuple(keep_float), algorithm=algorithm,
@@ -103,6 +109,8 @@ def _on_ort(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, where:
             excluded += [n for g in mixed.get("kept_float", []) for n in groups[g]]
         details = once([], folder)
         details["kept_float_nodes"] = len(excluded)
+        if adapted is not None:
+            details["adapters"] = adapted
         if mixed is not None:
             details["mixed_precision"] = mixed
     elif config.method == "dynamic_int8":
@@ -118,6 +126,32 @@ def _on_ort(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, where:
     model = OrtCausalLM(folder, info=info)
     source.generation_config.save_pretrained(folder)
     return model, details
+
+
+def qlora_adapters(bundle: ModelBundle, config: QuantizeConfig, where: str) -> dict[str, Any] | None:
+    """When the model's LoRA stage trained against a 4-bit base (finetune ``base_bits``) and only
+    ``export`` came after it: its adapters, to run as float MatMuls beside the 4-bit base (merged
+    into the weights and rounded again, the fine-tune would be lost to rounding); else None."""
+    from lepton.stages.quantize.weight_only import read_adapters
+
+    history = list(bundle.history)
+    last = next((i for i in range(len(history) - 1, -1, -1)
+                 if history[i].summary.get("base_quantization")), None)
+    if last is None:
+        return None
+    record = history[last]
+    base = record.summary["base_quantization"]
+    later = [r.kind for r in history[last + 1:] if r.kind != "export"]
+    if later:
+        raise StageError(f"{where}: stage {record.name!r} trained adapters on a 4-bit base, but {later[0]} changed "
+                         "the model since; quantize right after its export, or train the adapters after the change")
+    if config.bits != base["bits"] or config.algorithm != "rtn" or config.group_size != base["group_size"]:
+        raise StageError(f"{where}: stage {record.name!r} trained its adapters against {base['bits']}-bit weights "
+                         f"rounded to nearest in groups of {base['group_size']}; quantize with bits: {base['bits']}, "
+                         f"algorithm: rtn, group_size: {base['group_size']} so the deployed base is what it trained on")
+    return {"stage": record.name, "adapter_dir": record.summary["adapter_dir"],
+            "layout": "float LoRA MatMuls (A, then B) added to the 4-bit MatMulNBits base",
+            "weights": read_adapters(record.summary["adapter_dir"])}
 
 
 def calibration_sequences(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext) -> list[list[int]]:

@@ -362,3 +362,103 @@ def load_weight_only(folder: str | Path) -> nn.Module:
                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     model.tie_weights()
     return model.eval()
+
+
+# ------------------------------------------------------------------------ adapters beside int4
+
+def _node_suffix(module: str) -> str:
+    """The exported MatMul's name ends with the module path, ``/`` between modules and a list
+    index kept with its list (``model.layers.0.mlp.up_proj`` -> ``/model/layers.0/mlp/up_proj/MatMul``)."""
+    parts: list[str] = []
+    for part in module.split("."):
+        if part.isdigit() and parts:
+            parts[-1] += f".{part}"
+        else:
+            parts.append(part)
+    return "/" + "/".join(parts) + "/MatMul"
+
+
+def read_adapters(adapter_dir: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """A peft LoRA adapter folder as ``{module: (A (r, in), B scaled (out, r))}``: B times the
+    adapter's scaling (alpha / r, or alpha / sqrt(r) with rsLoRA), so that delta W = B @ A."""
+    from safetensors.numpy import load_file
+
+    folder = Path(adapter_dir)
+    config_file, weights_file = folder / "adapter_config.json", folder / "adapter_model.safetensors"
+    if not config_file.is_file() or not weights_file.is_file():
+        raise QuantizeError(f"{folder}: no LoRA adapter (adapter_config.json, adapter_model.safetensors)")
+    config = atomic.loads_json(config_file.read_text())
+    if not isinstance(config, dict):
+        raise QuantizeError(f"{config_file}: not an adapter config")
+    r, alpha = int(config["r"]), float(config.get("lora_alpha", config["r"]))
+    scaling = alpha / (r ** 0.5 if config.get("use_rslora") else r)
+    weights = load_file(str(weights_file))
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for key, a in weights.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key[: -len(".lora_A.weight")].removeprefix("base_model.model.")
+        b = weights.get(key.replace(".lora_A.", ".lora_B."))
+        if b is None:
+            raise QuantizeError(f"{weights_file}: {key} has no lora_B")
+        out[module] = (a.astype(np.float32), (b.astype(np.float32) * scaling))
+    if not out:
+        raise QuantizeError(f"{weights_file}: no LoRA weights")
+    return out
+
+
+def split_adapters(src: str | Path, dest: str | Path, adapters: dict[str, tuple[np.ndarray, np.ndarray]]) -> int:
+    """The float graph in ``src`` with every adapted MatMul split back into its base and its
+    adapter: the base weight is the merged weight less B @ A (on a 4-bit-rounded base, those are
+    the rounded values again), and the adapter runs beside it as two float MatMuls (``.../lora_A``,
+    ``.../lora_B``) added to the base's output. Written to folder ``dest``; how many were split."""
+    onnx = require("onnx")
+    from onnx import helper, numpy_helper
+
+    path = _onnx_in(src)
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    by_suffix = {m: _node_suffix(m) for m in adapters}
+    done: set[str] = set()
+    new_nodes = []
+    for node in graph.node:
+        module = next((m for m, sfx in by_suffix.items() if node.op_type == "MatMul" and node.name.endswith(sfx)),
+                      None)
+        if module is None or node.input[1] not in inits:
+            new_nodes.append(node)
+            continue
+        a, b = adapters[module]  # (r, in), (out, r)
+        weight = numpy_helper.to_array(inits[node.input[1]])  # (in, out)
+        if weight.shape != (a.shape[1], b.shape[0]):
+            raise QuantizeError(f"{module}: adapter shapes {a.shape}, {b.shape} do not fit the graph's weight "
+                                f"{weight.shape} (was the model changed after the LoRA stage?)")
+        base = (weight - a.T @ b.T).astype(np.float32)
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array(base, node.input[1]))
+        stem = node.name[: -len("/MatMul")]
+        a_name, b_name = f"{stem}/lora_A.weight", f"{stem}/lora_B.weight"
+        graph.initializer.extend([numpy_helper.from_array(np.ascontiguousarray(a.T), a_name),
+                                  numpy_helper.from_array(np.ascontiguousarray(b.T), b_name)])
+        out = node.output[0]
+        node.output[0] = f"{out}/base"
+        new_nodes += [node,
+                      helper.make_node("MatMul", [node.input[0], a_name], [f"{stem}/lora_A/out"],
+                                       name=f"{stem}/lora_A/MatMul"),
+                      helper.make_node("MatMul", [f"{stem}/lora_A/out", b_name], [f"{stem}/lora_B/out"],
+                                       name=f"{stem}/lora_B/MatMul"),
+                      helper.make_node("Add", [f"{out}/base", f"{stem}/lora_B/out"], [out], name=f"{stem}/lora_Add")]
+        done.add(module)
+    missing = sorted(set(adapters) - done)
+    if missing:
+        raise QuantizeError(f"adapted modules not found in the graph: {', '.join(missing[:4])}"
+                            f"{' ...' if len(missing) > 4 else ''}")
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+
+    def fill(tmp: Path) -> None:
+        onnx.save_model(model, str(tmp / "model.onnx"), save_as_external_data=model.ByteSize() > 1_800_000_000,
+                        location="model.onnx.data")
+        _side_files(path.parent, tmp)
+
+    write_folder(Path(dest), fill)
+    return len(done)
