@@ -17,7 +17,7 @@ import lepton
 from lepton.core.errors import LeptonError, RecipeError
 from lepton.models.weight_only import matmulnbits_roundtrip
 from lepton.pipeline.recipe import parse_recipe
-from tests.gen_tiny import save_tiny_llama, write_pairs_tsv
+from tests.gen_tiny import save_tiny_decoder, save_tiny_llama, write_pairs_tsv
 
 LORA = {"kind": "finetune", "name": "qlora", "method": "lora", "epochs": 3, "lr": 1e-2, "batch_size": 8,
         "base_bits": 4, "base_group_size": 16, "lora": {"r": 8, "alpha": 16}}
@@ -56,19 +56,25 @@ def test_roundtrip_is_what_onnxruntime_quantizes_and_is_stable() -> None:
     torch.testing.assert_close(matmulnbits_roundtrip(once, block_size=16), once, atol=1e-7, rtol=0)
 
 
-def test_adapters_ride_beside_the_int4_base_and_the_deployed_graph_is_the_trained_model(llama, tmp_path) -> None:
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma"])
+def test_adapters_ride_beside_the_int4_base_and_the_deployed_graph_is_the_trained_model(arch, tmp_path) -> None:
     import onnx
     from onnx import numpy_helper
+    from transformers import AutoModelForCausalLM
+
+    llama = save_tiny_decoder(tmp_path / arch, arch)
+    plain = AutoModelForCausalLM.from_pretrained(llama)
+    weights = {id(m.weight) for m in plain.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Embedding))}
 
     report = lepton.run(parse_recipe(_recipe(llama, tmp_path, [LORA, {"kind": "export", "parity_items": 6}, INT4]),
                                      env={}), progress=False)
     summaries = {s["kind"]: s["summary"] for s in report.stages}
     base = summaries["finetune"]["base_quantization"]
-    assert base["bits"] == 4 and base["group_size"] == 16 and base["linears"] == 16  # 7 x 2 layers, lm_head, embeddings
+    assert base["bits"] == 4 and base["group_size"] == 16 and base["linears"] == len(weights)
     adapters = summaries["quantize"]["adapters"]
     assert adapters["stage"] == "qlora" and adapters["modules"] > 0
     ops = summaries["quantize"]["ops"]
-    assert ops["MatMulNBits"] == 15 and ops["MatMul"] >= 2 * adapters["modules"]  # A and B per adapted module
+    assert ops["MatMulNBits"] >= 7 * 3 and ops["MatMul"] >= 2 * adapters["modules"]  # A and B per adapted module
 
     # The base the graph runs is bit for bit the base the adapters trained against.
     folder = tmp_path / "out" / "model"
@@ -76,9 +82,7 @@ def test_adapters_ride_beside_the_int4_base_and_the_deployed_graph_is_the_traine
     lora_inits = [i for i in graph.initializer if "lora_A" in i.name or "lora_B" in i.name]
     assert len(lora_inits) == 2 * adapters["modules"]
     assert all(numpy_helper.to_array(i).dtype == np.float32 for i in lora_inits)
-    from transformers import AutoModelForCausalLM
-
-    original = AutoModelForCausalLM.from_pretrained(llama).model.layers[1].self_attn.q_proj.weight
+    original = plain.model.layers[1].self_attn.q_proj.weight
     node = next(n for n in graph.node if n.op_type == "MatMulNBits" and "layers.1/self_attn/q_proj" in n.name)
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     np.testing.assert_allclose(_dequantize(*(inits[x] for x in node.input[1:4])),

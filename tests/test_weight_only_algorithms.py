@@ -17,7 +17,7 @@ from lepton.core.errors import RecipeError
 from lepton.pipeline.recipe import parse_recipe
 from lepton.stages.export.onnx_decoder import export_decoder
 from lepton.stages.quantize import weight_only as wq
-from tests.gen_tiny import save_tiny_llama, toy_pairs, write_pairs_tsv
+from tests.gen_tiny import save_tiny_decoder, save_tiny_llama, toy_pairs, write_pairs_tsv
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +88,9 @@ def _recipe(model: Path, tmp: Path, quantize: dict) -> dict:
             "output": {"dir": str(tmp / "out")}}
 
 
-def test_awq_in_a_recipe_saves_reloads_and_generates_the_same(graph, tmp_path: Path) -> None:
-    model_dir, _ = graph
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma"])
+def test_awq_in_a_recipe_saves_reloads_and_generates_the_same(arch: str, tmp_path: Path) -> None:
+    model_dir = save_tiny_decoder(tmp_path / arch, arch)
     recipe = _recipe(model_dir, tmp_path, {"algorithm": "awq", "calibration_items": 12})
     report = lepton.run(parse_recipe(recipe, env={}), progress=False)
     summary = next(s["summary"] for s in report.stages if s["kind"] == "quantize")
