@@ -124,6 +124,42 @@ def save_tiny_t5(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
+# Tiny encoder-decoder configs (tests/test_seq2seq_compress.py): T5 (blocks, relative position
+# bias in block 0, plain or gated FFN), Marian and BART (model.encoder/decoder.layers, fc1/fc2).
+SEQ2SEQ_CONFIGS: dict[str, tuple[str, dict]] = {
+    "t5": ("T5Config", {"d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 3, "num_decoder_layers": 3,
+                        "num_heads": 4, "decoder_start_token_id": 0}),
+    "t5-gated": ("T5Config", {"d_model": 64, "d_kv": 16, "d_ff": 128, "num_layers": 3, "num_decoder_layers": 3,
+                              "num_heads": 4, "decoder_start_token_id": 0, "feed_forward_proj": "gated-gelu"}),
+    "marian": ("MarianConfig", {"d_model": 64, "encoder_layers": 3, "decoder_layers": 3,
+                                "encoder_attention_heads": 4, "decoder_attention_heads": 4, "encoder_ffn_dim": 128,
+                                "decoder_ffn_dim": 96, "max_position_embeddings": 128, "decoder_start_token_id": 0}),
+    "bart": ("BartConfig", {"d_model": 64, "encoder_layers": 3, "decoder_layers": 3, "encoder_attention_heads": 4,
+                            "decoder_attention_heads": 4, "encoder_ffn_dim": 128, "decoder_ffn_dim": 128,
+                            "max_position_embeddings": 128, "decoder_start_token_id": 2, "forced_eos_token_id": 2}),
+}
+
+
+def save_tiny_seq2seq(folder: Path, arch: str, seed: int = 0) -> Path:
+    """A random-weight encoder-decoder of ``arch`` (a key of :data:`SEQ2SEQ_CONFIGS`) with the
+    T5-style tiny tokenizer, as a model folder."""
+    import torch
+    import transformers
+    from transformers import GenerationConfig
+
+    tokenizer = tiny_tokenizer(seq2seq=True)
+    name, settings = SEQ2SEQ_CONFIGS[arch]
+    config = getattr(transformers, name)(vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=2, bos_token_id=1,
+                                         **settings)
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForSeq2SeqLM.from_config(config).eval()
+    model.generation_config = GenerationConfig(decoder_start_token_id=config.decoder_start_token_id,
+                                               eos_token_id=2, pad_token_id=0)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def write_pairs_tsv(path: Path, n: int, seed: int = 0) -> Path:
     """prompt<TAB>target rows of the toy translation task."""
     lines = ["prompt\ttarget"] + [f"{a}\t{b}" for a, b in toy_pairs(n, seed)]

@@ -69,6 +69,29 @@ FFNS = (
     FfnLayout("plain", "mlp", ("c_fc",), "c_proj"),
     FfnLayout("plain", "mlp", ("dense_h_to_4h",), "dense_4h_to_h"),
     FfnLayout("plain", "mlp", ("fc_in",), "fc_out"),
+    # T5 blocks: the FFN is the block's last sub-layer (plain wi/wo, or gated wi_0/wi_1 in v1.1)
+    FfnLayout("plain", "layer.-1.DenseReluDense", ("wi",), "wo"),
+    FfnLayout("gated", "layer.-1.DenseReluDense", ("wi_0", "wi_1"), "wo"),
+)
+
+
+@dataclass(frozen=True)
+class Stack:
+    """One layer stack of a model: where it is, the config field with its layer count, and the
+    config fields that may state its FFN width (the first the config has is the one)."""
+
+    name: str
+    paths: tuple[str, ...]
+    count_field: tuple[str, ...]
+    width_fields: tuple[str, ...]
+
+
+# Encoder-decoder models keep two stacks (BART/Marian: model.encoder.layers, T5: encoder.block).
+SEQ2SEQ_STACKS = (
+    Stack("encoder", ("model.encoder.layers", "encoder.block"), ("encoder_layers", "num_layers"),
+          ("encoder_ffn_dim", "d_ff")),
+    Stack("decoder", ("model.decoder.layers", "decoder.block"), ("decoder_layers", "num_decoder_layers"),
+          ("decoder_ffn_dim", "d_ff")),
 )
 
 
@@ -78,7 +101,10 @@ class CompressError(StageError):
 
 def _get(obj: Any, path: str) -> Any:
     for name in path.split(".") if path else ():
-        obj = getattr(obj, name, None)
+        if name.lstrip("-").isdigit() and isinstance(obj, nn.ModuleList):
+            obj = obj[int(name)] if -len(obj) <= int(name) < len(obj) else None
+        else:
+            obj = getattr(obj, name, None)
     return obj
 
 
@@ -129,16 +155,21 @@ def describe_structure(model: nn.Module) -> dict[str, Any]:
 
 def drop_decoder_layers(model: nn.Module, drop: Sequence[int]) -> dict[str, Any]:
     """Remove the decoder layers at indices ``drop`` (negative indices count from the end)."""
-    path = stack_path(model)
-    layers = decoder_layers(model)
+    return _drop(model, stack_path(model), drop, ("num_hidden_layers",), "decoder")  # GPT-2/GPT-J map it to n_layer
+
+
+def _drop(model: nn.Module, path: str, drop: Sequence[int], count_fields: Sequence[str], what: str) -> dict[str, Any]:
+    layers = _get(model, path)
     n = len(layers)
     wanted = sorted({i % n if -n <= i < n else i for i in drop})
     bad = [i for i in wanted if not 0 <= i < n]
     if bad:
-        raise CompressError(f"drop: layer indices {bad} out of range for {n} decoder layers")
+        raise CompressError(f"drop: layer indices {bad} out of range for {n} {what} layers")
     keep = [i for i in range(n) if i not in wanted]
     if not keep:
-        raise CompressError(f"drop: dropping all {n} decoder layers leaves no model")
+        raise CompressError(f"drop: dropping all {n} {what} layers leaves no model")
+    if 0 in wanted and any(getattr(m, "has_relative_attention_bias", False) for m in layers[0].modules()):
+        raise CompressError(f"drop: {what} layer 0 holds the relative position bias every layer uses (T5); keep it")
     parent, _, name = path.rpartition(".")
     kept = nn.ModuleList(layers[i] for i in keep)
     setattr(_get(model, parent), name, kept)
@@ -148,13 +179,36 @@ def drop_decoder_layers(model: nn.Module, drop: Sequence[int]) -> dict[str, Any]
             if hasattr(module, "layer_idx"):
                 module.layer_idx = new_idx
     config: Any = model.config
-    config.num_hidden_layers = len(keep)  # GPT-2/GPT-J map it to n_layer
-    for field in _PER_LAYER_FIELDS:
-        value = getattr(config, field, None)
+    present = config.to_dict()
+    field = next((f for f in count_fields if f in present), count_fields[0])
+    setattr(config, field, len(keep))
+    for per_layer in _PER_LAYER_FIELDS:
+        value = getattr(config, per_layer, None)
         if isinstance(value, (list, tuple)) and len(value) == n:
-            setattr(config, field, [value[i] for i in keep])
-    log.info("dropped decoder layers %s: %d -> %d", wanted, n, len(keep))
+            setattr(config, per_layer, [value[i] for i in keep])
+    log.info("dropped %s layers %s: %d -> %d", what, wanted, n, len(keep))
     return {"dropped": wanted, "kept": keep, "layers_before": n, "layers_after": len(keep)}
+
+
+def seq2seq_stack(model: nn.Module, stack: Stack) -> str:
+    """The attribute path of an encoder-decoder model's ``stack`` (encoder or decoder)."""
+    for path in stack.paths:
+        if isinstance(_get(model, path), nn.ModuleList):
+            return path
+    raise CompressError(f"{type(model).__name__}: no {stack.name} layer stack found (looked for "
+                        f"{', '.join(stack.paths)})")
+
+
+def seq2seq_layers(model: nn.Module, stack: Stack) -> nn.ModuleList:
+    layers = _get(model, seq2seq_stack(model, stack))
+    assert isinstance(layers, nn.ModuleList)
+    return layers
+
+
+def drop_seq2seq_layers(model: nn.Module, stack: Stack, drop: Sequence[int]) -> dict[str, Any]:
+    """Remove the layers at indices ``drop`` from an encoder-decoder model's ``stack``."""
+    path = seq2seq_stack(model, stack)
+    return {"layer_stack": path, **_drop(model, path, drop, stack.count_field, stack.name)}
 
 
 @torch.no_grad()
@@ -239,8 +293,12 @@ class _Ffn:
 
 
 def _ffns(model: nn.Module) -> list[_Ffn]:
+    return _ffns_of(decoder_layers(model))
+
+
+def _ffns_of(layers: Sequence[nn.Module]) -> list[_Ffn]:
     out = []
-    for layer in decoder_layers(model):
+    for layer in layers:
         layout = ffn_layout(layer)
         out.append(_Ffn(_get(layer, layout.at), layout))
     return out
@@ -298,12 +356,16 @@ def prune_ffn(model: nn.Module, keep: float, scores: Sequence[torch.Tensor] | No
     FFN width): their input rows (gate and up, or the first projection) and output columns stay,
     the others are removed physically."""
     ffns = _ffns(model)
-    field = _width_field(model.config)
+    scores = list(scores) if scores is not None else ffn_importance(model)
+    return _prune(model, ffns, _width_field(model.config), keep, scores)
+
+
+def _prune(model: nn.Module, ffns: list[_Ffn], field: str, keep: float,
+           scores: Sequence[torch.Tensor]) -> dict[str, Any]:
     width = ffns[0].width
     count = int(round(keep * width)) if isinstance(keep, float) else int(keep)
     if not 1 <= count <= width:
         raise CompressError(f"prune: keep must leave between 1 and {width} FFN neurons per layer, got {keep!r}")
-    scores = list(scores) if scores is not None else ffn_importance(model)
     if len(scores) != len(ffns):
         raise CompressError(f"prune: {len(scores)} score vectors for {len(ffns)} layers")
     before = sum(p.numel() for p in model.parameters())
@@ -314,6 +376,62 @@ def prune_ffn(model: nn.Module, keep: float, scores: Sequence[torch.Tensor] | No
     log.info("pruned FFN %d -> %d neurons per layer: %d -> %d parameters", width, count, before, after)
     return {"intermediate_before": width, "intermediate_after": count, "params_before": before,
             "params_after": after, "ffn": ffns[0].layout.kind, "width_field": field}
+
+
+def _stack_width_field(config: Any, stack: Stack) -> str:
+    present = config.to_dict()
+    field = next((f for f in stack.width_fields if f in present), None)
+    if field is None:
+        raise CompressError(f"{type(config).__name__}: no config field states the {stack.name} FFN width "
+                            f"(looked for {', '.join(stack.width_fields)})")
+    return field
+
+
+@torch.no_grad()
+def seq2seq_ffn_importance(model: nn.Module,
+                           batch: dict[str, torch.Tensor] | None = None) -> dict[str, list[torch.Tensor]]:
+    """Per stack and layer, one score per FFN neuron, as :func:`ffn_importance`; with a ``batch``
+    (input_ids, attention_mask, labels) the encoder's activations count on the real input tokens
+    and the decoder's on the target tokens (labels != -100)."""
+    stacks = {st.name: _ffns_of(seq2seq_layers(model, st)) for st in SEQ2SEQ_STACKS}
+    norms = {name: [f.output_column_norms() for f in ffns] for name, ffns in stacks.items()}
+    if batch is None:
+        return {name: [f.input_row_norms() * d for f, d in zip(ffns, norms[name])] for name, ffns in stacks.items()}
+    masks = {"encoder": batch["attention_mask"].bool(), "decoder": batch["labels"] != -100}
+    sums = {name: [torch.zeros_like(d) for d in ds] for name, ds in norms.items()}
+    hooks = []
+    for name, ffns in stacks.items():
+        for i, f in enumerate(ffns):
+            def grab(_: nn.Module, args: tuple[torch.Tensor, ...], name: str = name, i: int = i) -> None:
+                x = args[0]
+                sums[name][i] += x.reshape(-1, x.shape[-1])[masks[name].reshape(-1)].abs().float().sum(0)
+            hooks.append(f.output.register_forward_pre_hook(grab))
+    try:
+        model.eval()
+        model(**batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: [s / max(int(masks[name].sum()), 1) * d for s, d in zip(sums[name], norms[name])]
+            for name in stacks}
+
+
+@torch.no_grad()
+def prune_seq2seq_ffn(model: nn.Module, keep: float,
+                      scores: dict[str, Sequence[torch.Tensor]] | None = None) -> dict[str, Any]:
+    """:func:`prune_ffn` for both stacks of an encoder-decoder model (each with its own width
+    field; T5's one ``d_ff`` describes both, so both keep the same count)."""
+    scores = scores if scores is not None else seq2seq_ffn_importance(model)
+    out: dict[str, Any] = {}
+    fields: dict[str, int] = {}
+    for st in SEQ2SEQ_STACKS:
+        ffns = _ffns_of(seq2seq_layers(model, st))
+        field = _stack_width_field(model.config, st)
+        if field in fields and ffns[0].width != fields[field]:
+            raise CompressError(f"prune: {field} describes both stacks, but their FFNs differ in width")
+        fields[field] = ffns[0].width
+        out[st.name] = _prune(model, ffns, field, keep, list(scores[st.name]))
+    return out
 
 
 def token_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None = None,

@@ -13,6 +13,11 @@ embeddings):
   rises on ``batches`` batches of data.dev (data.train when there is no labelled dev); the N
   layers whose removal hurts most stay. A cheap proxy for the dev-metric drop: the loss moves
   smoothly where accuracy on a few batches is coarse.
+
+Encoder-decoder models (T5, Marian, BART) have two stacks, chosen separately: ``keep`` / ``layers``
+for the encoder, ``decoder_keep`` / ``decoder_layers`` for the decoder (either may be left out: that
+stack stays whole), with one position-based ``strategy`` for both
+(``lepton.stages.drop_layers.seq2seq``).
 """
 
 from __future__ import annotations
@@ -41,10 +46,12 @@ class DropLayersConfig(StageConfig):
     keep: list[int] | None = None  # explicit layer indices to keep
     strategy: Strategy | None = None
     layers: int | None = Field(default=None, ge=1)  # how many layers to keep (with strategy)
+    decoder_keep: list[int] | None = None  # encoder-decoder models: the decoder's layers to keep
+    decoder_layers: int | None = Field(default=None, ge=1)  # encoder-decoder models, with strategy
     batches: int = Field(default=8, ge=1)  # strategy importance: batches scored per skipped layer
     batch_size: int = Field(default=32, ge=1)
 
-    @field_validator("keep")
+    @field_validator("keep", "decoder_keep")
     @classmethod
     def _valid_indices(cls, value: list[int] | None) -> list[int] | None:
         if value is None:
@@ -61,15 +68,31 @@ class DropLayersConfig(StageConfig):
 
     @model_validator(mode="after")
     def _one_way(self) -> DropLayersConfig:
-        if self.keep is not None and (self.strategy is not None or self.layers is not None):
+        if self.keep is not None and self.layers is not None:
             raise ValueError("give either keep: [indices] or strategy with layers, not both")
-        if self.keep is None:
-            if self.strategy is None:
-                raise ValueError("say which layers stay: keep: [0, 2, 4], or strategy: "
-                                 "top | bottom | alternate | importance with layers: N")
-            if self.layers is None:
-                raise ValueError(f"strategy {self.strategy} needs layers: N (how many layers to keep)")
+        if self.decoder_keep is not None and self.decoder_layers is not None:
+            raise ValueError("give either decoder_keep: [indices] or strategy with decoder_layers, not both")
+        counted = self.layers is not None or self.decoder_layers is not None
+        listed = self.keep is not None or self.decoder_keep is not None
+        if self.strategy is not None and not counted:
+            raise ValueError(f"strategy {self.strategy} needs layers: N (how many layers to keep)")
+        if counted and self.strategy is None:
+            raise ValueError("layers: N needs a strategy: top | bottom | alternate | importance")
+        if self.strategy is None and not listed:
+            raise ValueError("say which layers stay: keep: [0, 2, 4], or strategy: "
+                             "top | bottom | alternate | importance with layers: N")
+        if self.keep is not None and self.strategy is not None and self.decoder_layers is None:
+            raise ValueError("give either keep: [indices] or strategy with layers, not both")
         return self
+
+    def one_stack(self, where: str) -> None:
+        """A model with one layer stack: the decoder_* settings do not apply, and keep or layers must."""
+        given = [k for k in ("decoder_keep", "decoder_layers") if getattr(self, k) is not None]
+        if given:
+            raise StageError(f"{where}.{given[0]}: applies to encoder-decoder models (this model has one layer "
+                             "stack: use keep or layers)")
+        if self.keep is None and self.layers is None:
+            raise StageError(f"{where}: say which layers stay: keep: [...], or layers: N with the strategy")
 
     def layers_left(self, total: int, where: str) -> int:
         if self.keep is not None:
@@ -162,6 +185,7 @@ def _params(model: Any) -> int:
 def drop_layers(bundle: ModelBundle, config: DropLayersConfig, ctx: RunContext) -> ModelBundle:
     """Remove encoder layers in place; the model stays loadable by plain transformers."""
     model, where = bundle.model, f"stages.{ctx.stage_index}"
+    config.one_stack(where)
     layers = layer_list(model)
     if layers is None:
         raise StageError(f"{where}: drop_layers needs an encoder with base_model.encoder.layer "
@@ -207,3 +231,6 @@ def drop_layers(bundle: ModelBundle, config: DropLayersConfig, ctx: RunContext) 
 
 # Registered on import: the implementation for generative models.
 from lepton.stages.drop_layers import decoder as _decoder  # noqa: E402, F401
+
+# Registered on import: the implementation for encoder-decoder models.
+from lepton.stages.drop_layers import seq2seq as _seq2seq  # noqa: E402, F401

@@ -25,6 +25,7 @@ def drop_decoder_layers(bundle: ModelBundle, config: DropLayersConfig, ctx: RunC
 
     where = f"stages.{ctx.stage_index}"
     model = require_torch_decoder(bundle, ctx, "drop_layers")
+    config.one_stack(where)
     try:
         total = len(dc.decoder_layers(model))
         structure = dc.describe_structure(model)

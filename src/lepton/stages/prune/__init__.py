@@ -191,3 +191,6 @@ def prune(bundle: ModelBundle, config: PruneConfig, ctx: RunContext) -> ModelBun
 
 # Registered on import: the implementation for generative models.
 from lepton.stages.prune import decoder as _decoder  # noqa: E402, F401
+
+# Registered on import: the implementation for encoder-decoder models.
+from lepton.stages.prune import seq2seq as _seq2seq  # noqa: E402, F401
