@@ -117,3 +117,5 @@ def test_settings_that_would_deploy_another_base_are_refused(llama, tmp_path) ->
         lepton.run(parse_recipe(_recipe(llama, tmp_path / "pruned", stages), env={}), progress=False)
     with pytest.raises(RecipeError, match="base_bits works with method: lora only"):
         parse_recipe(_recipe(llama, tmp_path, [{**LORA, "method": "full", "lora": None}]), env={})
+    with pytest.raises(RecipeError, match="base_group_size must be a power of two"):
+        parse_recipe(_recipe(llama, tmp_path, [{**LORA, "base_group_size": 24}]), env={})

@@ -70,6 +70,13 @@ class FinetuneConfig(TrainSettings):
             raise ValueError(f"base_bits works with method: lora only (this stage's method is {method})")
         return value
 
+    @field_validator("base_group_size")
+    @classmethod
+    def _power_of_two(cls, value: int) -> int:
+        if value & (value - 1):
+            raise ValueError(f"base_group_size must be a power of two, as quantize's group_size (got {value})")
+        return value
+
     @field_validator("qat")
     @classmethod
     def _qat_method(cls, value: bool, info: ValidationInfo) -> bool:
