@@ -66,6 +66,9 @@ def main() -> None:
     parser.add_argument("--calibration", type=int, default=128)
     parser.add_argument("--block-size", type=int, default=32)
     parser.add_argument("--resamples", type=int, default=1000)
+    parser.add_argument("--variants", default="int4-rtn,int4-hqq,int4-awq",
+                        help="comma-separated: int4-rtn, int4-hqq, int4-awq, int4-rtn-float-table, "
+                             "int4-awq-float-table")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     out = Path(args.out)
@@ -79,11 +82,15 @@ def main() -> None:
         export_decoder(resolve_model(MODEL), fp32, backend="torch", last_logits_only=True)
     calibration = [tokenizer(t)["input_ids"][:256] for t in data["calibration"]]
     settings = {"block_size": args.block_size, "bits": 4, "accuracy_level": 4}
-    variants: dict[str, dict[str, Any]] = {
+    every: dict[str, dict[str, Any]] = {
         "int4-rtn": {"algorithm": "default", "embeddings": True},
         "int4-hqq": {"algorithm": "hqq", "embeddings": False},
         "int4-awq": {"algorithm": "awq", "embeddings": True, "calibration": calibration},
+        # the same MatMuls with the embedding table left in float (HQQ's table always is)
+        "int4-rtn-float-table": {"algorithm": "default", "embeddings": False},
+        "int4-awq-float-table": {"algorithm": "awq", "embeddings": False, "calibration": calibration},
     }
+    variants = {k: every[k] for k in args.variants.split(",")}
     built: dict[str, dict[str, Any]] = {"fp32": {"seconds": 0.0, "size_mb": folder_mb(fp32)}}
     for name, extra in variants.items():
         t0 = time.perf_counter()

@@ -145,20 +145,7 @@ def _tmp_name(dest: Path, kind: str) -> Path:
 
 def write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically and durably."""
-    path = Path(path)
-    tmp = _tmp_name(path, "tmp")
-    with io_errors(path):
-        try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
-        fsync_dir(path.parent)
+    write_file(path, lambda tmp: tmp.write_bytes(data))
 
 
 def write_file(path: Path, fill: Callable[[Path], None]) -> Path:

@@ -15,6 +15,7 @@ Attention-head pruning under grouped-query attention (removing whole KV groups) 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from lepton.core.errors import StageError
@@ -30,22 +31,36 @@ log = logging.getLogger(__name__)
 def prune_decoder(bundle: ModelBundle, config: PruneConfig, ctx: RunContext) -> ModelBundle:
     from lepton.models import decoder_structure as dc
 
+    return prune_ffn_stage(bundle, config, ctx, "decoder", "training examples",
+                           scores=lambda: _activation_scores(bundle, config, ctx),
+                           weights_only=lambda: dc.ffn_importance(bundle.model),
+                           prune=lambda keep, scores: dc.prune_ffn(bundle.model, keep, scores))
+
+
+def prune_ffn_stage(bundle: ModelBundle, config: PruneConfig, ctx: RunContext, family: str, examples: str, *,
+                    scores: Callable[[], tuple[Any, int]], weights_only: Callable[[], Any],
+                    prune: Callable[[float, Any], dict[str, Any]]) -> ModelBundle:
+    """What FFN pruning of a generative model does whatever its layout: refuse other methods,
+    score the neurons (activations on ``examples``, or weight norms), prune, summarise."""
+    from lepton.models import decoder_structure as dc
+
     where = f"stages.{ctx.stage_index}"
-    model = require_torch_decoder(bundle, ctx, "prune")
+    require_torch_decoder(bundle, ctx, "prune")
     if config.method != "ffn":
-        raise StageError(f"{where}.method: {config.method} is not built for decoder models; use method: ffn "
+        raise StageError(f"{where}.method: {config.method} is not built for {family} models; use method: ffn "
                          "(FFN neurons, removed physically)")
     try:
         if config.importance == "gradient":
-            scores, n = _activation_scores(bundle, config, ctx)
-            measure = f"mean |FFN activation| on {n} training examples x output column norm"
+            found, n = scores()
+            measure = f"mean |FFN activation| on {n} {examples} x output column norm"
         else:
-            scores, measure = dc.ffn_importance(model), "input row norms x output column norm"
-        done = dc.prune_ffn(model, 1.0 - float(config.sparsity or 0.0), scores)
+            found, measure = weights_only(), "input row norms x output column norm"
+        done = prune(1.0 - float(config.sparsity or 0.0), found)
     except dc.CompressError as err:
         raise StageError(f"{where}: {err}") from None
     ctx.stage_summary = {"method": "ffn", "sparsity": config.sparsity, "importance": measure, **done}
-    log.info("prune ffn: %d -> %d neurons per layer", done["intermediate_before"], done["intermediate_after"])
+    log.info("prune ffn (%s): %s", family, {k: v for k, v in done.items() if "intermediate" in k or k in
+                                           ("encoder", "decoder")})
     return bundle
 
 

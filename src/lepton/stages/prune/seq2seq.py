@@ -15,8 +15,9 @@ from typing import Any
 from lepton.core.errors import StageError
 from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.stages.base import register
-from lepton.stages.decoder_common import require_torch_decoder, training_data
+from lepton.stages.decoder_common import training_data
 from lepton.stages.prune import PruneConfig
+from lepton.stages.prune.decoder import prune_ffn_stage
 
 log = logging.getLogger(__name__)
 SCORED_PAIRS = 64
@@ -26,25 +27,10 @@ SCORED_PAIRS = 64
 def prune_seq2seq(bundle: ModelBundle, config: PruneConfig, ctx: RunContext) -> ModelBundle:
     from lepton.models import decoder_structure as dc
 
-    where = f"stages.{ctx.stage_index}"
-    model = require_torch_decoder(bundle, ctx, "prune")
-    if config.method != "ffn":
-        raise StageError(f"{where}.method: {config.method} is not built for encoder-decoder models; use method: ffn "
-                         "(FFN neurons, removed physically)")
-    try:
-        if config.importance == "gradient":
-            scores, n = _activation_scores(bundle, config, ctx)
-            measure = f"mean |FFN activation| on {n} training pairs x output column norm"
-        else:
-            scores, measure = dc.seq2seq_ffn_importance(model), "input row norms x output column norm"
-        done = dc.prune_seq2seq_ffn(model, 1.0 - float(config.sparsity or 0.0), scores)
-    except dc.CompressError as err:
-        raise StageError(f"{where}: {err}") from None
-    ctx.stage_summary = {"method": "ffn", "sparsity": config.sparsity, "importance": measure, **done}
-    log.info("prune ffn: encoder %d -> %d, decoder %d -> %d neurons per layer", done["encoder"]["intermediate_before"],
-             done["encoder"]["intermediate_after"], done["decoder"]["intermediate_before"],
-             done["decoder"]["intermediate_after"])
-    return bundle
+    return prune_ffn_stage(bundle, config, ctx, "encoder-decoder", "training pairs",
+                           scores=lambda: _activation_scores(bundle, config, ctx),
+                           weights_only=lambda: dc.seq2seq_ffn_importance(bundle.model),
+                           prune=lambda keep, scores: dc.prune_seq2seq_ffn(bundle.model, keep, scores))
 
 
 def _activation_scores(bundle: ModelBundle, config: PruneConfig, ctx: RunContext) -> tuple[dict[str, Any], int]:
