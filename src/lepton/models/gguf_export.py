@@ -128,7 +128,6 @@ def write_gguf(model: Any, tokenizer: Any, path: str | os.PathLike[str], *, dtyp
     its byte-level BPE ``tokenizer`` to ``path`` as GGUF with tensors of ``dtype``. The file is
     written beside ``path`` and moved into place when whole. Returns what was written."""
     import gguf
-    import torch
 
     from lepton.core.atomic import write_file
 
@@ -136,72 +135,19 @@ def write_gguf(model: Any, tokenizer: Any, path: str | os.PathLike[str], *, dtyp
     where = str(out)
     if dtype not in TYPES:
         raise GgufExportError(f"{where}: type {dtype!r} is not written (choose one of {', '.join(TYPES)})")
-    config = model.config
-    arch = ARCHITECTURES.get(str(getattr(config, "model_type", "")))
+    arch = ARCHITECTURES.get(str(getattr(model.config, "model_type", "")))
     if arch is None:
-        raise GgufExportError(f"{where}: model type {getattr(config, 'model_type', None)!r} is not written to GGUF "
-                              f"yet (written: {', '.join(sorted(ARCHITECTURES))})")
+        raise GgufExportError(f"{where}: model type {getattr(model.config, 'model_type', None)!r} is not written to "
+                              f"GGUF yet (written: {', '.join(sorted(ARCHITECTURES))})")
     vocab = _vocabulary(tokenizer, where)
     pre = pre or _pre_tokenizer(vocab["json"], where)
-    blocks = int(config.num_hidden_layers)
-    heads, kv_heads = int(config.num_attention_heads), int(getattr(config, "num_key_value_heads", None) or
-                                                           config.num_attention_heads)
-    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.name.upper()], blocks)
-    state = {k: v.detach().to(torch.float32).cpu().numpy() for k, v in model.state_dict().items()}
-    tied = bool(getattr(config, "tie_word_embeddings", False))
 
     def fill(tmp: Path) -> None:
         writer = gguf.GGUFWriter(str(tmp), arch.name)
         writer.add_name(name or out.stem)
-        writer.add_block_count(blocks)
-        writer.add_context_length(int(config.max_position_embeddings))
-        writer.add_embedding_length(int(config.hidden_size))
-        writer.add_feed_forward_length(int(config.intermediate_size))
-        writer.add_head_count(heads)
-        writer.add_head_count_kv(kv_heads)
-        writer.add_rope_dimension_count(head_dim)
-        rope = getattr(config, "rope_parameters", None) or {}
-        theta = rope.get("rope_theta") if isinstance(rope, dict) else None
-        writer.add_rope_freq_base(float(theta or getattr(config, "rope_theta", 10000.0)))
-        writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
-        writer.add_vocab_size(len(vocab["tokens"]))
-        writer.add_file_type(_FILE_TYPE.get(dtype, 1))
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre(pre)
-        writer.add_token_list(vocab["tokens"])
-        writer.add_token_types(vocab["types"])
-        writer.add_token_merges(vocab["merges"])
-        for key, adder in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id),
-                           ("unk_token_id", writer.add_unk_token_id), ("pad_token_id", writer.add_pad_token_id)):
-            value = getattr(tokenizer, key, None)
-            if isinstance(value, int):
-                adder(value)
-        writer.add_add_bos_token(_adds_bos(tokenizer))
-        template = getattr(tokenizer, "chat_template", None)
-        if isinstance(template, str):
-            writer.add_chat_template(template)
-        for hf_name, array in state.items():
-            if tied and hf_name == "lm_head.weight":
-                continue
-            if hf_name.endswith("rotary_emb.inv_freq"):
-                continue
-            gg = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-            if gg is None:
-                raise GgufExportError(f"{where}: tensor {hf_name} has no GGUF name for {arch.name}")
-            if arch.interleave_qk and re.search(r"self_attn\.q_proj\.weight$", hf_name):
-                array = _interleave(array, heads)
-            elif arch.interleave_qk and re.search(r"self_attn\.k_proj\.weight$", hf_name):
-                array = _interleave(array, kv_heads)
-            kind = _quant_type(gg, array.shape, dtype)
-            if kind == "f32":
-                writer.add_tensor(gg, array.astype(np.float32))
-            elif kind == "f16":
-                writer.add_tensor(gg, array.astype(np.float16))
-            else:
-                qtype = gguf.GGMLQuantizationType[kind.upper()]
-                writer.add_tensor(gg, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+        _add_metadata(writer, model.config, dtype)
+        _add_vocabulary(writer, tokenizer, vocab, pre)
+        _add_tensors(writer, model, arch, dtype, where)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
@@ -212,6 +158,81 @@ def write_gguf(model: Any, tokenizer: Any, path: str | os.PathLike[str], *, dtyp
     log.debug("wrote %s: %s, %s tensors, %.1f MB", out, arch.name, dtype, size / 1e6)
     return {"path": str(out), "architecture": arch.name, "type": dtype, "pre_tokenizer": pre,
             "size_mb": round(size / 1e6, 3), "vocab_size": len(vocab["tokens"])}
+
+
+def _heads(config: Any) -> tuple[int, int, int]:
+    """(attention heads, key/value heads, head dimension) of a decoder config."""
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    return heads, kv_heads, int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+
+
+def _add_metadata(writer: Any, config: Any, dtype: str) -> None:
+    import gguf
+
+    heads, kv_heads, head_dim = _heads(config)
+    writer.add_block_count(int(config.num_hidden_layers))
+    writer.add_context_length(int(config.max_position_embeddings))
+    writer.add_embedding_length(int(config.hidden_size))
+    writer.add_feed_forward_length(int(config.intermediate_size))
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(head_dim)
+    rope = getattr(config, "rope_parameters", None) or {}
+    theta = rope.get("rope_theta") if isinstance(rope, dict) else None
+    writer.add_rope_freq_base(float(theta or getattr(config, "rope_theta", 10000.0)))
+    writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    writer.add_file_type(_FILE_TYPE.get(dtype, 1))
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+
+
+def _add_vocabulary(writer: Any, tokenizer: Any, vocab: dict[str, Any], pre: str) -> None:
+    writer.add_vocab_size(len(vocab["tokens"]))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(vocab["tokens"])
+    writer.add_token_types(vocab["types"])
+    writer.add_token_merges(vocab["merges"])
+    for key, adder in (("bos_token_id", writer.add_bos_token_id), ("eos_token_id", writer.add_eos_token_id),
+                       ("unk_token_id", writer.add_unk_token_id), ("pad_token_id", writer.add_pad_token_id)):
+        value = getattr(tokenizer, key, None)
+        if isinstance(value, int):
+            adder(value)
+    writer.add_add_bos_token(_adds_bos(tokenizer))
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str):
+        writer.add_chat_template(template)
+
+
+def _add_tensors(writer: Any, model: Any, arch: GgufArch, dtype: str, where: str) -> None:
+    """Every weight under llama.cpp's name, q/k rows interleaved where the architecture needs it,
+    in the type :func:`_quant_type` picks."""
+    import gguf
+    import torch
+
+    config = model.config
+    heads, kv_heads, _ = _heads(config)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.name.upper()], int(config.num_hidden_layers))
+    tied = bool(getattr(config, "tie_word_embeddings", False))
+    for hf_name, tensor in model.state_dict().items():
+        if (tied and hf_name == "lm_head.weight") or hf_name.endswith("rotary_emb.inv_freq"):
+            continue
+        array = tensor.detach().to(torch.float32).cpu().numpy()
+        gg = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if gg is None:
+            raise GgufExportError(f"{where}: tensor {hf_name} has no GGUF name for {arch.name}")
+        if arch.interleave_qk and re.search(r"self_attn\.q_proj\.weight$", hf_name):
+            array = _interleave(array, heads)
+        elif arch.interleave_qk and re.search(r"self_attn\.k_proj\.weight$", hf_name):
+            array = _interleave(array, kv_heads)
+        kind = _quant_type(gg, array.shape, dtype)
+        if kind == "f32":
+            writer.add_tensor(gg, array.astype(np.float32))
+        elif kind == "f16":
+            writer.add_tensor(gg, array.astype(np.float16))
+        else:
+            qtype = gguf.GGMLQuantizationType[kind.upper()]
+            writer.add_tensor(gg, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
 
 
 def _adds_bos(tokenizer: Any) -> bool:
