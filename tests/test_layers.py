@@ -28,11 +28,12 @@ def test_a_stage_without_an_implementation_for_a_family_is_refused_naming_both()
     assert "(it is for: encoder)" in message
 
 
-def test_drop_layers_on_an_encoder_decoder_is_refused_by_the_registry() -> None:
-    config = configs.get("drop_layers").model_validate({"kind": "drop_layers", "keep": [0]})
-    with pytest.raises(StageError, match="drop_layers is not implemented for encoder-decoder models"):
+def test_distill_on_an_encoder_decoder_is_refused_by_the_registry() -> None:
+    config = configs.get("distill").model_validate({"kind": "distill", "teacher": "teacher"})
+    with pytest.raises(StageError, match="distill is not implemented for encoder-decoder models"):
         handler_for(config, "encoder-decoder")
-    assert handler_for(config, "decoder") is not handler_for(config, "encoder")
+    drop = configs.get("drop_layers").model_validate({"kind": "drop_layers", "keep": [0]})
+    assert len({handler_for(drop, f) for f in ("encoder", "decoder", "encoder-decoder")}) == 3
 
 
 def test_each_family_has_its_own_implementation_and_duplicates_are_refused() -> None:
