@@ -211,15 +211,6 @@ def _read(path: Path) -> str:
         return ""
 
 
-def _journal_states(path: Path) -> list[str]:
-    try:
-        study = optuna.load_study(study_name="lepton-search", storage=optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(path))))
-    except KeyError:  # the journal file is there, the study not yet
-        return []
-    return [t.state.name for t in study.trials]
-
-
 # In a process of its own: after the rest of the slow tier, every trial finished before the
 # signal could come (seen twice in CI, never alone); .ci/run runs it with pytest -m solo.
 @pytest.mark.solo
