@@ -156,7 +156,7 @@ def run(recipe: Recipe | str | os.PathLike[str], *, overrides: Sequence[str] = (
         raise RecipeError("overrides apply to a recipe file; change the Recipe object instead")
     if recipe.trust_remote_code:
         log.warning("trust_remote_code: true: Python code shipped in the model folder %s will run "
-                    "in this process; only use it with a model source you trust", recipe.model)
+                    "in this process; only use it with a model source you trust", recipe.model_source())
     given = out_dir if out_dir is not None else recipe.output.dir
     out = Path(given).expanduser()
     device = distributed.setup(resolve_device(recipe.device))  # joins the process group, if launched in one
@@ -209,8 +209,8 @@ def check_output_apart_from_data(recipe: Recipe, out: Path) -> None:
     data, e.g. a folder-format set takes it for a class) or one that holds the data (``--force``
     would delete it)."""
     target = Path(os.path.realpath(out))
-    model = Path(recipe.model).expanduser()
-    if not recipe.model.startswith("builtin:") and model.is_dir():
+    model = Path(recipe.model_source()).expanduser()
+    if not recipe.model_source().startswith("builtin:") and model.is_dir():
         source = Path(os.path.realpath(model))
         if target == source or source in target.parents:
             raise RecipeError(f"output folder {out} lies inside the model folder {recipe.model}: the run's files "
@@ -239,27 +239,46 @@ def _open_run_log(out: Path, main: bool, claimed: Any) -> logging.Handler:
     return file_log
 
 
-def starting_model(recipe: Recipe, task: TaskSpec, device: str) -> ModelBundle:
+def starting_model(recipe: Recipe, task: TaskSpec, device: str, *, work: Path | None = None,
+                   train: Any = None) -> ModelBundle:
     """The model the first stage gets: a saved Lepton model for this task whole, else the
-    recipe's model with a new task head."""
+    recipe's model with a new task head. ``model: {new: ...}`` is built first (its tokenizer
+    trained on ``train``'s texts and targets) into ``work/new-model``."""
     import torch
 
     from lepton.models import load_tokenizer, resolve_model
     from lepton.tasks.loading import load_for_task
 
-    location = resolve_model(recipe.model)
+    source = recipe.model_source()
+    if isinstance(recipe.model, str):
+        location = resolve_model(recipe.model)
+    else:
+        location = str(_new_model(recipe, work, train))
     torch.manual_seed(recipe.seed)  # the new task head's initial weights
     saved = saved_lepton_model(location, task, device)
     if saved is not None:  # a Lepton artifact for this task: its structure and heads carry on
-        bundle = ModelBundle(model=saved.model, tokenizer=saved.tokenizer, task=task, source=recipe.model,
+        bundle = ModelBundle(model=saved.model, tokenizer=saved.tokenizer, task=task, source=source,
                              heads=saved.heads, main_task=saved.main_task)
     else:
         tokenizer = load_tokenizer(location, trust_remote_code=recipe.trust_remote_code)
         model = load_for_task(location, task, trust_remote_code=recipe.trust_remote_code).to(device)
-        bundle = ModelBundle(model=model, tokenizer=tokenizer, task=task, source=recipe.model)
-    _fit_max_length(bundle, recipe.model)
-    log.info("model %s on %s: %d labels %s", recipe.model, device, task.num_labels, task.labels)
+        bundle = ModelBundle(model=model, tokenizer=tokenizer, task=task, source=source)
+    _fit_max_length(bundle, source)
+    log.info("model %s on %s: %d labels %s", source, device, task.num_labels, task.labels)
     return bundle
+
+
+def _new_model(recipe: Recipe, work: Path | None, train: Any) -> Path:
+    from lepton.models.new_model import build_new_model
+
+    if work is None or train is None:
+        raise RecipeError("model.new: building a model needs a run (its output folder and data.train)")
+    texts = list(train.texts) + [str(t) for t in (train.labels or []) if isinstance(t, str)]
+    folder = work / "new-model"
+    if distributed.is_main():
+        build_new_model(recipe.model, texts, folder, seed=recipe.seed)  # type: ignore[arg-type]
+    distributed.barrier()
+    return folder
 
 
 def _fit_max_length(bundle: ModelBundle, source: str) -> None:
@@ -288,7 +307,7 @@ class _Run:
         self.splits = load_splits(recipe)
         self.task = build_task(recipe.task, self.splits.get("train"))
         self.eval_split = self.splits[recipe.evaluate.split]
-        self.bundle = starting_model(recipe, self.task, device)
+        self.bundle = starting_model(recipe, self.task, device, work=self.work, train=self.splits.get("train"))
         self.variants: list[Any] = []  # lepton.evaluation.harness.Variant
         self.qualities: dict[str, Any] = {}
         self.names = _stage_names(recipe)
@@ -414,7 +433,7 @@ class _Run:
         report = Report(lepton_version=__version__, created=now_iso(), recipe=recipe.resolved_dict(),
                         baseline=baseline, variants=cards, environment=fingerprint(recipe.seed),
                         stages=[r.model_dump() for r in bundle.history], selection=self._selection())
-        manifest_like = {"history": [r.model_dump() for r in bundle.history], "source_model": recipe.model,
+        manifest_like = {"history": [r.model_dump() for r in bundle.history], "source_model": recipe.model_source(),
                          "recipe": recipe.resolved_dict(), "main_task": bundle.main_task,
                          "heads": {n: {"task": h.task.model_dump()} for n, h in bundle.heads.items()}}
         rehearsal = rehearsal_sample(recipe, self.splits.get("train"))

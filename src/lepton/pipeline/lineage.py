@@ -55,7 +55,7 @@ def lineage(recipe: Any, history: list[Any]) -> dict[str, Any]:
         if isinstance(replay, dict) and replay.get("path"):
             learned.append({"split": f"{record.name}.replay", "path": replay["path"],
                             "sha256": replay.get("sha256"), "items": replay.get("items")})
-    parent = parent_of(recipe.model)
+    parent = parent_of(recipe.model_source())
     if parent is not None and isinstance(parent.get("lineage"), dict):
         # The grandparent's line, one level: enough to walk back with lepton info --json.
         parent["lineage"] = {k: v for k, v in parent["lineage"].items() if k != "parent"} | {
@@ -89,7 +89,8 @@ def rehearsal_sample(recipe: Any, train: Split | None) -> bytes | None:
         return None
     rng = random.Random(recipe.seed)
     new = [_row(train, i) for i in range(len(train))]
-    old = read_rehearsal(Path(recipe.model).expanduser()) if is_saved_model(Path(recipe.model).expanduser()) else []
+    folder = Path(recipe.model_source()).expanduser()
+    old = read_rehearsal(folder) if is_saved_model(folder) else []
     n_old = min(len(old), n // 2 if new else n)
     n_new = min(len(new), n - n_old)
     n_old = min(len(old), n - n_new)

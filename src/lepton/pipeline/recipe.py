@@ -31,6 +31,7 @@ from lepton.core.registry import suggest
 from lepton.data import DataSplitConfig
 from lepton.evaluation.explanation import ExplainConfig
 from lepton.evaluation.fairness import FairnessConfig
+from lepton.models.new_model import NewModelConfig
 from lepton.runtimes.saved import is_saved_model
 from lepton.stages import StageConfig, declared
 from lepton.tasks import ColumnRef, TaskConfig  # noqa: F401  (re-exported: recipes' task section)
@@ -117,7 +118,8 @@ class OutputConfig(StrictModel):
 class Recipe(StrictModel):
     schema_version: Literal[1] = 1
     name: str | None = None
-    model: str = "builtin:minilm-l6"
+    # A model to load (builtin:NAME, a folder, a hub id), or one to build: {new: marian, ...}
+    model: str | NewModelConfig = "builtin:minilm-l6"
     task: TaskConfig
     data: DataConfig
     stages: list[SerializeAsAny[StageConfig]] = Field(default_factory=list)
@@ -253,6 +255,10 @@ class Recipe(StrictModel):
 
     def resolved_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+    def model_source(self) -> str:
+        """The model as reports, cards and logs name it."""
+        return self.model if isinstance(self.model, str) else self.model.describe()
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.resolved_dict(), sort_keys=False, allow_unicode=True)
@@ -466,7 +472,7 @@ def check_model(recipe: Recipe, source: str) -> None:
     need not exist to validate it: they are checked when the run starts, before any training.)"""
     from lepton.models import resolve_model
 
-    if not recipe.model.startswith("builtin:"):
+    if not isinstance(recipe.model, str) or not recipe.model.startswith("builtin:"):
         return
     try:
         resolve_model(recipe.model)
@@ -524,7 +530,7 @@ def _layer_count(model: str) -> int | None:
 def check_layers(recipe: Recipe, source: str) -> None:
     """Settings that change the layer count (drop_layers) against the model's, before any stage runs."""
     # Only a stage that overrides layers_left can fail here: without one, config.json is not read.
-    if all(type(s).layers_left is StageConfig.layers_left for s in recipe.stages):
+    if all(type(s).layers_left is StageConfig.layers_left for s in recipe.stages) or not isinstance(recipe.model, str):
         return
     total = _layer_count(recipe.model)
     if total is None:

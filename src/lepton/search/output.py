@@ -255,7 +255,7 @@ def write_best(worker: Any, row: dict[str, Any], out_dir: Path) -> Path:
     report = Report(lepton_version=__version__, created=now_iso(), recipe=recipe.resolved_dict(),
                     baseline=base.name, variants=cards, environment=fingerprint(recipe.seed),
                     stages=[r.model_dump() for r in bundle.history], selection=selection_of(recipe, ws.splits))
-    manifest_like = {"history": [r.model_dump() for r in bundle.history], "source_model": recipe.model,
+    manifest_like = {"history": [r.model_dump() for r in bundle.history], "source_model": recipe.model_source(),
                      "recipe": recipe.resolved_dict(), "main_task": bundle.main_task,
                      "heads": {n: {"task": h.task.model_dump()} for n, h in bundle.heads.items()}}
 

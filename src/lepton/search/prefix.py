@@ -72,8 +72,8 @@ class Workspace:
         from lepton.pipeline.api import load_splits, resolve_device
 
         splits = load_splits(recipe)  # tokenized once per variant by the harness; loaded once here
-        location = Path(resolve_model(recipe.model))
-        model_id = _hash_files(location) if location.is_dir() else recipe.model
+        location = Path(resolve_model(recipe.model_source()))
+        model_id = _hash_files(location) if location.is_dir() else recipe.model_source()
         base = json.dumps({"model": model_id, "task": recipe.task.model_dump(mode="json"),
                            "data": _hash_splits(splits), "seed": recipe.seed,
                            "trust_remote_code": recipe.trust_remote_code}, sort_keys=True)
@@ -262,7 +262,7 @@ def save_into_cache(ws: Workspace, bundle: ModelBundle, key: str, recipe: Recipe
     tmp = ws.cache_dir / f".{key}.tmp-{uuid.uuid4().hex[:8]}"
     save_artifact(bundle, tmp / SNAPSHOT, recipe=recipe.resolved_dict())
     (tmp / "prefix.json").write_text(json.dumps(
-        {"stages": [s.model_dump(mode="json") for s in recipe.stages[:k]], "model": recipe.model},
+        {"stages": [s.model_dump(mode="json") for s in recipe.stages[:k]], "model": recipe.model_source()},
         indent=2))
     _touch(tmp)
     try:

@@ -17,6 +17,8 @@ def training_data(bundle: ModelBundle, ctx: RunContext) -> tuple[Any, Any]:
     from lepton.tasks import kind_of
 
     kind = kind_of(bundle.task)
+    if hasattr(kind, "training_data"):  # generative kinds: the layout depends on the model (seq2seq or causal)
+        return kind.training_data(bundle, ctx)
     train = kind.encode(ctx.split("train"), bundle.task, bundle.tokenizer)
     dev_split = ctx.selection()
     dev = kind.encode(dev_split, bundle.task, bundle.tokenizer) if dev_split is not None else None

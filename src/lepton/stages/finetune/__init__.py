@@ -61,6 +61,12 @@ class FinetuneConfig(TrainSettings):
     # deployed weights; a later quantize (weight_only, bits 4, the same group size) keeps them apart.
     base_bits: Literal[4] | None = None
     base_group_size: int = Field(default=32, ge=16)
+    # Generative models: cross-entropy against (1 - e) on the reference token and e spread over
+    # the vocabulary (Szegedy et al.; 0.1 in the Transformer paper). 0: the model's own loss.
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    # Generative models with metric bleu or chrf: the dev score is computed on at most this many
+    # dev pairs, decoded greedily (None: all of them).
+    dev_items: int | None = Field(default=None, ge=1)
 
     @field_validator("base_bits")
     @classmethod
@@ -119,6 +125,9 @@ def finetune(bundle: ModelBundle, config: FinetuneConfig, ctx: RunContext) -> Mo
     if config.base_bits is not None:
         raise StageError(f"stages.{ctx.stage_index}.base_bits: training adapters on a 4-bit base is built for "
                          "generative decoders (their weights go to MatMulNBits)")
+    if config.label_smoothing:
+        raise StageError(f"stages.{ctx.stage_index}.label_smoothing: built for generative models (for "
+                         "classifiers, distill's soft targets do what smoothing does, from a teacher)")
     if config.method == "full":
         fake = (insert_fake_quant(bundle.model, config.qat_settings or QatSettings(),
                                   plan_steps(len(data), config)) if config.qat else None)
