@@ -57,7 +57,7 @@ def register(info: RuntimeInfo, factory: Callable[[Any], Runtime]) -> None:
 def load_builtin() -> None:
     """Import the built-in runtimes (they register themselves and their weights formats) on first
     use, so that importing ``lepton.runtimes`` (the bundle, say) does not load torch."""
-    from lepton.runtimes import ort, ort_decoder, torch_eager  # noqa: F401
+    from lepton.runtimes import ort, ort_decoder, ort_seq2seq, torch_eager  # noqa: F401
 
 
 def runtime_info(name: str) -> RuntimeInfo:

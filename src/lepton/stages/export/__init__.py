@@ -304,3 +304,4 @@ def _example_with_padding(batches: list[dict[str, torch.Tensor]]) -> dict[str, t
 
 # Registered on import: the implementation for generative models.
 from lepton.stages.export import decoder as _decoder  # noqa: E402, F401
+from lepton.stages.export import seq2seq as _seq2seq  # noqa: E402, F401

@@ -230,3 +230,4 @@ def quantize(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext) -> Mo
 # Registered on import: the implementation for generative models, and the quantize_embeddings stage.
 from lepton.stages.quantize import decoder as _decoder  # noqa: E402, F401
 from lepton.stages.quantize import embeddings as _embeddings  # noqa: E402, F401
+from lepton.stages.quantize import seq2seq as _seq2seq  # noqa: E402, F401

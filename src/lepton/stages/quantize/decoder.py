@@ -44,7 +44,7 @@ from lepton.stages.quantize import QuantizeConfig
 log = logging.getLogger(__name__)
 
 
-@register(QuantizeConfig, family=("decoder", "encoder-decoder"),
+@register(QuantizeConfig, family="decoder",
           example={"method": "weight_only", "bits": 4, "group_size": 16, "check_items": 4},
           before=({"kind": "export", "parity_items": 4},))
 def quantize_generative(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext) -> ModelBundle:
@@ -57,7 +57,7 @@ def quantize_generative(bundle: ModelBundle, config: QuantizeConfig, ctx: RunCon
     if bundle.runtime_info.is_graph:
         model, details = _on_ort(bundle, config, ctx, where)
     elif bundle.runtime_info.trainable:
-        model, details = _on_torch(bundle, config, where)
+        model, details = on_torch(bundle, config, where)
     else:
         raise StageError(f"{where}: quantize does not know runtime {bundle.runtime!r}")
     seconds = time.perf_counter() - t0
@@ -122,7 +122,7 @@ def _on_ort(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, where:
         raise StageError(f"{where}.method: {config.method} is not available for an exported decoder; "
                          "use weight_only (bits: 4 or 8) or dynamic_int8")
     details.pop("size_bytes", None)
-    info = {**source.info, "precision": _precision(config), "quantization": details}
+    info = {**source.info, "precision": precision_of(config), "quantization": details}
     model = OrtCausalLM(folder, info=info)
     source.generation_config.save_pretrained(folder)
     return model, details
@@ -170,7 +170,7 @@ def calibration_sequences(bundle: ModelBundle, config: QuantizeConfig, ctx: RunC
     return [r for r in rows if r]
 
 
-def _on_torch(bundle: ModelBundle, config: QuantizeConfig, where: str) -> tuple[Any, dict]:
+def on_torch(bundle: ModelBundle, config: QuantizeConfig, where: str) -> tuple[Any, dict]:
     from lepton.stages.quantize.torch_dynamic import torch_quantize
 
     model, details = torch_quantize(bundle, config, where)
@@ -178,7 +178,7 @@ def _on_torch(bundle: ModelBundle, config: QuantizeConfig, where: str) -> tuple[
     return model, details
 
 
-def _precision(config: QuantizeConfig) -> str:
+def precision_of(config: QuantizeConfig) -> str:
     if config.method != "weight_only":
         return "dynamic int8"
     return f"int{config.bits} weight-only" + ("" if config.algorithm == "rtn" else f" ({config.algorithm})")

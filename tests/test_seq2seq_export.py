@@ -1,0 +1,115 @@
+"""export and quantize on encoder-decoders (T5 plain and gated, Marian, BART, and a Marian that
+Lepton built and trained): two ONNX graphs whose greedy and beam outputs equal PyTorch's, int8 and
+4-bit variants on ONNX Runtime, artifacts that reload and generate the same. Tiny models from
+tests/gen_tiny.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import lepton
+from lepton.pipeline.recipe import parse_recipe
+from lepton.runtimes.ort_seq2seq import OrtSeq2SeqLM, Seq2SeqSettings, right_pad
+from lepton.stages.export.onnx_seq2seq import check_parity, export_seq2seq
+from tests.gen_tiny import SEQ2SEQ_CONFIGS, save_tiny_seq2seq, toy_pairs, write_pairs_tsv
+
+
+def _recipe(model: object, tmp: Path, stages: list[dict], generation: dict | None = None) -> dict:
+    tmp.mkdir(parents=True, exist_ok=True)
+    return {"schema_version": 1, "model": model,
+            "task": {"kind": "generation", "max_length": 32, "max_target_length": 32,
+                     "generation": generation or {"strategy": "beam", "num_beams": 3, "max_new_tokens": 12}},
+            "data": {"train": {"path": str(write_pairs_tsv(tmp / "train.tsv", 200, 0))},
+                     "dev": {"path": str(write_pairs_tsv(tmp / "dev.tsv", 10, 1))}},
+            "stages": stages,
+            "evaluate": {"batch_sizes": [1], "bootstrap": 100, "rounds": 1, "memory": False},
+            "output": {"dir": str(tmp / "out")}}
+
+
+@pytest.mark.parametrize("arch", sorted(SEQ2SEQ_CONFIGS))
+def test_onnx_greedy_and_beam_outputs_equal_pytorch(arch: str, tmp_path: Path) -> None:
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    folder = save_tiny_seq2seq(tmp_path / arch, arch)
+    model, tok = AutoModelForSeq2SeqLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    out = tmp_path / "onnx"
+    out.mkdir()
+    export_seq2seq(model, out)
+    assert not model.training  # the exporter leaves the model as it found it
+    model.config.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+    graphs = OrtSeq2SeqLM(out)
+    prompts = [a for a, _ in toy_pairs(6, 3)]
+    report = check_parity(model, tok, graphs, prompts, max_new_tokens=10, num_beams=3)
+    assert report["greedy"]["identical"] == report["beam"]["identical"] == 6
+    assert report["max_abs_logit_diff"] < 1e-4
+    # the graphs' teacher-forced NLL of a target is PyTorch's
+    target = [tok(text_target=t)["input_ids"] for _, t in toy_pairs(2, 3)]
+    from lepton.tasks.prompt_encoding import GenEncoded, Truncation
+
+    enc = GenEncoded([tok(p)["input_ids"] for p in prompts[:2]], target, Truncation(examples=2))
+    nll, count = graphs.token_nll_sums(enc, int(model.config.pad_token_id))
+    with torch.no_grad():
+        for i in range(2):
+            labels = torch.tensor([target[i]])
+            loss = model(input_ids=torch.tensor([enc.input_ids[i]]), labels=labels).loss
+            assert count[i] == len(target[i])
+            assert nll[i] / count[i] == pytest.approx(float(loss), rel=1e-4)
+
+
+@pytest.mark.parametrize("quant", [{"method": "dynamic_int8"}, {"method": "weight_only", "bits": 4, "group_size": 16}],
+                         ids=["int8", "int4"])
+def test_a_trained_model_exports_quantizes_and_its_artifacts_reload(quant: dict, tmp_path: Path) -> None:
+    """Trained on the toy task (so outputs end with EOS and the beams finish early), then exported
+    (the stage's parity gate checks greedy and beam search), int8 and 4-bit on ONNX Runtime."""
+    stages = [{"kind": "finetune", "epochs": 10, "lr": 5e-3, "batch_size": 16, "warmup": 10},
+              {"kind": "export", "parity_items": 8},
+              {"kind": "quantize", "name": "quantized", "check_items": 8, **quant}]
+    new = {"new": "marian", "preset": "tiny", "vocab_size": 120}
+    report = lepton.run(parse_recipe(_recipe(new, tmp_path, stages), env={}), progress=False)
+    summaries = {s["name"]: s["summary"] for s in report.stages}
+    parity = summaries["export"]["parity"]
+    assert parity["greedy"]["identical"] == parity["beam"]["identical"] == 8 and parity["num_beams"] == 3
+    quantized = summaries["quantized"]
+    assert set(quantized) >= {"encoder", "decoder"}  # both graphs
+    assert quantized["size_mb_after"] < quantized["size_mb_before"]
+    assert quantized["vs_input"]["prompts"] == 8
+    cards = {c.name: c for c in report.variants}
+    # the fp32 graphs score exactly what PyTorch scores (same beam outputs, same target perplexity)
+    assert cards["export"].quality.metrics["bleu"].value == cards["finetune"].quality.metrics["bleu"].value
+    assert cards["export"].quality.metrics["target_perplexity"].value == pytest.approx(
+        cards["finetune"].quality.metrics["target_perplexity"].value, rel=1e-4)
+
+    saved = tmp_path / "out" / "model"
+    manifest = json.loads((saved / "lepton.json").read_text())
+    assert manifest["format"] == "onnx-seq2seq"
+    loaded = lepton.load(saved)
+    prompts = [a for a, _ in toy_pairs(5, 7)]
+    again = OrtSeq2SeqLM(saved)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(saved)
+    ids, mask = right_pad([tok(p)["input_ids"] for p in prompts], 0)
+    rows = again.generate_ids(ids, mask, Seq2SeqSettings(max_new_tokens=12, num_beams=3))
+    assert any(len(r) < 11 for r in rows)  # hypotheses that ended with EOS, not at the length limit
+    texts = [tok.decode(r, skip_special_tokens=True).strip() for r in rows]
+    assert [p["generated_text"] for p in loaded.predict(prompts)] == texts
+
+
+def test_an_exported_encoder_decoder_refuses_sampling_with_the_setting_named(tmp_path: Path) -> None:
+    folder = save_tiny_seq2seq(tmp_path / "m", "marian")
+    stages = [{"kind": "export", "parity_items": 2}]
+    recipe = _recipe(str(folder), tmp_path, stages, generation={"strategy": "sample", "max_new_tokens": 4})
+    with pytest.raises(lepton.LeptonError, match="generation.strategy"):
+        lepton.run(parse_recipe(recipe, env={}), progress=False)
+
+
+def test_right_pad_and_empty_past_shapes() -> None:
+    ids, mask = right_pad([[5, 6, 1], [7, 1]], 0)
+    assert ids.tolist() == [[5, 6, 1], [7, 1, 0]] and mask.tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert np.asarray(ids).dtype == np.int64
