@@ -46,7 +46,7 @@ def test_onnx_greedy_and_beam_outputs_equal_pytorch(arch: str, tmp_path: Path) -
     graphs = OrtSeq2SeqLM(out)
     prompts = [a for a, _ in toy_pairs(6, 3)]
     report = check_parity(model, tok, graphs, prompts, max_new_tokens=10, num_beams=3)
-    assert report["greedy"]["identical"] == report["beam"]["identical"] == 6
+    assert report["greedy"]["identical"] == report["beam"]["identical"] == report["beam_early_stopping"]["identical"] == 6
     assert report["max_abs_logit_diff"] < 1e-4
     # the graphs' teacher-forced NLL of a target is PyTorch's
     target = [tok(text_target=t)["input_ids"] for _, t in toy_pairs(2, 3)]
@@ -75,6 +75,7 @@ def test_a_trained_model_exports_quantizes_and_its_artifacts_reload(quant: dict,
     summaries = {s["name"]: s["summary"] for s in report.stages}
     parity = summaries["export"]["parity"]
     assert parity["greedy"]["identical"] == parity["beam"]["identical"] == 8 and parity["num_beams"] == 3
+    assert parity["beam_early_stopping"]["identical"] == 8
     quantized = summaries["quantized"]
     assert set(quantized) >= {"encoder", "decoder"}  # both graphs
     assert quantized["size_mb_after"] < quantized["size_mb_before"]
@@ -95,7 +96,7 @@ def test_a_trained_model_exports_quantizes_and_its_artifacts_reload(quant: dict,
 
     tok = AutoTokenizer.from_pretrained(saved)
     ids, mask = right_pad([tok(p)["input_ids"] for p in prompts], 0)
-    rows = again.generate_ids(ids, mask, Seq2SeqSettings(max_new_tokens=12, num_beams=3))
+    rows = again.generate_ids(ids, mask, Seq2SeqSettings(max_new_tokens=12, num_beams=3, early_stopping=True))
     assert any(len(r) < 11 for r in rows)  # hypotheses that ended with EOS, not at the length limit
     texts = [tok.decode(r, skip_special_tokens=True).strip() for r in rows]
     assert [p["generated_text"] for p in loaded.predict(prompts)] == texts

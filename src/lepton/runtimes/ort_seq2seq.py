@@ -135,8 +135,7 @@ class Seq2SeqGraphs:
             logp = self.process(logp, t, max_new).reshape(batch, k, -1) + run_scores[:, :, None]
             vocab = logp.shape[-1]
             flat = logp.reshape(batch, -1)
-            top = np.argsort(-flat, axis=1, kind="stable")[:, :keep]
-            top_scores = np.take_along_axis(flat, top, axis=1)
+            top, top_scores = _top(flat, keep)
             src_beam, tok = top // vocab, top % vocab
             cand = np.take_along_axis(running, src_beam[:, :, None], axis=1)
             cand[:, :, t] = tok
@@ -360,10 +359,20 @@ def seq2seq_settings(settings: Any, generation_config: Any) -> Seq2SeqSettings:
     if settings.repetition_penalty != 1.0:
         raise LeptonError("generation.repetition_penalty: not available on the ONNX Runtime loop "
                           "(leave it at 1.0 or generate with the PyTorch model)")
-    beams = settings.num_beams if settings.strategy == "beam" else 1
-    return Seq2SeqSettings(max_new_tokens=settings.max_new_tokens, num_beams=beams,
-                           length_penalty=float(getattr(generation_config, "length_penalty", 1.0) or 1.0),
-                           early_stopping=getattr(generation_config, "early_stopping", False) or False)
+    # The values PyTorch's generate() gets from the same settings (lepton.tasks.generate).
+    config = settings.to_generation_config(base=generation_config)
+    return Seq2SeqSettings(max_new_tokens=config.max_new_tokens, num_beams=config.num_beams or 1,
+                           length_penalty=float(config.length_penalty if config.length_penalty is not None else 1.0),
+                           early_stopping=config.early_stopping or False)
+
+
+def _top(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` best columns of each row, best first (a partition, then a sort of those ``n``:
+    a full sort of beams x vocabulary per step would cost more than the decoder step)."""
+    part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
+    vals = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -vals), axis=1)  # ties: the lower index first, as a stable sort would
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
 
 
 def _best_k(k: int, sequences: tuple[np.ndarray, np.ndarray], *others: tuple[np.ndarray, np.ndarray]) -> list[Any]:

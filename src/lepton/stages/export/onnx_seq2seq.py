@@ -187,16 +187,17 @@ def check_parity(model: Any, tokenizer: Any, graphs: Any, prompts: Sequence[str]
     pad = int(model.config.pad_token_id or 0)
     ids, mask = right_pad([tokenizer(p)["input_ids"] for p in prompts], pad)
     report: dict[str, Any] = {"prompts": len(prompts), "max_new_tokens": max_new_tokens}
-    for name, beams in (("greedy", 1), ("beam", num_beams)):
+    penalty = float(model.generation_config.length_penalty or 1.0)
+    runs = (("greedy", 1, False), ("beam", num_beams, False), ("beam_early_stopping", num_beams, True))
+    for name, beams, early in runs:
         with torch.no_grad():
             ref = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                                 do_sample=False, num_beams=beams, max_new_tokens=max_new_tokens)
+                                 do_sample=False, num_beams=beams, max_new_tokens=max_new_tokens,
+                                 early_stopping=early, length_penalty=penalty)
         eos = set(graphs.graphs().eos)
         ref_rows = [[t for t in row[1:] if t not in eos and t != pad] for row in ref.tolist()]
         got = graphs.generate_ids(ids, mask, Seq2SeqSettings(max_new_tokens=max_new_tokens, num_beams=beams,
-                                                             length_penalty=float(model.generation_config.length_penalty
-                                                                                  or 1.0),
-                                                             early_stopping=model.generation_config.early_stopping))
+                                                             length_penalty=penalty, early_stopping=early))
         got = [[t for t in row if t != pad] for row in got]
         differing = [i for i, (a, b) in enumerate(zip(ref_rows, got)) if a != b]
         report[name] = {"identical": len(prompts) - len(differing), "differing_prompts": differing}
