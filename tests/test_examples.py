@@ -23,7 +23,8 @@ from tests.conftest import data_root
 
 ROOT = Path(__file__).resolve().parents[1]
 MONITOR = ("monitor-news.yaml", "monitor-news-int8.yaml", "monitor-news-monitor.yaml")
-EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if p.name not in MONITOR)
+CHAINED = ("multi30k-transformer-student.yaml",)  # reads another example's model: run as a chain below
+EXAMPLES = sorted(p for p in (ROOT / "examples").glob("*.yaml") if p.name not in MONITOR + CHAINED)
 _DATA_REF = re.compile(r"\$\{LEPTON_DATA:-[^}]*\}/([^\s\"',};)]+)")
 
 
@@ -67,6 +68,24 @@ def _search_smoke(path: Path, tmp_path: Path) -> None:
     assert result.best_dir is not None, result.summary["failures"]
     lepton.load(result.best_dir / "model")
     lepton.load_recipe(result.best_dir / "recipe.yaml")  # the plain recipe is a valid recipe
+
+
+@pytest.mark.examples
+def test_translation_example_chain_runs_as_smoke_runs(tmp_path: Path, monkeypatch) -> None:
+    """The model Lepton trains from scratch, then its student (shallow decoder, sequence-level KD,
+    ONNX, INT8) with that model as the starting point and the teacher."""
+    teacher_recipe = ROOT / "examples" / "multi30k-transformer.yaml"
+    _needs_data(teacher_recipe)
+    monkeypatch.setenv("LEPTON_DATA", str(data_root()))
+    monkeypatch.chdir(tmp_path)
+    report = lepton.run(teacher_recipe, overrides=["smoke=true"], out_dir=tmp_path / "teacher", progress=False)
+    _check_smoke_report(report, tmp_path / "teacher")
+    teacher = str(tmp_path / "teacher" / "model")
+    report = lepton.run(ROOT / "examples" / "multi30k-transformer-student.yaml",
+                        overrides=["smoke=true", f"model={teacher}", f"stages.1.teacher={teacher}"],
+                        out_dir=tmp_path / "student", progress=False)
+    _check_smoke_report(report, tmp_path / "student")
+    assert [c.name for c in report.variants] == ["pretrained", "shallow-decoder", "student", "export", "int8"]
 
 
 @pytest.mark.examples

@@ -28,9 +28,9 @@ def test_a_stage_without_an_implementation_for_a_family_is_refused_naming_both()
     assert "(it is for: encoder)" in message
 
 
-def test_distill_on_an_encoder_decoder_is_refused_by_the_registry() -> None:
-    config = configs.get("distill").model_validate({"kind": "distill", "teacher": "teacher"})
-    with pytest.raises(StageError, match="distill is not implemented for encoder-decoder models"):
+def test_pretrain_on_an_encoder_decoder_is_refused_by_the_registry() -> None:
+    config = configs.get("pretrain").model_validate({"kind": "pretrain", "text": {"path": "t.txt"}})
+    with pytest.raises(StageError, match="pretrain is not implemented for encoder-decoder models"):
         handler_for(config, "encoder-decoder")
     drop = configs.get("drop_layers").model_validate({"kind": "drop_layers", "keep": [0]})
     assert len({handler_for(drop, f) for f in ("encoder", "decoder", "encoder-decoder")}) == 3

@@ -178,3 +178,36 @@ def test_training_a_new_model_resumes_exactly_after_a_kill(tmp_path: Path) -> No
     a = load_file(str(tmp_path / "clean" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "model" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("sequence_kd", [False, True], ids=["token-kd", "sequence-kd"])
+def test_a_smaller_student_distilled_from_the_trained_model(sequence_kd: bool, tmp_path: Path) -> None:
+    from transformers import AutoModelForSeq2SeqLM
+
+    stages = [{"kind": "finetune", "name": "teacher", "epochs": 2, "lr": 3e-3, "batch_size": 16, "warmup": 5},
+              {"kind": "drop_layers", "keep": [0], "decoder_keep": [1]},
+              {"kind": "distill", "teacher": "teacher", "epochs": 1, "lr": 2e-3, "batch_size": 16,
+               "sequence_kd": sequence_kd, "alpha_kd": 0.5, "alpha_task": 0.5}]
+    recipe = _recipe(tmp_path, stages=stages)
+    recipe["evaluate"]["baseline"] = False
+    report = lepton.run(parse_recipe(recipe, env={}), progress=False)
+    distill = report.stages[-1]["summary"]
+    assert distill["teacher"] == "stage 'teacher'" and distill["epochs_run"] == 1
+    if sequence_kd:
+        assert distill["sequence_kd"]["examples"] == 200
+    else:
+        assert "sequence_kd" not in distill and distill["kd"].startswith("token-level")
+    saved = tmp_path / "out" / "model"
+    plain = AutoModelForSeq2SeqLM.from_pretrained(saved)
+    assert plain.config.encoder_layers == 1 and plain.config.decoder_layers == 1
+
+
+def test_sequence_kd_is_refused_for_a_classifier(tmp_path: Path, tiny_model_dir: Path) -> None:
+    from tests.conftest import tiny_recipe, write_sentiment_tsv
+
+    train, dev = write_sentiment_tsv(tmp_path / "s.tsv", 16, seed=1), write_sentiment_tsv(tmp_path / "d.tsv", 8, seed=2)
+    recipe = tiny_recipe(tiny_model_dir, train, dev, tmp_path / "c")
+    recipe["stages"] = [{"kind": "finetune", "name": "t", "epochs": 1},
+                        {"kind": "distill", "teacher": "t", "epochs": 1, "sequence_kd": True}]
+    with pytest.raises(lepton.LeptonError, match="sequence_kd: sequence-level distillation is for encoder-decoders"):
+        lepton.run(parse_recipe(recipe, env={}), progress=False)

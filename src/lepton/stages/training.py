@@ -73,6 +73,9 @@ class TrainSettings(StageConfig):
     keep_best: bool = True
     early_stopping: int | None = Field(default=None, ge=1)  # evaluations without improvement
     checkpoint_every: int = Field(default=200, ge=1)  # optimizer steps between resume points
+    # Generative models selecting by metric bleu or chrf: the dev score is computed on at most
+    # this many dev pairs, decoded greedily (None: all of them).
+    dev_items: int | None = Field(default=None, ge=1)
 
     smoke_caps: ClassVar[dict[str, Any]] = {"epochs": 1, "max_steps": 20}
 

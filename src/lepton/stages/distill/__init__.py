@@ -87,6 +87,9 @@ class DistillConfig(TrainSettings):
     cache_teacher: bool = True
     cache_max_mb: float = Field(default=2048, ge=0)  # larger caches: run the teacher live instead
     transfer: DataSplitConfig | None = None  # unlabelled text for the teacher-output losses only
+    # Encoder-decoders: sequence-level KD (Kim & Rush, 2016): the student trains on the teacher's
+    # decoded outputs (the recipe's generation settings, e.g. beam search) instead of the references.
+    sequence_kd: bool = False
 
     @model_validator(mode="after")
     def _some_loss(self) -> DistillConfig:
@@ -326,6 +329,9 @@ def plan_layers(config: DistillConfig, bundle: ModelBundle, teacher: TeacherInfo
 def distill(bundle: ModelBundle, config: DistillConfig, ctx: RunContext) -> ModelBundle:
     """Train the model to imitate the teacher's outputs (and hidden states/attention maps)."""
     where = f"stages.{ctx.stage_index}"
+    if config.sequence_kd:
+        raise StageError(f"{where}.sequence_kd: sequence-level distillation is for encoder-decoders "
+                         "(the student learns the teacher's decoded outputs)")
     metric = task_metric(config, bundle, ctx)
     split = ctx.split("train")
     if split.labels is None and config.alpha_task > 0:
@@ -520,3 +526,4 @@ def _cached_teacher(info: TeacherInfo, bundle: ModelBundle, ctx: RunContext, dat
 
 # Registered on import: the implementation for generative models.
 from lepton.stages.distill import decoder as _decoder  # noqa: E402, F401
+from lepton.stages.distill import seq2seq as _seq2seq  # noqa: E402, F401

@@ -39,9 +39,11 @@ def distill_decoder(bundle: ModelBundle, config: DistillConfig, ctx: RunContext)
     student = require_torch_decoder(bundle, ctx, "distill")
     if config.alpha_attention > 0 or config.transfer is not None:
         raise StageError(f"{where}: alpha_attention and transfer apply to encoder distillation only")
+    if config.sequence_kd:
+        raise StageError(f"{where}.sequence_kd: sequence-level distillation is for encoder-decoders")
     if getattr(config, "method", "full") != "full":
         raise StageError(f"{where}.method: distillation trains every weight of a decoder (method: full)")
-    teacher, described = _teacher(config, bundle, ctx)
+    teacher, described = load_teacher(config, bundle, ctx)
     layer_map = _layer_map(config, student, teacher, where)
     train, dev = training_data(bundle, ctx)
     teacher.to(ctx.device).eval()
@@ -74,7 +76,7 @@ def distill_decoder(bundle: ModelBundle, config: DistillConfig, ctx: RunContext)
     return bundle
 
 
-def _teacher(config: DistillConfig, bundle: ModelBundle, ctx: RunContext) -> tuple[Any, str]:
+def load_teacher(config: DistillConfig, bundle: ModelBundle, ctx: RunContext) -> tuple[Any, str]:
     from lepton.models.decoder import load_generative
     from lepton.runtimes.saved import is_saved_model, store
 

@@ -64,9 +64,6 @@ class FinetuneConfig(TrainSettings):
     # Generative models: cross-entropy against (1 - e) on the reference token and e spread over
     # the vocabulary (Szegedy et al.; 0.1 in the Transformer paper). 0: the model's own loss.
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
-    # Generative models with metric bleu or chrf: the dev score is computed on at most this many
-    # dev pairs, decoded greedily (None: all of them).
-    dev_items: int | None = Field(default=None, ge=1)
 
     @field_validator("base_bits")
     @classmethod
