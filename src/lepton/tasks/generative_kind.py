@@ -99,9 +99,9 @@ class GenerativeKind(TaskKind):
         return generate(predictor.bundle.model, predictor.bundle.tokenizer, rendered, merged)
 
     def serving(self, predictor: Any) -> str:
-        """Decoder-only models: OpenAI-style completions with iteration-level batching and
-        streaming (lepton.serve.generation). Encoder-decoders keep the shared app for now."""
-        return "generate" if self.family(predictor.bundle.model) == "decoder" else "predict"
+        """OpenAI-style completions with streaming (lepton.serve.generation): decoder-only models
+        with iteration-level batching, encoder-decoders (translation) request by request."""
+        return "generate"
 
     def render(self, tokenizer: Any, task: TaskSpec, prompt: str) -> str:
         return prompt

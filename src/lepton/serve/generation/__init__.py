@@ -27,7 +27,11 @@ def generate_app(predictor: Any, settings: Any, name: str, artifact: Any = None)
 
     model = predictor.bundle.model
     engine = None
-    if hasattr(model, "decoder"):  # an exported decoder: the ONNX Runtime engine
+    if getattr(model.config, "is_encoder_decoder", False):  # translation: source encoded once per request
+        from lepton.serve.generation.seq2seq_engine import seq2seq_engine
+
+        engine = seq2seq_engine(model, getattr(settings, "threads", None))
+    elif hasattr(model, "decoder"):  # an exported decoder: the ONNX Runtime engine
         from lepton.serve.generation.ort_engine import OrtEngine
 
         limit = getattr(model.config, "max_position_embeddings", None) or 2048
