@@ -113,6 +113,26 @@ class Seq2SeqGraphs:
             tokens = nxt[:, None].astype(np.int64)
         return [[t for t in row if t not in self.eos] for row in out]
 
+    def _candidates(self, logits: np.ndarray, run_scores: np.ndarray, keep: int, t: int,
+                    max_new: int) -> tuple[np.ndarray, np.ndarray, int]:
+        """The ``keep`` best (beam x vocabulary) continuations of each sentence, best first, and
+        their accumulated log-probabilities. Each beam's own best ``keep`` tokens are found on the
+        logits first (log-softmax only shifts a row), so the full rows are only summed, not sorted."""
+        rows_k, vocab = logits.shape
+        batch, k = run_scores.shape
+        if self.forced_eos is not None and t == max_new - 1:  # transformers' ForcedEOSTokenLogitsProcessor
+            logp = self.process(_log_softmax(logits), t, max_new).reshape(batch, -1) + np.repeat(run_scores, vocab, 1)
+            top, scores = _top(logp, keep)
+            return top, scores, vocab
+        part = np.argpartition(logits, vocab - keep, axis=1)[:, vocab - keep:]  # (beams, keep), unordered
+        r = np.arange(rows_k)[:, None]
+        peak = logits.max(axis=1, keepdims=True)
+        lse = peak + np.log(np.exp(logits - peak).sum(axis=1, keepdims=True))
+        cand = (logits[r, part] - lse + run_scores.reshape(-1, 1)).reshape(batch, k * keep)
+        flat_idx = (part + (np.arange(rows_k) % k)[:, None] * vocab).reshape(batch, k * keep)
+        pick, scores = _top_of(cand, flat_idx, keep)
+        return pick, scores, vocab
+
     def beam(self, ids: np.ndarray, mask: np.ndarray, s: Seq2SeqSettings) -> list[list[int]]:
         """transformers' beam search (``GenerationMixin._beam_search``) on these graphs."""
         batch, k, max_new = ids.shape[0], s.num_beams, s.max_new_tokens
@@ -128,24 +148,20 @@ class Seq2SeqGraphs:
         is_fin = np.zeros((batch, k), bool)
         unsatisfied = np.ones((batch, 1), bool)
         tokens = np.full((batch * k, 1), self.start, np.int64)
-        keep = 2 * k
+        keep, rows = 2 * k, np.arange(batch)[:, None]  # rows: fancy indexing per sentence
+        is_eos = (lambda x: x == self.eos[0]) if len(self.eos) == 1 else (lambda x: np.isin(x, self.eos))
         for t in range(max_new):
             logits, present = self.step(tokens, mask_k, past, cross)
-            logp = _log_softmax(logits)
-            logp = self.process(logp, t, max_new).reshape(batch, k, -1) + run_scores[:, :, None]
-            vocab = logp.shape[-1]
-            flat = logp.reshape(batch, -1)
-            top, top_scores = _top(flat, keep)
+            top, top_scores, vocab = self._candidates(logits, run_scores, keep, t, max_new)
             src_beam, tok = top // vocab, top % vocab
-            cand = np.take_along_axis(running, src_beam[:, :, None], axis=1)
+            cand = running[rows, src_beam]
             cand[:, :, t] = tok
-            hits = np.isin(tok, self.eos) | (t + 1 >= max_new)
+            hits = is_eos(tok) | (t + 1 >= max_new)
             # running beams: the best k candidates that did not stop
             live = top_scores + hits * NEG
             order = np.argsort(-live, axis=1, kind="stable")[:, :k]
-            running = np.take_along_axis(cand, order[:, :, None], axis=1)
-            run_scores = np.take_along_axis(live, order, axis=1)
-            beam_idx = np.take_along_axis(src_beam, order, axis=1) + np.arange(batch)[:, None] * k
+            running, run_scores = cand[rows, order], live[rows, order]
+            beam_idx = src_beam[rows, order] + rows * k
             # finished hypotheses: stopped candidates among the top k, length-normalised
             norm = top_scores / float(t + 1) ** s.length_penalty
             just = hits & (np.arange(keep) < k)[None, :]
@@ -369,18 +385,27 @@ def seq2seq_settings(settings: Any, generation_config: Any) -> Seq2SeqSettings:
 def _top(scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``n`` best columns of each row, best first (a partition, then a sort of those ``n``:
     a full sort of beams x vocabulary per step would cost more than the decoder step)."""
+    rows = np.arange(scores.shape[0])[:, None]
     part = np.argpartition(-scores, n - 1, axis=1)[:, :n]
-    vals = np.take_along_axis(scores, part, axis=1)
+    vals = scores[rows, part]
     order = np.lexsort((part, -vals), axis=1)  # ties: the lower index first, as a stable sort would
-    return np.take_along_axis(part, order, axis=1), np.take_along_axis(vals, order, axis=1)
+    return part[rows, order], vals[rows, order]
+
+
+def _top_of(scores: np.ndarray, index: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``n`` best of each row of ``scores``, best first, as their ``index`` values (ties: the
+    lower index first, as transformers' top-k over the whole row gives them)."""
+    rows = np.arange(scores.shape[0])[:, None]
+    order = np.lexsort((index, -scores), axis=1)[:, :n]
+    return index[rows, order], scores[rows, order]
 
 
 def _best_k(k: int, sequences: tuple[np.ndarray, np.ndarray], *others: tuple[np.ndarray, np.ndarray]) -> list[Any]:
     """The ``k`` best of finished hypotheses and new candidates, by the scores (``others[0]``)."""
     scores = np.concatenate(others[0], axis=1)
+    rows = np.arange(scores.shape[0])[:, None]
     best = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    out = [np.take_along_axis(np.concatenate(sequences, axis=1), best[:, :, None], axis=1)]
-    return out + [np.take_along_axis(np.concatenate(pair, axis=1), best, axis=1) for pair in others]
+    return [np.concatenate(sequences, axis=1)[rows, best]] + [np.concatenate(p, axis=1)[rows, best] for p in others]
 
 
 def right_pad(rows: Sequence[Sequence[int]], pad: int) -> tuple[np.ndarray, np.ndarray]:
@@ -405,9 +430,9 @@ def _default_threads() -> int:
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float32)
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    z = logits - logits.max(axis=-1, keepdims=True)  # a new float32 array (the graph's output stays as it is)
+    z -= np.log(np.exp(z).sum(axis=-1, keepdims=True))
+    return z
 
 
 def _load(folder: Path, manifest: dict[str, Any], auto: Any, structure: Any, device: str) -> Any:
