@@ -4,8 +4,10 @@ variants, side by side with CTranslate2 int8 on the same weights, on Multi30k te
     taskset -c 0 env OMP_NUM_THREADS=1 LEPTON_DATA=../shared/data python benchmarks/translation.py \\
         --model RUN/work/stage-0-train/snapshot --run RUN [--limit N] [--no-peer]
 
-``--model``: the trained fp32 model (a Lepton artifact folder). ``--run``: the run folder whose
-``report.json`` holds the training curve (dev BLEU against training time). The variants are built
+``--model``: the trained fp32 model (a Lepton artifact folder); ``--student``: the distilled
+student, fp32 (examples/multi30k-transformer-student.yaml's distill stage), measured the same
+way with its own ONNX int8 and CTranslate2 int8. ``--run``: the training run's folder, whose
+``run.log`` gives the training curve (dev BLEU against wall time). The variants are built
 here with Lepton's own stages (``lepton.run`` on the model: export; export then int8; export then
 4-bit; PyTorch dynamic int8) into ``--work``, then every variant and the peer translate the same
 sentences with the same decoding (beam search, 4 beams, at most 80 new tokens) on one thread:
@@ -113,19 +115,34 @@ def peer(model: Path, limit: int | None, threads: int, out: Path) -> dict[str, A
 
 
 def curve(run: Path | None) -> list[dict[str, Any]]:
-    if run is None or not (run / "report.json").is_file():
+    """Dev BLEU against wall time since the training stage started (evaluations included), from
+    the run's log: the last start of stage 0, then each evaluation line after it."""
+    import re
+    from datetime import datetime
+
+    if run is None or not (run / "run.log").is_file():
         return []
-    report = json.loads((run / "report.json").read_text())
-    train = next(s for s in report["stages"] if s["kind"] == "finetune")["summary"]
-    return [{"step": e["step"], "epoch": e.get("epoch"), "minutes": round(e.get("seconds", 0) / 60, 1),
-             "dev_bleu": round(e.get("bleu", float("nan")), 2), "dev_loss": round(e["loss"], 4)}
-            for e in train.get("evals", [])]
+    stamp = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+ ")
+    evals = re.compile(r"step (\d+) dev bleu ([\d.]+) \(loss ([\d.]+)\)")
+    start, points = None, []
+    for line in (run / "run.log").read_text(encoding="utf-8").splitlines():
+        when = stamp.match(line)
+        if when is None:
+            continue
+        t = datetime.strptime(when.group(1), "%Y-%m-%d %H:%M:%S")
+        if "stage 0 (" in line and line.endswith("starts"):
+            start, points = t, []
+        elif start is not None and (m := evals.search(line)):
+            points.append({"step": int(m.group(1)), "minutes": round((t - start).total_seconds() / 60, 1),
+                           "dev_bleu": float(m.group(2)), "dev_loss": float(m.group(3))})
+    return points
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True)
     ap.add_argument("--run", type=Path)
+    ap.add_argument("--student", type=Path, help="the distilled student, fp32 (a Lepton artifact folder)")
     ap.add_argument("--work", type=Path, default=Path("/tmp/lepton-translation-bench"))
     ap.add_argument("--limit", type=int)
     ap.add_argument("--threads", type=int, default=1)
@@ -139,11 +156,17 @@ def main() -> None:
     refs = read(DATA / "test_2016_flickr.de.gz", args.limit)
     args.work.mkdir(parents=True, exist_ok=True)
     folders = {"torch-fp32": args.model} | {n: build(args.model, n, s, args.work) for n, s in BUILDS.items()}
+    if args.student is not None:
+        folders["student-torch-fp32"] = args.student
+        folders["student-onnx-int8"] = build(args.student, "student-onnx-int8", BUILDS["onnx-int8"], args.work)
     rows = [measure(n, f, sources, args.threads) for n, f in folders.items()]
-    ct2 = None if args.no_peer else peer(args.model, args.limit, args.threads, args.work / "ct2.json")
-    if ct2 is not None:
-        rows.append({"variant": "ctranslate2-int8", "runtime": f"ctranslate2 {ct2['versions']['ctranslate2']}",
-                     "hypotheses": ct2["hypotheses"], **_peer_times(ct2)})
+    peers = {"ctranslate2-int8": args.model, "student-ctranslate2-int8": args.student}
+    for name, model in peers.items():
+        ct2 = None if args.no_peer or model is None else peer(model, args.limit, args.threads,
+                                                               args.work / f"{name}.json")
+        if ct2 is not None:
+            rows.append({"variant": name, "runtime": f"ctranslate2 {ct2['versions']['ctranslate2']}",
+                         "hypotheses": ct2["hypotheses"], **_peer_times(ct2)})
     base = rows[0]["hypotheses"]
     for r in rows:
         scores = text_scores(r["hypotheses"], refs, resamples=1000, seed=0).metrics
@@ -178,10 +201,10 @@ def table(record: dict[str, Any]) -> str:
                      f"{d['p_bootstrap']:.3f} | {r['b1_ms_p50']:.1f}, {r['b1_ms_mean']:.1f} "
                      f"| {r['b32_sent_per_s']:.1f} | {r['size_bytes'] / 1e6:.1f} |")
     if record["curve"]:
-        lines += ["", "Training curve (dev = 400 sentences of val, greedy):", "",
-                  "| epoch | step | training minutes | dev BLEU | dev loss |", "|---|---|---|---|---|"]
-        lines += [f"| {e['epoch']} | {e['step']} | {e['minutes']} | {e['dev_bleu']} | {e['dev_loss']} |"
-                  for e in record["curve"]]
+        lines += ["", "Training curve (dev: 400 sentences of val, greedy; minutes of wall time since the stage "
+                  "started, evaluations included):", "",
+                  "| step | minutes | dev BLEU | dev loss |", "|---|---|---|---|"]
+        lines += [f"| {e['step']} | {e['minutes']} | {e['dev_bleu']} | {e['dev_loss']} |" for e in record["curve"]]
     return "\n".join(lines) + "\n"
 
 
