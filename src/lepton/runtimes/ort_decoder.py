@@ -40,16 +40,10 @@ class OrtCausalLM:
     runtime = "onnxruntime"
 
     def __init__(self, folder: str | Path, *, info: dict[str, Any] | None = None) -> None:
-        from transformers import AutoConfig, GenerationConfig
-
         self.folder = Path(folder)
         if not (self.folder / "model.onnx").is_file():
             raise LeptonError(f"{self.folder / 'model.onnx'}: missing (not an exported decoder folder)")
-        self.config = AutoConfig.from_pretrained(self.folder)
-        try:
-            self.generation_config = GenerationConfig.from_pretrained(self.folder)
-        except OSError:
-            self.generation_config = GenerationConfig.from_model_config(self.config)
+        self.config, self.generation_config = graph_configs(self.folder)
         self.info = dict(info or {})
         self._decoders: dict[int, Any] = {}
 
@@ -184,6 +178,18 @@ class OrtCausalLM:
         logits, state = decoder.prefill(ids, np.ones_like(ids))
         for _ in range(context - prompt - 1):
             logits = decoder.step(state, logits.argmax(-1))
+
+
+def graph_configs(folder: Path) -> tuple[Any, Any]:
+    """(config, generation config) an exported model's folder holds (the generation config made
+    from the model's when the folder has none)."""
+    from transformers import AutoConfig, GenerationConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    try:
+        return config, GenerationConfig.from_pretrained(folder)
+    except OSError:
+        return config, GenerationConfig.from_model_config(config)
 
 
 class _DecoderRuntime:

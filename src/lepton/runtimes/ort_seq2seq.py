@@ -194,17 +194,13 @@ class OrtSeq2SeqLM:
     runtime = "onnxruntime"
 
     def __init__(self, folder: str | Path, *, info: dict[str, Any] | None = None) -> None:
-        from transformers import AutoConfig, GenerationConfig
+        from lepton.runtimes.ort_decoder import graph_configs
 
         self.folder = Path(folder)
         for name in (ENCODER, DECODER):
             if not (self.folder / name).is_file():
                 raise LeptonError(f"{self.folder / name}: missing (not an exported encoder-decoder folder)")
-        self.config = AutoConfig.from_pretrained(self.folder)
-        try:
-            self.generation_config = GenerationConfig.from_pretrained(self.folder)
-        except OSError:
-            self.generation_config = GenerationConfig.from_model_config(self.config)
+        self.config, self.generation_config = graph_configs(self.folder)
         self.info = dict(info or {})
         self._graphs: dict[int, Seq2SeqGraphs] = {}
 

@@ -53,9 +53,16 @@ def quantize_generative(bundle: ModelBundle, config: QuantizeConfig, ctx: RunCon
             bundle.runtime_info.is_graph and config.method == "weight_only"):
         raise StageError(f"{where}.sensitivity: sensitivity and max_drop work with method weight_only on an "
                          "exported decoder (put export before this stage)")
+    return quantize_and_check(bundle, config, ctx, _on_ort)
+
+
+def quantize_and_check(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, on_ort: Any) -> ModelBundle:
+    """Quantize (``on_ort(bundle, config, ctx, where)`` on an exported graph, PyTorch's own methods
+    otherwise), then compare greedy outputs of real prompts and the sizes before and after."""
+    where = f"stages.{ctx.stage_index}"
     t0 = time.perf_counter()
     if bundle.runtime_info.is_graph:
-        model, details = _on_ort(bundle, config, ctx, where)
+        model, details = on_ort(bundle, config, ctx, where)
     elif bundle.runtime_info.trainable:
         model, details = on_torch(bundle, config, where)
     else:

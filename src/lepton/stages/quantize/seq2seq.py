@@ -12,18 +12,15 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 from lepton.core.atomic import write_folder
 from lepton.core.errors import StageError
-from lepton.runtimes import for_bundle
 from lepton.runtimes.bundle import ModelBundle, RunContext
 from lepton.stages.base import register
-from lepton.stages.decoder_common import agreement, real_prompts, rebundle
 from lepton.stages.quantize import QuantizeConfig
-from lepton.stages.quantize.decoder import on_torch, precision_of
+from lepton.stages.quantize.decoder import precision_of, quantize_and_check
 
 log = logging.getLogger(__name__)
 
@@ -34,24 +31,7 @@ def quantize_seq2seq(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContex
     where = f"stages.{ctx.stage_index}"
     if config.sensitivity or config.max_drop is not None:
         raise StageError(f"{where}.sensitivity: sensitivity and max_drop work on exported decoder-only models")
-    t0 = time.perf_counter()
-    if bundle.runtime_info.is_graph:
-        model, details = _on_ort(bundle, config, ctx, where)
-    elif bundle.runtime_info.trainable:
-        model, details = on_torch(bundle, config, where)
-    else:
-        raise StageError(f"{where}: quantize does not know runtime {bundle.runtime!r}")
-    seconds = time.perf_counter() - t0
-    before, after = for_bundle(bundle).size_bytes(), for_bundle(rebundle(bundle, model)).size_bytes()
-    prompts, split = real_prompts(bundle, ctx, config.check_split, config.check_items)
-    check = agreement(bundle.model, model, bundle.tokenizer, prompts, max_prompt_tokens=bundle.task.max_length)
-    ctx.stage_summary = {"method": config.method, "runtime": bundle.runtime, **details,
-                         "seconds": round(seconds, 2), "size_mb_before": round(before / 1e6, 3),
-                         "size_mb_after": round(after / 1e6, 3), "smaller": round(before / max(after, 1), 2),
-                         "vs_input": {"split": split, **check}}
-    log.info("quantize %s (%s): %.1f -> %.1f MB, %d/%d greedy outputs identical", config.method, bundle.runtime,
-             before / 1e6, after / 1e6, check["identical"], check["prompts"])
-    return rebundle(bundle, model)
+    return quantize_and_check(bundle, config, ctx, _on_ort)
 
 
 def _on_ort(bundle: ModelBundle, config: QuantizeConfig, ctx: RunContext, where: str) -> tuple[Any, dict]:
