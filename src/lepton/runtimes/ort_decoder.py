@@ -71,9 +71,9 @@ class OrtCausalLM:
     def num_parameters(self) -> int:
         return int(self.info.get("params") or 0)
 
-    def as_runtime(self) -> _DecoderRuntime:
+    def as_runtime(self) -> DecoderRuntime:
         """What ``lepton.runtimes.for_bundle`` hands out for this model."""
-        return _DecoderRuntime(self)
+        return DecoderRuntime(self)
 
     def eval(self) -> OrtCausalLM:  # what callers of a torch model do; nothing to switch here
         return self
@@ -192,7 +192,7 @@ def graph_configs(folder: Path) -> tuple[Any, Any]:
         return config, GenerationConfig.from_model_config(config)
 
 
-class _DecoderRuntime:
+class DecoderRuntime:
     """The ``Runtime`` protocol over an exported decoder: ``logits`` of a padded batch are the
     next-token logits after each row's last real token, shape (batch, vocabulary)."""
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from lepton.core.errors import LeptonError
 from lepton.runtimes.formats import WeightsFormat, register_format
+from lepton.runtimes.ort_decoder import DecoderRuntime
 
 WEIGHTS_FORMAT = "onnx-seq2seq"
 ENCODER, DECODER = "encoder.onnx", "decoder.onnx"
@@ -332,15 +333,9 @@ class OrtSeq2SeqLM:
         run(1, max(1, context - context // 2))
 
 
-class _Seq2SeqRuntime:
+class _Seq2SeqRuntime(DecoderRuntime):
     """The ``Runtime`` protocol over the exported encoder-decoder: ``logits`` are the first
     decoding step's, shape (batch, vocabulary)."""
-
-    name = "onnxruntime"
-    device = "cpu"
-
-    def __init__(self, model: OrtSeq2SeqLM) -> None:
-        self.model = model
 
     def logits(self, batch: dict[str, Any]) -> np.ndarray:
         g = self.model.graphs()
@@ -349,16 +344,6 @@ class _Seq2SeqRuntime:
         cross = g.encode(ids, mask)
         logits, _ = g.step(np.full((ids.shape[0], 1), g.start, np.int64), mask, g.empty_past(ids.shape[0]), cross)
         return logits
-
-    def parameter_counts(self) -> tuple[int, int]:
-        n = self.model.num_parameters()
-        return n, n
-
-    def size_bytes(self) -> int:
-        return self.model.size_bytes()
-
-    def flops_per_item(self, tokens: float) -> float | None:
-        return None
 
 
 # ---------------------------------------------------------------------- helpers
