@@ -79,6 +79,8 @@ def test_a_recipe_builds_trains_selects_on_dev_bleu_and_the_artifact_generates_t
     assert summary["selection_metric"] == "bleu"
     assert [set(e) >= {"bleu", "loss"} for e in summary["evals"]] == [True, True]
     assert summary["best_metric"] == max(e["bleu"] for e in summary["evals"])
+    times = [e["train_seconds"] for e in summary["evals"]]  # the training curve's time axis
+    assert 0 < times[0] <= times[1] <= summary["train_seconds"]
     assert report.recipe["model"]["new"] == "marian"
 
     saved = tmp_path / "out" / "model"
