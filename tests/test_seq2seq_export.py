@@ -181,3 +181,44 @@ def test_every_stage_on_each_family_saves_reloads_and_generates_the_same(arch: s
     scores = text_scores(again, [b for _, b in pairs], resamples=100).metrics
     for metric in ("bleu", "chrf"):
         assert scores[metric].value == pytest.approx(last.quality.metrics[metric].value)
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_the_serving_engine_batches_requests_of_different_lengths_exactly(runtime: str, tmp_path: Path) -> None:
+    """Three sources of different lengths prefilled together, decoded in one batched step each
+    time, and a fourth joining later (its own group): every request gets the tokens it gets alone."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from lepton.serve.generation.seq2seq_engine import seq2seq_engine
+
+    folder = save_tiny_seq2seq(tmp_path / "m", "marian")
+    model, tok = AutoModelForSeq2SeqLM.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    if runtime == "onnx":
+        out = tmp_path / "onnx"
+        out.mkdir()
+        export_seq2seq(model, out)
+        model.config.save_pretrained(out)
+        model = OrtSeq2SeqLM(out)
+    prompts = [tok(a)["input_ids"] for a, _ in toy_pairs(4, 11)]
+    assert len({len(p) for p in prompts[:3]}) > 1
+
+    def alone(ids: list[int], steps: int) -> list[int]:
+        engine = seq2seq_engine(model, 1)
+        states, logits = engine.prefill([ids])
+        got = [int(np.argmax(logits[0]))]
+        for _ in range(steps - 1):
+            got.append(int(np.argmax(engine.decode_step(states, [got[-1]])[0])))
+        return got
+
+    engine = seq2seq_engine(model, 1)
+    states, logits = engine.prefill(prompts[:3])
+    got = [[int(np.argmax(row))] for row in logits]
+    for step in range(5):
+        if step == 2:  # a request joins: a cache of another length, decoded beside the group
+            late, first = engine.prefill([prompts[3]])
+            states, got = states + late, got + [[int(np.argmax(first[0]))]]
+        logits = engine.decode_step(states, [g[-1] for g in got])
+        for g, row in zip(got, logits):
+            g.append(int(np.argmax(row)))
+    assert got[:3] == [alone(p, 6) for p in prompts[:3]]
+    assert got[3] == alone(prompts[3], 4)

@@ -2,10 +2,11 @@
 exported one), so translation models get the same routes, streaming and scheduler as decoders.
 
 Prefill encodes a request's source once (the encoder and every decoder layer's cross-attention
-keys and values) and runs the first decoder step from the start token. Decode steps run request by
-request: rows that joined at different times have decoder caches of different lengths, and these
-graphs take one position for the whole batch, so requests are interleaved step by step rather
-than stacked into one matrix product (the scheduler still serves them all concurrently).
+keys and values) and runs the first decoder step from the start token. A decode step batches the
+requests whose decoder caches have the same length (those prefilled together, which then move in
+lockstep): their sources are padded to the longest and masked, their cross keys/values padded
+alike. Requests that joined at other times form other groups, one decoder call each: the graphs
+take one decoder position for a whole batch, so caches of different lengths cannot share a call.
 """
 
 from __future__ import annotations
@@ -41,15 +42,51 @@ class Seq2SeqEngine:
         return states, np.stack(logits)
 
     def decode_step(self, states: Sequence[Any], last_tokens: Sequence[int]) -> Any:
-        out = []
-        for s, token in zip(states, last_tokens):
-            logits, s.past = self.step(np.full((1, 1), int(token), np.int64), s.mask, s.past, s.cross)
-            out.append(np.asarray(logits)[0])
+        groups: dict[int, list[int]] = {}
+        for i, s in enumerate(states):
+            groups.setdefault(int(s.past[0].shape[2]), []).append(i)
+        out: list[Any] = [None] * len(states)
+        for rows in groups.values():
+            group = [states[i] for i in rows]
+            width = max(s.mask.shape[1] for s in group)
+            mask = np.zeros((len(group), width), np.int64)
+            for j, s in enumerate(group):
+                mask[j, :s.mask.shape[1]] = 1
+            cross = [_cat([_pad_source(s.cross[n], width) for s in group]) for n in range(len(group[0].cross))]
+            past = [_cat([s.past[n] for s in group]) for n in range(len(group[0].past))]
+            tokens = np.asarray([[int(last_tokens[i])] for i in rows], np.int64)
+            logits, present = self.step(tokens, mask, past, cross)
+            for j, (i, s) in enumerate(zip(rows, group)):
+                out[i] = np.asarray(logits)[j]
+                s.past = [p[j:j + 1] for p in present]
         return np.stack(out)
 
     def release(self, states: Sequence[Any]) -> None:
         for s in states:
             s.cross, s.past = [], []
+
+
+def _cat(parts: list[Any]) -> Any:
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], np.ndarray):
+        return np.concatenate(parts, axis=0)
+    import torch
+
+    return torch.cat(parts, dim=0)
+
+
+def _pad_source(kv: Any, width: int) -> Any:
+    """A cross key/value (1, heads, source, head size) zero-padded to ``width`` source positions
+    (masked out by the padded encoder mask)."""
+    extra = width - kv.shape[2]
+    if extra == 0:
+        return kv
+    if isinstance(kv, np.ndarray):
+        return np.pad(kv, ((0, 0), (0, 0), (0, extra), (0, 0)))
+    import torch
+
+    return torch.nn.functional.pad(kv, (0, 0, 0, extra))
 
 
 def seq2seq_engine(model: Any, threads: int | None = None) -> Seq2SeqEngine:
