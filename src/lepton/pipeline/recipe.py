@@ -364,6 +364,8 @@ def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | 
 def format_errors(err: ValidationError, root: type[BaseModel], prefix: str, source: str) -> str:
     lines = []
     for item in err.errors():
+        if item["type"] == "string_type" and item["loc"][-1:] == ("str",) and isinstance(item.get("input"), dict):
+            continue  # a mapping given where a string or a mapping fits (model:): the mapping's own errors say it
         loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
         path = ".".join(str(p) for p in (*([prefix] if prefix else []), *loc)) or "(root)"
         if item["type"] == "extra_forbidden":
