@@ -146,7 +146,7 @@ def test_bleu_selection_without_dev_data_and_smoothing_on_a_classifier_are_refus
     with pytest.raises(RecipeError, match="multiple of heads"):
         parse_recipe(_recipe(tmp_path / "b", new={"new": "marian", "d_model": 30}), env={})
     with pytest.raises(RecipeError) as err:  # one line about the mapping, not about strings
-        parse_recipe(_recipe(tmp_path / "c", new={"new": "marian", "preset": "huge"}), env={})
+        parse_recipe(_recipe(tmp_path / "huge", new={"new": "marian", "preset": "huge"}), env={})
     assert "model.preset: Input should be 'tiny', 'small' or 'base'" in str(err.value)
     assert "model.str" not in str(err.value)
 
