@@ -494,7 +494,7 @@ class _Loop:
             self.model.train()
             state.evals.append({"step": state.step, "epoch": state.epoch + 1, **values,
                                 "seconds": round(time.perf_counter() - started, 2),
-                                "train_seconds": round(state.train_seconds, 1)})  # the curve's time axis
+                                "train_seconds": round(state.train_seconds, 2)})  # the curve's time axis
             if _better(kind_of(self.bundle.task).higher_is_better(metric), values[metric], state.best_metric):
                 state.best_metric, state.best_step, state.bad_evals = values[metric], state.step, 0
                 if self.config.keep_best:
