@@ -147,6 +147,10 @@ def main(argv: list[str] | None = None) -> None:
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
 
     tok = tokenizers.Tokenizer.from_file(str(Path(args.model) / "tokenizer.json"))
+    # A tokenizer.json saved by transformers can carry padding and truncation settings; padded
+    # sources would reach CTranslate2 as real <pad> tokens (its output degenerates).
+    tok.no_padding()
+    tok.no_truncation()
     eos = "</s>"
     src_tokens = [e.tokens if e.tokens[-1:] == [eos] else [*e.tokens, eos] for e in tok.encode_batch(sources)]
 
