@@ -100,9 +100,9 @@ def seq2seq_engine(model: Any, threads: int | None = None) -> Seq2SeqEngine:
         return Seq2SeqEngine(g.encode, g.step, lambda cross: g.empty_past(1), int(start), max_context=limit)
     import torch
 
-    from lepton.stages.export.onnx_seq2seq import _Decoder, _Encoder
+    from lepton.stages.export.onnx_seq2seq import DecoderWithCache, EncoderWithCrossKV
 
-    encoder, decoder = _Encoder(model).eval(), _Decoder(model).eval()
+    encoder, decoder = EncoderWithCrossKV(model).eval(), DecoderWithCache(model).eval()
 
     def encode(ids: np.ndarray, mask: np.ndarray) -> list[Any]:
         with torch.inference_mode():

@@ -68,7 +68,9 @@ def cross_projections(model: torch.nn.Module) -> list[tuple[Any, Any, int]]:
     return found
 
 
-class _Encoder(torch.nn.Module):
+class EncoderWithCrossKV(torch.nn.Module):
+    """The encoder, then every decoder layer's cross-attention keys and values (what encoder.onnx holds)."""
+
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.encoder = model.get_encoder()
@@ -85,7 +87,10 @@ class _Encoder(torch.nn.Module):
         return tuple(out)
 
 
-class _Decoder(torch.nn.Module):
+class DecoderWithCache(torch.nn.Module):
+    """One decoder call with the self-attention cache and the cross keys/values as flat tensors
+    (what decoder.onnx holds; the serving engine runs it eagerly for PyTorch models)."""
+
     def __init__(self, model: torch.nn.Module) -> None:
         super().__init__()
         self.model = model
@@ -144,7 +149,7 @@ def export_seq2seq(model: torch.nn.Module, folder: Path, *, opset: int = 17) -> 
     was_training = model.training
     # The wrappers in eval mode: torch.onnx.export puts the exported module back into the mode it
     # found it in, and a new module is in training mode (it would switch dropout on in ``model``).
-    encoder, decoder = _Encoder(model).eval(), _Decoder(model).eval()
+    encoder, decoder = EncoderWithCrossKV(model).eval(), DecoderWithCache(model).eval()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
