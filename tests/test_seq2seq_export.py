@@ -89,6 +89,8 @@ def test_a_trained_model_exports_quantizes_and_its_artifacts_reload(quant: dict,
     saved = tmp_path / "out" / "model"
     manifest = json.loads((saved / "lepton.json").read_text())
     assert manifest["format"] == "onnx-seq2seq"
+    tokenizer_json = json.loads((saved / "tokenizer.json").read_text())  # bare `tokenizers` users get no padding
+    assert tokenizer_json["padding"] is None and tokenizer_json["truncation"] is None
     loaded = lepton.load(saved)
     prompts = [a for a, _ in toy_pairs(5, 7)]
     again = OrtSeq2SeqLM(saved)

@@ -59,7 +59,7 @@ def save_artifact(bundle: ModelBundle, dest: str | os.PathLike[str], *, recipe: 
 
             extra = {**extra, "main_task": bundle.main_task,
                      "heads": save_heads(bundle.heads, bundle.model, tmp, bundle.runtime)}
-        bundle.tokenizer.save_pretrained(tmp)
+        save_tokenizer(bundle.tokenizer, tmp)
         if model_card is not None:  # model card: before the checksums, so they cover it
             (tmp / "README.md").write_text(model_card, encoding="utf-8")
         for name, data in (extra_files or {}).items():
@@ -206,6 +206,19 @@ def file_digests(folder: Path, manifest: dict[str, Any]) -> dict[str, str]:
                                 f"(got {algos}; this Lepton checks sha256 only)")
         out[name] = entry["sha256"]
     return out
+
+
+def save_tokenizer(tokenizer: Any, folder: Path) -> None:
+    """``save_pretrained``, with the call-time padding and truncation that transformers leaves on
+    a fast tokenizer's backend taken out of ``tokenizer.json``: read by the ``tokenizers`` library
+    alone (CTranslate2's users, other runtimes), they would pad every batch with real tokens."""
+    tokenizer.save_pretrained(folder)
+    path = folder / "tokenizer.json"
+    if path.is_file():
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if data.get("padding") is not None or data.get("truncation") is not None:
+            data.update(padding=None, truncation=None)
+            atomic.write_text(path, json.dumps(data, ensure_ascii=False))
 
 
 def _safe_relative(name: Any) -> bool:
